@@ -1,0 +1,42 @@
+# `make demo` and `make test` each set up .venv on first use (about 2-3 minutes), then run.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# PyTorch is pinned to the builds this project is tested with; the CLIP vocabulary ships inside the
+# open_clip_torch wheel, installed without its (heavy) dependencies.
+TORCH := torch==2.14.1 torchvision==0.29.1
+OPEN_CLIP := open_clip_torch==3.3.0
+
+.PHONY: install demo test lint format benchmarks clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(OPEN_CLIP)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cxrgen demo --out demo-output
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/prepare_metadata.py
+	$(BIN)/python benchmarks/prepare_throughput.py
+
+clean:
+	rm -rf demo-output benchmarks/out .pytest_cache .ruff_cache

@@ -1,0 +1,144 @@
+"""Choose which records go into a dataset. Every choice is by seed and independent of row order or sharding."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .config import ConfigError, option
+from .records import FRONTAL_PROJECTIONS, Record, Rejection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FilterConfig:
+    projections: list[str] | None = option(
+        list(FRONTAL_PROJECTIONS),
+        "keep these projections (PadChest vocabulary: PA, AP, AP_horizontal, L, COSTAL, ...; 'all': no filter)",
+    )
+    views: list[str] | None = option(None, "keep these view positions (PA, AP, LATERAL, ...)")
+    modalities: list[str] | None = option(None, "keep these modalities (CR, DX)")
+    sexes: list[str] | None = option(None, "keep these sexes (M, F, O)")
+    min_age: int | None = option(None, "keep ages at or above this")
+    max_age: int | None = option(None, "keep ages at or below this")
+    include_labels: list[str] | None = option(None, "keep images with at least one of these labels")
+    exclude_labels: list[str] | None = option(None, "drop images with any of these labels")
+    normal_only: bool = option(False, "keep only images labelled normal with no finding")
+    labelers: list[str] | None = option(
+        None, "keep images labelled by these (physician, rnn, chexpert-labeler)"
+    )
+    per_patient: int | None = option(None, "keep at most this many images per patient (chosen by seed)")
+    subset: int | None = option(None, "keep a random subset of this many images (chosen by seed)")
+
+    def __post_init__(self) -> None:
+        if self.min_age is not None and self.max_age is not None and self.min_age > self.max_age:
+            raise ConfigError(f"filters.min_age ({self.min_age}) is above filters.max_age ({self.max_age})")
+        for name in ("per_patient", "subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"filters.{name} must be at least 1 (or left out), not {value}")
+
+
+def seeded_rank(seed: int, key: str) -> int:
+    """A stable pseudo-random rank for `key`: the same for every shard and run with the same seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{key}".encode()).digest()[:8], "big")
+
+
+def apply_filters(
+    records: list[Record], config: FilterConfig, seed: int
+) -> tuple[list[Record], list[Rejection]]:
+    rejected: list[Rejection] = []
+    checks = _field_checks(records, config)
+    kept = []
+    for r in records:
+        reason = next((why for check in checks if (why := check(r))), None)
+        if reason:
+            rejected.append(Rejection(r.row, r.image, f"filter: {reason}"))
+        else:
+            kept.append(r)
+    if config.per_patient:
+        by_patient: dict[str, list[Record]] = defaultdict(list)
+        for r in kept:
+            by_patient[r.patient_key or r.id].append(r)
+        chosen = set()
+        for group in by_patient.values():
+            group.sort(key=lambda r: seeded_rank(seed, r.id))
+            chosen.update(r.id for r in group[: config.per_patient])
+        rejected += [
+            Rejection(r.row, r.image, f"filter: more than {config.per_patient} per patient")
+            for r in kept
+            if r.id not in chosen
+        ]
+        kept = [r for r in kept if r.id in chosen]
+    if config.subset and len(kept) > config.subset:
+        chosen = {r.id for r in sorted(kept, key=lambda r: seeded_rank(seed, r.id))[: config.subset]}
+        rejected += [
+            Rejection(r.row, r.image, f"filter: outside the random subset of {config.subset}")
+            for r in kept
+            if r.id not in chosen
+        ]
+        kept = [r for r in kept if r.id in chosen]
+    return kept, rejected
+
+
+def _field_checks(records: list[Record], config: FilterConfig):
+    """One function per active filter, returning a reason when a record fails. A filter on a field no record
+    has (a folder without projections, MIMIC without ages) is skipped with a warning rather than emptying the set."""
+    checks = []
+
+    def known(name: str) -> bool:
+        if any(getattr(r, name) is not None for r in records):
+            return True
+        log.warning("no record has a %s: the %s filter is not applied", name, name)
+        return False
+
+    def member(name: str, allowed: list[str] | None, label: str) -> None:
+        if allowed is None or not known(name):
+            return
+        wanted = {a.upper() for a in allowed}
+        checks.append(
+            lambda r: None if (v := getattr(r, name)) is not None and v.upper() in wanted else f"{label} {v}"
+        )
+
+    member("projection", config.projections, "projection")
+    member("view", config.views, "view")
+    member("modality", config.modalities, "modality")
+    member("sex", config.sexes, "sex")
+    if (config.min_age is not None or config.max_age is not None) and known("age"):
+        lo = config.min_age if config.min_age is not None else -1
+        hi = config.max_age if config.max_age is not None else 10**6
+        checks.append(lambda r: None if r.age is not None and lo <= r.age <= hi else f"age {r.age}")
+    if config.labelers is not None and known("labeler"):
+        wanted_by = {a.lower() for a in config.labelers}
+        checks.append(lambda r: None if (r.labeler or "").lower() in wanted_by else f"labeler {r.labeler}")
+    if config.include_labels:
+        include = _label_set(config.include_labels, records, "include_labels")
+        checks.append(
+            lambda r: None if include & {f.label.lower() for f in r.findings} else "no included label"
+        )
+    if config.exclude_labels:
+        exclude = _label_set(config.exclude_labels, records, "exclude_labels")
+        checks.append(
+            lambda r: (
+                f"excluded label {hit.pop()}"
+                if (hit := exclude & {f.label.lower() for f in r.findings})
+                else None
+            )
+        )
+    if config.normal_only:
+        checks.append(lambda r: None if r.is_normal else "not normal")
+    return checks
+
+
+def _label_set(names: list[str], records: list[Record], option_name: str) -> set[str]:
+    wanted = {n.strip().lower() for n in names}
+    known_labels = {f.label.lower() for r in records for f in r.findings}
+    for name in sorted(wanted - known_labels):
+        close = difflib.get_close_matches(name, sorted(known_labels), n=3)
+        hint = f"; closest known: {', '.join(close)}" if close else ""
+        log.warning("filters.%s: no image has the label '%s'%s", option_name, name, hint)
+    return wanted

@@ -1,0 +1,128 @@
+"""Convert many source images in worker processes, resumably.
+
+Each finished image is first written atomically, then its result (QC statistics or rejection reason) is appended
+to a journal. A rerun reads the journals, skips every image already done with the same image settings, and does
+the rest; a kill at any moment leaves at worst one image to redo. QC decisions are taken later from the journal's
+statistics, so changing a QC threshold needs no reconversion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .fileio import read_jsonl_lines
+from .imaging import ImageConfig, ImageRejected, convert_file
+from .imaging.png import write_png
+
+log = logging.getLogger(__name__)
+JOURNAL_DIR = ".journal"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    source: str  # absolute path of the source image
+    target: str  # absolute path of the PNG to write
+
+
+@dataclass
+class JobResult:
+    id: str
+    digest: str
+    status: str  # "ok" or "rejected"
+    reason: str = ""
+    stats: dict[str, Any] | None = None
+
+
+_config: ImageConfig | None = None
+
+
+def _init_worker(config: ImageConfig) -> None:
+    global _config
+    _config = config
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def run_job(job: Job, config: ImageConfig | None = None) -> JobResult:
+    config = config or _config
+    assert config is not None
+    digest = config.digest()
+    try:
+        converted = convert_file(job.source, config)
+    except ImageRejected as exc:
+        return JobResult(job.id, digest, "rejected", exc.reason)
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop a 160k-image run
+        return JobResult(job.id, digest, "rejected", f"image: unexpected {type(exc).__name__}: {exc}")
+    write_png(job.target, converted.image)
+    return JobResult(job.id, digest, "ok", stats=asdict(converted.stats))
+
+
+def load_journals(out: Path, digest: str) -> dict[str, JobResult]:
+    """Results recorded by earlier runs and shards with the same image settings."""
+    done: dict[str, JobResult] = {}
+    folder = out / JOURNAL_DIR
+    if not folder.is_dir():
+        return done
+    for path in sorted(folder.glob("*.jsonl")):
+        for entry in read_jsonl_lines(path):
+            if entry.get("digest") == digest and "id" in entry:
+                done[entry["id"]] = JobResult(
+                    **{k: entry.get(k) for k in ("id", "digest", "status", "reason", "stats")}
+                )
+    return done
+
+
+def run_jobs(
+    jobs: list[Job],
+    config: ImageConfig,
+    journal: Path,
+    workers: int,
+    on_result: Callable[[JobResult], None] | None = None,
+) -> dict[str, JobResult]:
+    """Run jobs with a progress bar, appending each result to `journal` as it arrives."""
+    results: dict[str, JobResult] = {}
+    if not jobs:
+        return results
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    by_id = {j.id: j for j in jobs}
+    with (
+        open(journal, "a", encoding="utf-8") as fh,
+        tqdm(total=len(jobs), unit="img", desc="images", dynamic_ncols=True) as bar,
+    ):
+        if fh.tell() > 0 and not journal.read_bytes().endswith(b"\n"):
+            fh.write("\n")  # a kill cut the last line short: start a fresh one
+
+        def record(result: JobResult) -> None:
+            fh.write(json.dumps(asdict(result)) + "\n")
+            fh.flush()
+            results[result.id] = result
+            bar.update()
+            if on_result:
+                on_result(result)
+
+        if workers <= 1:
+            for job in jobs:
+                record(run_job(job, config))
+            return results
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config,))
+        try:
+            chunk = max(1, min(16, len(jobs) // (workers * 8)))
+            for result in pool.imap_unordered(run_job, by_id.values(), chunksize=chunk):
+                record(result)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+    return results

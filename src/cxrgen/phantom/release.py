@@ -1,0 +1,163 @@
+"""Write a PadChest-format release: the real 37-column CSV (both label layouts and the other quirks of
+shared/spec/data.md) and 16-bit PNGs in numbered folders, from phantom images whose findings are known.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .render import render
+
+PADCHEST_COLUMNS = [
+    "", "ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
+    "ViewPosition_DICOM", "Projection", "MethodProjection", "Pediatric", "Modality_DICOM", "Manufacturer_DICOM",
+    "PhotometricInterpretation_DICOM", "PixelRepresentation_DICOM", "PixelAspectRatio_DICOM",
+    "SpatialResolution_DICOM", "BitsStored_DICOM", "WindowCenter_DICOM", "WindowWidth_DICOM", "Rows_DICOM",
+    "Columns_DICOM", "XRayTubeCurrent_DICOM", "Exposure_DICOM", "ExposureInuAs_DICOM", "ExposureTime",
+    "RelativeXRayExposure_DICOM", "ReportID", "Report", "MethodLabel", "Labels", "Localizations",
+    "LabelsLocalizationsBySentence", "labelCUIS", "LocalizationsCUIS",
+]  # fmt: skip
+
+# Findings a phantom can show, with the locations PadChest writes for them.
+_FINDING_LOCATIONS = {
+    "cardiomegaly": ("cardiac",),
+    "pleural effusion": ("left", "right"),
+    "pacemaker": (),
+    "nodule": ("right upper lobe", "left upper lobe", "right lower lobe", "left lower lobe"),
+}
+_BACKGROUND = ("COPD signs", "chronic changes", "scoliosis", "aortic elongation", "unchanged")  # not drawn
+
+
+def padchest_row(**fields: Any) -> dict[str, str]:
+    """One CSV row with every column present; unspecified ones get plausible values."""
+    row = {c: "" for c in PADCHEST_COLUMNS}
+    row.update(
+        {
+            "ImageDir": "0", "StudyDate_DICOM": "20150602", "PatientBirth": "1950.0", "PatientSex_DICOM": "M",
+            "ViewPosition_DICOM": "POSTEROANTERIOR", "Projection": "PA", "MethodProjection": "Manual review of DICOM fields",
+            "Pediatric": "No", "Modality_DICOM": "CR", "PhotometricInterpretation_DICOM": "MONOCHROME2",
+            "PixelRepresentation_DICOM": "0", "BitsStored_DICOM": "12", "WindowCenter_DICOM": "2048",
+            "WindowWidth_DICOM": "4096", "MethodLabel": "Physician", "Report": "informe sin hallazgos",
+            "Labels": "['normal']", "Localizations": "[]", "LabelsLocalizationsBySentence": "[['normal']]",
+        }
+    )  # fmt: skip
+    row.update({k: str(v) for k, v in fields.items()})
+    return row
+
+
+def write_padchest_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write rows with PadChest's columns (the first unnamed, holding a pandas-style index); gzip if the name
+    ends in .gz."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PADCHEST_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for i, row in enumerate(rows):
+        writer.writerow({**row, "": row.get("") or str(i)})
+    data = buf.getvalue().encode()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+@dataclass
+class PhantomStudy:
+    image_id: str
+    image_dir: int
+    patient: int
+    age: int
+    sex: str
+    projection: str
+    findings: list[tuple[str, tuple[str, ...]]]
+
+
+def _label_cells(findings: list[tuple[str, tuple[str, ...]]], rng: np.random.Generator) -> dict[str, str]:
+    """Labels, Localizations and LabelsLocalizationsBySentence with PadChest's quirks: nested or flat layout,
+    leading spaces, repeated labels, the odd bare nan."""
+
+    def q(s: str) -> str:
+        return repr((" " if rng.random() < 0.3 else "") + s)
+
+    sentences = [[q(label)] + [q("loc " + loc) for loc in locs] for label, locs in findings] or [
+        [q("normal")]
+    ]
+    if rng.random() < 0.15 and findings:  # a label repeated in a later sentence
+        sentences.append([q(findings[0][0])])
+    if rng.random() < 0.5:
+        by_sentence = "[" + ", ".join("[" + ", ".join(s) + "]" for s in sentences) + "]"
+        if rng.random() < 0.05:
+            by_sentence = "[nan, " + by_sentence[1:]
+    else:
+        by_sentence = "[" + ", ".join(item for s in sentences for item in s) + "]"
+    labels = [label for label, _ in findings] or ["normal"]
+    locations = ["loc " + loc for _, locs in findings for loc in locs]
+    return {
+        "Labels": "[" + ", ".join(q(x) for x in labels) + "]",
+        "Localizations": "[" + ", ".join(q(x) for x in locations) + "]",
+        "LabelsLocalizationsBySentence": by_sentence,
+    }
+
+
+def draw_studies(n: int, seed: int, findings_rate: float = 0.6) -> list[PhantomStudy]:
+    rng = np.random.default_rng(seed)
+    studies = []
+    patient = 0
+    for i in range(n):
+        if i == 0 or rng.random() > 0.2:  # about one image in five is another study of the last patient
+            patient += 1
+        findings: list[tuple[str, tuple[str, ...]]] = []
+        if rng.random() < findings_rate:
+            for label in rng.choice(list(_FINDING_LOCATIONS), size=rng.integers(1, 3), replace=False):
+                places = _FINDING_LOCATIONS[str(label)]
+                locs = (str(rng.choice(places)),) if places else ()
+                findings.append((str(label), locs))
+            if rng.random() < 0.3:
+                findings.append((str(rng.choice(_BACKGROUND)), ()))
+        projection = str(rng.choice(["PA", "PA", "PA", "L", "AP_horizontal", "AP"]))
+        studies.append(
+            PhantomStudy(
+                image_id=f"{seed:04d}{i:08d}_{rng.integers(16**6):06x}.png",
+                image_dir=i % 55,
+                patient=patient,
+                age=int(rng.integers(18, 95)),
+                sex=str(rng.choice(["M", "F"])),
+                projection=projection,
+                findings=findings,
+            )
+        )
+    return studies
+
+
+def write_release(out: str | Path, n: int = 64, seed: int = 0, size: int = 256, gz: bool = True) -> Path:
+    """A phantom PadChest release under `out`: the CSV and `<ImageDir>/<ImageID>` 16-bit PNGs."""
+    out = Path(out)
+    rng = np.random.default_rng(seed + 1)
+    rows = []
+    for i, s in enumerate(tqdm(draw_studies(n, seed), desc="phantom", unit="img")):
+        height = size
+        width = int(size * rng.uniform(0.8, 1.0))
+        pixels = render(height, width, s.findings, seed=seed * 1_000_003 + i)
+        target = out / str(s.image_dir) / s.image_id
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(target)
+        view = {"PA": "POSTEROANTERIOR", "L": "LATERAL", "AP": "AP", "AP_horizontal": ""}[s.projection]
+        rows.append(
+            padchest_row(
+                ImageID=s.image_id, ImageDir=s.image_dir, StudyID=f"st{i}", PatientID=f"pt{s.patient}",
+                StudyDate_DICOM=20150602, PatientBirth=f"{2015 - s.age}.0", PatientSex_DICOM=s.sex,
+                ViewPosition_DICOM=view if rng.random() > 0.4 else "", Projection=s.projection,
+                Rows_DICOM=height, Columns_DICOM=width, **_label_cells(s.findings, rng),
+            )
+        )  # fmt: skip
+    write_padchest_csv(out / ("phantom_padchest.csv.gz" if gz else "phantom_padchest.csv"), rows)
+    return out

@@ -1,0 +1,395 @@
+"""`cxrgen prepare`: a raw release becomes a prepared dataset (shared/spec/data.md).
+
+read records -> filter -> split by patient -> build and fit prompts -> convert images (workers, resumable,
+shardable) -> quality control -> `<out>/<split>/metadata.jsonl` + PNGs, `prepare.json`, `rejected.csv`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from .config import ConfigError, option, to_dict
+from .fileio import write_csv, write_json, write_jsonl
+from .filters import FilterConfig, apply_filters, seeded_rank
+from .image_jobs import JOURNAL_DIR, Job, JobResult, load_journals, run_jobs
+from .imaging import ImageConfig, ImageStats
+from .prompts import PromptBuilder, PromptConfig
+from .provenance import file_sha256, provenance
+from .qc import QCConfig, contact_sheet, qc_flags
+from .readers import SourceKind, read_source
+from .records import PatientKeyer, Record, Rejection
+from .splits import SPLITS, SplitConfig, assign_splits
+from .tokens import describe, token_stats
+
+log = logging.getLogger(__name__)
+REJECTED_DIR = "rejected"  # QC-rejected PNGs, kept for inspection and contact sheets
+
+
+@dataclass
+class PrepareConfig:
+    source: SourceKind = option(help="release format: padchest, mimic, chexpert or folder")
+    out: str = option(help="output folder of the prepared dataset")
+    csv: str | None = option(
+        None, "the release's main table: PadChest CSV(.gz), MIMIC metadata CSV or CheXpert CSV"
+    )
+    images: str | None = option(
+        None, "images root (PadChest: the folder holding 0..54/; MIMIC: the folder holding files/)"
+    )
+    labels_csv: str | None = option(None, "MIMIC: mimic-cxr-2.0.0-chexpert.csv or -negbio.csv")
+    split_csv: str | None = option(None, "MIMIC: mimic-cxr-2.0.0-split.csv (the official split)")
+    sections_csv: str | None = option(None, "MIMIC: report sections CSV (study, impression, findings)")
+    patients_csv: str | None = option(None, "MIMIC: MIMIC-IV patients.csv for age and sex")
+    captions: str | None = option(None, "folder: CSV/JSONL with file_name and captions or fields")
+    uncertain: Literal["ignore", "positive"] = option(
+        "ignore", "MIMIC/CheXpert uncertain (-1) labels: ignore or positive"
+    )
+    report_section: Literal["impression", "findings"] = option(
+        "impression", "MIMIC report section used as caption"
+    )
+    seed: int = option(0, "seed for splits, subsets and per-patient choices")
+    workers: int = option(0, "image worker processes (0: all cores)")
+    shard: str | None = option(
+        None, "convert only shard i of n ('i/n', 0-based); run once more without it to finish"
+    )
+    metadata_only: bool = option(False, "write metadata and prompts without reading images")
+    patient_key_salt: str | None = option(
+        None, "secret for patient keys (else kept in <out>/.patient_key_salt)"
+    )
+    filters: FilterConfig = option(factory=FilterConfig, help="record filters")
+    prompts: PromptConfig = option(factory=PromptConfig, help="prompt building")
+    image: ImageConfig = option(factory=ImageConfig, help="image conversion")
+    qc: QCConfig = option(factory=QCConfig, help="quality control")
+    splits: SplitConfig = option(factory=SplitConfig, help="patient-level splits")
+
+    def __post_init__(self) -> None:
+        if self.shard is not None:
+            self.shard_index()
+        if not self.metadata_only and self.images is None:
+            raise ConfigError("--images is required to convert images (or pass --metadata-only)")
+
+    def shard_index(self) -> tuple[int, int]:
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", self.shard or "0/1")
+        if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+            raise ConfigError(f"--shard must be 'i/n' with 0 <= i < n (e.g. 0/4), not {self.shard!r}")
+        return int(m.group(1)), int(m.group(2))
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    summary: dict[str, Any]
+    finished: bool  # False for a shard run: metadata is written by the final unsharded run
+
+
+def image_file(record_id: str) -> str:
+    """Where a record's PNG lives inside its split folder (256 subfolders keep directories small)."""
+    return f"{record_id[:2]}/{record_id}.png"
+
+
+def escapes_root(relative: str) -> bool:
+    """True when a path from a release's table is absolute or climbs above the images root with '..'."""
+    path = PurePosixPath(relative.replace("\\", "/"))
+    if path.is_absolute():
+        return True
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else part != "."
+        if depth < 0:
+            return True
+    return False
+
+
+def resolve_image(root: Path, relative: str) -> Path | None:
+    """The source file for a record, or None if it lies outside the images root (also through a link). A
+    CheXpert-style path that repeats the root's own name (CheXpert-v1.0-small/train/...) works either way."""
+    candidate = (root / relative).resolve()
+    parts = Path(relative).parts
+    if not candidate.exists() and len(parts) > 1 and parts[0] == root.name:
+        candidate = (root / Path(*parts[1:])).resolve()
+    return candidate if candidate.is_relative_to(root.resolve()) else None
+
+
+def run_prepare(config: PrepareConfig) -> PrepareResult:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked after the tokenizer ran
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timing: dict[str, float] = {}
+    clock = time.perf_counter()
+    shard_i, shard_n = config.shard_index()
+    if shard_n > 1 and not config.patient_key_salt and not (out / ".patient_key_salt").exists():
+        log.warning(
+            "sharded run without --patient-key-salt: shards on other machines must share %s",
+            out / ".patient_key_salt",
+        )
+    keyer = PatientKeyer.for_output(out, config.patient_key_salt)
+
+    read = read_source(
+        config.source, keyer, csv=config.csv, images=config.images, labels_csv=config.labels_csv,
+        split_csv=config.split_csv, sections_csv=config.sections_csv, patients_csv=config.patients_csv,
+        captions=config.captions, uncertain=config.uncertain, report_section=config.report_section,
+    )  # fmt: skip
+    timing["read_s"] = time.perf_counter() - clock
+    log.info(
+        "read %d rows: %d records, %d rejected", read.stats["rows"], len(read.records), len(read.rejections)
+    )
+
+    clock = time.perf_counter()
+    kept, filtered = apply_filters(read.records, config.filters, config.seed)
+    split_of = assign_splits(kept, config.splits, config.seed)
+    label_counts = Counter(label for r in kept for label in r.labels)
+    builder = PromptBuilder(config.prompts, label_counts=label_counts)
+    prompts = {r.id: builder.build(r) for r in kept}
+    empty = [r for r in kept if not prompts[r.id].text]
+    if empty:  # e.g. the caption level on records without a caption
+        kept = [r for r in kept if prompts[r.id].text]
+        filtered += [
+            Rejection(r.row, r.image, f"prompt: empty with template {config.prompts.template_text!r}")
+            for r in empty
+        ]
+    timing["filter_prompt_s"] = time.perf_counter() - clock
+    kept, escaped = _reject_escaping_paths(kept)
+    rejections = read.rejections + filtered + escaped
+
+    results: dict[str, JobResult] = {}
+    if not config.metadata_only:
+        clock = time.perf_counter()
+        results = _convert_images(config, out, kept, split_of, shard_i, shard_n)
+        timing["images_s"] = time.perf_counter() - clock
+        if shard_n > 1:
+            summary = {
+                "shard": config.shard,
+                "images": len(results),
+                "rejected": sum(r.status != "ok" for r in results.values()),
+            }
+            write_json(out / "shards" / f"{shard_i}-of-{shard_n}.json", summary | {"timing": timing})
+            log.info(
+                "shard %s done; run the same command without --shard to write the metadata", config.shard
+            )
+            return PrepareResult(out, summary, finished=False)
+
+    clock = time.perf_counter()
+    summary = _finish(config, out, read, kept, rejections, split_of, prompts, results, builder, timing)
+    timing["write_s"] = time.perf_counter() - clock
+    write_json(out / "prepare.json", summary)
+    return PrepareResult(out, summary, finished=True)
+
+
+def _reject_escaping_paths(records: list[Record]) -> tuple[list[Record], list[Rejection]]:
+    """Image paths come from the release's tables: one that climbs out of the images root is refused."""
+    kept, rejected = [], []
+    for r in records:
+        if escapes_root(r.image):
+            rejected.append(Rejection(r.row, r.image, "path: escapes the images root"))
+        else:
+            kept.append(r)
+    return kept, rejected
+
+
+def _convert_images(config, out, kept, split_of, shard_i, shard_n) -> dict[str, JobResult]:
+    root = Path(config.images)
+    if not root.is_dir():
+        raise ConfigError(f"images root {root} does not exist")
+    digest = config.image.digest()
+    done = load_journals(out, digest)
+    jobs, linked_out = [], {}
+    for r in sorted(kept, key=lambda r: r.id)[shard_i::shard_n]:
+        previous = done.get(r.id)
+        if previous is not None and (previous.status != "ok" or _find_png(out, r.id) is not None):
+            continue
+        source = resolve_image(root, r.image)
+        if source is None:
+            linked_out[r.id] = JobResult(
+                r.id, digest, "rejected", "path: escapes the images root through a link"
+            )
+            continue
+        jobs.append(Job(r.id, str(source), str(out / split_of[r.id] / image_file(r.id))))
+    log.info("images: %d to convert, %d already done", len(jobs), len(done))
+    journal = out / JOURNAL_DIR / (f"shard-{shard_i}-of-{shard_n}.jsonl" if shard_n > 1 else "main.jsonl")
+    workers = config.workers or os.cpu_count() or 1
+    try:
+        run_jobs(jobs, config.image, journal, min(workers, max(1, len(jobs))))
+    except KeyboardInterrupt:
+        log.warning("interrupted; finished images are kept: rerun the same command to resume")
+        raise
+    done = load_journals(out, digest) | linked_out
+    return {r.id: done[r.id] for r in kept if r.id in done}
+
+
+def _find_png(out: Path, record_id: str) -> Path | None:
+    for folder in (*SPLITS, REJECTED_DIR):
+        path = out / folder / image_file(record_id)
+        if path.is_file():
+            return path
+    return None
+
+
+def _place(out: Path, record_id: str, folder: str) -> None:
+    """Move a converted PNG to the folder the current settings give it (split or rejected)."""
+    target = out / folder / image_file(record_id)
+    if target.is_file():
+        return
+    current = _find_png(out, record_id)
+    if current is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(current, target)
+
+
+def _finish(
+    config, out, read, kept, rejections, split_of, prompts, results, builder, timing
+) -> dict[str, Any]:
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    qc_rejected: list[tuple[Record, str]] = []
+    final: list[Record] = []
+    for r in kept:
+        flags: list[str] = []
+        if not config.metadata_only:
+            result = results[r.id]
+            if result.status != "ok":
+                rejections.append(Rejection(r.row, r.image, result.reason))
+                continue
+            flags = qc_flags(ImageStats(**result.stats), config.qc)
+            if flags and config.qc.reject:
+                rejections.append(Rejection(r.row, r.image, "qc: " + "; ".join(flags)))
+                qc_rejected.append((r, flags[0]))
+                _place(out, r.id, REJECTED_DIR)
+                continue
+            _place(out, r.id, split_of[r.id])
+        final.append(r)
+        prompt = prompts[r.id]
+        row = {"file_name": image_file(r.id), "text": prompt.text, **r.metadata(), "tokens": prompt.tokens}
+        if r.caption is not None:
+            row["caption"] = r.caption
+        if prompt.dropped:
+            row["prompt_dropped"] = prompt.dropped
+        if flags:
+            row["qc_flags"] = flags
+        rows[split_of[r.id]].append(row)
+    if not config.metadata_only:
+        _remove_stale(out, {r.id for r in final} | {r.id for r, _ in qc_rejected})
+    for split in SPLITS:
+        rows[split].sort(key=lambda x: x["id"])
+        if rows[split] or (out / split / "metadata.jsonl").exists():
+            write_jsonl(out / split / "metadata.jsonl", rows[split])
+    rejections.sort(key=lambda x: (x.row if x.row is not None else -1, x.path))
+    write_csv(
+        out / "rejected.csv", ["row", "path", "reason"], ((x.row, x.path, x.reason) for x in rejections)
+    )
+    sheets = [] if config.metadata_only else _contact_sheets(config, out, rows, qc_rejected, split_of)
+    return _summary(config, read, final, rejections, rows, prompts, builder, timing, sheets)
+
+
+def _remove_stale(out: Path, wanted: set[str]) -> None:
+    """PNGs left by an earlier run whose record is no longer selected would confuse image-folder loaders."""
+    removed = 0
+    for folder in (*SPLITS, REJECTED_DIR):
+        for path in (out / folder).glob("??/*.png"):
+            if path.stem not in wanted:
+                path.unlink()
+                removed += 1
+    if removed:
+        log.info("removed %d images no longer selected by the current settings", removed)
+
+
+def _contact_sheets(config, out, rows, qc_rejected, split_of) -> list[str]:
+    n = config.qc.contact_sheet
+    if n <= 0:
+        return []
+    made = []
+    kept_rows = [(split, row) for split in SPLITS for row in rows[split]]
+    kept_rows.sort(key=lambda sr: seeded_rank(config.seed, sr[1]["id"]))
+    tiles = [
+        (np.asarray(Image.open(out / split / row["file_name"])), f"{split} {row['id'][:8]}")
+        for split, row in kept_rows[:n]
+    ]
+    if tiles:
+        made.append(str(contact_sheet(tiles, out / "contact_sheets" / "kept.png")))
+    qc_rejected = sorted(qc_rejected, key=lambda rf: seeded_rank(config.seed, rf[0].id))[:n]
+    tiles = [
+        (np.asarray(Image.open(out / REJECTED_DIR / image_file(r.id))), flag.split(" ")[0])
+        for r, flag in qc_rejected
+    ]
+    if tiles:
+        made.append(str(contact_sheet(tiles, out / "contact_sheets" / "rejected.png")))
+    return made
+
+
+def _summary(config, read, final, rejections, rows, prompts, builder, timing, sheets) -> dict[str, Any]:
+    by_category = Counter(x.reason.split(":", 1)[0] for x in rejections)
+    by_reason = Counter(re.sub(r"\s*\(.*", "", x.reason) for x in rejections)
+    kept_prompts = [prompts[r.id] for r in final]
+    dropped = Counter(note.split(":", 1)[0] for p in kept_prompts for note in p.dropped)
+    config_dict = to_dict(config)
+    config_dict["patient_key_salt"] = "<redacted>" if config.patient_key_salt else None
+    inputs = {}
+    for name in ("csv", "labels_csv", "split_csv", "sections_csv", "patients_csv", "captions"):
+        path = getattr(config, name)
+        if path and Path(path).is_file():
+            inputs[name] = {"file": Path(path).name, "sha256": file_sha256(path)}
+    metadata_hashes = {s: file_sha256(Path(config.out) / s / "metadata.jsonl") for s in SPLITS if rows[s]}
+    return {
+        **provenance(),
+        "config": config_dict,
+        "inputs": inputs,
+        "data_hash": metadata_hashes,
+        "rows_read": read.stats["rows"],
+        "records_parsed": len(read.records),
+        "kept": len(final),
+        "rejected": sum(by_category.values()),
+        "rejected_by_category": dict(by_category.most_common()),
+        "rejected_by_reason": dict(by_reason.most_common(25)),
+        "reader": dict(read.stats),
+        "splits": {
+            s: {"images": len(rows[s]), "patients": len({x["patient_key"] or x["id"] for x in rows[s]})}
+            for s in SPLITS
+        },
+        "labels": dict(Counter(label for r in final for label in r.labels).most_common(40)),
+        "tokens": {
+            "tokenizer": describe(builder.counter.tokenizer),
+            "prompt": to_dict(config.prompts),
+            "before_fitting": token_stats([p.tokens_full for p in kept_prompts], config.prompts.max_tokens),
+            "after_fitting": token_stats([p.tokens for p in kept_prompts], config.prompts.max_tokens),
+            "prompts_shortened": sum(bool(p.dropped) for p in kept_prompts),
+            "dropped_items": dict(dropped),
+        },
+        "contact_sheets": sheets,
+        "metadata_only": config.metadata_only,
+        "timing": {k: round(v, 2) for k, v in timing.items()},
+    }
+
+
+def print_summary(result: PrepareResult) -> None:
+    s = result.summary
+    if not result.finished:
+        print(
+            f"shard {s['shard']}: {s['images']} images processed ({s['rejected']} rejected) in {result.out}"
+        )
+        print("when every shard is done, run the same command without --shard to write the metadata")
+        return
+    print(f"prepared {s['kept']:,} of {s['rows_read']:,} rows into {result.out}")
+    for split, v in s["splits"].items():
+        if v["images"]:
+            print(
+                f"  {split:5s} {v['images']:>8,} images  {v['patients']:>7,} patients  {result.out / split / 'metadata.jsonl'}"
+            )
+    if s["rejected"]:
+        top = ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_category"].items())
+        print(f"  rejected {s['rejected']:,} ({top}): {result.out / 'rejected.csv'}")
+    t = s["tokens"]["before_fitting"]
+    if t.get("prompts"):
+        print(
+            f"  prompts: median {t['median']} tokens, p90 {t['p90']}, max {t['max']}; "
+            f"{t['over_limit_fraction']:.1%} over {t['limit']}, {s['tokens']['prompts_shortened']:,} shortened"
+        )
+    for sheet in s["contact_sheets"]:
+        print(f"  contact sheet: {sheet}")
+    print(f"  summary: {result.out / 'prepare.json'}")

@@ -1,0 +1,305 @@
+"""Prompts from conditions: the one place that decides the words a model is trained and asked with.
+
+A prompt is a template of comma-separated parts. `{field}` inserts a value; a `[...]` segment is left out when a
+field in it is missing; a part with a missing field outside brackets is left out whole. `{findings}` must be a
+part of its own and expands to `diagnosis <label>, loc <location>, ...` in report order.
+
+Fitting to the text encoder's window drops, one at a time and only as far as needed: repeated labels (their new
+locations move to the first mention), pseudo-labels, locations, then findings by priority; a prompt still too
+long is cut at a word boundary. Every drop is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+from .config import ConfigError, option
+from .records import SEX_WORDS, Conditions, Finding
+from .tokens import CLIP_WINDOW, TokenCounter, load_tokenizer
+
+LEVELS = {
+    "simple": "chest x-ray",
+    "demographic": "chest x-ray, [age {age}] [{sex}]",
+    "full": "chest x-ray, [age {age}] [{sex}], view {view}, projection {projection}, modality {modality}, {findings}",
+    "caption": "{caption}",
+}
+FIELDS = ("age", "sex", "view", "projection", "modality", "findings", "labels", "caption")
+# Pseudo-labels say least about the image first: they are dropped in this order.
+_PSEUDO_DROP_ORDER = ("exclude", "suboptimal study", "unchanged", "normal")
+_FIELD = re.compile(r"\{(\w+)\}")
+
+Level = Literal["simple", "demographic", "full", "caption"]
+
+
+@dataclass
+class PromptConfig:
+    level: Level = option(
+        "full", "prompt detail: simple, demographic, full (the original paper's format) or caption"
+    )
+    template: str | None = option(
+        None, "a template overriding level, e.g. 'chest x-ray, [age {age}] [{sex}], {findings}'"
+    )
+    fit: Literal["fit", "keep"] = option(
+        "fit", "fit: shorten prompts to max_tokens; keep: keep whole (for long-prompt encoding in training)"
+    )
+    max_tokens: int = option(CLIP_WINDOW, "token budget per prompt, start and end tokens included")
+    keep_findings: Literal["first", "rarest", "commonest"] = option(
+        "first", "which findings survive fitting: first mentioned, rarest or commonest labels"
+    )
+    tokenizer: str | None = option(
+        None, "base model (hub id or folder) whose tokenizer counts tokens; default: the exact CLIP tokenizer"
+    )
+
+    def __post_init__(self) -> None:
+        parse_template(self.template or LEVELS[self.level])
+        if self.max_tokens < 8:
+            raise ConfigError(f"prompts.max_tokens must be at least 8, not {self.max_tokens}")
+
+    @property
+    def template_text(self) -> str:
+        return self.template or LEVELS[self.level]
+
+
+@dataclass
+class Prompt:
+    text: str
+    tokens: int
+    tokens_full: int  # before fitting
+    dropped: list[str] = field(default_factory=list)
+
+
+class Segment(NamedTuple):
+    text: str  # a str.format template
+    fields: tuple[str, ...]
+    optional: bool  # written in [brackets]: left out when a field is missing
+
+
+Template = list[list[Segment] | None]  # one entry per comma-separated part; None is the {findings} part
+
+
+def parse_template(template: str) -> Template:
+    """Parts of a template. Raises ConfigError naming unknown fields and misplaced {findings}."""
+    parts: Template = []
+    for raw in _split_top_level(template):
+        segments = []
+        for m in re.finditer(r"\[([^\]]*)\]|([^\[]+)", raw):
+            text = m.group(1) if m.group(1) is not None else m.group(2)
+            names = tuple(_FIELD.findall(text))
+            for name in names:
+                if name not in FIELDS:
+                    raise ConfigError(f"prompt template field {{{name}}} is unknown; use {', '.join(FIELDS)}")
+            segments.append(Segment(text, names, m.group(1) is not None))
+        joined = "".join(seg.text for seg in segments).strip()
+        if "{findings}" in joined and joined != "{findings}":
+            raise ConfigError("{findings} must be a comma-separated part of its own in a prompt template")
+        if joined:
+            parts.append(None if joined == "{findings}" else segments)
+    if not parts:
+        raise ConfigError("the prompt template is empty")
+    return parts
+
+
+def _split_top_level(template: str) -> list[str]:
+    out, depth, current = [], 0, []
+    for ch in template:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if depth != 0:
+        raise ConfigError(f"unbalanced [ ] in prompt template {template!r}")
+    out.append("".join(current))
+    return out
+
+
+def field_values(c: Conditions) -> dict[str, str | None]:
+    def text(v: Any) -> str | None:
+        return None if v is None or str(v).strip() == "" else str(v)
+
+    return {
+        "age": text(c.age),
+        "sex": SEX_WORDS.get(c.sex or ""),
+        "view": text(c.view),
+        "projection": text(c.projection),
+        "modality": text(c.modality),
+        "labels": ", ".join(c.labels) or None,
+        "caption": text(c.caption),
+    }
+
+
+def finding_parts(findings: list[Finding]) -> list[str]:
+    parts = []
+    for f in findings:
+        parts.append("diagnosis " + f.label)
+        parts += ["loc " + loc for loc in f.locations]
+    return parts
+
+
+def render_parts(template: Template, c: Conditions) -> list[str]:
+    """The comma-separated parts of a prompt."""
+    values = field_values(c)
+    parts: list[str] = []
+    for segments in template:
+        if segments is None:
+            parts += finding_parts(c.findings)
+            continue
+        rendered = []
+        for seg in segments:
+            if any(values[n] is None for n in seg.fields):
+                if seg.optional:
+                    continue
+                rendered = []
+                break
+            rendered.append(seg.text.format_map(values) if seg.fields else seg.text)
+        text = " ".join("".join(rendered).split())
+        if text:
+            parts.append(text)
+    return parts
+
+
+class PromptBuilder:
+    """Builds (and fits) prompts with one config; `label_counts` ranks findings for keep_findings."""
+
+    def __init__(self, config: PromptConfig, tokenizer: Any = None, label_counts: Counter | None = None):
+        self.config = config
+        self.template = parse_template(config.template_text)
+        self._tokenizer = tokenizer
+        self._counter: TokenCounter | None = None
+        self.label_counts = label_counts or Counter()
+
+    @property
+    def counter(self) -> TokenCounter:
+        if self._counter is None:
+            self._counter = TokenCounter(self._tokenizer or load_tokenizer(self.config.tokenizer))
+        return self._counter
+
+    def text(self, c: Conditions) -> str:
+        """The whole prompt, unfitted."""
+        return ", ".join(render_parts(self.template, c))
+
+    def build(self, c: Conditions) -> Prompt:
+        parts = render_parts(self.template, c)
+        text = ", ".join(parts)
+        tokens = self.counter.count_parts(parts)
+        prompt = Prompt(text, tokens, tokens)
+        if self.config.fit == "fit" and tokens > self.config.max_tokens:
+            self._fit(c, prompt)
+        return prompt
+
+    # -- fitting -------------------------------------------------------------------------------------------
+    def _fit(self, c: Conditions, prompt: Prompt) -> None:
+        work = _Shortening(self, c)
+        budget = self.config.max_tokens
+        steps = (work.merge_repeats, work.drop_pseudo, work.drop_locations, work.drop_findings)
+        for step in steps:
+            for note in step():
+                prompt.dropped.append(note)
+                if work.estimate <= budget and self._accept(work, c, prompt):
+                    return
+        self._accept(work, c, prompt)
+        self._truncate(prompt)
+
+    def _accept(self, work: _Shortening, c: Conditions, prompt: Prompt) -> bool:
+        """Render the shortened findings and count exactly (the running estimate assumes the last part's
+        missing comma is one token, which is off by one when that part ends in punctuation)."""
+        parts = render_parts(self.template, dataclasses.replace(c, findings=work.findings()))
+        prompt.text = ", ".join(parts)
+        prompt.tokens = self.counter.count_parts(parts)
+        return prompt.tokens <= self.config.max_tokens
+
+    def priority_order(self, labels: list[str]) -> list[int]:
+        """Indices of findings, lowest priority first."""
+        idx = list(range(len(labels)))
+        if self.config.keep_findings == "first":
+            return idx[::-1]
+        count = [self.label_counts.get(label, 0) for label in labels]
+        if self.config.keep_findings == "rarest":  # drop the commonest first
+            return sorted(idx, key=lambda i: (-count[i], -i))
+        return sorted(idx, key=lambda i: (count[i], -i))
+
+    def _truncate(self, prompt: Prompt) -> None:
+        words = prompt.text.split(" ")
+        lo, hi = 0, len(words)  # largest k with words[:k] fitting
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.counter.count(" ".join(words[:mid])) <= self.config.max_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        prompt.text = " ".join(words[:lo]).rstrip(" ,")
+        prompt.tokens = self.counter.count(prompt.text)
+        prompt.dropped.append(f"truncated: {len(words) - lo} words")
+
+
+class _Shortening:
+    """Findings being shortened one drop at a time, with a running token estimate so that each drop costs O(1)
+    instead of a recount of the whole prompt (long PadChest reports have hundreds of parts)."""
+
+    def __init__(self, builder: PromptBuilder, c: Conditions):
+        self.builder = builder
+        self.cost = builder.counter.part_cost
+        self.labels = [f.label for f in c.findings]
+        self.locations = [list(f.locations) for f in c.findings]
+        self.alive = [True] * len(c.findings)
+        parts = render_parts(builder.template, c)
+        self.estimate = 2 + sum(map(self.cost, parts)) - 1  # the last part has no comma after it
+
+    def findings(self) -> list[Finding]:
+        return [
+            Finding(label, tuple(locs))
+            for label, locs, alive in zip(self.labels, self.locations, self.alive, strict=True)
+            if alive
+        ]
+
+    def _live(self) -> list[int]:
+        return [i for i, alive in enumerate(self.alive) if alive]
+
+    def _drop(self, i: int) -> None:
+        self.alive[i] = False
+        self.estimate -= self.cost(f"diagnosis {self.labels[i]}") + sum(
+            self.cost(f"loc {x}") for x in self.locations[i]
+        )
+
+    def merge_repeats(self):
+        """A repeated label goes; its locations not yet given move to the first mention."""
+        first: dict[str, int] = {}
+        for i in self._live():
+            key = self.labels[i].lower()
+            if key not in first:
+                first[key] = i
+                continue
+            j = first[key]
+            new = [x for x in self.locations[i] if x not in self.locations[j]]
+            self._drop(i)
+            self.locations[j] += new
+            self.estimate += sum(self.cost(f"loc {x}") for x in new)
+            yield f"repeat: {self.labels[i]}"
+
+    def drop_pseudo(self):
+        for name in _PSEUDO_DROP_ORDER:
+            for i in reversed(self._live()):
+                if self.labels[i].lower() == name:
+                    self._drop(i)
+                    yield f"pseudo: {self.labels[i]}"
+
+    def drop_locations(self):
+        live = self._live()
+        for k in self.builder.priority_order([self.labels[i] for i in live]):
+            i = live[k]
+            while self.locations[i]:
+                location = self.locations[i].pop()
+                self.estimate -= self.cost(f"loc {location}")
+                yield f"location: {self.labels[i]}@{location}"
+
+    def drop_findings(self):
+        live = self._live()
+        for k in self.builder.priority_order([self.labels[i] for i in live]):
+            self._drop(live[k])
+            yield f"finding: {self.labels[live[k]]}"

@@ -1,0 +1,118 @@
+"""MIMIC-CXR-JPG: metadata CSV + CheXpert/NegBio label CSV, optional official split, report sections and
+MIMIC-IV patients (the only place age and sex live). Images at `files/p<2 digits>/p<subject>/s<study>/<dicom>.jpg`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from ..records import (
+    PatientKeyer,
+    Record,
+    Rejection,
+    normalize_projection,
+    normalize_sex,
+    normalize_view,
+    record_id,
+)
+from .base import ReadResult
+from .chexpert import UncertainPolicy, findings_from_label_columns
+from .tables import read_csv
+
+SOURCE = "mimic"
+_SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
+ReportSection = Literal["impression", "findings"]
+
+
+def read_mimic(
+    metadata_csv: str | Path,
+    keyer: PatientKeyer,
+    labels_csv: str | Path | None = None,
+    split_csv: str | Path | None = None,
+    sections_csv: str | Path | None = None,
+    patients_csv: str | Path | None = None,
+    uncertain: UncertainPolicy = "ignore",
+    report_section: ReportSection = "impression",
+) -> ReadResult:
+    labels = _by_study(labels_csv) if labels_csv else None
+    splits = (
+        {r["dicom_id"].strip(): r["split"].strip() for _, r in read_csv(split_csv, ("dicom_id", "split"))[1]}
+        if split_csv
+        else {}
+    )
+    sections = _sections(sections_csv, report_section) if sections_csv else {}
+    patients = (
+        {r["subject_id"].strip(): r for _, r in read_csv(patients_csv, ("subject_id",))[1]}
+        if patients_csv
+        else {}
+    )
+
+    _, rows = read_csv(metadata_csv, required=("dicom_id", "subject_id", "study_id", "ViewPosition"))
+    result = ReadResult()
+    for row_no, row in rows:
+        result.stats["rows"] += 1
+        dicom, subject, study = row["dicom_id"].strip(), row["subject_id"].strip(), row["study_id"].strip()
+        if not (dicom and subject.isdigit() and study.isdigit()):
+            result.rejections.append(
+                Rejection(row_no, dicom, "metadata: blank or non-numeric dicom/subject/study id")
+            )
+            continue
+        image = f"files/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg"
+        findings = []
+        if labels is not None:
+            label_row = labels.get(study)
+            if label_row is None:
+                result.rejections.append(Rejection(row_no, image, "labels: study not in the label file"))
+                continue
+            findings = findings_from_label_columns(label_row, uncertain)
+        patient = patients.get(subject, {})
+        view = normalize_view(row["ViewPosition"])
+        result.records.append(
+            Record(
+                id=record_id(SOURCE, image),
+                source=SOURCE,
+                image=image,
+                row=row_no,
+                patient_key=keyer(SOURCE, subject),
+                age=_age(patient, row.get("StudyDate", "")),
+                sex=normalize_sex(patient.get("gender")),
+                view=view,
+                projection=normalize_projection(view) if view else None,
+                findings=findings,
+                caption=sections.get(study),
+                labeler="chexpert-labeler" if labels is not None else None,
+                official_split=_SPLITS.get(splits.get(dicom, "")),
+            )
+        )
+    if split_csv:
+        result.stats["with official split"] = sum(r.official_split is not None for r in result.records)
+    return result
+
+
+def _by_study(path: str | Path) -> dict[str, dict[str, str]]:
+    return {r["study_id"].strip(): r for _, r in read_csv(path, ("subject_id", "study_id"))[1]}
+
+
+def _sections(path: str | Path, section: ReportSection) -> dict[str, str]:
+    """study_id -> the chosen report section (falling back to the other when blank)."""
+    out = {}
+    for _, row in read_csv(path, ("study",))[1]:
+        study = row["study"].strip().lstrip("s")
+        other = "findings" if section == "impression" else "impression"
+        text = " ".join((row.get(section) or row.get(other) or "").split())
+        if text:
+            out[study] = text
+    return out
+
+
+def _age(patient: dict[str, str], study_date: str) -> int | None:
+    """MIMIC-IV anchor_age at anchor_year, moved to the (equally shifted) study year."""
+    try:
+        anchor_age = int(float(patient["anchor_age"]))
+        anchor_year = int(float(patient["anchor_year"]))
+        study_year = int(float(study_date)) // 10000
+    except (KeyError, ValueError):
+        return None
+    age = anchor_age + study_year - anchor_year
+    return age if 0 <= age <= 120 else None

@@ -1,0 +1,284 @@
+"""The record of one image: demographics, acquisition, findings with locations, and where it came from.
+
+Every reader produces `Record`s; every later stage reads them back from a prepared dataset's metadata.jsonl.
+`Conditions` is the part a prompt is built from, shared with generation, which has conditions but no source image.
+No patient identifier, birth date or study date is ever stored: patients are known only by a keyed hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+# Labels that describe the study rather than a finding in it (PadChest).
+PSEUDO_LABELS = ("normal", "unchanged", "exclude", "suboptimal study")
+SEX_WORDS = {"M": "male", "F": "female"}
+FRONTAL_PROJECTIONS = ("PA", "AP", "AP_horizontal")
+
+# ViewPosition spellings that mean the same view.
+_VIEW_ALIASES = {"POSTEROANTERIOR": "PA", "ANTEROPOSTERIOR": "AP", "LATERAL": "LATERAL", "LAT": "LATERAL"}
+# Projections in PadChest's reviewed vocabulary; other sources are mapped onto it.
+_PROJECTION_ALIASES = {
+    "PA": "PA",
+    "AP": "AP",
+    "AP_HORIZONTAL": "AP_horizontal",
+    "AP SUPINE": "AP_horizontal",
+    "L": "L",
+    "LL": "L",
+    "RL": "L",
+    "LATERAL": "L",
+    "COSTAL": "COSTAL",
+    "EXCLUDE": "EXCLUDE",
+    "UNK": "UNK",
+}
+
+
+class Finding(NamedTuple):
+    """One finding as the report states it: a label and the locations its sentence gives.
+
+    A NamedTuple rather than a dataclass: a release makes a million of them, and tuples are built 5x faster."""
+
+    label: str
+    locations: tuple[str, ...] = ()
+
+    @property
+    def is_pseudo(self) -> bool:
+        return is_pseudo_label(self.label)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "locations": list(self.locations)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str) -> Finding:
+        if isinstance(data, str):
+            return cls(data)
+        return cls(str(data["label"]), tuple(str(x) for x in data.get("locations") or ()))
+
+
+def is_pseudo_label(label: str) -> bool:
+    return label.strip().lower() in PSEUDO_LABELS
+
+
+@dataclass
+class Conditions:
+    """What a prompt says about an image: who, how it was taken, what it shows."""
+
+    age: int | None = None
+    sex: str | None = None  # "M", "F" or "O"
+    view: str | None = None  # ViewPosition, normalised ("PA", "AP", "LATERAL", ...)
+    projection: str | None = None  # PadChest vocabulary: PA, AP, AP_horizontal, L, COSTAL, EXCLUDE, UNK
+    modality: str | None = None  # CR, DX
+    findings: list[Finding] = field(default_factory=list)  # report order, repeats kept
+    caption: str | None = None  # free text: a folder's caption or a report section
+
+    @property
+    def labels(self) -> list[str]:
+        """Distinct labels in report order."""
+        return list(dict.fromkeys(f.label for f in self.findings))
+
+    @property
+    def is_normal(self) -> bool:
+        """Labelled normal and nothing but pseudo-labels besides."""
+        names = {f.label.lower() for f in self.findings}
+        return "normal" in names and all(is_pseudo_label(n) for n in names)
+
+
+@dataclass
+class Record(Conditions):
+    """One source image. `image` is relative to the images root; `row` is the 1-based data row of its CSV."""
+
+    id: str = ""
+    source: str = ""
+    image: str = ""
+    patient_key: str | None = None
+    labeler: str | None = None  # who labelled it: "physician", "rnn", "chexpert-labeler", ...
+    official_split: str | None = None  # "train", "val" or "test" when the release defines one
+    row: int | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        """The structured fields a prepared dataset stores (no source path, no row: those stay local)."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "patient_key": self.patient_key,
+            "age": self.age,
+            "sex": self.sex,
+            "view": self.view,
+            "projection": self.projection,
+            "modality": self.modality,
+            "findings": [f.to_json() for f in self.findings],
+            "labeler": self.labeler,
+        }
+
+    @classmethod
+    def from_metadata(cls, data: dict[str, Any]) -> Record:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names and k != "findings"}
+        kwargs["findings"] = [Finding.from_json(f) for f in data.get("findings") or []]
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row or image that did not make it into the dataset, and why."""
+
+    row: int | None
+    path: str
+    reason: str
+
+
+def record_id(source: str, image: str) -> str:
+    """A stable, opaque id: source paths can name patients (CheXpert, MIMIC), so they never become file names."""
+    return hashlib.sha256(f"{source}\0{image}".encode()).hexdigest()[:20]
+
+
+class PatientKeyer:
+    """Maps a source's patient id to a non-reversible key (HMAC-SHA256 with a secret salt)."""
+
+    def __init__(self, salt: str):
+        if not salt:
+            raise ValueError("the patient-key salt must not be empty")
+        self._salt = salt.encode()
+
+    def __call__(self, source: str, patient_id: str | None) -> str | None:
+        if patient_id is None or str(patient_id).strip() == "":
+            return None
+        message = f"{source}\0{str(patient_id).strip()}".encode()
+        return hmac.new(self._salt, message, hashlib.sha256).hexdigest()[:16]
+
+    @classmethod
+    def for_output(cls, out_dir: Path, salt: str | None) -> PatientKeyer:
+        """Use the given salt, else the one kept in `out_dir`, else make one and keep it there (mode 600).
+
+        The salt file lets a rerun or another shard writing to the same folder produce the same keys; it is
+        not part of the dataset and should not be shared with it."""
+        salt_file = Path(out_dir) / ".patient_key_salt"
+        if salt:
+            return cls(salt)
+        if salt_file.is_file():
+            return cls(salt_file.read_text().strip())
+        salt_file.parent.mkdir(parents=True, exist_ok=True)
+        new = secrets.token_hex(16)
+        try:
+            fd = os.open(salt_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another shard made it first
+            return cls(salt_file.read_text().strip())
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new + "\n")
+        return cls(new)
+
+
+def normalize_view(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    text = " ".join(str(raw).split()).upper()
+    if not text or text in ("NAN", "NONE"):
+        return None
+    return _VIEW_ALIASES.get(text, text)
+
+
+def normalize_projection(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    text = " ".join(str(raw).split())
+    if not text or text.upper() in ("NAN", "NONE"):
+        return None
+    return _PROJECTION_ALIASES.get(text.upper(), text)
+
+
+def normalize_sex(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    text = str(raw).strip().upper()
+    if text in ("M", "MALE"):
+        return "M"
+    if text in ("F", "FEMALE"):
+        return "F"
+    if text in ("O", "OTHER"):
+        return "O"
+    return None
+
+
+def parse_age(raw: Any) -> int | None:
+    """An age in whole years from a number, '047Y' (DICOM AS), or text; None when blank or implausible."""
+    if raw is None:
+        return None
+    text = str(raw).strip().upper()
+    if not text or text in ("NAN", "NONE"):
+        return None
+    unit = "Y"
+    if text[-1] in "DWMY" and text[:-1].strip().replace(".", "", 1).isdigit():
+        unit, text = text[-1], text[:-1]
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    years = value / {"Y": 1, "M": 12, "W": 52.18, "D": 365.25}[unit]
+    if not 0 <= years <= 120:
+        return None
+    return int(years)
+
+
+def clean_text(raw: Any) -> str:
+    """Strip and collapse whitespace."""
+    return " ".join(str(raw).split())
+
+
+def parse_finding_text(text: str) -> list[Finding]:
+    """Findings written by hand: `label@location,location` items separated by ';' or '|'.
+
+    `pleural effusion@left,costophrenic angle; pacemaker` gives two findings. A leading "loc " on a location is
+    accepted and dropped, so PadChest spellings work too."""
+    findings = []
+    for item in text.replace("|", ";").split(";"):
+        label, _, where = item.partition("@")
+        label = clean_text(label)
+        if not label:
+            continue
+        locations = []
+        for raw in where.split(","):
+            location = clean_text(raw)
+            if location.lower().startswith("loc "):
+                location = location[4:].strip()
+            if location and location not in locations:
+                locations.append(location)
+        findings.append(Finding(label, tuple(locations)))
+    return findings
+
+
+def findings_from_value(value: Any) -> list[Finding]:
+    """Findings from a metadata value: a list of {label, locations} or strings, a JSON string of one, or
+    the hand-written text form of `parse_finding_text`."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"findings is not valid JSON: {exc.msg}") from exc
+        else:
+            return parse_finding_text(text)
+    if not isinstance(value, list):
+        raise ValueError(f"findings must be a list, not {type(value).__name__}")
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            out += parse_finding_text(item)
+        elif isinstance(item, dict) and "label" in item:
+            out.append(
+                Finding(clean_text(item["label"]), tuple(clean_text(x) for x in item.get("locations") or ()))
+            )
+        else:
+            raise ValueError(f"a finding must be a string or {{label, locations}}, not {item!r}")
+    return out

@@ -1,0 +1,270 @@
+"""Fixture builders: a PadChest release with every quirk of shared/spec/data.md, bad image files, DICOMs."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cxrgen.phantom import padchest_row, render, write_padchest_csv
+
+# Each quirk row: CSV fields, and what the reader must make of it.
+QUIRK_ROWS: list[tuple[str, dict, dict]] = [
+    (
+        "nested layout",
+        dict(
+            ImageID="nested_a1.png",
+            PatientID="p1",
+            PatientBirth="1950.0",
+            StudyDate_DICOM="20150602",
+            LabelsLocalizationsBySentence="[['normal'], ['cardiomegaly', 'loc cardiac'], ['unchanged']]",
+        ),
+        dict(
+            age=65,
+            sex="M",
+            view="PA",
+            projection="PA",
+            findings=[("normal", ()), ("cardiomegaly", ("cardiac",)), ("unchanged", ())],
+        ),
+    ),
+    (
+        "flat layout, labels sharing a location run, leading spaces",
+        dict(
+            ImageID="flat_b2.png",
+            PatientID="p2",
+            ImageDir="7",
+            LabelsLocalizationsBySentence="['pleural effusion', 'loc right', 'loc pleural', 'unchanged', 'COPD signs', ' heart insufficiency', 'loc cardiac']",
+        ),
+        dict(
+            findings=[
+                ("pleural effusion", ("right", "pleural")),
+                ("unchanged", ()),
+                ("COPD signs", ("cardiac",)),
+                ("heart insufficiency", ("cardiac",)),
+            ]
+        ),
+    ),
+    (
+        "several labels before the sentence's locations",
+        dict(
+            ImageID="multi_c3.png",
+            PatientID="p3",
+            LabelsLocalizationsBySentence="[['alveolar pattern', 'pleural effusion', 'loc pleural', 'loc right']]",
+        ),
+        dict(
+            findings=[("alveolar pattern", ("pleural", "right")), ("pleural effusion", ("pleural", "right"))]
+        ),
+    ),
+    (
+        "bare nan item",
+        dict(
+            ImageID="nan_d4.png",
+            PatientID="p4",
+            LabelsLocalizationsBySentence="[nan, ['unchanged'], ['COPD signs', ' loc basal']]",
+        ),
+        dict(findings=[("unchanged", ()), ("COPD signs", ("basal",))]),
+    ),
+    (
+        "repeated labels",
+        dict(
+            ImageID="repeat_e5.png",
+            PatientID="p5",
+            LabelsLocalizationsBySentence="[['COPD signs'], ['COPD signs', 'loc right'], [' COPD signs']]",
+        ),
+        dict(findings=[("COPD signs", ()), ("COPD signs", ("right",)), ("COPD signs", ())]),
+    ),
+    (
+        "blank birth year, sex and view",
+        dict(
+            ImageID="blank_f6.png",
+            PatientID="p6",
+            PatientBirth="",
+            PatientSex_DICOM="",
+            ViewPosition_DICOM="",
+        ),
+        dict(age=None, sex=None, view=None, projection="PA", findings=[("normal", ())]),
+    ),
+    (
+        "sex O, AP_horizontal, DX",
+        dict(
+            ImageID="supine_g7.png",
+            PatientID="p7",
+            PatientSex_DICOM="O",
+            Projection="AP_horizontal",
+            ViewPosition_DICOM="ANTEROPOSTERIOR",
+            Modality_DICOM="DX",
+            MethodLabel="RNN_model",
+            LabelsLocalizationsBySentence="[['pacemaker'], ['suboptimal study'], ['exclude']]",
+        ),
+        dict(
+            sex="O",
+            view="AP",
+            projection="AP_horizontal",
+            modality="DX",
+            labeler="rnn",
+            findings=[("pacemaker", ()), ("suboptimal study", ()), ("exclude", ())],
+        ),
+    ),
+    (
+        "by-sentence blank, Labels filled",
+        dict(
+            ImageID="labels_h8.png",
+            PatientID="p8",
+            LabelsLocalizationsBySentence="",
+            Labels="['pacemaker', ' chronic changes']",
+        ),
+        dict(findings=[("pacemaker", ()), ("chronic changes", ())]),
+    ),
+    (
+        "empty label list",
+        dict(ImageID="empty_i9.png", PatientID="p9", LabelsLocalizationsBySentence="[]", Labels="[]"),
+        dict(findings=[]),
+    ),
+    (
+        "lateral (filtered by default)",
+        dict(ImageID="lateral_j10.png", PatientID="p1", Projection="L", ViewPosition_DICOM="LATERAL"),
+        dict(projection="L", view="LATERAL"),
+    ),
+    (
+        "second image of patient 2",
+        dict(ImageID="flat2_k11.png", PatientID="p2", ImageDir="7", StudyDate_DICOM="20160101"),
+        dict(age=66),
+    ),
+]
+REJECTED_ROWS: list[tuple[str, dict, str]] = [
+    (
+        "no labels at all",
+        dict(ImageID="nolabel_x1.png", PatientID="p20", LabelsLocalizationsBySentence="", Labels=""),
+        "labels: missing",
+    ),
+    (
+        "malformed list text",
+        dict(
+            ImageID="bad_x2.png",
+            PatientID="p21",
+            LabelsLocalizationsBySentence="[['pleural effusion', 'loc right'",
+        ),
+        "labels: malformed",
+    ),
+]
+# Rows whose image file is bad, and the reason prefix prepare must give.
+BAD_IMAGE_ROWS = {
+    "truncated_y1.png": "image: truncated",
+    "zero_y2.png": "image: empty file",
+    "notimage_y3.png": "image: not a readable image",
+    "rgba_y4.png": "image: unsupported mode RGBA",
+    "palette_y5.png": "image: unsupported mode P",
+    "float32_y6.png": "image: unsupported mode F",
+    "bomb_y7.png": "image: too many pixels",
+    "missing_y8.png": "image: file not found",
+    "../../escape_y9.png": "path: escapes",
+    "flat_y10.png": "qc: near_constant",
+}
+
+
+def xray(height: int = 160, width: int = 128, seed: int = 0, bits: int = 16, findings=()) -> np.ndarray:
+    return render(height, width, list(findings), seed=seed, bits=bits)
+
+
+def save_png(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def png_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """A tiny PNG whose header claims a huge image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def write_bad_images(root: Path) -> None:
+    folder = root / "0"
+    folder.mkdir(parents=True, exist_ok=True)
+    good = save_png(folder / "tmp_good.png", xray(seed=99))
+    data = good.read_bytes()
+    (folder / "truncated_y1.png").write_bytes(data[: len(data) // 2])
+    (folder / "zero_y2.png").write_bytes(b"")
+    (folder / "notimage_y3.png").write_text("this is not an image")
+    Image.new("RGBA", (64, 64), (10, 20, 30, 255)).save(folder / "rgba_y4.png")
+    Image.new("P", (64, 64)).save(folder / "palette_y5.png")
+    Image.fromarray(np.ones((64, 64), np.float32)).save(folder / "float32_y6.png", format="TIFF")
+    png_bomb(folder / "bomb_y7.png")
+    save_png(folder / "flat_y10.png", np.full((200, 160), 30000, np.uint16))
+    good.unlink()
+
+
+def write_quirk_release(root: Path, gz: bool = True, size: int = 160) -> Path:
+    """The quirk rows, the rejected rows and the bad-image rows as a PadChest release under `root`."""
+    rows = []
+    for i, (_, fields, _) in enumerate(QUIRK_ROWS):
+        rows.append(padchest_row(**fields))
+        folder = fields.get("ImageDir", "0")
+        save_png(root / folder / fields["ImageID"], xray(size, int(size * 0.8), seed=i))
+    for _, fields, _ in REJECTED_ROWS:
+        rows.append(padchest_row(**fields))
+    write_bad_images(root)
+    for j, name in enumerate(BAD_IMAGE_ROWS):
+        rows.append(padchest_row(ImageID=name, PatientID=f"p{30 + j}"))
+    return write_padchest_csv(root / ("labels.csv.gz" if gz else "labels.csv"), rows)
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    monochrome1: bool = False,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+    bits: int = 12,
+    **tags,
+) -> Path:
+    """A minimal uncompressed DICOM (Digital X-Ray) file."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = tags.pop("Modality", "DX")
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    if slope != 1.0 or intercept != 0.0:
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path

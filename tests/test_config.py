@@ -1,0 +1,69 @@
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from cxrgen.config import ConfigError, add_arguments, load, namespace_to_overrides, option
+
+
+@dataclass
+class Inner:
+    size: int = option(512, "side")
+    names: list[str] | None = option(["a", "b"], "names")
+
+
+@dataclass
+class Outer:
+    out: str = option(help="output")
+    flag: bool = option(False, "a switch")
+    inner: Inner = option(factory=Inner, help="group")
+
+
+def parse(argv, yaml_path=None):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Outer)
+    return load(Outer, yaml_path, namespace_to_overrides(parser.parse_args(argv)))
+
+
+def test_defaults_then_yaml_then_flags(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("out: from-yaml\ninner:\n  size: 256\n")
+    c = parse(["--inner.size", "128"], cfg)
+    assert (c.out, c.inner.size, c.inner.names, c.flag) == ("from-yaml", 128, ["a", "b"], False)
+    c = parse(["--out", "x", "--flag", "--inner.names", "p", "q"])
+    assert c.flag and c.inner.names == ["p", "q"]
+
+
+def test_optional_list_all_means_no_filter():
+    assert parse(["--out", "x", "--inner.names", "all"]).inner.names is None
+    assert parse(["--out", "x", "--inner.names"]).inner.names is None
+
+
+def test_unknown_yaml_key_suggests(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("out: x\ninner:\n  sise: 3\n")
+    with pytest.raises(ConfigError, match="inner.sise.*did you mean inner.size"):
+        parse([], cfg)
+
+
+def test_missing_required_names_flag():
+    with pytest.raises(ConfigError, match="--out"):
+        parse([])
+
+
+def test_bad_types(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("out: x\ninner:\n  size: big\n")
+    with pytest.raises(ConfigError, match="inner.size.*number"):
+        parse([], cfg)
+    cfg.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        parse([], cfg)
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse([], tmp_path / "missing.yaml")
+
+
+def test_lists_are_not_shared_between_instances():
+    a, b = Inner(), Inner()
+    a.names.append("c")
+    assert b.names == ["a", "b"]

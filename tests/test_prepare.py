@@ -1,0 +1,262 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import BAD_IMAGE_ROWS, QUIRK_ROWS, REJECTED_ROWS, write_dicom, xray
+from PIL import Image
+
+from cxrgen import image_jobs
+from cxrgen.cli import main
+
+SALT = ["--patient-key-salt", "fixed-test-salt"]
+
+
+def prepare(release, out, *extra):
+    root, csv_path = release
+    args = [
+        "prepare",
+        "--source",
+        "padchest",
+        "--csv",
+        str(csv_path),
+        "--images",
+        str(root),
+        "--out",
+        str(out),
+        "--image.size",
+        "64",
+        "--workers",
+        "1",
+        "--qc.min-side",
+        "64",
+        *SALT,
+        *extra,
+    ]
+    return main(args)
+
+
+def metadata(out):
+    rows = {}
+    for split in ("train", "val", "test"):
+        path = Path(out) / split / "metadata.jsonl"
+        if path.exists():
+            rows.update(
+                {r["id"]: dict(r, split=split) for r in map(json.loads, path.read_text().splitlines())}
+            )
+    return rows
+
+
+def rejected(out):
+    with open(Path(out) / "rejected.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def png_bytes(out):
+    return {p.name: p.read_bytes() for p in Path(out).glob("*/??/*.png")}
+
+
+@pytest.fixture(scope="module")
+def prepared(quirk_release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    assert prepare(quirk_release, out, "--workers", "2") == 0
+    return out
+
+
+def test_outputs(prepared):
+    rows = metadata(prepared)
+    frontal = [q for q in QUIRK_ROWS if q[1].get("Projection", "PA") != "L"]
+    assert len(rows) == len(frontal)
+    for row in rows.values():
+        image = Image.open(prepared / row["split"] / row["file_name"])
+        assert image.mode == "L" and image.size == (64, 64)
+        assert row["text"].startswith("chest x-ray") and row["tokens"] <= 77
+        assert set(row) >= {
+            "file_name",
+            "text",
+            "age",
+            "sex",
+            "view",
+            "projection",
+            "modality",
+            "findings",
+            "patient_key",
+        }
+    summary = json.loads((prepared / "prepare.json").read_text())
+    assert summary["rows_read"] == len(QUIRK_ROWS) + len(REJECTED_ROWS) + len(BAD_IMAGE_ROWS)
+    assert summary["kept"] == len(rows) and summary["config"]["patient_key_salt"] == "<redacted>"
+    assert summary["tokens"]["before_fitting"]["prompts"] == len(rows)
+    assert "sha256" in summary["inputs"]["csv"] and summary["data_hash"]
+    assert (prepared / "contact_sheets" / "kept.png").exists()
+    assert not list(prepared.rglob("*.tmp*"))
+
+
+def test_every_bad_input_is_in_rejected_csv(prepared):
+    reasons = {row["path"].split("/")[-1]: row["reason"] for row in rejected(prepared)}
+    for name, reason in BAD_IMAGE_ROWS.items():
+        assert reasons[name.split("/")[-1]].startswith(reason), (name, reasons[name.split("/")[-1]])
+    for _, fields, reason in REJECTED_ROWS:
+        assert reasons[fields["ImageID"]].startswith(reason)
+    assert reasons["lateral_j10.png"] == "filter: projection L"
+    assert (prepared / "rejected").is_dir() and (prepared / "contact_sheets" / "rejected.png").exists()
+
+
+def test_no_patient_in_two_splits(prepared):
+    seen = {}
+    for row in metadata(prepared).values():
+        assert seen.setdefault(row["patient_key"], row["split"]) == row["split"]
+
+
+def test_no_identifiers_in_outputs(prepared):
+    text = (
+        "".join(p.read_text() for p in prepared.glob("*/metadata.jsonl"))
+        + (prepared / "prepare.json").read_text()
+    )
+    for forbidden in ("20150602", "20160101", "1950.0", '"p1"', "fixed-test-salt", "nested_a1"):
+        assert forbidden not in text
+    assert all(len(p.stem) == 20 for p in prepared.glob("*/??/*.png"))
+
+
+def test_loads_as_huggingface_imagefolder(prepared):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset("imagefolder", data_dir=str(prepared))
+    assert sum(len(ds[s]) for s in ds) == len(metadata(prepared))
+    first = ds[next(iter(ds))][0]
+    assert first["image"].size == (64, 64) and "findings" in first
+
+
+def test_metadata_only(quirk_release, tmp_path):
+    assert prepare(quirk_release, tmp_path, "--metadata-only") == 0
+    rows = metadata(tmp_path)
+    assert (
+        len(rows) == len(QUIRK_ROWS) + len(BAD_IMAGE_ROWS) - 2
+    )  # no lateral, no escaping path; bad images unread
+    assert not list(tmp_path.glob("*/??/*.png"))
+    assert json.loads((tmp_path / "prepare.json").read_text())["metadata_only"] is True
+
+
+def test_resume_after_interruption_equals_uninterrupted(quirk_release, tmp_path, monkeypatch, prepared):
+    real = image_jobs.run_job
+    calls = {"n": 0}
+
+    def flaky(job, config=None):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(job, config)
+
+    monkeypatch.setattr(image_jobs, "run_job", flaky)
+    assert prepare(quirk_release, tmp_path) == 130
+    assert not (tmp_path / "train" / "metadata.jsonl").exists()
+    journal = (tmp_path / ".journal" / "main.jsonl").read_text().splitlines()
+    assert len(journal) == 4
+    (tmp_path / ".journal" / "main.jsonl").write_text("\n".join(journal) + '\n{"id": "cut off mid-li')
+    monkeypatch.setattr(image_jobs, "run_job", real)
+    calls["n"] = 0
+    assert prepare(quirk_release, tmp_path) == 0
+    assert metadata(tmp_path) == metadata(prepared)
+    assert png_bytes(tmp_path) == png_bytes(prepared)
+
+
+def test_rerun_converts_nothing_and_qc_change_moves_files(prepared, quirk_release, caplog):
+    before = metadata(prepared)
+    journal = [json.loads(line) for line in (prepared / ".journal" / "main.jsonl").read_text().splitlines()]
+    contrasts = sorted(e["stats"]["contrast"] for e in journal if e["status"] == "ok")
+    caplog.set_level("INFO")
+    assert prepare(quirk_release, prepared, "--qc.min-contrast", str(contrasts[len(contrasts) // 2])) == 0
+    assert "0 to convert" in caplog.text
+    assert len(metadata(prepared)) < len(before)
+    assert prepare(quirk_release, prepared) == 0
+    assert metadata(prepared) == before
+
+
+def test_shards_union_equals_unsharded(quirk_release, tmp_path, prepared, caplog):
+    caplog.set_level("INFO")
+    assert prepare(quirk_release, tmp_path, "--shard", "0/2") == 0
+    assert prepare(quirk_release, tmp_path, "--shard", "1/2") == 0
+    assert not (tmp_path / "train" / "metadata.jsonl").exists()
+    caplog.clear()
+    assert prepare(quirk_release, tmp_path) == 0
+    assert "images: 0 to convert" in caplog.text
+    assert metadata(tmp_path) == metadata(prepared) and png_bytes(tmp_path) == png_bytes(prepared)
+
+
+def test_folder_source_with_dicom(tmp_path):
+    folder = tmp_path / "in"
+    pixels = xray(200, 160, bits=8).astype(np.uint16) * 16
+    write_dicom(
+        folder / "a.dcm", 4095 - pixels, monochrome1=True, PatientSex="M", PatientAge="060Y", PatientID="x1"
+    )
+    write_dicom(folder / "b.dcm", pixels, PatientSex="F", PatientAge="030Y", PatientID="x2")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "prepare",
+                "--source",
+                "folder",
+                "--images",
+                str(folder),
+                "--out",
+                str(out),
+                "--image.size",
+                "64",
+                "--qc.min-side",
+                "64",
+                "--splits.train",
+                "1",
+                "--splits.val",
+                "0",
+                "--splits.test",
+                "0",
+            ]
+        )
+        == 0
+    )
+    rows = sorted(metadata(out).values(), key=lambda r: r["age"])
+    assert [r["text"] for r in rows] == [
+        "chest x-ray, age 30 female, modality DX",
+        "chest x-ray, age 60 male, modality DX",
+    ]
+    a, b = (np.asarray(Image.open(out / "train" / r["file_name"]), dtype=int) for r in rows)
+    assert np.abs(a - b).mean() < 3  # MONOCHROME1 inverted back to the same picture
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "prepare",
+                "--source",
+                "padchest",
+                "--csv",
+                str(tmp_path / "no.csv"),
+                "--out",
+                str(tmp_path),
+                "--metadata-only",
+            ]
+        )
+        == 1
+    )
+    assert "does not exist" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "prepare",
+                "--source",
+                "padchest",
+                "--csv",
+                "x",
+                "--out",
+                str(tmp_path),
+                "--metadata-only",
+                "--shard",
+                "2/2",
+            ]
+        )
+        == 2
+    )
+    assert "0 <= i < n" in capsys.readouterr().err
+    assert main(["prepare", "--source", "padchest", "--csv", "x", "--out", str(tmp_path)]) == 2
+    assert "--images is required" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+from collections import Counter
+
+import pytest
+
+from cxrgen.config import ConfigError
+from cxrgen.prompts import PromptBuilder, PromptConfig
+from cxrgen.records import Conditions, Finding
+
+PAPER = Conditions(
+    age=47,
+    sex="M",
+    view="PA",
+    projection="PA",
+    modality="DX",
+    findings=[Finding("calcified granuloma", ("right upper lobe",))],
+)
+
+
+def build(c, **kw):
+    return PromptBuilder(PromptConfig(**kw)).build(c)
+
+
+def test_full_level_is_the_papers_format():
+    p = build(PAPER)
+    assert p.text == (
+        "chest x-ray, age 47 male, view PA, projection PA, modality DX, "
+        "diagnosis calcified granuloma, loc right upper lobe"
+    )
+    assert p.tokens == p.tokens_full and p.dropped == []
+
+
+def test_levels_and_missing_fields():
+    assert build(PAPER, level="simple").text == "chest x-ray"
+    assert build(PAPER, level="demographic").text == "chest x-ray, age 47 male"
+    c = Conditions(age=None, sex="F", view=None, projection="AP", findings=[])
+    assert build(c, level="demographic").text == "chest x-ray, female"
+    assert build(c).text == "chest x-ray, female, projection AP"
+    assert build(Conditions(caption="small left effusion"), level="caption").text == "small left effusion"
+
+
+def test_template_fields_and_errors():
+    c = Conditions(age=60, sex="O", findings=[Finding("nodule", ("left",)), Finding("nodule")])
+    assert build(c, template="xray of [a {sex}] patient, {labels}").text == "xray of patient, nodule"
+    with pytest.raises(ConfigError, match="unknown"):
+        PromptConfig(template="{weight}")
+    with pytest.raises(ConfigError, match="part of its own"):
+        PromptConfig(template="chest x-ray, findings: {findings}")
+    with pytest.raises(ConfigError, match="unbalanced"):
+        PromptConfig(template="[age {age}")
+
+
+LONG = Conditions(
+    age=70,
+    sex="F",
+    view="PA",
+    projection="PA",
+    modality="CR",
+    findings=[
+        Finding("COPD signs", ("right",)),
+        Finding("unchanged"),
+        Finding("pleural effusion", ("left", "pleural")),
+        Finding("COPD signs", ("left",)),
+        Finding("normal"),
+        Finding("scoliosis", ("thoracic spine",)),
+    ]
+    + [Finding(f"finding number {i}", ("loc a b", "loc c d")) for i in range(6)],
+)
+
+
+def test_fitting_order_and_record():
+    p = build(LONG, max_tokens=77)
+    assert p.tokens_full > 77 >= p.tokens
+    kinds = [d.split(":")[0] for d in p.dropped]
+    order = ["repeat", "pseudo", "location", "finding", "truncated"]
+    assert kinds == sorted(kinds, key=order.index)
+    assert kinds[0] == "repeat" and "pseudo: normal" in p.dropped
+    # the repeat's new location moved to the first mention
+    assert "diagnosis COPD signs, loc right, loc left" in build(LONG, max_tokens=150).text
+    assert p.text.startswith("chest x-ray, age 70 female, view PA, projection PA, modality CR")
+
+
+def test_drops_only_as_much_as_needed():
+    p = build(LONG, max_tokens=110)
+    assert p.tokens <= 110
+    assert all(not d.startswith("finding") for d in p.dropped)
+    assert build(LONG, max_tokens=1000).dropped == []
+
+
+def test_keep_findings_policies():
+    counts = Counter({f"finding number {i}": n for i, n in enumerate([100, 50, 40, 30, 20, 1])})
+    c = Conditions(findings=[Finding(f"finding number {i}") for i in range(6)] * 3)
+    rare = PromptBuilder(PromptConfig(keep_findings="rarest", max_tokens=20), label_counts=counts).build(c)
+    common = PromptBuilder(PromptConfig(keep_findings="commonest", max_tokens=20), label_counts=counts).build(
+        c
+    )
+    first = PromptBuilder(PromptConfig(keep_findings="first", max_tokens=20)).build(c)
+    assert "finding number 5" in rare.text and "finding number 0" not in rare.text
+    assert "finding number 0" in common.text and "finding number 5" not in common.text
+    assert "finding number 0" in first.text
+
+
+def test_keep_strategy_keeps_everything():
+    p = build(LONG, fit="keep")
+    assert p.tokens > 77 and p.dropped == []
+
+
+def test_truncation_never_cuts_inside_a_word():
+    words = "the cardiac silhouette is enlarged with bilateral interstitial opacities " * 12
+    p = build(Conditions(caption=words), level="caption")
+    assert p.tokens <= 77 and p.dropped[-1].startswith("truncated")
+    assert words.startswith(p.text) and words[len(p.text)] == " "
