@@ -147,13 +147,14 @@ def test_image_config_validation():
 def test_png_writer_roundtrip_with_text(tmp_path):
     from cxrgen.imaging.png import encode_png, write_png
 
-    for pixels in (xray(bits=8), xray(bits=16), np.zeros((1, 1), np.uint8)):
+    rgb = np.stack([xray(bits=8), xray(bits=8, seed=1), xray(bits=8, seed=2)], axis=2)
+    for pixels in (xray(bits=8), xray(bits=16), np.zeros((1, 1), np.uint8), rgb):
         path = write_png(tmp_path / "x.png", pixels, {"cxrgen": "SYNTHETIC", "note": "ünïcode"})
         im = Image.open(path)
         assert np.array_equal(np.asarray(im), pixels)
         assert im.text["cxrgen"] == "SYNTHETIC" and im.text["note"] == "ünïcode"
-    with pytest.raises(ValueError, match="2-D uint8 or uint16"):
-        encode_png(np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        encode_png(np.zeros((2, 2, 4), np.uint8))
 
 
 def test_16bit_fast_path_matches_plain_decoding(tmp_path, monkeypatch):

@@ -1,11 +1,15 @@
-"""The `cxrgen` command: one subcommand per stage, each a thin layer over a library function."""
+"""The `cxrgen` command: one subcommand per stage, each a typed config and a library function.
+
+Modules are imported only for the command that runs, so `cxrgen prepare` never pays for torch's start-up.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import yaml
 
@@ -15,68 +19,20 @@ from .config import ConfigError, add_arguments, load, namespace_to_overrides, to
 EXIT_USAGE = 2
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help  # defaults are written into the help text by config.add_arguments
+@dataclass(frozen=True)
+class Command:
+    name: str
+    config: str  # "module:Class"
+    run: str  # "module:function", called with the config, returning an exit code (or None for 0)
+    help: str
+    description: str
+    epilog: str = ""
+    presets: str | None = None  # a module with PRESETS (names) and preset_values(name) -> settings
 
 
-def _config_command(
-    sub, name: str, cls: type, run: Callable, help_text: str, description: str, epilog: str = ""
-) -> None:
-    p = sub.add_parser(
-        name, help=help_text, description=description, epilog=epilog, formatter_class=_Formatter
-    )
-    p.add_argument(
-        "--config", dest="_config", metavar="YAML", help="settings file; flags given here override it"
-    )
-    p.add_argument(
-        "--print-config",
-        dest="_print_config",
-        action="store_true",
-        help="print the resolved settings as YAML and exit",
-    )
-    add_arguments(p, cls)
-    p.set_defaults(_cls=cls, _run=run)
-
-
-def _prepare(config) -> int:
-    from .prepare import print_summary, run_prepare
-
-    print_summary(run_prepare(config))
-    return 0
-
-
-def _phantom(config) -> int:
-    from .phantom.command import run_phantom
-
-    run_phantom(config)
-    return 0
-
-
-def _demo(config) -> int:
-    from .demo import run_demo
-
-    return run_demo(config)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .demo import DemoConfig
-    from .phantom.command import PhantomConfig
-    from .prepare import PrepareConfig
-
-    parser = argparse.ArgumentParser(
-        prog="cxrgen",
-        description="Adapt Stable Diffusion to chest X-rays: prepare a release, fine-tune, generate, evaluate.",
-        formatter_class=_Formatter,
-    )
-    parser.add_argument("--version", action="version", version=f"cxrgen {__version__}")
-    parser.add_argument("-v", "--verbose", dest="_verbose", action="count", default=0, help="more log output")
-    sub = parser.add_subparsers(dest="_command", metavar="COMMAND")
-    _config_command(
-        sub,
-        "prepare",
-        PrepareConfig,
-        _prepare,
+COMMANDS = (
+    Command(
+        "prepare", "cxrgen.prepare:PrepareConfig", "cxrgen.prepare:main",
         "turn a raw release into image-prompt pairs with patient-level splits",
         "Read a release (PadChest, MIMIC-CXR-JPG, CheXpert or a folder), filter it, build prompts, convert images\n"
         "to 8-bit PNGs and write <out>/<split>/metadata.jsonl, prepare.json and rejected.csv.",
@@ -86,21 +42,81 @@ def build_parser() -> argparse.ArgumentParser:
         "  cxrgen prepare --source padchest --csv labels.csv.gz --out data/meta --metadata-only\n"
         "  cxrgen prepare --source folder --images my_xrays/ --captions captions.csv --out data/mine\n"
         "  cxrgen prepare --config configs/prepare-padchest.yaml --shard 0/4   # then once without --shard",
-    )
-    _config_command(
-        sub,
-        "phantom",
-        PhantomConfig,
-        _phantom,
+    ),
+    Command(
+        "train", "cxrgen.train.config:TrainConfig", "cxrgen.train.command:run_train",
+        "fine-tune Stable Diffusion on a prepared dataset (DreamBooth-LoRA or full)",
+        "Train a LoRA (optionally on top of earlier LoRAs, with prior preservation) or fine-tune the UNet (and\n"
+        "text encoder). Checkpoints resume exactly; sample grids, validation loss and TensorBoard logs land in\n"
+        "the run folder. Several GPUs: accelerate launch -m cxrgen train ...",
+        "examples:\n"
+        "  cxrgen train --preset gpu-8gb --data data/padchest-512 \\\n"
+        "      --model.base stable-diffusion-v1-5/stable-diffusion-v1-5 --out runs/cxr-lora --prior.enabled\n"
+        "  cxrgen train --preset gpu-16gb --method full --data data/padchest-512 --model.base sd15/ --out runs/full\n"
+        "  cxrgen train --data data/effusion --model.base sd15/ --lora.stack runs/cxr-lora --out runs/effusion\n"
+        "  cxrgen train ... --resume latest      # continue an interrupted run",
+        presets="cxrgen.train.config",
+    ),
+    Command(
+        "make-tiny-model", "cxrgen.models:TinyModelConfig", "cxrgen.models:make_tiny_model",
+        "write a random Stable Diffusion pipeline offline (tiny, or the SD 1.5 architecture)",
+        "A diffusers pipeline folder with random weights and the exact CLIP tokenizer, for tests, the demo and\n"
+        "speed or memory work without downloads.",
+    ),
+    Command(
+        "phantom", "cxrgen.phantom.command:PhantomConfig", "cxrgen.phantom.command:run_phantom",
         "write a PadChest-format release of phantom radiographs with known findings",
         "Phantom chest radiographs (lungs, heart, ribs, diaphragm, noise, exposure and positioning variation) with\n"
         "findings drawn where the labels say, as the real PadChest CSV and 16-bit PNGs in numbered folders.",
-    )
-    _config_command(
-        sub, "demo", DemoConfig, _demo,
+    ),
+    Command(
+        "demo", "cxrgen.demo:DemoConfig", "cxrgen.demo:run_demo",
         "run the pipeline end to end on phantom data (offline, CPU)",
-        "Phantom release -> prepare -> (later stages as they land). Prints where each artefact is.",
-    )  # fmt: skip
+        "Phantom release -> prepare -> train -> ... Prints where each artefact is.",
+    ),
+)  # fmt: skip
+
+
+def _resolve(ref: str):
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxrgen",
+        description="Adapt Stable Diffusion to chest X-rays: prepare a release, fine-tune, generate, evaluate.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cxrgen {__version__}")
+    parser.add_argument("-v", "--verbose", dest="_verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="_command", metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.description, epilog=command.epilog,
+                           formatter_class=_Formatter)  # fmt: skip
+        if command.presets:
+            names = importlib.import_module(command.presets).PRESETS
+            p.add_argument(
+                "--preset",
+                dest="_preset",
+                choices=names,
+                help="settings for a hardware class (under --config and flags)",
+            )
+        p.add_argument(
+            "--config", dest="_config", metavar="YAML", help="settings file; flags given here override it"
+        )
+        p.add_argument(
+            "--print-config",
+            dest="_print_config",
+            action="store_true",
+            help="print the resolved settings and exit",
+        )
+        add_arguments(p, _resolve(command.config))
+        p.set_defaults(_spec=command)
     return parser
 
 
@@ -111,31 +127,36 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args._verbose > 1 else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args._verbose else "%(message)s",
     )
-    if not getattr(args, "_command", None):
+    spec: Command | None = getattr(args, "_spec", None)
+    if spec is None:
         parser.print_help()
         return EXIT_USAGE
     try:
-        config = load(args._cls, args._config, namespace_to_overrides(args))
+        preset = getattr(args, "_preset", None)
+        base = importlib.import_module(spec.presets).preset_values(preset) if preset else None
+        config = load(_resolve(spec.config), args._config, namespace_to_overrides(args), base)
         if args._print_config:
             print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
             return 0
-        return args._run(config)
+        code = _resolve(spec.run)(config)
+        return code if isinstance(code, int) else 0
     except ConfigError as exc:
-        print(f"cxrgen {args._command}: error: {exc}", file=sys.stderr)
+        print(f"cxrgen {spec.name}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"cxrgen {args._command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"cxrgen {spec.name}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:
         if _is_user_error(exc) and not args._verbose:
-            print(f"cxrgen {args._command}: error: {exc}", file=sys.stderr)
+            print(f"cxrgen {spec.name}: error: {exc}", file=sys.stderr)
             return 1
         raise
 
 
 def _is_user_error(exc: Exception) -> bool:
     """Errors about the user's inputs, shown as one line (run with -v for the traceback)."""
+    from .models import ModelError
     from .readers import TableError
     from .tokens import TokenizerError
 
-    return isinstance(exc, TableError | TokenizerError | FileNotFoundError | ValueError)
+    return isinstance(exc, TableError | TokenizerError | ModelError | FileNotFoundError | ValueError)

@@ -227,9 +227,14 @@ def _coerce(value: Any, tp: Any, optional: bool, name: str) -> Any:
     return value
 
 
-def load(cls: type[T], config_file: str | Path | None, overrides: dict[str, Any]) -> T:
-    """Defaults, then the YAML file, then command-line overrides ({dotted.name: value})."""
-    values = read_yaml(config_file) if config_file else {}
+def load(
+    cls: type[T],
+    config_file: str | Path | None,
+    overrides: dict[str, Any],
+    base: dict[str, Any] | None = None,
+) -> T:
+    """Defaults, then `base` (a preset), then the YAML file, then command-line overrides ({dotted.name: value})."""
+    values = merge(base or {}, read_yaml(config_file) if config_file else {})
     return build(cls, merge(values, nest(overrides)))
 
 

@@ -393,3 +393,8 @@ def print_summary(result: PrepareResult) -> None:
     for sheet in s["contact_sheets"]:
         print(f"  contact sheet: {sheet}")
     print(f"  summary: {result.out / 'prepare.json'}")
+
+
+def main(config: PrepareConfig) -> int:
+    print_summary(run_prepare(config))
+    return 0

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from .config import check_fraction, option
+from .grid import save_grid
 from .imaging import ImageStats
 
 
@@ -49,16 +49,4 @@ def contact_sheet(
     images: list[tuple[np.ndarray, str]], path: Path, thumb: int = 160, columns: int = 8
 ) -> Path:
     """A grid of thumbnails, each captioned (e.g. with its rejection reason), saved as PNG."""
-    rows = max(1, -(-len(images) // columns))
-    caption = 14
-    sheet = Image.new("L", (columns * thumb, rows * (thumb + caption)), 32)
-    draw = ImageDraw.Draw(sheet)
-    for i, (pixels, text) in enumerate(images):
-        x, y = (i % columns) * thumb, (i // columns) * (thumb + caption)
-        tile = Image.fromarray(pixels).convert("L")
-        tile.thumbnail((thumb, thumb))
-        sheet.paste(tile, (x + (thumb - tile.width) // 2, y + (thumb - tile.height) // 2))
-        draw.text((x + 2, y + thumb), text[: thumb // 6], fill=230)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    return save_grid(images, path, columns, thumb)

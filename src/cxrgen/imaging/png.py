@@ -1,4 +1,4 @@
-"""A small PNG writer for grayscale images, with text chunks.
+"""A small PNG writer for grayscale (and RGB) images, with text chunks.
 
 Pillow picks a filter per row by trial, which costs more than decoding the source image. Radiographs are smooth
 from row to row, so the Up filter with zlib's run-length strategy gives files as small as Pillow's level 6 at a
@@ -25,10 +25,13 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
-    """PNG bytes of a 2-D uint8 or uint16 array; `text` becomes iTXt chunks (UTF-8)."""
-    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"encode_png takes a 2-D uint8 or uint16 array, not {pixels.dtype} {pixels.shape}")
-    height, width = pixels.shape
+    """PNG bytes of a (H, W) grayscale or (H, W, 3) RGB array, uint8 or uint16; `text` becomes iTXt chunks."""
+    rgb = pixels.ndim == 3 and pixels.shape[2] == 3
+    if not (pixels.ndim == 2 or rgb) or pixels.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"encode_png takes a 2-D (or RGB) uint8 or uint16 array, not {pixels.dtype} {pixels.shape}"
+        )
+    height, width = pixels.shape[:2]
     depth = 8 if pixels.dtype == np.uint8 else 16
     rows = (
         np.ascontiguousarray(pixels.astype(">u2") if depth == 16 else pixels)
@@ -40,7 +43,8 @@ def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
     raw = np.hstack([np.full((height, 1), 2, np.uint8), up]).tobytes()
     compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     body = compressor.compress(raw) + compressor.flush()
-    out = [_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0))]
+    header = struct.pack(">IIBBBBB", width, height, depth, 2 if rgb else 0, 0, 0, 0)
+    out = [_SIGNATURE, _chunk(b"IHDR", header)]
     for key, value in (text or {}).items():
         out.append(_chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8")))
     out += [_chunk(b"IDAT", body), _chunk(b"IEND", b"")]

@@ -1,0 +1,80 @@
+"""Sampling images from a Stable Diffusion model: the one path used by training's sample grids and `generate`.
+
+Every image has its own seed and its own generator, and batches are formed the same way whatever the sharding,
+so any image can be regenerated exactly from its seed and settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .text_encoding import encode_prompts
+
+Sampler = Literal["dpmsolver++", "ddim", "euler", "pndm"]
+SAMPLERS: tuple[str, ...] = ("dpmsolver++", "ddim", "euler", "pndm")
+
+
+def make_scheduler(name: Sampler, config: Any) -> Any:
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    cls = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "pndm": PNDMScheduler}[name]
+    return cls.from_config(config)
+
+
+def make_pipeline(
+    tokenizer: Any, text_encoder: Any, vae: Any, unet: Any, scheduler_config: Any, sampler: Sampler
+) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=make_scheduler(sampler, scheduler_config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def sample_images(
+    pipe: Any,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int = 25,
+    guidance: float = 7.5,
+    negative_prompt: str = "",
+    long_prompts: bool = False,
+    size: int = 512,
+    autocast_dtype: torch.dtype | None = None,
+    grayscale: bool = True,
+) -> np.ndarray:
+    """Float32 in [0, 1], one image per (prompt, seed) pair: (n, size, size) grayscale, or (n, size, size, 3)."""
+    device = pipe.unet.device
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, long_prompts)
+    chunks = embeds.shape[1] // int(pipe.tokenizer.model_max_length)
+    negative = encode_prompts(
+        pipe.tokenizer, pipe.text_encoder, [negative_prompt] * len(prompts), long_prompts, min_chunks=chunks
+    )
+    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    context = (
+        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    )
+    with context:
+        out = pipe(
+            prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=steps, guidance_scale=guidance,
+            generator=generators, height=size, width=size, output_type="np",
+        ).images  # fmt: skip
+    out = np.asarray(out, dtype=np.float32)
+    return out.mean(axis=-1) if grayscale else out
+
+
+def to_uint(images: np.ndarray, bits: int = 8) -> np.ndarray:
+    """[0, 1] floats to 8- or 16-bit integers."""
+    top = 255 if bits == 8 else 65535
+    return np.clip(np.round(images * top), 0, top).astype(np.uint8 if bits == 8 else np.uint16)

@@ -1,0 +1,166 @@
+"""`cxrgen train` settings. Presets (src/cxrgen/presets/train-*.yaml) sit between the defaults and a user's YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+from ..config import ConfigError, merge, option, read_yaml
+from ..models import ModelConfig
+
+PRESETS = ("cpu-smoke", "gpu-8gb", "gpu-16gb", "gpu-24gb", "gpu-80gb")
+BIRD_PROMPT = "a bird sitting on a tree"  # the original paper's test for forgetting
+
+
+@dataclass
+class LoraConfig:
+    rank: int = option(16, "LoRA rank of the UNet adapter")
+    alpha: float | None = option(None, "LoRA alpha (default: the rank, i.e. scale 1)")
+    dropout: float = option(0.0, "dropout on the LoRA path")
+    targets: list[str] = option(["to_q", "to_k", "to_v", "to_out.0"], "UNet modules that get adapters")
+    text_encoder: bool = option(False, "also train a LoRA on the text encoder")
+    text_encoder_rank: int | None = option(None, "rank of the text-encoder adapter (default: rank)")
+    text_encoder_targets: list[str] = option(
+        ["q_proj", "k_proj", "v_proj", "out_proj"], "text-encoder modules with adapters"
+    )
+    stack: list[str] = option(
+        [], "existing LoRAs (folders or .safetensors in diffusers format) to train on top of"
+    )
+    stack_weights: list[float] = option([], "weight of each stacked LoRA (default 1.0 each)")
+    stack_mode: Literal["frozen", "merged"] = option(
+        "frozen", "stacked LoRAs stay separate frozen adapters, or are merged into the base weights first"
+    )
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"lora.rank must be at least 1, not {self.rank}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), not {self.dropout}")
+        if self.stack_weights and len(self.stack_weights) != len(self.stack):
+            raise ConfigError(
+                f"lora.stack_weights has {len(self.stack_weights)} values for {len(self.stack)} stacked LoRAs"
+            )
+
+
+@dataclass
+class FullConfig:
+    train_text_encoder: bool = option(False, "also fine-tune the text encoder (RoentGen found this best)")
+    ema: bool = option(
+        False, "keep an exponential moving average of the UNet weights (saved as the final model)"
+    )
+    ema_decay: float = option(0.9999, "EMA decay")
+
+
+@dataclass
+class PriorConfig:
+    enabled: bool = option(False, "DreamBooth prior preservation with class images from the base model")
+    class_prompt: str = option("a photo", "prompt of the class images (what the model should not forget)")
+    num_images: int = option(100, "number of class images (generated once, cached and reused)")
+    loss_weight: float = option(1.0, "weight of the prior-preservation loss")
+    steps: int = option(25, "sampling steps for class images")
+    guidance: float = option(7.5, "guidance scale for class images")
+    folder: str | None = option(
+        None, "where class images live (default: a cache folder keyed by model and prompt)"
+    )
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float = option(1e-4, "learning rate (LoRA ~1e-4, full fine-tuning ~5e-6)")
+    text_encoder_lr: float | None = option(None, "text-encoder learning rate (default: learning_rate)")
+    optimizer: Literal["adamw", "adamw8bit"] = option("adamw", "AdamW, or 8-bit AdamW (bitsandbytes, GPU)")
+    weight_decay: float = option(1e-2, "AdamW weight decay")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.999, "AdamW beta2")
+    eps: float = option(1e-8, "AdamW epsilon")
+    lr_scheduler: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+    ] = option("constant_with_warmup", "learning-rate schedule")
+    warmup_steps: int = option(0, "linear warmup steps")
+    max_grad_norm: float | None = option(1.0, "clip gradients to this norm (none: no clipping)")
+
+
+@dataclass
+class TrainConfig:
+    data: str = option(help="prepared dataset folder (<data>/<split>/metadata.jsonl)")
+    out: str = option(help="run folder: checkpoints, samples, logs, final weights")
+    model: ModelConfig = option(factory=lambda: ModelConfig(base=""), help="base model")
+    method: Literal["lora", "full"] = option("lora", "DreamBooth-LoRA or full fine-tuning")
+    lora: LoraConfig = option(factory=LoraConfig, help="LoRA adapters and stacking")
+    full: FullConfig = option(factory=FullConfig, help="full fine-tuning")
+    prior: PriorConfig = option(factory=PriorConfig, help="prior preservation")
+    optim: OptimConfig = option(factory=OptimConfig, help="optimizer and schedule")
+    split: str = option("train", "split to train on")
+    val_split: str | None = option("val", "split for validation loss (none: skip)")
+    text_column: str = option("text", "metadata field holding the prompt")
+    resolution: int | None = option(None, "training resolution (default: the dataset's image size)")
+    batch_size: int = option(1, "images per device per step")
+    grad_accum: int = option(1, "gradient accumulation steps")
+    max_steps: int = option(1000, "optimizer steps")
+    seed: int = option(0, "seed: data order, noise and timesteps are functions of (seed, step)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "mixed precision on GPU")
+    gradient_checkpointing: bool = option(
+        False, "recompute activations in the backward pass (less memory, ~30% slower)"
+    )
+    attention: Literal["sdpa", "xformers"] = option("sdpa", "attention kernel: PyTorch SDPA or xformers")
+    compile: bool = option(False, "torch.compile the UNet")
+    cache_latents: bool = option(True, "encode images with the VAE once and reuse the latents")
+    cache_text: bool = option(True, "encode prompts once when the text encoder is frozen")
+    cache_dir: str | None = option(None, "cache folder (default: $CXRGEN_CACHE or ~/.cache/cxrgen)")
+    long_prompts: bool = option(False, "encode prompts beyond 77 tokens in 77-token windows")
+    snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (5.0 is common; none: off)")
+    noise_offset: float = option(0.0, "noise offset (helps very dark or bright images)")
+    sample_every: int = option(250, "write a sample grid every N steps (0: only at the end)")
+    sample_prompts: list[str] = option(
+        [], "prompts for sample grids (default: four from the val split + a bird)"
+    )
+    sample_seeds: list[int] = option([0, 1], "seeds: one grid column per seed")
+    sample_steps: int = option(25, "sampling steps for sample grids")
+    guidance: float = option(7.5, "guidance scale for sample grids")
+    val_every: int = option(250, "validation loss every N steps (0: only at the end)")
+    val_images: int = option(64, "validation images (each at fixed timesteps and noise)")
+    checkpoint_every: int = option(500, "checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = option(3, "keep the last K checkpoints")
+    resume: str | None = option(None, "'latest' or a checkpoint folder to resume from")
+    log_every: int = option(10, "TensorBoard scalars every N steps")
+    workers: int = option(2, "data-loading worker threads when latents are not cached")
+    peak_tflops: float | None = option(None, "accelerator peak for MFU (default: known GPUs, e.g. H100 790)")
+
+    def __post_init__(self) -> None:
+        if not self.model.base:
+            raise ConfigError(
+                "--model.base is required: a hub id or a local diffusers folder (cxrgen make-tiny-model DIR)"
+            )
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "keep_checkpoints",
+            "checkpoint_every",
+            "log_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.resolution is not None and self.resolution % 8:
+            raise ConfigError(f"resolution must be a multiple of 8, not {self.resolution}")
+        if self.method == "full" and (self.lora.stack or self.lora.text_encoder):
+            raise ConfigError(
+                "lora.stack and lora.text_encoder apply to --method lora; use --full.train-text-encoder for full"
+            )
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.lora.text_encoder if self.method == "lora" else self.full.train_text_encoder
+
+
+def preset_values(name: str) -> dict:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    with resources.as_file(resources.files("cxrgen.presets") / f"train-{name}.yaml") as path:
+        return read_yaml(path)
+
+
+def layered(values: dict, preset: str | None) -> dict:
+    """Preset under the user's values."""
+    return merge(preset_values(preset), values) if preset else values

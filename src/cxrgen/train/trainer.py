@@ -1,0 +1,596 @@
+"""The training run: setup, fit, validate, sample, save. Each phase reads top to bottom.
+
+Everything random in a micro-step (which images, noise, timesteps, latent samples, dropout) is seeded from
+(seed, step, micro-step, process), so a resumed run replays exactly what the uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import ConfigError, to_dict
+from ..models import load_components, model_identity, set_offline_if_local
+from ..sampling import make_pipeline, sample_images
+from ..text_encoding import chunk_token_ids, encode_prompts, encode_windows, token_windows
+from . import checkpoint as ckpt
+from .adapters import add_trainable_lora, stack_loras, trainable_parameters
+from .cache import ArrayCache, cache_key, cache_root, sample_latents
+from .config import BIRD_PROMPT, TrainConfig
+from .data import DataError, IndexStream, PreparedSplit, step_seed
+from .metrics import RunLog, Throughput, measure_flops, memory_gb, peak_flops
+from .prior import class_image_folder, ensure_class_images
+
+log = logging.getLogger(__name__)
+VAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # fractions of the schedule where validation loss is measured
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.c = config
+        self.out = Path(config.out)
+        self.step = 0
+        self.history: list[float] = []
+        self.val_loss: float | None = None
+        self.last_checkpoint: Path | None = None
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+
+        c = self.c
+        self.accelerator = Accelerator(
+            mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.grad_accum
+        )
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            c.mixed_precision, torch.float32
+        )
+        self.store = ckpt.CheckpointStore(self.out / "checkpoints", c.keep_checkpoints)
+        if self.store.latest() is not None and not c.resume:
+            raise ConfigError(
+                f"{self.out} already has checkpoints: pass --resume latest to continue it, or choose another --out"
+            )
+
+        self.data = PreparedSplit.load(c.data, c.split, c.text_column)
+        self.resolution = c.resolution or self.data.native_resolution()
+        self.val = self._optional_split(c.val_split)
+        set_offline_if_local(c.model.base)
+        self.m = load_components(c.model)
+        self.identity = model_identity(c.model.base, c.model.revision)
+        if self.resolution % (self.m.vae_scale * 4):
+            raise ConfigError(
+                f"resolution {self.resolution} must be a multiple of {self.m.vae_scale * 4} for this model"
+            )
+        self.frozen = stack_loras(self.m, c.lora) if c.method == "lora" else {}
+        self.stack_identity = [model_identity(p) for p in c.lora.stack]
+        self.classes = self._class_images() if c.prior.enabled else None
+
+        self._choose_trainable()
+        self._place_on_device()
+        self.latents = (
+            {name: self._latent_cache(split) for name, split in self._splits().items()}
+            if c.cache_latents
+            else {}
+        )
+        self.text = self._text_cache() if c.cache_text and not c.trains_text_encoder else None
+        self._build_optimizer()
+        if c.compile:
+            self.m.unet = torch.compile(self.m.unet)
+        models = [self.m.unet] + ([self.m.text_encoder] if c.trains_text_encoder else [])
+        prepared = self.accelerator.prepare(*models, self.optimizer)
+        self.unet = prepared[0]
+        self.text_encoder = prepared[1] if c.trains_text_encoder else self.m.text_encoder
+        self.optimizer = prepared[-1]
+        self.models = prepared[:-1]
+        if c.resume:
+            self._resume(ckpt.resolve(self.out / "checkpoints", c.resume))
+        self.store.clean_partial()
+        self.pool = ThreadPoolExecutor(max(1, c.workers)) if not c.cache_latents else None
+        self.flops_per_image = self._measure_flops()
+        self.peak = peak_flops(self.device, c.peak_tflops)
+        self.log = RunLog(self.out, self.is_main)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False))
+
+    def _optional_split(self, split: str | None) -> PreparedSplit | None:
+        if not split:
+            return None
+        try:
+            return PreparedSplit.load(self.c.data, split, self.c.text_column)
+        except DataError:
+            log.warning("no usable '%s' split in %s: validation loss is skipped", split, self.c.data)
+            return None
+
+    def _splits(self) -> dict[str, PreparedSplit]:
+        splits = {"train": self.data}
+        if self.val is not None:
+            splits["val"] = self.val
+        if self.classes is not None:
+            splits["class"] = self.classes
+        return splits
+
+    def _class_images(self) -> PreparedSplit:
+        c = self.c
+        identity = [self.identity, *self.stack_identity, c.lora.stack_weights, c.lora.stack_mode]
+        folder = class_image_folder(c.prior, identity, self.resolution, c.seed, c.cache_dir)
+        if self.is_main:
+            self.m.unet.to(self.device)
+            self.m.vae.to(self.device)
+            self.m.text_encoder.to(self.device)
+            ensure_class_images(c.prior, self.m, folder, self.resolution, c.seed)
+        self.accelerator.wait_for_everyone()
+        return PreparedSplit.load(folder, "train")
+
+    def _choose_trainable(self) -> None:
+        c, m = self.c, self.m
+        m.vae.requires_grad_(False)
+        if c.method == "lora":
+            m.unet.requires_grad_(False)
+            m.text_encoder.requires_grad_(False)
+            add_trainable_lora(m, c.lora, self.frozen)
+        else:
+            m.unet.requires_grad_(True)
+            m.text_encoder.requires_grad_(c.full.train_text_encoder)
+        if c.attention == "xformers":
+            try:
+                m.unet.enable_xformers_memory_efficient_attention()
+            except (ImportError, ModuleNotFoundError, ValueError) as exc:
+                raise ConfigError(
+                    f"--attention xformers is unavailable here ({exc}); install xformers or use sdpa"
+                ) from exc
+        if c.gradient_checkpointing:
+            m.unet.enable_gradient_checkpointing()
+            if c.trains_text_encoder:
+                m.text_encoder.gradient_checkpointing_enable()
+
+    def _place_on_device(self) -> None:
+        """Frozen weights in the compute dtype; trainable ones stay float32 (master weights)."""
+        c, m, dtype = self.c, self.m, self.weight_dtype
+
+        def place(model: Any, trained: bool) -> None:
+            model.to(self.device)
+            if not trained and dtype != torch.float32:
+                model.to(dtype=dtype)
+
+        place(m.vae, False)
+        place(m.text_encoder, c.method == "full" and c.trains_text_encoder)
+        place(m.unet, c.method == "full")
+        if c.method == "lora":
+            for model in (m.unet, m.text_encoder):
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.data = p.data.float()
+
+    # -- caches ------------------------------------------------------------------------------------------------
+    def _latent_cache(self, split: PreparedSplit) -> np.ndarray:
+        c, m = self.c, self.m
+        key = cache_key("latents", split.digest, self.resolution, self.identity, "vae")
+        cache = ArrayCache(cache_root(c.cache_dir) / "latents", key)
+        if not cache.complete:
+            h = self.resolution // m.vae_scale
+            mine = list(range(self.rank, len(split), self.world))
+
+            @torch.no_grad()
+            def encode(indices: list[int]) -> torch.Tensor:
+                images = torch.stack([split.image(i, self.resolution) for i in indices]).to(
+                    self.device, self.weight_dtype
+                )
+                return m.vae.encode(images).latent_dist.parameters
+
+            if self.is_main:
+                cache.create(len(split), (2 * m.vae.config.latent_channels, h, h))
+            self.accelerator.wait_for_everyone()
+            cache.fill(encode, mine, 8, desc=f"latents {split.folder.name}")
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                cache.mark_complete(
+                    {"images": len(split), "resolution": self.resolution, "model": self.identity}
+                )
+        return cache.open()
+
+    def _text_cache(self) -> dict[str, Any]:
+        """Embeddings of every distinct prompt (train, val, class, samples), padded to the longest's windows."""
+        c, m = self.c, self.m
+        prompts = sorted({p for split in self._splits().values() for p in split.prompts})
+        windows = token_windows(m.tokenizer, prompts, c.long_prompts)
+        chunk_counts = [len(chunk_token_ids(m.tokenizer, p, c.long_prompts)) for p in prompts]
+        identity = [
+            self.identity,
+            *self.stack_identity,
+            c.lora.stack_weights,
+            c.lora.stack_mode,
+            c.long_prompts,
+        ]
+        cache = ArrayCache(cache_root(c.cache_dir) / "text", cache_key("text", prompts, identity))
+        if not cache.complete:
+
+            @torch.no_grad()
+            def encode(indices: list[int]) -> torch.Tensor:
+                return encode_windows(m.text_encoder, windows[indices])
+
+            dim = m.text_encoder.config.hidden_size
+            if self.is_main:
+                cache.create(len(prompts), (windows.shape[1] * windows.shape[2], dim))
+                cache.fill(encode, list(range(len(prompts))), 32, desc="text embeddings")
+                cache.mark_complete({"prompts": len(prompts), "model": self.identity})
+            self.accelerator.wait_for_everyone()
+        window = int(m.tokenizer.model_max_length)
+        return {
+            "rows": {p: i for i, p in enumerate(prompts)},
+            "array": cache.open(),
+            "chunks": chunk_counts,
+            "window": window,
+        }
+
+    # -- optimizer ---------------------------------------------------------------------------------------------
+    def _build_optimizer(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        c, o = self.c, self.c.optim
+        groups = [{"params": trainable_parameters(self.m.unet), "lr": o.learning_rate}]
+        if c.trains_text_encoder:
+            groups.append(
+                {
+                    "params": trainable_parameters(self.m.text_encoder),
+                    "lr": o.text_encoder_lr or o.learning_rate,
+                }
+            )
+        self.params = [p for g in groups for p in g["params"]]
+        if not self.params:
+            raise ConfigError("nothing to train: no parameter requires a gradient")
+        if o.optimizer == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError as exc:
+                raise ConfigError(
+                    "--optim.optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes) and a GPU"
+                ) from exc
+            optimizer_cls = bnb.optim.AdamW8bit
+        else:
+            optimizer_cls = torch.optim.AdamW
+        self.optimizer = optimizer_cls(
+            groups, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, eps=o.eps
+        )
+        self.lr_scheduler = get_scheduler(
+            o.lr_scheduler, self.optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=c.max_steps
+        )
+        self.ema = None
+        if c.method == "full" and c.full.ema:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(trainable_parameters(self.m.unet), decay=c.full.ema_decay)
+            self.ema.to(self.device)
+
+    # -- one micro-step ----------------------------------------------------------------------------------------
+    def _latents_for(
+        self, name: str, split: PreparedSplit, indices: list[int], g: torch.Generator
+    ) -> torch.Tensor:
+        scale = self.m.vae.config.scaling_factor
+        if name in self.latents:
+            order = np.argsort(indices)
+            params = np.asarray(self.latents[name][np.asarray(indices)[order]])[np.argsort(order)]
+            return sample_latents(torch.from_numpy(params.astype(np.float32)), g, scale).to(self.device)
+        images = list(self.pool.map(lambda i: split.image(i, self.resolution), indices))
+        with torch.no_grad():
+            dist = self.m.vae.encode(torch.stack(images).to(self.device, self.weight_dtype)).latent_dist
+        params = dist.parameters.float().cpu()
+        return sample_latents(params, g, scale).to(self.device)
+
+    def _embeddings(self, prompts: list[str]) -> torch.Tensor:
+        if self.text is None:
+            return encode_prompts(self.m.tokenizer, self.text_encoder, prompts, self.c.long_prompts)
+        rows = [self.text["rows"][p] for p in prompts]
+        n = max(self.text["chunks"][r] for r in rows) * self.text["window"]
+        order = np.argsort(rows)
+        array = np.asarray(self.text["array"][np.asarray(rows)[order]])[np.argsort(order)]
+        return torch.from_numpy(array[:, :n].astype(np.float32)).to(self.device, self.weight_dtype)
+
+    def _batch(self, step: int, micro: int) -> tuple[list[tuple[str, PreparedSplit, list[int]]], int]:
+        c = self.c
+        position = (step * c.grad_accum + micro) * c.batch_size * self.world + self.rank * c.batch_size
+        parts = [("train", self.data, self.streams["train"].take(position, c.batch_size))]
+        if self.classes is not None:
+            parts.append(("class", self.classes, self.streams["class"].take(position, c.batch_size)))
+        return parts, c.batch_size
+
+    def _loss(
+        self,
+        parts: list[tuple[str, PreparedSplit, list[int]]],
+        seed: int,
+        timesteps: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image denoising loss for a batch; the min-SNR weights come back separately."""
+        g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # dropout in adapters
+        latents = torch.cat([self._latents_for(name, split, idx, g) for name, split, idx in parts])
+        prompts = [split.prompts[i] for _, split, idx in parts for i in idx]
+        embeds = self._embeddings(prompts)
+        noise = torch.randn(latents.shape, generator=g).to(self.device)
+        if self.c.noise_offset:
+            noise += self.c.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g).to(
+                self.device
+            )
+        sched = self.m.scheduler
+        if timesteps is None:
+            timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=g)
+        timesteps = timesteps.to(self.device)
+        noisy = sched.add_noise(latents, noise, timesteps)
+        target = (
+            noise if self.m.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
+        )
+        with self.accelerator.autocast():
+            pred = self.unet(noisy.to(self.weight_dtype), timesteps, embeds.to(self.weight_dtype)).sample
+        per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        weights = torch.ones_like(per_image)
+        if self.c.snr_gamma:
+            from diffusers.training_utils import compute_snr
+
+            snr = compute_snr(sched, timesteps)
+            clipped = torch.clamp(snr, max=self.c.snr_gamma)
+            weights = clipped / (snr + 1 if self.m.prediction_type == "v_prediction" else snr)
+        return per_image, weights
+
+    def _objective(
+        self, step: int, micro: int, seed_stream: int = 0
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        parts, b = self._batch(step, micro)
+        per_image, w = self._loss(parts, step_seed(self.c.seed, step, micro, self.rank, seed_stream))
+        instance = (per_image[:b] * w[:b]).mean()
+        loss = instance
+        logs = {"loss/instance": instance.item()}
+        if self.classes is not None:
+            prior = (per_image[b:] * w[b:]).mean()
+            loss = instance + self.c.prior.loss_weight * prior
+            logs["loss/prior"] = prior.item()
+        return loss, logs
+
+    # -- fit ---------------------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        c = self.c
+        self.streams = {
+            name: IndexStream(len(split), c.seed + i)
+            for i, (name, split) in enumerate(self._splits().items())
+        }
+        images_per_step = c.batch_size * c.grad_accum * self.world * (2 if self.classes is not None else 1)
+        speed = Throughput()
+        bar = tqdm(
+            total=c.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self.is_main,
+        )
+        self.started = time.perf_counter()
+        while self.step < c.max_steps:
+            for model in self.models:
+                model.train()
+            losses: list[float] = []
+            extra: dict[str, float] = {}
+            for micro in range(c.grad_accum):
+                with self.accelerator.accumulate(*self.models):
+                    loss, extra = self._objective(self.step, micro)
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(self._diverged_message(loss))
+                    self.accelerator.backward(loss)
+                    grad_norm = None
+                    if self.accelerator.sync_gradients:
+                        grad_norm = self.accelerator.clip_grad_norm_(
+                            self.params, c.optim.max_grad_norm or math.inf
+                        )
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.step(trainable_parameters(self.accelerator.unwrap_model(self.unet)))
+            self.step += 1
+            step_loss = float(np.mean(losses))
+            self.history.append(step_loss)
+            rate = speed.update(images_per_step)
+            bar.update()
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.2e}")
+            if self.step % c.log_every == 0 or self.step == c.max_steps:
+                self._log_step(step_loss, extra, grad_norm, rate)
+            self._periodic()
+        bar.close()
+
+    def _periodic(self) -> None:
+        c, s = self.c, self.step
+        last = s == c.max_steps
+        if self.val is not None and ((c.val_every and s % c.val_every == 0) or last):
+            self.validate()
+        if (c.sample_every and s % c.sample_every == 0) or last:
+            self.sample()
+        if s % c.checkpoint_every == 0 or last:
+            self.save_checkpoint()
+
+    def _log_step(self, loss: float, extra: dict[str, float], grad_norm: Any, rate: float | None) -> None:
+        mfu = rate * self.flops_per_image / self.peak if rate and self.peak and self.flops_per_image else None
+        self.log.scalars(self.step, {
+            "loss/train": loss, **extra, "lr": self.lr_scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "perf/images_per_s": rate, "perf/mfu": mfu, "perf/memory_gb": memory_gb(self.device),
+        })  # fmt: skip
+        self.rate, self.mfu = rate, mfu
+
+    def _diverged_message(self, loss: torch.Tensor) -> str:
+        latest = self.store.latest()
+        where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        return (
+            f"the loss became {loss.item()} at step {self.step + 1} (lr {self.lr_scheduler.get_last_lr()[0]:.2e}); "
+            f"{where}. Lower --optim.learning-rate, use --mixed-precision bf16 instead of fp16, or keep "
+            "--optim.max-grad-norm set; then continue with --resume latest."
+        )
+
+    # -- validation and samples --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Loss on the first `val_images` val images at fixed timesteps and noise: comparable across steps."""
+        c = self.c
+        for model in self.models:
+            model.eval()
+        count = min(c.val_images, len(self.val))
+        total = torch.zeros(2, device=self.device)
+        steps = self.m.scheduler.config.num_train_timesteps
+        for j in range(self.rank, count, self.world):
+            for k, fraction in enumerate(VAL_TIMESTEPS):
+                per_image, _ = self._loss(
+                    [("val", self.val, [j])],
+                    step_seed(c.seed, -1, j, 0, k),
+                    torch.tensor([int(fraction * steps)]),
+                )
+                total += torch.stack([per_image.sum(), torch.tensor(1.0, device=self.device)])
+        total = self.accelerator.reduce(total, reduction="sum")
+        self.val_loss = float(total[0] / total[1].clamp(min=1))
+        self.log.scalars(self.step, {"loss/val": self.val_loss})
+        return self.val_loss
+
+    def sample_prompts(self) -> list[str]:
+        if self.c.sample_prompts:
+            return list(self.c.sample_prompts)
+        source = self.val if self.val is not None else self.data
+        distinct = list(dict.fromkeys(source.prompts))
+        return distinct[:4] + [BIRD_PROMPT]
+
+    def sample(self) -> Path | None:
+        """A grid: one row per prompt, one column per seed."""
+        from ..grid import prompt_grid
+
+        c = self.c
+        path = None
+        if self.is_main:
+            unet = self.accelerator.unwrap_model(self.unet)
+            text_encoder = self.accelerator.unwrap_model(self.text_encoder)
+            unet.eval()
+            text_encoder.eval()
+            pipe = make_pipeline(
+                self.m.tokenizer, text_encoder, self.m.vae, unet, self.m.scheduler.config, "dpmsolver++"
+            )
+            prompts = self.sample_prompts()
+            pairs = [(p, s) for p in prompts for s in c.sample_seeds]
+            dtype = self.weight_dtype if self.weight_dtype != torch.float32 else None
+            images = sample_images(pipe, [p for p, _ in pairs], [s for _, s in pairs], c.sample_steps, c.guidance,
+                                   long_prompts=c.long_prompts, size=self.resolution, autocast_dtype=dtype)  # fmt: skip
+            n = len(c.sample_seeds)
+            rows = [(p, list(images[i * n : (i + 1) * n])) for i, p in enumerate(prompts)]
+            grid = prompt_grid(
+                rows, [f"seed {s}" for s in c.sample_seeds], cell=max(128, min(256, self.resolution))
+            )
+            path = self.out / "samples" / f"{ckpt.checkpoint_name(self.step)}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            grid.save(path)
+            self.log.image(self.step, "samples", np.asarray(grid))
+        self.accelerator.wait_for_everyone()
+        return path
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        state = {}
+        for prefix, model in (("unet", self.unet), ("text_encoder", self.text_encoder)):
+            for name, p in self.accelerator.unwrap_model(model).named_parameters():
+                if p.requires_grad:
+                    state[f"{prefix}.{name}"] = p.detach().float()
+        return state
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "data_digest": self.data.digest, "method": self.c.method, "model": self.identity, "seed": self.c.seed,
+            "max_steps": self.c.max_steps, "loss_history": self.history[-1000:], "val_loss": self.val_loss,
+            "ema_step": self.ema.optimization_step if self.ema is not None else None,
+        }  # fmt: skip
+
+    def save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            ema = None
+            if self.ema is not None:
+                ema = {str(i): p for i, p in enumerate(self.ema.shadow_params)}
+            self.last_checkpoint = self.store.save(
+                self.step,
+                self._trainable_state(),
+                self.optimizer,
+                self.lr_scheduler,
+                ema,
+                self.checkpoint_state(),
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self, path: Path) -> None:
+        saved = ckpt.load(path)
+        state = saved["state"]
+        if state["data_digest"] != self.data.digest or state["method"] != self.c.method:
+            raise ConfigError(
+                f"{path} was made with other data or another method; resume it with the same --data and --method"
+            )
+        params = {}
+        for prefix, model in (("unet", self.unet), ("text_encoder", self.text_encoder)):
+            params.update(
+                {
+                    f"{prefix}.{n}": p
+                    for n, p in self.accelerator.unwrap_model(model).named_parameters()
+                    if p.requires_grad
+                }
+            )
+        missing = set(params) ^ set(saved["trainable"])
+        if missing:
+            raise ConfigError(
+                f"{path} does not match this run's trainable weights (e.g. {sorted(missing)[0]}); use the run's own settings"
+            )
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(saved["trainable"][name].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.lr_scheduler.load_state_dict(saved["scheduler"])
+        if self.ema is not None and saved["ema"] is not None:
+            for i, shadow in enumerate(self.ema.shadow_params):
+                shadow.copy_(saved["ema"][str(i)].to(shadow.device))
+            self.ema.optimization_step = state["ema_step"]
+        self.step = state["step"]
+        self.history = list(state.get("loss_history", []))
+        self.val_loss = state.get("val_loss")
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # -- FLOPs -------------------------------------------------------------------------------------------------
+    def _measure_flops(self) -> float | None:
+        """Model FLOPs per training image, counted once on a real micro-step (without recomputation)."""
+        if self.device.type != "cuda" and self.c.peak_tflops is None:
+            return None
+        self.streams = {
+            name: IndexStream(len(split), self.c.seed + i)
+            for i, (name, split) in enumerate(self._splits().items())
+        }
+        unet = self.accelerator.unwrap_model(self.unet)
+        checkpointing = self.c.gradient_checkpointing
+        if checkpointing:
+            unet.disable_gradient_checkpointing()
+        flops = measure_flops(lambda: self._objective(0, 0, seed_stream=99)[0])
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.optimizer.zero_grad(set_to_none=True)
+        images = self.c.batch_size * (2 if self.classes is not None else 1)
+        return flops / images
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.log.close()
