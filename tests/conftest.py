@@ -20,3 +20,29 @@ def quirk_release(tmp_path_factory):
     root = tmp_path_factory.mktemp("padchest")
     csv = write_quirk_release(root)
     return root, csv
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A random tiny Stable Diffusion pipeline (64 px) with the exact CLIP tokenizer."""
+    from cxrgen.models import TinyModelConfig, make_tiny_model
+
+    return make_tiny_model(TinyModelConfig(out=str(tmp_path_factory.mktemp("models") / "tiny")))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A prepared dataset of 64 px phantom radiographs with train/val/test splits."""
+    from cxrgen.filters import FilterConfig
+    from cxrgen.imaging import ImageConfig
+    from cxrgen.phantom import write_release
+    from cxrgen.prepare import PrepareConfig, run_prepare
+    from cxrgen.qc import QCConfig
+
+    root = tmp_path_factory.mktemp("phantom")
+    write_release(root / "release", n=40, seed=3, size=256)
+    out = root / "prepared"
+    run_prepare(PrepareConfig(source="padchest", csv=str(root / "release" / "phantom_padchest.csv.gz"),
+                              images=str(root / "release"), out=str(out), workers=1, filters=FilterConfig(),
+                              image=ImageConfig(size=64), qc=QCConfig(min_side=64, contact_sheet=0)))  # fmt: skip
+    return out

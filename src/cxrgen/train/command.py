@@ -119,6 +119,7 @@ def run_summary(trainer: Trainer, outputs: dict[str, str], seconds: float) -> di
             {"path": p, "identity": i} for p, i in zip(c.lora.stack, trainer.stack_identity, strict=True)
         ],
         "resolution": trainer.resolution,
+        "processes": trainer.world,
         "outputs": outputs,
         "figures": {
             "steps": trainer.step,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,8 +53,10 @@ class Trainer:
         from accelerate import Accelerator
 
         c = self.c
+        # Several processes on a machine without GPUs (accelerate launch --multi_gpu, torchrun): CPU DDP over gloo.
+        cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(
-            mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.grad_accum
+            mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.grad_accum, cpu=cpu_ddp
         )
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
@@ -143,6 +146,9 @@ class Trainer:
     def _choose_trainable(self) -> None:
         c, m = self.c, self.m
         m.vae.requires_grad_(False)
+        torch.manual_seed(
+            c.seed
+        )  # new adapters start from the same random weights in every run with this seed
         if c.method == "lora":
             m.unet.requires_grad_(False)
             m.text_encoder.requires_grad_(False)

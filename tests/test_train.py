@@ -1,0 +1,337 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cxrgen.cli import main
+from cxrgen.train import trainer as trainer_module
+
+LORA = "lora/pytorch_lora_weights.safetensors"
+
+
+def train(data, model, out, *args):
+    return main(
+        [
+            "train",
+            "--preset",
+            "cpu-smoke",
+            "--data",
+            str(data),
+            "--model.base",
+            str(model),
+            "--out",
+            str(out),
+            *args,
+        ]
+    )
+
+
+def weights(path):
+    return {k: v.clone() for k, v in load_file(path).items()}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_dataset, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    assert train(tiny_dataset, tiny_model, out, "--max-steps", "6") == 0
+    return out
+
+
+def generate(model, lora=None, weight_name=None, seed=0):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    if lora:
+        pipe.load_lora_weights(lora, weight_name=weight_name)
+    g = torch.Generator().manual_seed(seed)
+    return pipe(
+        "chest x-ray, diagnosis pacemaker",
+        num_inference_steps=3,
+        height=64,
+        width=64,
+        generator=g,
+        output_type="np",
+    ).images[0]
+
+
+def test_lora_run_outputs(lora_run):
+    run = json.loads((lora_run / "run.json").read_text())
+    assert run["figures"]["steps"] == 6 and run["figures"]["val_loss"] is not None
+    assert run["prompts"]["level"] == "full" and run["data"]["metadata_sha256"]
+    assert sorted(p.name for p in (lora_run / "checkpoints").iterdir()) == [
+        "step-0000002",
+        "step-0000004",
+        "step-0000006",
+    ]
+    assert (lora_run / "samples" / "step-0000006.png").is_file() and list((lora_run / "logs").iterdir())
+    lines = [json.loads(x) for x in (lora_run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss/train" in x] == [1, 2, 3, 4, 5, 6]
+
+
+def test_lora_loads_in_plain_diffusers_and_changes_images(lora_run, tiny_model):
+    base = generate(tiny_model)
+    tuned = generate(tiny_model, lora_run / "lora", "pytorch_lora_weights.safetensors")
+    kohya = generate(tiny_model, lora_run / "lora", "lora_kohya.safetensors")
+    assert np.abs(base - tuned).max() > 1e-4
+    assert np.abs(tuned - kohya).max() < 1e-4  # the kohya file holds the same adapter
+
+
+def test_resume_after_interruption_equals_uninterrupted(
+    lora_run, tiny_dataset, tiny_model, tmp_path, monkeypatch
+):
+    real = trainer_module.Trainer._periodic
+
+    def interrupt_at_5(self):
+        real(self)
+        if self.step == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "_periodic", interrupt_at_5)
+    assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6") == 130
+    assert (tmp_path / "checkpoints" / "step-0000004").is_dir() and not (tmp_path / "lora").exists()
+    monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
+    assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6") == 2  # refuses to overwrite a run
+    assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6", "--resume", "latest") == 0
+    assert same(weights(tmp_path / LORA), weights(lora_run / LORA))
+
+
+def test_kill_9_leaves_a_resumable_run(tiny_dataset, tiny_model, tmp_path):
+    reference = tmp_path / "reference"
+    args = ["--max-steps", "24", "--checkpoint-every", "3", "--keep-checkpoints", "2"]
+    assert train(tiny_dataset, tiny_model, reference, *args) == 0
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "cxrgen", "train", "--preset", "cpu-smoke", "--data", str(tiny_dataset),
+           "--model.base", str(tiny_model), "--out", str(run), *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "step-0000006" / "state.json").exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list((run / "checkpoints").glob("step-*")), "killed before the first checkpoint"
+    assert train(tiny_dataset, tiny_model, run, *args, "--resume", "latest") == 0
+    assert same(weights(run / LORA), weights(reference / LORA))
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_stacked_lora_is_frozen_and_active(lora_run, tiny_dataset, tiny_model, tmp_path):
+    earlier = weights(lora_run / LORA)
+    before = (lora_run / LORA).read_bytes()
+    seen = {}
+    real_fit = trainer_module.Trainer.fit
+
+    def fit_and_inspect(self):
+        unet = self.accelerator.unwrap_model(self.unet)
+        seen["active"] = list(unet.active_adapters())
+        seen["stack_trainable"] = [
+            n for n, p in unet.named_parameters() if ".stack0." in n and p.requires_grad
+        ]
+        seen["stack_before"] = {n: p.detach().clone() for n, p in unet.named_parameters() if ".stack0." in n}
+        real_fit(self)
+        seen["stack_after"] = {n: p.detach().clone() for n, p in unet.named_parameters() if ".stack0." in n}
+
+    trainer_module.Trainer.fit = fit_and_inspect
+    try:
+        assert (
+            train(
+                tiny_dataset,
+                tiny_model,
+                tmp_path,
+                "--lora.stack",
+                str(lora_run),
+                "--lora.stack-weights",
+                "0.7",
+            )
+            == 0
+        )
+    finally:
+        trainer_module.Trainer.fit = real_fit
+    assert set(seen["active"]) == {"stack0", "cxrgen"} and seen["stack_trainable"] == []
+    assert seen["stack_before"] and same(seen["stack_before"], seen["stack_after"])
+    assert (lora_run / LORA).read_bytes() == before and same(weights(lora_run / LORA), earlier)
+    new = weights(tmp_path / LORA)
+    assert new.keys() == earlier.keys() and not same(new, earlier)  # a new adapter, saved alone
+    assert json.loads((tmp_path / "run.json").read_text())["stack"][0]["path"] == str(lora_run)
+
+
+def test_stack_merged_accepts_kohya_files(lora_run, tiny_dataset, tiny_model, tmp_path):
+    assert train(tiny_dataset, tiny_model, tmp_path, "--lora.stack", str(lora_run / "lora" / "lora_kohya.safetensors"),
+                 "--lora.stack-mode", "merged") == 0  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--method", "full"],
+        [
+            "--method",
+            "full",
+            "--full.ema",
+            "--full.train-text-encoder",
+            "--optim.lr-scheduler",
+            "cosine",
+            "--optim.warmup-steps",
+            "2",
+        ],
+        ["--lora.text-encoder", "--lora.dropout", "0.1", "--lora.alpha", "8"],
+        ["--prior.enabled", "--prior.loss-weight", "0.5"],
+        ["--snr-gamma", "5", "--noise-offset", "0.05"],
+        ["--long-prompts", "--no-cache-text"],
+        ["--no-cache-latents", "--grad-accum", "2", "--batch-size", "2"],
+        ["--gradient-checkpointing", "--optim.lr-scheduler", "linear"],
+        ["--model.prediction-type", "v_prediction"],
+    ],
+    ids=[
+        "full",
+        "full-ema-te-cosine",
+        "lora-te",
+        "prior",
+        "snr-offset",
+        "long-prompts",
+        "uncached-accum",
+        "checkpointing",
+        "v-pred",
+    ],
+)
+def test_each_option_trains(options, tiny_dataset, tiny_model, tmp_path):
+    assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "2", *options) == 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["figures"]["steps"] == 2 and np.isfinite(run["figures"]["train_loss_last50"])
+    if "full" in options:
+        from diffusers import StableDiffusionPipeline
+
+        assert StableDiffusionPipeline.from_pretrained(tmp_path / "pipeline", safety_checker=None) is not None
+
+
+def test_class_images_are_made_once(tiny_dataset, tiny_model, tmp_path, caplog):
+    caplog.set_level("INFO")
+    for i in range(2):
+        assert (
+            train(
+                tiny_dataset,
+                tiny_model,
+                tmp_path / str(i),
+                "--prior.enabled",
+                "--prior.class-prompt",
+                "a cat",
+            )
+            == 0
+        )
+    assert caplog.text.count("generating 2 class images of 'a cat'") == 1
+
+
+def test_two_processes_under_accelerate_launch(tiny_dataset, tiny_model, tmp_path):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxrgen", "train", "--preset", "cpu-smoke",
+           "--data", str(tiny_dataset), "--model.base", str(tiny_model), "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["processes"] == 2 and (tmp_path / LORA).is_file()
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------
+
+
+def test_missing_or_empty_dataset(tiny_model, tmp_path, capsys):
+    assert train(tmp_path / "nothing", tiny_model, tmp_path / "out") == 1
+    assert "run `cxrgen prepare` first" in capsys.readouterr().err
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "train" / "metadata.jsonl").write_text("")
+    assert train(tmp_path / "empty", tiny_model, tmp_path / "out") == 1
+    assert "has no images" in capsys.readouterr().err
+
+
+def test_missing_text_column(tiny_dataset, tiny_model, tmp_path, capsys):
+    assert train(tiny_dataset, tiny_model, tmp_path, "--text-column", "caption") == 1
+    assert "no 'caption' field" in capsys.readouterr().err
+
+
+def test_model_without_safetensors(tiny_model, tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    unet = model / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(unet), model / "unet" / "diffusion_pytorch_model.bin")
+    unet.unlink()
+    assert train(tiny_dataset, model, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "no .safetensors weights" in err and "--model.allow-pickle" in err
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path)]) == 2
+    assert "--model.base is required" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(
+    tiny_dataset, tiny_model, tmp_path, monkeypatch, capsys
+):
+    real = trainer_module.Trainer._objective
+
+    def poisoned(self, step, micro, seed_stream=0):
+        loss, logs = real(self, step, micro, seed_stream)
+        return (loss * float("nan"), logs) if step >= 2 else (loss, logs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_objective", poisoned)
+    assert train(tiny_dataset, tiny_model, tmp_path) == 3
+    out = capsys.readouterr().out
+    assert "loss became nan at step 3" in out and "step-0000002" in out and "--resume latest" in out
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000002"]
+
+
+def test_out_of_memory_names_the_fix(tiny_dataset, tiny_model, tmp_path, monkeypatch, capsys):
+    def oom(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer_module.Trainer, "fit", oom)
+    assert train(tiny_dataset, tiny_model, tmp_path) == 4
+    out = capsys.readouterr().out
+    assert "--preset gpu-8gb" in out and "--gradient-checkpointing" in out
+
+
+def test_optional_features_fail_clearly(tiny_dataset, tiny_model, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        assert train(tiny_dataset, tiny_model, tmp_path / "a", "--optim.optimizer", "adamw8bit") == 2
+        assert "bitsandbytes" in capsys.readouterr().err
+    assert train(tiny_dataset, tiny_model, tmp_path / "b", "--attention", "xformers") == 2
+    assert "xformers" in capsys.readouterr().err
+
+
+def test_preset_layers_under_flags(tiny_dataset, tiny_model, capsys):
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "gpu-8gb",
+                "--data",
+                "d",
+                "--model.base",
+                "m",
+                "--out",
+                "o",
+                "--lora.rank",
+                "4",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
+    import yaml
+
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["mixed_precision"] == "fp16" and cfg["gradient_checkpointing"] and cfg["lora"]["rank"] == 4
+    assert cfg["optim"]["optimizer"] == "adamw8bit"
