@@ -38,11 +38,14 @@ def tiny_dataset(tmp_path_factory):
     from cxrgen.phantom import write_release
     from cxrgen.prepare import PrepareConfig, run_prepare
     from cxrgen.qc import QCConfig
+    from cxrgen.splits import SplitConfig
 
     root = tmp_path_factory.mktemp("phantom")
     write_release(root / "release", n=40, seed=3, size=256)
     out = root / "prepared"
     run_prepare(PrepareConfig(source="padchest", csv=str(root / "release" / "phantom_padchest.csv.gz"),
                               images=str(root / "release"), out=str(out), workers=1, filters=FilterConfig(),
-                              image=ImageConfig(size=64), qc=QCConfig(min_side=64, contact_sheet=0)))  # fmt: skip
+                              image=ImageConfig(size=64), qc=QCConfig(min_side=64, contact_sheet=0),
+                              splits=SplitConfig(train=0.6, val=0.2, test=0.2)))  # fmt: skip
+    assert (out / "val" / "metadata.jsonl").read_text().strip(), "the fixture needs a val split"
     return out

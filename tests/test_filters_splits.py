@@ -96,3 +96,12 @@ def test_official_split_wins():
     assert set(assign_splits(records, SplitConfig(official=False, train=1, val=0, test=0), 0).values()) == {
         "train"
     }
+
+
+def test_split_does_not_depend_on_the_salt():
+    from cxrgen.records import PatientKeyer
+
+    a, b = PatientKeyer("salt-a").fields("padchest", "p42"), PatientKeyer("salt-b").fields("padchest", "p42")
+    assert a["patient_key"] != b["patient_key"] and a["split_key"] == b["split_key"]
+    ra, rb = Record(id="x", **a), Record(id="y", **b)
+    assert assign_splits([ra], SplitConfig(), 7)["x"] == assign_splits([rb], SplitConfig(), 7)["y"]

@@ -335,3 +335,24 @@ def test_preset_layers_under_flags(tiny_dataset, tiny_model, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["mixed_precision"] == "fp16" and cfg["gradient_checkpointing"] and cfg["lora"]["rank"] == 4
     assert cfg["optim"]["optimizer"] == "adamw8bit"
+
+
+def test_full_with_ema_resumes_exactly(tiny_dataset, tiny_model, tmp_path, monkeypatch):
+    args = ["--method", "full", "--full.ema", "--full.ema-decay", "0.9", "--grad-accum", "2", "--max-steps", "4",
+            "--optim.lr-scheduler", "cosine", "--optim.learning-rate", "1e-4"]  # fmt: skip
+    assert train(tiny_dataset, tiny_model, tmp_path / "reference", *args) == 0
+    real = trainer_module.Trainer._periodic
+
+    def interrupt_at_3(self):
+        real(self)
+        if self.step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "_periodic", interrupt_at_3)
+    assert train(tiny_dataset, tiny_model, tmp_path / "resumed", *args) == 130
+    monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
+    assert train(tiny_dataset, tiny_model, tmp_path / "resumed", *args, "--resume", "latest") == 0
+    unet = "pipeline/unet/diffusion_pytorch_model.safetensors"
+    assert same(
+        weights(tmp_path / "resumed" / unet), weights(tmp_path / "reference" / unet)
+    )  # the EMA weights

@@ -101,6 +101,7 @@ class Record(Conditions):
     labeler: str | None = None  # who labelled it: "physician", "rnn", "chexpert-labeler", ...
     official_split: str | None = None  # "train", "val" or "test" when the release defines one
     row: int | None = None
+    split_key: str | None = None  # in memory only (never written): what the patient-level split is drawn from
 
     def metadata(self) -> dict[str, Any]:
         """The structured fields a prepared dataset stores (no source path, no row: those stay local)."""
@@ -152,6 +153,15 @@ class PatientKeyer:
             return None
         message = f"{source}\0{str(patient_id).strip()}".encode()
         return hmac.new(self._salt, message, hashlib.sha256).hexdigest()[:16]
+
+    def fields(self, source: str, patient_id: str | None) -> dict[str, str | None]:
+        """A record's patient fields: the salted key it publishes, and the split key it keeps in memory. Splits
+        come from the latter so that every dataset prepared from one release with one seed puts a patient in the
+        same split, whatever its salt, filters or shards."""
+        if patient_id is None or str(patient_id).strip() == "":
+            return {"patient_key": None, "split_key": None}
+        split_key = hashlib.sha256(f"{source}\0{str(patient_id).strip()}".encode()).hexdigest()
+        return {"patient_key": self(source, patient_id), "split_key": split_key}
 
     @classmethod
     def for_output(cls, out_dir: Path, salt: str | None) -> PatientKeyer:

@@ -35,7 +35,7 @@ class SplitConfig:
 def assign_split(record: Record, config: SplitConfig, seed: int) -> str:
     if config.official and record.official_split in SPLITS:
         return record.official_split
-    u = seeded_rank(seed, "split\0" + (record.patient_key or record.id)) / 2**64
+    u = seeded_rank(seed, "split\0" + (record.split_key or record.patient_key or record.id)) / 2**64
     if u < config.train:
         return "train"
     return "val" if u < config.train + config.val else "test"
@@ -44,7 +44,7 @@ def assign_split(record: Record, config: SplitConfig, seed: int) -> str:
 def assign_splits(records: list[Record], config: SplitConfig, seed: int) -> dict[str, str]:
     """record id -> split. Warns when records have no patient key (then each image is its own patient) and
     when a split with a non-zero share comes out empty."""
-    missing = sum(r.patient_key is None for r in records)
+    missing = sum(r.split_key is None and r.patient_key is None for r in records)
     if missing:
         log.warning(
             "%d of %d records have no patient id: they are split image by image", missing, len(records)

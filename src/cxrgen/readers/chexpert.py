@@ -80,7 +80,7 @@ def read_chexpert(
                 source=SOURCE,
                 image=path,
                 row=row_no,
-                patient_key=keyer(SOURCE, match.group(1)),
+                **keyer.fields(SOURCE, match.group(1)),
                 age=parse_age(row["Age"]),
                 sex=normalize_sex(row["Sex"]),
                 view=ap_pa or None,

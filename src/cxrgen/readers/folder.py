@@ -75,7 +75,7 @@ def _record(name: str, row: dict[str, Any], row_no: int, keyer: PatientKeyer) ->
         source=SOURCE,
         image=name,
         row=row_no,
-        patient_key=keyer(SOURCE, _text(row.get("patient_id"))),
+        **keyer.fields(SOURCE, _text(row.get("patient_id"))),
         age=parse_age(row.get("age")),
         sex=normalize_sex(_text(row.get("sex"))),
         view=view,

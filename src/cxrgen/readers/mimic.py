@@ -74,7 +74,7 @@ def read_mimic(
                 source=SOURCE,
                 image=image,
                 row=row_no,
-                patient_key=keyer(SOURCE, subject),
+                **keyer.fields(SOURCE, subject),
                 age=_age(patient, row.get("StudyDate", "")),
                 sex=normalize_sex(patient.get("gender")),
                 view=view,

@@ -58,7 +58,7 @@ def read_padchest(csv_path: str | Path, keyer: PatientKeyer) -> ReadResult:
                 source=SOURCE,
                 image=image,
                 row=row_no,
-                patient_key=keyer(SOURCE, row["PatientID"]),
+                **keyer.fields(SOURCE, row["PatientID"]),
                 age=_age(row.get("StudyDate_DICOM", ""), row.get("PatientBirth", "")),
                 sex=normalize_sex(row.get("PatientSex_DICOM")),
                 view=normalize_view(row.get("ViewPosition_DICOM")),

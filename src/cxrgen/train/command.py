@@ -74,26 +74,35 @@ def prompt_settings(data: str) -> dict[str, Any] | None:
 
 
 def run_train(config: TrainConfig) -> int:
-    start = time.perf_counter()
-    trainer = Trainer(config)
+    """The command: train, then print the summary. Exit codes: 3 diverged, 4 out of memory."""
     try:
-        trainer.setup()
-        trainer.fit()
-        outputs = export(trainer)
+        trainer, summary = run_train_config(config)
     except TrainingDiverged as exc:
         print(f"cxrgen train: stopped: {exc}")
         return EXIT_DIVERGED
     except torch.cuda.OutOfMemoryError:
         print(f"cxrgen train: {OOM_HINT}")
         return EXIT_OOM
+    if trainer.is_main:
+        print_summary(trainer, summary)
+    return 0
+
+
+def run_train_config(config: TrainConfig) -> tuple[Trainer, dict[str, Any]]:
+    """Set up, fit, export; write run.json. Returns the trainer and the summary."""
+    start = time.perf_counter()
+    trainer = Trainer(config)
+    try:
+        trainer.setup()
+        trainer.fit()
+        outputs = export(trainer)
     finally:
         if hasattr(trainer, "log"):
             trainer.close()
+    summary = run_summary(trainer, outputs, time.perf_counter() - start)
     if trainer.is_main:
-        summary = run_summary(trainer, outputs, time.perf_counter() - start)
         write_json(trainer.out / "run.json", summary)
-        print_summary(trainer, summary)
-    return 0
+    return trainer, summary
 
 
 def run_summary(trainer: Trainer, outputs: dict[str, str], seconds: float) -> dict[str, Any]:

@@ -111,14 +111,14 @@ class TrainConfig:
     long_prompts: bool = option(False, "encode prompts beyond 77 tokens in 77-token windows")
     snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (5.0 is common; none: off)")
     noise_offset: float = option(0.0, "noise offset (helps very dark or bright images)")
-    sample_every: int = option(250, "write a sample grid every N steps (0: only at the end)")
+    sample_every: int = option(250, "write a sample grid every N steps (0: only at the end; -1: never)")
     sample_prompts: list[str] = option(
         [], "prompts for sample grids (default: four from the val split + a bird)"
     )
     sample_seeds: list[int] = option([0, 1], "seeds: one grid column per seed")
     sample_steps: int = option(25, "sampling steps for sample grids")
     guidance: float = option(7.5, "guidance scale for sample grids")
-    val_every: int = option(250, "validation loss every N steps (0: only at the end)")
+    val_every: int = option(250, "validation loss every N steps (0: only at the end; -1: never)")
     val_images: int = option(64, "validation images (each at fixed timesteps and noise)")
     checkpoint_every: int = option(500, "checkpoint every N steps (and at the end)")
     keep_checkpoints: int = option(3, "keep the last K checkpoints")

@@ -423,9 +423,9 @@ class Trainer:
     def _periodic(self) -> None:
         c, s = self.c, self.step
         last = s == c.max_steps
-        if self.val is not None and ((c.val_every and s % c.val_every == 0) or last):
+        if self.val is not None and c.val_every >= 0 and ((c.val_every and s % c.val_every == 0) or last):
             self.validate()
-        if (c.sample_every and s % c.sample_every == 0) or last:
+        if c.sample_every >= 0 and ((c.sample_every and s % c.sample_every == 0) or last):
             self.sample()
         if s % c.checkpoint_every == 0 or last:
             self.save_checkpoint()

@@ -1,0 +1,138 @@
+"""Training speed and memory on one GPU: SD 1.5 architecture (random weights), 512 px, LoRA and full fine-tuning.
+
+Measures images/s, model-FLOPs utilisation (with the design anchors of 1.73 TFLOP per image for a frozen-base LoRA
+step and 2.41 for a full step, against 790 TFLOP/s for an H100, and with FLOPs counted on the real step), and peak
+memory at batch 1 with the gpu-8gb and gpu-16gb presets. Targets (issue 3): gpu-8gb LoRA at most 7 GB, gpu-16gb
+full at most 15 GB, at least 35% MFU at batch 8 or more. One run takes under 8 minutes on an H100.
+
+On the device machine (Python 3.12 with torch, transformers, peft, accelerate; diffusers and bitsandbytes carried
+as wheels in .whl/, see the device README):
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:src
+  python3 benchmarks/gpu_train.py --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ANCHOR_TFLOP = {"lora": 1.73, "full": 2.41}
+PEAK_TFLOPS = 790.0
+RUNS = [
+    # name, method, extra flags
+    ("gpu-8gb LoRA, batch 1", "lora", ["--preset", "gpu-8gb", "--max-steps", "40"]),
+    ("gpu-16gb full, batch 1", "full", ["--preset", "gpu-16gb", "--max-steps", "24"]),
+    ("LoRA bf16, batch 8", "lora", ["--batch-size", "8", "--mixed-precision", "bf16", "--max-steps", "30"]),
+    ("full bf16, batch 8", "full", ["--batch-size", "8", "--mixed-precision", "bf16", "--max-steps", "20",
+                                    "--optim.learning-rate", "1e-5"]),
+]  # fmt: skip
+
+
+def prepare_inputs(work: Path) -> tuple[Path, Path]:
+    from cxrgen.fileio import write_jsonl
+    from cxrgen.imaging.png import write_png
+    from cxrgen.models import TinyModelConfig, make_tiny_model
+    from cxrgen.phantom import render
+
+    model = work / "sd15"
+    if not (model / "model_index.json").is_file():
+        make_tiny_model(TinyModelConfig(out=str(model), arch="sd15", image_size=512))
+    data = work / "data"
+    if not (data / "train" / "metadata.jsonl").is_file():
+        rows = []
+        for i in range(64):
+            write_png(data / "train" / f"{i:03d}.png", render(512, 512, seed=i, bits=8))
+            rows.append(
+                {
+                    "file_name": f"{i:03d}.png",
+                    "text": f"chest x-ray, age {30 + i} male, view PA, projection PA",
+                }
+            )
+        write_jsonl(data / "train" / "metadata.jsonl", rows)
+    return model, data
+
+
+def run_one(name: str, method: str, flags: list[str], model: Path, data: Path, work: Path) -> dict:
+    out = work / "runs" / name.split(",")[0].replace(" ", "-")
+    cmd = [sys.executable, "-m", "cxrgen", "train", "--data", str(data), "--model.base", str(model), "--out", str(out),
+           "--method", method, "--sample-every", "-1", "--val-split", "none", "--checkpoint-every", "100000",
+           "--log-every", "5", "--cache-dir", str(work / "cache"), "--peak-tflops", str(PEAK_TFLOPS), *flags]  # fmt: skip
+    if "adamw8bit" in " ".join(flags) or "--preset" in flags:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            cmd += ["--optim.optimizer", "adamw"]
+            name += " (AdamW: bitsandbytes missing)"
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        return {
+            "name": name,
+            "error": result.stdout[-1500:] + result.stderr[-2500:],
+            "seconds": round(seconds, 1),
+        }
+    figures = json.loads((out / "run.json").read_text())["figures"]
+    config = json.loads((out / "run.json").read_text())["config"]
+    images_per_s = figures["images_per_s"]
+    return {
+        "name": name,
+        "method": method,
+        "batch": config["batch_size"],
+        "images_per_s": images_per_s,
+        "peak_memory_gb": figures["peak_memory_gb"],
+        "mfu_measured_flops": figures["mfu"],
+        "tflop_per_image_measured": (figures["flops_per_image"] or 0) / 1e12,
+        "mfu_anchor": images_per_s * ANCHOR_TFLOP[method] / PEAK_TFLOPS if images_per_s else None,
+        "seconds": round(seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out/gpu_train"))
+    parser.add_argument("--work", default="/tmp/cxrgen-gpu-train")
+    args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("gpu_train.py needs a CUDA GPU")
+    work = Path(args.work)
+    t = time.perf_counter()
+    model, data = prepare_inputs(work)
+    print(f"{torch.cuda.get_device_name(0)}; inputs ready in {time.perf_counter() - t:.0f} s", flush=True)
+    results = []
+    for name, method, flags in RUNS:
+        r = run_one(name, method, flags, model, data, work)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    print(f"\n{'run':42s} {'img/s':>7s} {'peak GB':>8s} {'MFU':>6s} {'MFU@anchor':>10s} {'TFLOP/img':>9s}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['name']:42s} FAILED: {r['error'][-300:]}")
+            continue
+        mfu = r["mfu_measured_flops"]
+        print(f"{r['name']:42s} {r['images_per_s']:7.2f} {r['peak_memory_gb']:8.2f} {mfu or float('nan'):6.1%} "
+              f"{r['mfu_anchor']:10.1%} {r['tflop_per_image_measured']:9.2f}")  # fmt: skip
+    ok = {r["name"]: r for r in results if "error" not in r}
+    lora8 = next((r for n, r in ok.items() if n.startswith("gpu-8gb")), None)
+    full16 = next((r for n, r in ok.items() if n.startswith("gpu-16gb")), None)
+    big = [r["mfu_anchor"] for r in ok.values() if r["batch"] >= 8 and r["mfu_anchor"]]
+    print(f"target gpu-8gb LoRA <= 7 GB: {lora8 and lora8['peak_memory_gb'] <= 7}")
+    print(f"target gpu-16gb full <= 15 GB: {full16 and full16['peak_memory_gb'] <= 15}")
+    print(
+        f"target MFU >= 35% at batch >= 8: {bool(big) and max(big) >= 0.35} (best {max(big, default=np.nan):.1%})"
+    )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "gpu_train.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
