@@ -58,6 +58,19 @@ COMMANDS = (
         presets="cxrgen.train.config",
     ),
     Command(
+        "generate", "cxrgen.generate.config:GenerateConfig", "cxrgen.generate.runner:run_generate",
+        "generate labelled synthetic chest X-rays from structured conditions",
+        "Make images from condition flags, a conditions file, a prepared dataset's distribution (optionally\n"
+        "re-weighted toward chosen findings) or raw prompts, with a base model, LoRAs or a training run.\n"
+        "Writes the prepared-dataset layout with per-image seeds and provenance; every file is marked SYNTHETIC.",
+        "examples:\n"
+        "  cxrgen generate --run runs/cxr-lora --age 60 --sex F --projection PA \\\n"
+        "      --finding 'pleural effusion@left,costophrenic angle' --n 16 --out synth/effusion\n"
+        "  cxrgen generate --run runs/cxr-lora --like data/padchest-512 --reweight 'pneumothorax=10' --n 5000 --out synth/mix\n"
+        "  cxrgen generate --model.base sd15/ --loras runs/cxr-lora runs/effusion:0.8 --conditions plan.csv --out synth/plan\n"
+        "  accelerate launch --multi_gpu --num_processes 4 -m cxrgen generate ...   # shards over GPUs",
+    ),
+    Command(
         "make-tiny-model", "cxrgen.models:TinyModelConfig", "cxrgen.models:make_tiny_model",
         "write a random Stable Diffusion pipeline offline (tiny, or the SD 1.5 architecture)",
         "A diffusers pipeline folder with random weights and the exact CLIP tokenizer, for tests, the demo and\n"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import ConfigError, to_dict
+from ..distributed import cpu_processes
 from ..models import load_components, model_identity, set_offline_if_local
 from ..sampling import make_pipeline, sample_images
 from ..text_encoding import chunk_token_ids, encode_prompts, encode_windows, token_windows
@@ -53,10 +53,8 @@ class Trainer:
         from accelerate import Accelerator
 
         c = self.c
-        # Several processes on a machine without GPUs (accelerate launch --multi_gpu, torchrun): CPU DDP over gloo.
-        cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(
-            mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.grad_accum, cpu=cpu_ddp
+            mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.grad_accum, cpu=cpu_processes()
         )
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process

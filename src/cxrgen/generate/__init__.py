@@ -1,0 +1,1 @@
+"""Generation of labelled synthetic images."""

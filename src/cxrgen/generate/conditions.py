@@ -1,0 +1,214 @@
+"""What to generate: condition sets from flags, a conditions file, a prepared dataset ("like this"), or raw
+prompts. Each becomes a list of `Item`s (one per image) in a fixed order, so image i is the same in every run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..readers.tables import TableError, read_table
+from ..records import (
+    Conditions,
+    clean_text,
+    findings_from_value,
+    normalize_projection,
+    normalize_sex,
+    normalize_view,
+    parse_age,
+)
+
+log = logging.getLogger(__name__)
+FILE_COLUMNS = (
+    "age",
+    "sex",
+    "view",
+    "projection",
+    "modality",
+    "findings",
+    "labels",
+    "prompt",
+    "count",
+    "seed",
+)
+
+
+class ConditionsError(ValueError):
+    """A conditions file or flag is wrong; the message names the line and the reason."""
+
+
+@dataclass
+class Item:
+    """One image to make: its conditions (None for a raw prompt), the prompt, and where it came from."""
+
+    conditions: Conditions | None
+    prompt: str | None  # a raw prompt; else built from the conditions
+    origin: str  # "flags", "<file>:<line>", "like:<dataset>", "prompt"
+    seed: int | None = None  # an explicit seed from a conditions file
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index` in a run seeded with `seed` (recorded in its metadata)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "little")
+
+
+def from_flags(age: int | None, sex: str | None, view: str | None, projection: str | None, modality: str | None,
+               findings: list[str], n: int) -> list[Item]:  # fmt: skip
+    parsed = [f for text in findings for f in findings_from_value(text)]
+    c = Conditions(age=age, sex=normalize_sex(sex), view=normalize_view(view), projection=normalize_projection(projection),
+                   modality=modality.upper() if modality else None, findings=parsed)  # fmt: skip
+    if sex is not None and c.sex is None:
+        raise ConditionsError(f"--sex {sex!r}: use M, F or O")
+    return [Item(c, None, "flags") for _ in range(n)]
+
+
+def from_file(path: str | Path) -> list[Item]:
+    """Rows of a CSV/JSONL file: conditions (or a `prompt`), an optional `count` and `seed` per row."""
+    path = Path(path)
+    items: list[Item] = []
+    try:
+        rows = list(read_table(path))
+    except TableError as exc:
+        raise ConditionsError(str(exc)) from exc
+    if not rows:
+        raise ConditionsError(f"{path} has no rows")
+    for line, row in rows:
+        where = f"{path.name} line {line + (1 if path.suffix.lower() == '.csv' else 0)}"
+        unknown = [k for k, v in row.items() if k not in FILE_COLUMNS and v not in ("", None)]
+        if unknown:
+            raise ConditionsError(
+                f"{where}: unknown column(s) {', '.join(unknown)}; use {', '.join(FILE_COLUMNS)}"
+            )
+        try:
+            items += _row_items(row, f"{path.name}:{line}")
+        except ValueError as exc:
+            raise ConditionsError(f"{where}: {exc}") from exc
+    return items
+
+
+def _row_items(row: dict[str, Any], origin: str) -> list[Item]:
+    def text(key: str) -> str | None:
+        value = row.get(key)
+        return None if value in (None, "") else clean_text(value)
+
+    count = _integer(row.get("count"), "count", default=1)
+    if count < 1:
+        raise ValueError(f"count must be a positive whole number, not {row.get('count')!r}")
+    seed = _integer(row.get("seed"), "seed", default=None)
+    if text("prompt"):
+        return [Item(None, text("prompt"), origin, seed if i == 0 else None) for i in range(count)]
+    age = None
+    if text("age") is not None:
+        age = parse_age(text("age"))
+        if age is None:
+            raise ValueError(f"age {row.get('age')!r} is not an age in years (0-120)")
+    sex = normalize_sex(text("sex"))
+    if text("sex") is not None and sex is None:
+        raise ValueError(f"sex {row.get('sex')!r}: use M, F or O")
+    findings = findings_from_value(row.get("findings"))
+    if not findings and text("labels"):
+        findings = findings_from_value(text("labels").replace(",", ";"))
+    c = Conditions(age=age, sex=sex, view=normalize_view(text("view")), projection=normalize_projection(text("projection")),
+                   modality=(text("modality") or "").upper() or None, findings=findings)  # fmt: skip
+    return [Item(c, None, origin, seed if i == 0 else None) for i in range(count)]
+
+
+def _integer(value: Any, name: str, default: int | None) -> int | None:
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} {value!r} is not a number") from None
+    if number != int(number):
+        raise ValueError(f"{name} {value!r} is not a whole number")
+    return int(number)
+
+
+def load_rows(dataset: str | Path, split: str) -> list[dict[str, Any]]:
+    meta = Path(dataset) / split / "metadata.jsonl"
+    if not meta.is_file():
+        raise ConditionsError(f"{meta} does not exist: give a prepared dataset folder (cxrgen prepare)")
+    return [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+
+
+def parse_reweight(specs: list[str]) -> dict[str, float]:
+    weights = {}
+    for spec in specs:
+        label, sep, factor = spec.rpartition("=")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = -1.0
+        if not sep or not label.strip() or value <= 0:
+            raise ConditionsError(
+                f"--reweight {spec!r}: write label=factor with a positive factor, e.g. 'pleural effusion=5'"
+            )
+        weights[label.strip().lower()] = value
+    return weights
+
+
+def like_dataset(
+    dataset: str | Path, split: str, n: int, seed: int, reweight: dict[str, float]
+) -> list[Item]:
+    """N condition sets drawn from a prepared dataset's rows, keeping the joint distribution of findings and
+    demographics; `reweight` multiplies the chance of rows with the given labels (rare-finding augmentation)."""
+    rows = load_rows(dataset, split)
+    weights = np.ones(len(rows))
+    for i, row in enumerate(rows):
+        for f in row.get("findings") or []:
+            weights[i] *= reweight.get(str(f.get("label", "")).lower(), 1.0) if isinstance(f, dict) else 1.0
+    missing = set(reweight) - {
+        str(f.get("label", "")).lower() for r in rows for f in r.get("findings") or [] if isinstance(f, dict)
+    }
+    for label in sorted(missing):
+        log.warning("--reweight: no row of %s has the label '%s'", dataset, label)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(rows), size=n, replace=True, p=weights / weights.sum())
+    items = []
+    for k in picks:
+        row = rows[int(k)]
+        c = Conditions(age=row.get("age"), sex=row.get("sex"), view=row.get("view"), projection=row.get("projection"),
+                       modality=row.get("modality"), findings=findings_from_value(row.get("findings") or []))  # fmt: skip
+        items.append(Item(c, None, f"like:{Path(dataset).name}"))
+    return items
+
+
+def vocabulary(rows: list[dict[str, Any]]) -> tuple[Counter, Counter]:
+    labels, locations = Counter(), Counter()
+    for row in rows:
+        for f in row.get("findings") or []:
+            if isinstance(f, dict):
+                labels[f.get("label", "")] += 1
+                locations.update(f.get("locations") or [])
+    return labels, locations
+
+
+def warn_unknown(items: list[Item], labels: Counter, locations: Counter) -> list[str]:
+    """One warning per finding or location name the training data never used, with the closest known names."""
+    known_labels = {x.lower(): x for x in labels}
+    known_locations = {x.lower(): x for x in locations}
+    warnings: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for item in items:
+        for f in item.conditions.findings if item.conditions else []:
+            for kind, name, known in [("finding", f.label, known_labels)] + [
+                ("location", x, known_locations) for x in f.locations
+            ]:
+                if name.lower() in known or (kind, name) in seen:
+                    continue
+                seen.add((kind, name))
+                close = difflib.get_close_matches(name.lower(), list(known), n=3, cutoff=0.5)
+                hint = f"; closest known: {', '.join(known[c] for c in close)}" if close else ""
+                message = f"unknown {kind} '{name}': the training data never uses it{hint}"
+                log.warning(message)
+                warnings.append(message)
+    return warnings

@@ -1,0 +1,306 @@
+"""Generation: plan the images, load the model once, sample batch by batch, write atomically, merge metadata.
+
+Image i always has the same prompt, seed and batch (batches are consecutive runs of `batch_size` indices), and
+shards take whole batches, so shards together produce exactly what one unsharded run produces. Each finished
+image is journaled; a rerun skips batches whose images are all done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.utils import logging as diffusers_logging
+from tqdm import tqdm
+
+from ..config import ConfigError, to_dict
+from ..distributed import cpu_processes
+from ..fileio import read_jsonl_lines, write_json, write_jsonl
+from ..models import ModelConfig, ModelError, load_components, model_identity, set_offline_if_local
+from ..prompts import PromptBuilder, PromptConfig
+from ..provenance import file_sha256, provenance
+from ..sampling import make_pipeline, sample_images, to_uint
+from ..text_encoding import count_over_window
+from ..train.adapters import lora_source
+from . import conditions as cond
+from .config import GenerateConfig
+from .writer import save_dicom, save_png
+
+log = logging.getLogger(__name__)
+JOURNAL = ".journal"
+
+
+@dataclass
+class Source:
+    """Where the model comes from and how it was trained."""
+
+    base: ModelConfig
+    adapters: list[tuple[str, float]]
+    prompts: PromptConfig
+    long_prompts: bool
+    size: int | None
+    data: Path | None  # the training data, for the vocabulary check
+
+
+def resolve_source(config: GenerateConfig) -> Source:
+    prompts = config.prompts
+    if config.run is None:
+        adapters = [_lora_spec(spec) for spec in config.loras]
+        return Source(
+            config.model, adapters, prompts or PromptConfig(), bool(config.long_prompts), config.size, None
+        )
+    run_dir = Path(config.run)
+    run_file = run_dir / "run.json"
+    if not run_file.is_file():
+        raise ConfigError(f"--run {run_dir}: no run.json (is it a finished cxrgen train run?)")
+    run = json.loads(run_file.read_text())
+    trained = run["config"]
+    base = ModelConfig(**{**trained["model"], **({"base": config.model.base} if config.model.base else {})})
+    stack = trained["lora"]["stack"]
+    weights = trained["lora"]["stack_weights"] or [1.0] * len(stack)
+    if trained["method"] == "full":
+        base = replace(base, base=str(run_dir / "pipeline"))
+        adapters = []
+    else:
+        adapters = [*zip(stack, weights, strict=True), (str(run_dir / "lora"), 1.0)]
+    adapters += [_lora_spec(spec) for spec in config.loras]
+    if prompts is None:
+        prompts = PromptConfig(**run["prompts"]) if run.get("prompts") else PromptConfig()
+    long = run.get("long_prompts", False) if config.long_prompts is None else config.long_prompts
+    data = Path(run["data"]["folder"]) if run.get("data") else None
+    return Source(base, adapters, prompts, long, config.size or run.get("resolution"), data)
+
+
+def _lora_spec(spec: str) -> tuple[str, float]:
+    path, sep, weight = spec.rpartition(":")
+    if sep and path and not Path(spec).exists():
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def plan_items(config: GenerateConfig) -> list[cond.Item]:
+    if config.conditions:
+        return cond.from_file(config.conditions)
+    if config.like:
+        return cond.like_dataset(
+            config.like, config.like_split, config.n, config.seed, cond.parse_reweight(config.reweight)
+        )
+    if config.prompt:
+        return [cond.Item(None, p, "prompt") for p in config.prompt for _ in range(config.n)]
+    return cond.from_flags(
+        config.age, config.sex, config.view, config.projection, config.modality, config.finding, config.n
+    )
+
+
+def image_id(index: int) -> str:
+    return f"syn{index:07d}"
+
+
+def image_file(index: int) -> str:
+    return f"{index // 1000:04d}/{image_id(index)}.png"
+
+
+class Generator:
+    def __init__(self, config: GenerateConfig):
+        from accelerate import PartialState
+
+        self.c = config
+        self.out = Path(config.out)
+        self.state = PartialState(cpu=cpu_processes())
+        self.source = resolve_source(config)
+        self.items = plan_items(config)
+        if not self.items:
+            raise ConfigError("nothing to generate")
+        set_offline_if_local(self.source.base.base)
+
+    # -- planning ----------------------------------------------------------------------------------------------
+    def batches(self) -> list[list[int]]:
+        n, b = len(self.items), self.c.batch_size
+        return [list(range(i, min(n, i + b))) for i in range(0, n, b)]
+
+    def my_batches(self) -> list[list[int]]:
+        shard_i, shard_n = self.c.shard_index()
+        slots = shard_n * self.state.num_processes
+        slot = shard_i * self.state.num_processes + self.state.process_index
+        return [batch for k, batch in enumerate(self.batches()) if k % slots == slot]
+
+    def done(self) -> dict[int, dict[str, Any]]:
+        rows: dict[int, dict[str, Any]] = {}
+        folder = self.out / JOURNAL
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.jsonl")):
+                for row in read_jsonl_lines(path):
+                    if (
+                        row.get("settings") == self.settings_digest
+                        and (self.out / self.c.split / row["file_name"]).is_file()
+                    ):
+                        rows[row["index"]] = row
+        return rows
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def dtype(self) -> torch.dtype:
+        device = self.state.device
+        if self.c.dtype == "auto":
+            return torch.float16 if device.type == "cuda" else torch.float32
+        if self.c.dtype in ("fp16", "bf16") and device.type != "cuda":
+            raise ConfigError(f"--dtype {self.c.dtype} needs a CUDA GPU; use fp32 (or auto) here")
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.c.dtype]
+
+    def load(self) -> None:
+        dtype = self.dtype()
+        m = load_components(self.source.base, dtype)
+        self.tokenizer = m.tokenizer
+        pipe = make_pipeline(m.tokenizer, m.text_encoder, m.vae, m.unet, m.scheduler.config, self.c.sampler)
+        names = []
+        quiet = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # "no text-encoder keys" notes for UNet-only LoRAs
+        try:
+            for i, (path, _) in enumerate(self.source.adapters):
+                folder, weight_name = lora_source(path)
+                try:
+                    pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=f"lora{i}")
+                except (OSError, ValueError) as exc:
+                    raise ModelError(f"cannot load LoRA {path}: {exc}") from exc
+                names.append(f"lora{i}")
+        finally:
+            diffusers_logging.set_verbosity(quiet)
+        if names:
+            pipe.set_adapters(names, adapter_weights=[w for _, w in self.source.adapters])
+        self.pipe = pipe.to(self.state.device)
+        self.size = self.source.size or m.unet.config.sample_size * m.vae_scale
+
+    def identities(self) -> dict[str, Any]:
+        adapters = []
+        for path, weight in self.source.adapters:
+            folder, name = lora_source(path)
+            file = Path(folder) / name if name else None
+            digest = file_sha256(file)[:16] if file is not None and file.is_file() else "hub"
+            adapters.append({"path": path, "weight": weight, "sha256": digest})
+        return {
+            "model": model_identity(self.source.base.base, self.source.base.revision),
+            "adapters": adapters,
+        }
+
+    # -- run ---------------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        c = self.c
+        self.load()
+        builder = PromptBuilder(self.source.prompts, tokenizer=self.tokenizer)
+        prompts = [item.prompt or builder.build(item.conditions).text for item in self.items]
+        seeds = [
+            item.seed if item.seed is not None else cond.image_seed(c.seed, i)
+            for i, item in enumerate(self.items)
+        ]
+        self._warn(prompts)
+        ids = self.identities()
+        sampler = {"name": c.sampler, "steps": c.steps, "guidance": c.guidance, "negative_prompt": c.negative_prompt,
+                   "size": self.size, "batch_size": c.batch_size, "bits": c.bits, "dtype": str(self.dtype()).replace("torch.", ""),
+                   "long_prompts": self.source.long_prompts}  # fmt: skip
+        settings = json.dumps(
+            [sampler, ids, to_dict(self.source.prompts), c.seed, len(self.items)], sort_keys=True
+        )
+        self.settings_digest = hashlib.sha256(settings.encode()).hexdigest()[
+            :16
+        ]  # a journal row counts only for these
+        done = self.done()
+        todo = [b for b in self.my_batches() if not all(i in done for i in b)]
+        journal = self.out / JOURNAL / f"{c.shard_index()[0]}-{self.state.process_index}.jsonl"
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=sum(len(b) for b in todo), desc="generate", unit="img", dynamic_ncols=True,
+                   disable=not self.state.is_local_main_process)  # fmt: skip
+        start = time.perf_counter()
+        with open(journal, "a", encoding="utf-8") as fh:
+            if fh.tell() > 0 and not journal.read_bytes().endswith(b"\n"):
+                fh.write("\n")
+            for batch in todo:
+                images = sample_images(self.pipe, [prompts[i] for i in batch], [seeds[i] for i in batch], c.steps, c.guidance,
+                                       c.negative_prompt, self.source.long_prompts, self.size)  # fmt: skip
+                for i, pixels in zip(batch, to_uint(images, c.bits), strict=True):
+                    row = self._write(i, pixels, prompts[i], seeds[i], ids, sampler)
+                    fh.write(json.dumps(row) + "\n")
+                    fh.flush()
+                    bar.update()
+        bar.close()
+        seconds = time.perf_counter() - start
+        made = sum(len(b) for b in todo)
+        self.state.wait_for_everyone()
+        summary = {
+            "made": made,
+            "seconds": round(seconds, 2),
+            "images_per_s": round(made / seconds, 3) if made else None,
+        }
+        if self.state.is_main_process:
+            summary |= self._finish(ids, sampler)
+        return summary
+
+    def _warn(self, prompts: list[str]) -> None:
+        rows = []
+        if self.c.like:
+            rows = cond.load_rows(self.c.like, self.c.like_split)
+        elif self.source.data is not None and (self.source.data / "train" / "metadata.jsonl").is_file():
+            rows = cond.load_rows(self.source.data, "train")
+        if rows:
+            cond.warn_unknown(self.items, *cond.vocabulary(rows))
+        if not self.source.long_prompts:
+            over = count_over_window(self.tokenizer, list(dict.fromkeys(prompts)))
+            if over:
+                log.warning("%d prompt(s) exceed %d tokens and will be cut; use --long-prompts (or a model trained with it)",
+                            over, self.tokenizer.model_max_length)  # fmt: skip
+
+    def _write(
+        self, i: int, pixels: Any, prompt: str, seed: int, ids: dict[str, Any], sampler: dict[str, Any]
+    ) -> dict[str, Any]:
+        item = self.items[i]
+        conditions = item.conditions
+        labels = {}
+        if conditions is not None:
+            labels = {"age": conditions.age, "sex": conditions.sex, "view": conditions.view, "projection": conditions.projection,
+                      "modality": conditions.modality, "findings": [f.to_json() for f in conditions.findings]}  # fmt: skip
+        prov = {"prompt": prompt, "seed": seed, "index": i, **ids, "sampler": sampler}
+        target = self.out / self.c.split / image_file(i)
+        save_png(target, pixels, prov)
+        row = {"file_name": image_file(i), "text": prompt, "id": image_id(i), "index": i, "seed": seed, "synthetic": True,
+               **labels, "origin": item.origin, **ids, "sampler": sampler, "settings": self.settings_digest}  # fmt: skip
+        if self.c.dicom:
+            save_dicom(target.with_suffix(".dcm"), pixels, prov, labels)
+            row["dicom_file"] = image_file(i)[:-4] + ".dcm"
+        return row
+
+    def _finish(self, ids: dict[str, Any], sampler: dict[str, Any]) -> dict[str, Any]:
+        done = self.done()
+        missing = len(self.items) - len(done)
+        if missing:
+            return {"complete": False, "remaining": missing}
+        rows = [{k: v for k, v in done[i].items() if k != "settings"} for i in range(len(self.items))]
+        write_jsonl(self.out / self.c.split / "metadata.jsonl", rows)
+        write_json(self.out / "generate.json", {
+            **provenance(), "config": to_dict(self.c), **ids, "sampler": sampler, "images": len(rows),
+            "prompt_settings": to_dict(self.source.prompts), "synthetic": True,
+        })  # fmt: skip
+        return {"complete": True, "images": len(rows)}
+
+
+def run_generate(config: GenerateConfig) -> int:
+    gen = Generator(config)
+    summary = gen.run()
+    if gen.state.is_main_process:
+        out = Path(config.out)
+        rate = f" at {summary['images_per_s']:.2f} img/s" if summary.get("images_per_s") else ""
+        print(f"generated {summary['made']} image(s) in {summary['seconds']:.1f} s{rate}")
+        if summary.get("complete"):
+            print(f"  {summary['images']} synthetic images: {out / config.split / 'metadata.jsonl'}")
+            print(f"  provenance: {out / 'generate.json'}")
+        else:
+            print(
+                f"  {summary['remaining']} image(s) remain for other shards; rerun without --shard when all are done"
+            )
+    return 0

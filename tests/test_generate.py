@@ -1,0 +1,270 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from cxrgen.cli import main
+from cxrgen.generate import runner
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_dataset, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen-run") / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "cpu-smoke",
+                "--data",
+                str(tiny_dataset),
+                "--model.base",
+                str(tiny_model),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def generate(out, *args, base=("--steps", "3", "--batch-size", "3")):
+    return main(["generate", "--out", str(out), *base, *args])
+
+
+def rows(out, split="train"):
+    return [json.loads(x) for x in (Path(out) / split / "metadata.jsonl").read_text().splitlines()]
+
+
+def pixels(out):
+    return {r["id"]: np.asarray(Image.open(Path(out) / "train" / r["file_name"])) for r in rows(out)}
+
+
+def test_flags_mode_with_run(run_dir, tmp_path, caplog):
+    assert generate(tmp_path, "--run", str(run_dir), "--age", "60", "--sex", "F", "--projection", "PA",
+                    "--finding", "pleural effusion@left,costophrenic angle", "pacemakr", "--n", "4", "--dicom") == 0  # fmt: skip
+    r = rows(tmp_path)
+    assert len(r) == 4 and all(x["synthetic"] for x in r) and len({x["seed"] for x in r}) == 4
+    assert r[0]["text"].startswith(
+        "chest x-ray, age 60 female, projection PA, diagnosis pleural effusion, loc left"
+    )
+    assert r[0]["findings"][0] == {"label": "pleural effusion", "locations": ["left", "costophrenic angle"]}
+    assert r[0]["adapters"][0]["path"].endswith("lora") and len(r[0]["adapters"][0]["sha256"]) == 16
+    assert r[0]["sampler"]["name"] == "dpmsolver++" and r[0]["sampler"]["steps"] == 3
+    assert "unknown finding 'pacemakr'" in caplog.text and "closest known: pacemaker" in caplog.text
+    im = Image.open(tmp_path / "train" / r[0]["file_name"])
+    assert im.mode == "L" and im.size == (64, 64) and "SYNTHETIC" in im.text["Description"]
+    prov = json.loads(im.text["cxrgen:provenance"])
+    assert prov["seed"] == r[0]["seed"] and prov["prompt"] == r[0]["text"]
+    ds = pydicom.dcmread(tmp_path / "train" / r[0]["dicom_file"])
+    assert (
+        ds.ConversionType == "SYN"
+        and str(ds.PatientName) == "SYNTHETIC"
+        and ds.PatientIdentityRemoved == "YES"
+    )
+    assert ds.PatientAge == "060Y" and np.array_equal(ds.pixel_array, np.asarray(im))
+    gen = json.loads((tmp_path / "generate.json").read_text())
+    assert gen["synthetic"] and gen["images"] == 4 and gen["prompt_settings"]["level"] == "full"
+
+
+def test_same_seed_same_images_and_other_seed_differs(run_dir, tmp_path):
+    assert generate(tmp_path / "a", "--run", str(run_dir), "--n", "4") == 0
+    assert generate(tmp_path / "b", "--run", str(run_dir), "--n", "4") == 0
+    assert generate(tmp_path / "c", "--run", str(run_dir), "--n", "4", "--seed", "1") == 0
+    a, b, c = pixels(tmp_path / "a"), pixels(tmp_path / "b"), pixels(tmp_path / "c")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_shards_union_equals_unsharded(run_dir, tmp_path, capsys):
+    common = ["--run", str(run_dir), "--prompt", "chest x-ray", "a bird sitting on a tree", "--n", "4"]
+    assert generate(tmp_path / "whole", *common) == 0
+    assert generate(tmp_path / "sharded", *common, "--shard", "1/2") == 0
+    assert "remain for other shards" in capsys.readouterr().out
+    assert not (tmp_path / "sharded" / "train" / "metadata.jsonl").exists()
+    assert generate(tmp_path / "sharded", *common, "--shard", "0/2") == 0
+    assert rows(tmp_path / "sharded") == rows(tmp_path / "whole")
+    whole, sharded = pixels(tmp_path / "whole"), pixels(tmp_path / "sharded")
+    assert whole.keys() == sharded.keys() and all(np.array_equal(whole[k], sharded[k]) for k in whole)
+
+
+def test_resume_skips_finished_images(run_dir, tmp_path, monkeypatch):
+    real = runner.sample_images
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "sample_images", flaky)
+    assert generate(tmp_path / "r", "--run", str(run_dir), "--n", "7") == 130
+    assert len(list((tmp_path / "r" / "train").rglob("*.png"))) == 3 and not list(
+        (tmp_path / "r").rglob(".*.tmp*")
+    )
+    calls["n"] = -100
+    assert generate(tmp_path / "r", "--run", str(run_dir), "--n", "7") == 0
+    assert calls["n"] == -100 + 2  # only the two unfinished batches (3 + 1 images) were sampled
+    assert generate(tmp_path / "w", "--run", str(run_dir), "--n", "7") == 0
+    a, b = pixels(tmp_path / "r"), pixels(tmp_path / "w")
+    assert all(np.array_equal(a[k], b[k]) for k in b) and rows(tmp_path / "r") == rows(tmp_path / "w")
+
+
+def test_conditions_file_csv_and_jsonl(run_dir, tmp_path):
+    (tmp_path / "plan.csv").write_text(
+        "age,sex,findings,count,seed\n70,M,cardiomegaly@cardiac,2,123\n30,F,,1,\n"
+    )
+    assert generate(tmp_path / "csv", "--run", str(run_dir), "--conditions", str(tmp_path / "plan.csv")) == 0
+    r = rows(tmp_path / "csv")
+    assert [x["age"] for x in r] == [70, 70, 30] and r[0]["seed"] == 123 and r[0]["origin"] == "plan.csv:1"
+    assert r[0]["findings"] == [{"label": "cardiomegaly", "locations": ["cardiac"]}]
+    (tmp_path / "plan.jsonl").write_text(json.dumps({"prompt": "a bird sitting on a tree", "count": 2}) + "\n"
+                                         + json.dumps({"findings": [{"label": "nodule", "locations": ["left upper lobe"]}]}) + "\n")  # fmt: skip
+    assert (
+        generate(tmp_path / "jsonl", "--run", str(run_dir), "--conditions", str(tmp_path / "plan.jsonl")) == 0
+    )
+    r = rows(tmp_path / "jsonl")
+    assert [x["text"] for x in r[:2]] == ["a bird sitting on a tree"] * 2 and "nodule" in r[2]["text"]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("age,sex\n70,M\nabc,F\n", "plan.csv line 3: age 'abc' is not an age"),
+        ("age,count\n70,0\n", "plan.csv line 2: count must be a positive whole number"),
+        ("age,weight\n70,80\n", "plan.csv line 2: unknown column(s) weight"),
+        ("sex\nX\n", "plan.csv line 2: sex 'X'"),
+        ("findings\n[broken\n", "plan.csv line 2: findings is not valid JSON"),
+    ],
+)
+def test_conditions_file_errors_name_line_and_reason(run_dir, tmp_path, capsys, content, message):
+    (tmp_path / "plan.csv").write_text(content)
+    assert generate(tmp_path / "o", "--run", str(run_dir), "--conditions", str(tmp_path / "plan.csv")) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_like_dataset_keeps_and_reweights_the_distribution(run_dir, tiny_dataset, tmp_path):
+    assert generate(tmp_path / "like", "--run", str(run_dir), "--like", str(tiny_dataset), "--n", "30", "--steps", "1",
+                    base=("--batch-size", "10")) == 0  # fmt: skip
+    real = [json.loads(x) for x in (tiny_dataset / "train" / "metadata.jsonl").read_text().splitlines()]
+    real_conditions = {json.dumps([x["age"], x["sex"], x["findings"]]) for x in real}
+    made = rows(tmp_path / "like")
+    assert len(made) == 30 and all(
+        json.dumps([x["age"], x["sex"], x["findings"]]) in real_conditions for x in made
+    )
+    assert generate(tmp_path / "re", "--run", str(run_dir), "--like", str(tiny_dataset), "--n", "30", "--steps", "1",
+                    "--reweight", "pacemaker=50", base=("--batch-size", "10")) == 0  # fmt: skip
+
+    def share(rs):
+        return np.mean([any(f["label"] == "pacemaker" for f in x["findings"]) for x in rs])
+
+    assert share(rows(tmp_path / "re")) > max(0.8, share(made))
+
+
+def test_base_model_with_loras_and_raw_prompts(run_dir, tiny_model, tmp_path):
+    lora = run_dir / "lora" / "lora_kohya.safetensors"
+    assert generate(tmp_path, "--model.base", str(tiny_model), "--loras", f"{lora}:0.5", "--prompt", "chest x-ray", "--n", "2",
+                    "--bits", "16", "--sampler", "ddim") == 0  # fmt: skip
+    r = rows(tmp_path)
+    assert r[0]["adapters"][0]["weight"] == 0.5 and r[0]["sampler"]["name"] == "ddim"
+    assert np.asarray(Image.open(tmp_path / "train" / r[0]["file_name"])).dtype == np.uint16
+
+
+@pytest.mark.parametrize("sampler", ["euler", "pndm"])
+def test_other_samplers(run_dir, tmp_path, sampler):
+    assert generate(tmp_path, "--run", str(run_dir), "--sampler", sampler, "--n", "1") == 0
+
+
+def test_long_prompt_warning_counts_once(run_dir, tmp_path, caplog):
+    long = ", ".join(["diagnosis pleural effusion, loc right"] * 15)
+    assert (
+        generate(
+            tmp_path,
+            "--run",
+            str(run_dir),
+            "--prompt",
+            long,
+            long + ", x",
+            "short",
+            "--n",
+            "1",
+            "--steps",
+            "1",
+        )
+        == 0
+    )
+    assert caplog.text.count("exceed 77 tokens") == 1 and "2 prompt(s) exceed" in caplog.text
+    caplog.clear()
+    assert (
+        generate(
+            tmp_path / "l",
+            "--run",
+            str(run_dir),
+            "--prompt",
+            long,
+            "--n",
+            "1",
+            "--steps",
+            "1",
+            "--long-prompts",
+        )
+        == 0
+    )
+    assert "exceed 77 tokens" not in caplog.text
+
+
+def test_bad_inputs(run_dir, tmp_path, capsys):
+    assert generate(tmp_path, "--model.base", str(tmp_path / "nope"), "--n", "1") == 1
+    assert "cannot load base model" in capsys.readouterr().err
+    assert generate(tmp_path, "--run", str(tmp_path), "--n", "1") == 2
+    assert "no run.json" in capsys.readouterr().err
+    assert generate(tmp_path, "--run", str(run_dir), "--loras", str(tmp_path / "missing.safetensors")) == 1
+    assert "cannot load LoRA" in capsys.readouterr().err
+    assert generate(tmp_path, "--run", str(run_dir), "--dtype", "fp16") == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert generate(tmp_path, "--run", str(run_dir), "--age", "3", "--prompt", "x") == 2
+    assert "choose one of" in capsys.readouterr().err
+    assert generate(tmp_path, "--n", "1") == 2
+    assert "--run RUN_FOLDER or --model.base" in capsys.readouterr().err
+    assert generate(tmp_path, "--run", str(run_dir), "--like", str(tmp_path), "--n", "1") == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_two_processes_split_the_work(run_dir, tmp_path):
+    import torch
+
+    common = [
+        "generate",
+        "--run",
+        str(run_dir),
+        "--prompt",
+        "chest x-ray",
+        "--n",
+        "6",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(
+        1
+    )  # as each launched process runs: thread count changes float summation order on CPUs
+    try:
+        assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxrgen", *common, "--out", str(tmp_path / "two")]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "two" / ".journal").glob("*.jsonl"))) == 2
+    a, b = pixels(tmp_path / "one"), pixels(tmp_path / "two")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
