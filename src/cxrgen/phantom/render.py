@@ -2,9 +2,10 @@
 
 Anatomy in normalised coordinates (x to the viewer's right, y down), PA display convention: the patient's right
 is on the image's left, the heart bulges to the image's right. Values are attenuation-like (air dark, bone
-bright), with exposure, positioning and noise varied per image by its seed. Findings change the anatomy:
-cardiomegaly widens the heart, an effusion fills a lung base with a meniscus, a pacemaker adds a bright device
-and lead, a nodule a small round opacity at its lobe.
+bright). Every image varies by its seed: positioning (shift, scale, rotation), body and lung shape, heart size,
+diaphragm domes, rib spacing and phase, clavicles, a patient-specific soft-tissue and vessel texture, exposure,
+noise and black borders. Findings change the anatomy: cardiomegaly widens the heart, an effusion fills a lung
+base with a meniscus on its side, a pacemaker adds a bright device and lead, a nodule a round opacity at its lobe.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 # Where lobes and zones sit, as (x, y) centres in normalised image coordinates (patient's right = image left).
 LOCATIONS = {
@@ -24,38 +26,65 @@ LOCATIONS = {
     "left": (0.68, 0.45),
 }
 FINDINGS = ("cardiomegaly", "pleural effusion", "pacemaker", "nodule")
+NORMAL_HEART = (0.14, 0.17)  # half-width of the heart shadow
+LARGE_HEART = (0.24, 0.27)
 
 
 @dataclass
 class Anatomy:
     """Per-image variation, drawn from the seed."""
 
-    shift: tuple[float, float] = (0.0, 0.0)
-    scale: float = 1.0
-    heart_width: float = 0.20  # half-width of the heart shadow; cardiomegaly raises it
-    lung_darkness: float = 0.25
-    exposure: float = 1.0
-    noise: float = 0.02
-    border: tuple[int, int, int, int] = (
-        0,
-        0,
-        0,
-        0,
-    )  # black border widths: left, top, right, bottom (per mille)
+    shift: tuple[float, float]
+    scale: float
+    rotation: float  # radians
+    body: tuple[float, float]  # half-width, half-height of the torso
+    lungs: tuple[
+        tuple[float, float, float, float], tuple[float, float, float, float]
+    ]  # (cx, cy, rx, ry) image left, right
+    heart: tuple[float, float, float, float]  # cx, cy, half-width, half-height
+    domes: tuple[float, float]  # diaphragm dome tops, image left and right
+    ribs: tuple[float, float, float]  # frequency, phase, curvature
+    clavicle: float  # slope
+    lung_darkness: float
+    texture: float
+    exposure: float
+    gamma: float
+    noise: float
+    border: tuple[int, int, int, int]  # black border widths: left, top, right, bottom (per mille)
 
 
 def draw_anatomy(rng: np.random.Generator, findings: list[tuple[str, tuple[str, ...]]]) -> Anatomy:
     labels = {label for label, _ in findings}
-    border = tuple(int(v) for v in (rng.random(4) < 0.25) * rng.integers(20, 90, 4))
+    u = rng.uniform
+
+    def lung(cx: float) -> tuple[float, float, float, float]:
+        return (cx + u(-0.02, 0.02), u(0.43, 0.47), u(0.13, 0.17), u(0.24, 0.30))
+
+    width = LARGE_HEART if "cardiomegaly" in labels else NORMAL_HEART
     return Anatomy(
-        shift=(float(rng.normal(0, 0.015)), float(rng.normal(0, 0.015))),
-        scale=float(rng.uniform(0.94, 1.06)),
-        heart_width=float(rng.uniform(0.25, 0.28) if "cardiomegaly" in labels else rng.uniform(0.15, 0.18)),
-        lung_darkness=float(rng.uniform(0.18, 0.3)),
-        exposure=float(rng.uniform(0.85, 1.15)),
-        noise=float(rng.uniform(0.01, 0.03)),
-        border=border,  # type: ignore[arg-type]
+        shift=(float(rng.normal(0, 0.02)), float(rng.normal(0, 0.02))),
+        scale=u(0.92, 1.08),
+        rotation=float(np.deg2rad(rng.normal(0, 2.0))),
+        body=(u(0.43, 0.50), u(0.58, 0.66)),
+        lungs=(lung(0.32), lung(0.68)),
+        heart=(u(0.52, 0.56), u(0.61, 0.65), u(*width), u(0.12, 0.15)),
+        domes=(u(0.80, 0.84), u(0.83, 0.87)),
+        ribs=(u(8.0, 10.5), u(0, 2 * np.pi), u(0.25, 0.45)),
+        clavicle=u(0.18, 0.32),
+        lung_darkness=u(0.18, 0.30),
+        texture=u(0.03, 0.07),
+        exposure=u(0.85, 1.15),
+        gamma=u(0.85, 1.2),
+        noise=u(0.008, 0.025),
+        border=tuple(int(v) for v in (rng.random(4) < 0.25) * rng.integers(20, 90, 4)),  # type: ignore[arg-type]
     )
+
+
+def _field(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    """Smooth random texture: cells x cells Gaussian noise upsampled with bicubic interpolation, unit spread."""
+    coarse = rng.normal(0, 1, (cells, cells)).astype(np.float32)
+    field = np.asarray(Image.fromarray(coarse, "F").resize((width, height), Image.Resampling.BICUBIC))
+    return field / (field.std() + 1e-6)
 
 
 def render(
@@ -70,8 +99,10 @@ def render(
     rng = np.random.default_rng(seed)
     a = draw_anatomy(rng, list(findings))
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    x = ((xx + 0.5) / width - 0.5 - a.shift[0]) / a.scale + 0.5
-    y = ((yy + 0.5) / height - 0.5 - a.shift[1]) / a.scale + 0.5
+    px, py = (xx + 0.5) / width - 0.5 - a.shift[0], (yy + 0.5) / height - 0.5 - a.shift[1]
+    cos, sin = np.cos(a.rotation), np.sin(a.rotation)
+    x = (cos * px - sin * py) / a.scale + 0.5
+    y = (sin * px + cos * py) / a.scale + 0.5
 
     def ellipse(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
         return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
@@ -81,43 +112,46 @@ def render(
         return np.clip((1.0 - d) / edge, 0.0, 1.0)
 
     img = np.full((height, width), 0.05, np.float32)  # air around the patient
-    body = soft(ellipse(0.5, 0.62, 0.47, 0.62), 0.15)
-    img += 0.45 * body
-    lungs = np.maximum(soft(ellipse(0.32, 0.45, 0.15, 0.27)), soft(ellipse(0.68, 0.45, 0.15, 0.27)))
-    img -= a.lung_darkness * lungs * body
-    img += 0.12 * soft(np.abs(x - 0.5) / 0.045, 0.5) * (y > 0.12)  # spine / mediastinum
-    heart = soft(ellipse(0.54, 0.63, a.heart_width, 0.14), 0.15)
-    img = np.maximum(img, 0.5 * heart)
-    diaphragm = np.maximum(
-        soft(ellipse(0.32, 0.86, 0.2, 0.16), 0.05), soft(ellipse(0.68, 0.88, 0.2, 0.16), 0.05)
+    body = soft(ellipse(0.5, 0.62, *a.body), 0.15)
+    img += 0.45 * body * (1 + a.texture * _field(rng, height, width, 6))
+    lungs = np.maximum(soft(ellipse(*a.lungs[0])), soft(ellipse(*a.lungs[1])))
+    vessels = _field(rng, height, width, max(16, min(height, width) // 5))  # fine vessel-like texture
+    img -= a.lung_darkness * lungs * body * (1 - 0.12 * np.clip(vessels, -2, 2) * a.texture / 0.05)
+    img += 0.12 * soft(np.abs(x - 0.5) / 0.045, 0.5) * (y > 0.12)  # spine and mediastinum
+    hx, hy, hw, hh = a.heart
+    img = np.maximum(img, 0.5 * soft(ellipse(hx, hy, hw, hh), 0.15))
+    domes = np.maximum(
+        soft(ellipse(0.32, a.domes[0] + 0.04, 0.2, 0.16), 0.05),
+        soft(ellipse(0.68, a.domes[1] + 0.04, 0.2, 0.16), 0.05),
     )
-    img = np.maximum(img, 0.52 * diaphragm * body)
+    img = np.maximum(img, 0.52 * domes * body)
     for side in (-1, 1):  # clavicles
-        d = np.abs((y - 0.2) - side * 0.25 * (x - 0.5)) / 0.015
+        d = np.abs((y - 0.2) - side * a.clavicle * (x - 0.5)) / 0.015
         img += 0.12 * soft(d, 0.6) * (np.abs(x - 0.5) < 0.32) * (np.abs(x - 0.5) > 0.03)
-    ribs = 0.5 + 0.5 * np.sin((y + 0.35 * (x - 0.5) ** 2) * 2 * np.pi * 9.0)
+    frequency, phase, curve = a.ribs
+    ribs = 0.5 + 0.5 * np.sin((y + curve * (x - 0.5) ** 2) * 2 * np.pi * frequency + phase)
     img += 0.05 * (ribs > 0.8) * lungs
 
     for label, locations in findings:
         if label == "pleural effusion":
             for side in locations or ("right",):
-                cx = 0.32 if "right" in side else 0.68
-                level = 0.58 + 0.04 * rng.random()
-                meniscus = level - 0.08 * np.abs(x - cx) / 0.15
-                fluid = (y > meniscus) * soft(ellipse(cx, 0.45, 0.17, 0.3), 0.05)
+                lung = a.lungs[0] if "right" in side else a.lungs[1]
+                level = 0.56 + 0.05 * rng.random()
+                meniscus = level - 0.08 * np.abs(x - lung[0]) / 0.15
+                fluid = (y > meniscus) * soft(ellipse(lung[0], lung[1], lung[2] + 0.02, lung[3] + 0.03), 0.05)
                 img = np.maximum(img, 0.5 * fluid)
         elif label == "pacemaker":
-            px, py = 0.72 + 0.03 * rng.random(), 0.2 + 0.03 * rng.random()
-            img = np.maximum(img, 1.0 * (np.abs(x - px) < 0.035) * (np.abs(y - py) < 0.025))
-            t = np.clip((x - 0.52) / (px - 0.52), 0, 1)
-            lead = np.abs(y - (0.62 + (py - 0.62) * t + 0.05 * np.sin(np.pi * t))) < 0.004
-            img = np.maximum(img, 0.95 * lead * (x > 0.52) * (x < px))
+            px0, py0 = 0.72 + 0.03 * rng.random(), 0.2 + 0.03 * rng.random()
+            img = np.maximum(img, 1.0 * (np.abs(x - px0) < 0.035) * (np.abs(y - py0) < 0.025))
+            t = np.clip((x - 0.52) / (px0 - 0.52), 0, 1)
+            lead = np.abs(y - (0.62 + (py0 - 0.62) * t + 0.05 * np.sin(np.pi * t))) < 0.004
+            img = np.maximum(img, 0.95 * lead * (x > 0.52) * (x < px0))
         elif label == "nodule":
             for where in locations or ("right upper lobe",):
                 cx, cy = LOCATIONS.get(where, LOCATIONS["right upper lobe"])
                 img = np.maximum(img, 0.55 * soft(ellipse(cx, cy, 0.03, 0.03 * width / height), 0.4))
 
-    img = img * a.exposure
+    img = np.clip(img * a.exposure, 0, 1) ** a.gamma
     img += rng.normal(0, a.noise, img.shape).astype(np.float32)
     img = np.clip(img, 0, 1)
     left, top, right, bottom = (

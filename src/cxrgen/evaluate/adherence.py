@@ -1,0 +1,69 @@
+"""Prompt adherence: does a classifier find, in the generated images, the findings their conditions asked for?
+
+For each classifier output that a requested label maps to, the AUROC of the classifier's probability between
+images whose conditions include that finding and images whose conditions do not. Sex accuracy and age error are
+reported when the classifier has such heads (outputs named "sex_male" and "age").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+# PadChest / CheXpert label -> torchxrayvision output
+LABEL_TO_OUTPUT = {
+    "pleural effusion": "Effusion", "effusion": "Effusion", "cardiomegaly": "Cardiomegaly", "pneumothorax": "Pneumothorax",
+    "nodule": "Nodule", "multiple nodules": "Nodule", "mass": "Mass", "atelectasis": "Atelectasis",
+    "laminar atelectasis": "Atelectasis", "consolidation": "Consolidation", "pneumonia": "Pneumonia", "edema": "Edema",
+    "pulmonary edema": "Edema", "emphysema": "Emphysema", "fibrosis": "Fibrosis", "pulmonary fibrosis": "Fibrosis",
+    "hernia": "Hernia", "hiatal hernia": "Hernia", "infiltrates": "Infiltration", "infiltration": "Infiltration",
+    "interstitial pattern": "Infiltration", "pleural thickening": "Pleural_Thickening",
+    "apical pleural thickening": "Pleural_Thickening", "fracture": "Fracture", "rib fracture": "Fracture",
+    "lung opacity": "Lung Opacity", "alveolar pattern": "Lung Opacity", "lung lesion": "Lung Lesion",
+    "enlarged cardiomediastinum": "Enlarged Cardiomediastinum",
+}  # fmt: skip
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with ties averaged); None without both classes."""
+    labels = labels.astype(bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def adherence(rows: list[dict[str, Any]], probabilities: np.ndarray, outputs: tuple[str, ...],
+              mapping: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    mapping = {k.lower(): v for k, v in (mapping or LABEL_TO_OUTPUT).items()}
+    requested = [
+        {mapping.get(str(f.get("label", "")).lower()) for f in row.get("findings") or []} - {None}
+        for row in rows
+    ]
+    per_output = {}
+    for k, name in enumerate(outputs):
+        labels = np.array([name in r for r in requested])
+        if labels.any():
+            per_output[name] = {"auroc": auroc(labels, probabilities[:, k]), "positives": int(labels.sum()),
+                                "negatives": int((~labels).sum())}  # fmt: skip
+    result: dict[str, Any] = {"per_finding": per_output}
+    valid = [v["auroc"] for v in per_output.values() if v["auroc"] is not None]
+    result["mean_auroc"] = float(np.mean(valid)) if valid else None
+    unmapped = sorted({str(f.get("label")) for row in rows for f in row.get("findings") or []
+                       if str(f.get("label", "")).lower() not in mapping})  # fmt: skip
+    result["labels_without_classifier_output"] = unmapped[:50]
+    if "sex_male" in outputs:
+        sexes = np.array([r.get("sex") for r in rows])
+        known = np.isin(sexes, ["M", "F"])
+        if known.any():
+            predicted = probabilities[known, outputs.index("sex_male")] > 0.5
+            result["sex_accuracy"] = float((predicted == (sexes[known] == "M")).mean())
+    if "age" in outputs:
+        ages = np.array([r.get("age") if r.get("age") is not None else np.nan for r in rows], dtype=float)
+        known = ~np.isnan(ages)
+        if known.any():
+            result["age_mae"] = float(np.abs(probabilities[known, outputs.index("age")] - ages[known]).mean())
+    return result

