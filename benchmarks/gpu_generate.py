@@ -61,6 +61,7 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     del pipe
     torch.cuda.empty_cache()
+
     def config(out: Path, count: int, batch: int) -> GenerateConfig:
         shutil.rmtree(out, ignore_errors=True)
         return GenerateConfig(out=str(out), model=ModelConfig(base=str(model)), prompt=[prompt], n=count,
