@@ -376,6 +376,11 @@ def print_summary(result: PrepareResult) -> None:
         print("when every shard is done, run the same command without --shard to write the metadata")
         return
     print(f"prepared {s['kept']:,} of {s['rows_read']:,} rows into {result.out}")
+    if s["kept"] == 0 and s["rejected_by_reason"]:
+        reason, count = next(iter(s["rejected_by_reason"].items()))
+        print(
+            f"  nothing was kept: the commonest reason is '{reason}' ({count:,} rows); see the --filters.* and --qc.* settings"
+        )
     for split, v in s["splits"].items():
         if v["images"]:
             print(

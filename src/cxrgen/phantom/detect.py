@@ -1,12 +1,15 @@
 """Analytic detectors of the findings the phantom renderer draws, for measuring whether generated images show
-what their prompts asked for. They read the phantom's fixed geometry (PA display: the patient's left is on the
-image's right) from an 8-bit image of any size, and return a score; `calibrate` picks each threshold on real
-phantom images, so a detector's own accuracy can be checked before it judges generated ones.
+what their prompts asked for. They read the phantom's geometry (PA display: the patient's left is on the image's
+right) from an 8-bit image of any size, rendered square and prepared without border cropping (`cxrgen phantom
+--square`, `--no-image.crop-border`), so that image and phantom coordinates agree. Each returns a score;
+`calibrate` picks its threshold on real phantom images, so a detector's own accuracy is known before it judges
+generated ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,27 +37,48 @@ def pacemaker(image: np.ndarray) -> float:
     return float(top / reference)
 
 
-def heart_width(image: np.ndarray) -> float:
-    """Width of the bright heart shadow across the heart's row, as a share of the image width."""
-    h, w = image.shape
-    band = _box(image, 0.0, 1.0, 0.60, 0.68).mean(axis=0)
-    lungs = np.concatenate([band[int(0.22 * w) : int(0.30 * w)], band[int(0.78 * w) : int(0.86 * w)]]).mean()
-    spine = band[int(0.48 * w) : int(0.56 * w)].mean()
-    bright = band > lungs + 0.5 * (spine - lungs)
-    centre = int(0.54 * w)
-    left, right = centre, centre
-    while left > 0 and bright[left - 1]:
-        left -= 1
-    while right < w - 1 and bright[right + 1]:
-        right += 1
-    return float((right - left + 1) / w)
+def heart_size(image: np.ndarray) -> float:
+    """How far the heart shadow reaches into the lower lung fields: the brightness beside the heart (where only an
+    enlarged heart reaches) above the lungs' level, as a share of the heart's own brightness above it."""
+    side = (_box(image, 0.70, 0.79, 0.55, 0.66).mean() + _box(image, 0.29, 0.38, 0.55, 0.66).mean()) / 2
+    lungs = (_box(image, 0.66, 0.76, 0.32, 0.44).mean() + _box(image, 0.28, 0.40, 0.32, 0.44).mean()) / 2
+    centre = _box(image, 0.48, 0.60, 0.55, 0.66).mean()
+    return float((side - lungs) / (centre - lungs + 1e-3))
 
 
-DETECTORS: dict[str, Callable[[np.ndarray], float]] = {
-    "effusion left (vs right)": effusion_side,
-    "pacemaker (vs none)": pacemaker,
-    "cardiomegaly (vs normal heart)": heart_width,
-}
+def _has(row: dict, label: str, where: str | None = None) -> bool:
+    return any(f["label"] == label and (where is None or where in f["locations"]) for f in row["findings"])
+
+
+def _normal(row: dict) -> bool:
+    return all(f["label"] == "normal" for f in row["findings"])
+
+
+def _effusion_side(row: dict) -> int | None:
+    left, right = _has(row, "pleural effusion", "left"), _has(row, "pleural effusion", "right")
+    return 1 if left and not right else 0 if right and not left else None
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A binary question about an image: its detector, the prompts that ask for each answer, and the answer a
+    prepared row's labels give (None when the row is not part of the contrast)."""
+
+    name: str
+    detector: Callable[[np.ndarray], float]
+    positive: str
+    negative: str
+    label: Callable[[dict], int | None]
+
+
+CONTRASTS = [
+    Contrast("effusion left (vs right)", effusion_side, "chest x-ray, diagnosis pleural effusion, loc left",
+             "chest x-ray, diagnosis pleural effusion, loc right", _effusion_side),
+    Contrast("pacemaker (vs none)", pacemaker, "chest x-ray, diagnosis pacemaker", "chest x-ray, diagnosis normal",
+             lambda r: 1 if _has(r, "pacemaker") else 0 if _normal(r) else None),
+    Contrast("cardiomegaly (vs normal heart)", heart_size, "chest x-ray, diagnosis cardiomegaly, loc cardiac",
+             "chest x-ray, diagnosis normal", lambda r: 1 if _has(r, "cardiomegaly") else 0 if _normal(r) else None),
+]  # fmt: skip
 
 
 def calibrate(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -64,3 +88,13 @@ def calibrate(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     accuracy = [((scores > t) == labels).mean() for t in candidates]
     best = int(np.argmax(accuracy))
     return float(candidates[best]), float(accuracy[best])
+
+
+def calibrate_contrast(contrast: Contrast, rows: list[dict], images: list[np.ndarray]) -> tuple[float, float]:
+    """Threshold and accuracy of a contrast's detector on labelled real images (rows outside the contrast skipped)."""
+    labelled = [(contrast.label(r), image) for r, image in zip(rows, images, strict=True)]
+    labelled = [(y, image) for y, image in labelled if y is not None]
+    if not labelled or len({y for y, _ in labelled}) < 2:
+        raise ValueError(f"'{contrast.name}' needs real images of both answers to calibrate on")
+    scores = np.array([contrast.detector(image) for _, image in labelled])
+    return calibrate(scores, np.array([y for y, _ in labelled]))

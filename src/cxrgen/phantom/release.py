@@ -108,7 +108,9 @@ def _label_cells(findings: list[tuple[str, tuple[str, ...]]], rng: np.random.Gen
     }
 
 
-def draw_studies(n: int, seed: int, findings_rate: float = 0.6) -> list[PhantomStudy]:
+def draw_studies(
+    n: int, seed: int, findings_rate: float = 0.6, max_findings: int = 2, background: float = 0.3
+) -> list[PhantomStudy]:
     rng = np.random.default_rng(seed)
     studies = []
     patient = 0
@@ -117,11 +119,13 @@ def draw_studies(n: int, seed: int, findings_rate: float = 0.6) -> list[PhantomS
             patient += 1
         findings: list[tuple[str, tuple[str, ...]]] = []
         if rng.random() < findings_rate:
-            for label in rng.choice(list(_FINDING_LOCATIONS), size=rng.integers(1, 3), replace=False):
+            for label in rng.choice(
+                list(_FINDING_LOCATIONS), size=rng.integers(1, max_findings + 1), replace=False
+            ):
                 places = _FINDING_LOCATIONS[str(label)]
                 locs = (str(rng.choice(places)),) if places else ()
                 findings.append((str(label), locs))
-            if rng.random() < 0.3:
+            if rng.random() < background:  # a label the renderer does not draw, as reports have
                 findings.append((str(rng.choice(_BACKGROUND)), ()))
         projection = str(rng.choice(["PA", "PA", "PA", "L", "AP_horizontal", "AP"]))
         studies.append(
@@ -138,14 +142,17 @@ def draw_studies(n: int, seed: int, findings_rate: float = 0.6) -> list[PhantomS
     return studies
 
 
-def write_release(out: str | Path, n: int = 64, seed: int = 0, size: int = 256, gz: bool = True) -> Path:
+def write_release(out: str | Path, n: int = 64, seed: int = 0, size: int = 256, gz: bool = True,
+                  findings_rate: float = 0.6, max_findings: int = 2, background: float = 0.3,
+                  aspect: tuple[float, float] = (0.8, 1.0)) -> Path:  # fmt: skip
     """A phantom PadChest release under `out`: the CSV and `<ImageDir>/<ImageID>` 16-bit PNGs."""
     out = Path(out)
     rng = np.random.default_rng(seed + 1)
     rows = []
-    for i, s in enumerate(tqdm(draw_studies(n, seed), desc="phantom", unit="img")):
+    studies = draw_studies(n, seed, findings_rate, max_findings, background)
+    for i, s in enumerate(tqdm(studies, desc="phantom", unit="img")):
         height = size
-        width = int(size * rng.uniform(0.8, 1.0))
+        width = int(size * rng.uniform(*aspect))  # width / height, as films vary
         pixels = render(height, width, s.findings, seed=seed * 1_000_003 + i)
         target = out / str(s.image_dir) / s.image_id
         target.parent.mkdir(parents=True, exist_ok=True)

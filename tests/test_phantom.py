@@ -1,0 +1,81 @@
+"""`cxrgen phantom` releases and the analytic detectors that judge phantom findings."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrgen.cli import main as cli
+from cxrgen.phantom import PADCHEST_COLUMNS
+from cxrgen.phantom.detect import CONTRASTS, calibrate, calibrate_contrast
+
+
+def _rows(release):
+    with gzip.open(release / "phantom_padchest.csv.gz", "rt", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _labels(row):
+    """The Labels cell's items, without the leading spaces PadChest puts in some of them."""
+    return [x.strip() for x in json.loads(row["Labels"].replace("'", '"'))]
+
+
+def test_phantom_writes_a_padchest_release(tmp_path):
+    assert cli(["phantom", "--out", str(tmp_path / "a"), "--n", "12", "--size", "96", "--seed", "5"]) == 0
+    rows = _rows(tmp_path / "a")
+    assert list(rows[0]) == PADCHEST_COLUMNS and len(rows) == 12
+    for row in rows:
+        image = Image.open(tmp_path / "a" / row["ImageDir"] / row["ImageID"])
+        assert image.mode == "I;16" and image.height == 96 and 0.8 * 96 - 1 <= image.width <= 96
+    # the same seed writes the same release
+    assert cli(["phantom", "--out", str(tmp_path / "b"), "--n", "12", "--size", "96", "--seed", "5"]) == 0
+    assert _rows(tmp_path / "b") == rows
+    first = rows[0]["ImageDir"] + "/" + rows[0]["ImageID"]
+    assert np.array_equal(
+        np.array(Image.open(tmp_path / "a" / first)), np.array(Image.open(tmp_path / "b" / first))
+    )
+
+
+def test_phantom_options_shape_the_release(tmp_path):
+    args = ["phantom", "--n", "30", "--size", "64", "--square"]
+    assert cli([*args, "--out", str(tmp_path / "normal"), "--findings-rate", "0"]) == 0
+    rows = _rows(tmp_path / "normal")
+    assert {label for r in rows for label in _labels(r)} == {"normal"}
+    assert all(Image.open(tmp_path / "normal" / r["ImageDir"] / r["ImageID"]).size == (64, 64) for r in rows)
+
+    assert cli([*args, "--out", str(tmp_path / "one"), "--findings-rate", "1", "--max-findings", "1",
+                "--background", "0"]) == 0  # fmt: skip
+    drawn = {"cardiomegaly", "pleural effusion", "pacemaker", "nodule"}
+    assert all(len(set(x)) == 1 and x[0] in drawn for x in map(_labels, _rows(tmp_path / "one")))
+
+
+def test_calibrate_finds_the_separating_threshold():
+    threshold, accuracy = calibrate(np.array([0.1, 0.2, 0.3, 0.7, 0.8]), np.array([0, 0, 0, 1, 1]))
+    assert 0.3 < threshold < 0.7 and accuracy == 1.0
+    with pytest.raises(ValueError, match="both answers"):
+        calibrate_contrast(CONTRASTS[0], [{"findings": []}], [np.zeros((8, 8), np.uint8)])
+
+
+def test_detectors_read_the_findings_of_prepared_phantoms(tmp_path):
+    """Each detector, calibrated on prepared 64 px phantoms, tells its finding apart on those images: the
+    learning benchmark relies on them to judge generated images."""
+    release, data = tmp_path / "release", tmp_path / "prepared"
+    assert cli(["phantom", "--out", str(release), "--n", "160", "--size", "128", "--seed", "11", "--square",
+                "--findings-rate", "0.75", "--max-findings", "1", "--background", "0"]) == 0  # fmt: skip
+    assert cli(["prepare", "--source", "padchest", "--csv", str(release / "phantom_padchest.csv.gz"),
+                "--images", str(release), "--out", str(data), "--image.size", "64", "--no-image.crop-border",
+                "--qc.min-side", "64", "--qc.contact-sheet", "0", "--workers", "1"]) == 0  # fmt: skip
+    rows, images = [], []
+    for meta in data.glob("*/metadata.jsonl"):
+        for line in meta.read_text().splitlines():
+            row = json.loads(line)
+            rows.append(row)
+            images.append(np.array(Image.open(meta.parent / row["file_name"]).convert("L")))
+    for contrast in CONTRASTS:
+        _, accuracy = calibrate_contrast(contrast, rows, images)
+        assert accuracy >= 0.9, f"{contrast.name}: {accuracy:.2f}"
