@@ -177,6 +177,22 @@ def test_base_model_with_loras_and_raw_prompts(run_dir, tiny_model, tmp_path):
     assert np.asarray(Image.open(tmp_path / "train" / r[0]["file_name"])).dtype == np.uint16
 
 
+def test_small_v_prediction_model_generates(tmp_path):
+    """The learning benchmark's architecture: make-tiny-model --arch small with v-prediction, sampled as such."""
+    model = tmp_path / "small"
+    assert (
+        main(["make-tiny-model", "--out", str(model), "--arch", "small", "--prediction-type", "v_prediction"])
+        == 0
+    )
+    assert (
+        json.loads((model / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
+        == "v_prediction"
+    )
+    out = tmp_path / "out"
+    assert generate(out, "--model.base", str(model), "--prompt", "chest x-ray", "--n", "1") == 0
+    assert Image.open(out / "train" / rows(out)[0]["file_name"]).size == (64, 64)
+
+
 @pytest.mark.parametrize("sampler", ["euler", "pndm"])
 def test_other_samplers(run_dir, tmp_path, sampler):
     assert generate(tmp_path, "--run", str(run_dir), "--sampler", sampler, "--n", "1") == 0

@@ -43,7 +43,7 @@ def fit_vae(model: str | Path, data: str | Path, steps: int = 600, batch: int = 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        error = float(l1)
+        error = l1.item()
         bar.set_postfix(l1=f"{error:.4f}")
     vae.eval()
     with torch.no_grad():
