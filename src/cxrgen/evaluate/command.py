@@ -102,7 +102,7 @@ def fidelity_metrics(c: EvaluateConfig, real_f: np.ndarray, gen_f: np.ndarray) -
     )
     kid["value"] = fidelity.kid(real_f, gen_f, c.kid_subsets, c.kid_subset_size, c.seed)
     result = {
-        "fid": fidelity.bootstrap(fidelity.fid, real_f, gen_f, rounds, c.seed),
+        "fid": fidelity.bootstrap(fidelity.fid, real_f, gen_f, rounds, c.seed, floor=0.0),
         "kid": kid,
         "prdc": fidelity.prdc(real_f, gen_f, c.prdc_k),
     }

@@ -24,8 +24,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     while scales > 1 and side <= (kernel - 1) * 2 ** (scales - 1):
         scales -= 1
     betas = tuple(np.array(BETAS[:scales]) / sum(BETAS[:scales]))
-    x = torch.from_numpy(np.ascontiguousarray(a)).float()[None, None] / 255.0
-    y = torch.from_numpy(np.ascontiguousarray(b)).float()[None, None] / 255.0
+    x = torch.tensor(a, dtype=torch.float32)[None, None] / 255.0
+    y = torch.tensor(b, dtype=torch.float32)[None, None] / 255.0
     return float(msssim(x, y, data_range=1.0, kernel_size=kernel, betas=betas, normalize="relu"))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,11 @@ class InceptionExtractor(Extractor):
                 f"--weights inception=PATH to such a file{f' (not found: {path})' if path else ''}."
             )
         try:
-            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+            with (
+                warnings.catch_warnings()
+            ):  # the FID network ships as TorchScript, which torch now calls deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                self.net = torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as exc:
             raise ExtractorError(f"{path} is not a TorchScript FID Inception: {exc}") from exc
         self.identity = f"inception@{file_sha256(path)[:16]}"

@@ -231,6 +231,10 @@ def _training(run: Path) -> str:
     return "".join(out)
 
 
+def _note(text: str) -> str:
+    return f"<p class='note'>{html.escape(text)}</p>"
+
+
 def write_report(folder: str | Path) -> Path:
     folder = Path(folder)
     m = json.loads((folder / "metrics.json").read_text())
@@ -240,14 +244,18 @@ def write_report(folder: str | Path) -> Path:
         ("Diversity", _diversity(m)),
         ("Samples by condition", _samples(m)),
     ]
-    if "memorization" in m:
-        sections.append(("Memorization: nearest training images", _memorization(m)))
-    if "adherence" in m:
-        sections.append(("Prompt adherence", _adherence(m)))
-    if "forgetting" in m:
-        sections.append(("Forgetting: generic prompts, fine-tuned vs base", _forgetting(m)))
-    if m.get("run") and Path(m["run"]).is_dir():
-        sections.append(("Training", _training(Path(m["run"]))))
+    # a section that was not measured says how to measure it, so every report has the same outline
+    has_run = bool(m.get("run")) and Path(m["run"]).is_dir()
+    sections += [
+        ("Memorization: nearest training images",
+         _memorization(m) if "memorization" in m else _note("not measured: give --train (the training images)")),
+        ("Prompt adherence", _adherence(m) if "adherence" in m else _note(
+            "not measured: needs a classifier of findings, e.g. --extractors inception xrv "
+            "--weights xrv=densenet121-res224-all.pt --allow-pickle")),
+        ("Forgetting: generic prompts, fine-tuned vs base",
+         _forgetting(m) if "forgetting" in m else _note("not measured: give --run RUN --forgetting")),
+        ("Training", _training(Path(m["run"])) if has_run else _note("no run: give --run RUN for its loss curves")),
+    ]  # fmt: skip
     config = html.escape(
         json.dumps(
             {k: m[k] for k in ("config", "extractors", "versions", "cxrgen", "created") if k in m}, indent=2

@@ -1,0 +1,63 @@
+"""How long `cxrgen evaluate` takes for 2,000 real against 2,000 generated images at 256 px, on this machine.
+
+Two phantom releases with different seeds are prepared at 256 px: one plays the real (and training) set, the other
+the generated set. Evaluation runs with the FID Inception network (FID, KID, PRDC with bootstrap intervals),
+MS-SSIM diversity and memorization against the 2,000 training images; then once more, reading cached features.
+Acceptance (issue 5): it runs here, and the time is reported.
+Run: .venv/bin/python benchmarks/evaluate_speed.py [--images 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from cxrgen.cli import main as cli
+
+OUT = Path(__file__).parent / "out" / "evaluate_speed"
+
+
+def run(cmd: list[str]) -> None:
+    code = cli(cmd)
+    if code != 0:
+        raise SystemExit(f"failed ({code}): cxrgen {' '.join(cmd)}")
+
+
+def dataset(name: str, n: int, seed: int) -> Path:
+    """A prepared phantom dataset with at least n frontal images in its train split (reused when present)."""
+    release, data = OUT / f"{name}-release", OUT / name
+    if not (data / "train" / "metadata.jsonl").is_file():
+        # a fifth of phantom studies are lateral and filtered out, as in PadChest
+        run(
+            ["phantom", "--out", str(release), "--n", str(int(n * 1.3)), "--size", "320", "--seed", str(seed)]
+        )
+        run(["prepare", "--source", "padchest", "--csv", str(release / "phantom_padchest.csv.gz"), "--images",
+             str(release), "--out", str(data), "--image.size", "256", "--qc.contact-sheet", "0",
+             "--splits.train", "1", "--splits.val", "0", "--splits.test", "0"])  # fmt: skip
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000, help="images per set")
+    args = parser.parse_args()
+    real, generated = dataset("real", args.images, 1), dataset("generated", args.images, 2)
+    cache = OUT / "cache"
+    times = []
+    for attempt in ("first (features computed)", "second (features cached)"):
+        start = time.perf_counter()
+        run(["evaluate", "--real", str(real), "--real-split", "train", "--generated", str(generated),
+             "--train", str(real), "--out", str(OUT / "evaluation"), "--max-images", str(args.images),
+             "--cache-dir", str(cache)])  # fmt: skip
+        times.append((attempt, time.perf_counter() - start))
+    metrics = json.loads((OUT / "evaluation" / "metrics.json").read_text())
+    sizes = {k: (v["images"], v["sizes"]) for k, v in metrics["sets"].items()}
+    print(f"\nsets (images, sizes): {sizes}")
+    for attempt, seconds in times:
+        print(f"evaluate, {attempt}: {seconds:.0f} s ({seconds / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
