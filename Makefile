@@ -35,9 +35,15 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# CPU benchmarks, one after another (each prints its figures and targets). train_speed.py also needs diffusers'
+# examples/dreambooth/train_dreambooth_lora.py: make benchmarks DREAMBOOTH_SCRIPT=PATH. gpu_*.py need a GPU.
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/prepare_metadata.py
 	$(BIN)/python benchmarks/prepare_throughput.py
+	$(if $(DREAMBOOTH_SCRIPT),$(BIN)/python benchmarks/train_speed.py --script $(DREAMBOOTH_SCRIPT),@echo "train_speed.py skipped: set DREAMBOOTH_SCRIPT")
+	$(BIN)/python benchmarks/generate_speed.py
+	$(BIN)/python benchmarks/evaluate_speed.py
+	$(BIN)/python benchmarks/learns_conditions.py
 
 clean:
 	rm -rf demo-output benchmarks/out .pytest_cache .ruff_cache

