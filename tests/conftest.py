@@ -49,3 +49,14 @@ def tiny_dataset(tmp_path_factory):
                               splits=SplitConfig(train=0.6, val=0.2, test=0.2)))  # fmt: skip
     assert (out / "val" / "metadata.jsonl").read_text().strip(), "the fixture needs a val split"
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tiny_dataset, tiny_model, tmp_path_factory):
+    """A finished `cxrgen train --preset cpu-smoke` LoRA run on the tiny model and dataset (treat as read-only)."""
+    from cxrgen.cli import main
+
+    out = tmp_path_factory.mktemp("smoke-run") / "run"
+    args = ["train", "--preset", "cpu-smoke", "--data", str(tiny_dataset), "--model.base", str(tiny_model)]
+    assert main([*args, "--out", str(out)]) == 0
+    return out

@@ -212,24 +212,8 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
     assert main(["report", str(tmp_path / "eval")]) == 0
 
 
-def test_forgetting_and_training_curves(tiny_dataset, tiny_model, tmp_path):
-    run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--preset",
-                "cpu-smoke",
-                "--data",
-                str(tiny_dataset),
-                "--model.base",
-                str(tiny_model),
-                "--out",
-                str(run),
-            ]
-        )
-        == 0
-    )
+def test_forgetting_and_training_curves(tiny_dataset, smoke_run, tmp_path):
+    run = smoke_run
     assert (
         main(
             [

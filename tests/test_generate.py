@@ -12,26 +12,9 @@ from cxrgen.cli import main
 from cxrgen.generate import runner
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_dataset, tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gen-run") / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--preset",
-                "cpu-smoke",
-                "--data",
-                str(tiny_dataset),
-                "--model.base",
-                str(tiny_model),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    return out
+@pytest.fixture
+def run_dir(smoke_run):
+    return smoke_run
 
 
 def generate(out, *args, base=("--steps", "3", "--batch-size", "3")):
