@@ -356,3 +356,16 @@ def test_full_with_ema_resumes_exactly(tiny_dataset, tiny_model, tmp_path, monke
     assert same(
         weights(tmp_path / "resumed" / unet), weights(tmp_path / "reference" / unet)
     )  # the EMA weights
+
+
+def test_compiled_unet_trains_like_eager_and_saves_plain_names(
+    lora_run, tiny_dataset, tiny_model, tmp_path, monkeypatch
+):
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real(model, backend="eager"))  # no inductor: seconds
+    assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6", "--compile") == 0
+    compiled, eager = weights(tmp_path / LORA), weights(lora_run / LORA)
+    assert compiled.keys() == eager.keys()
+    assert all(torch.allclose(compiled[k], eager[k], atol=1e-6) for k in eager)
+    state = load_file(tmp_path / "checkpoints" / "step-0000006" / "trainable.safetensors")
+    assert state and not any("_orig_mod" in k for k in state)  # checkpoints resume into an uncompiled model

@@ -104,7 +104,8 @@ class TrainConfig:
         False, "recompute activations in the backward pass (less memory, ~30% slower)"
     )
     attention: Literal["sdpa", "xformers"] = option("sdpa", "attention kernel: PyTorch SDPA or xformers")
-    compile: bool = option(False, "torch.compile the UNet")
+    compile: bool = option(False, "torch.compile the UNet (minutes to compile; faster steps after)")
+    channels_last: bool = option(True, "on a GPU, keep UNet activations channels-last (faster convolutions)")
     cache_latents: bool = option(True, "encode images with the VAE once and reuse the latents")
     cache_text: bool = option(True, "encode prompts once when the text encoder is frozen")
     cache_dir: str | None = option(None, "cache folder (default: $CXRGEN_CACHE or ~/.cache/cxrgen)")

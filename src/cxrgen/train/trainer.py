@@ -91,8 +91,6 @@ class Trainer:
         )
         self.text = self._text_cache() if c.cache_text and not c.trains_text_encoder else None
         self._build_optimizer()
-        if c.compile:
-            self.m.unet = torch.compile(self.m.unet)
         models = [self.m.unet] + ([self.m.text_encoder] if c.trains_text_encoder else [])
         prepared = self.accelerator.prepare(*models, self.optimizer)
         self.unet = prepared[0]
@@ -103,7 +101,11 @@ class Trainer:
             self._resume(ckpt.resolve(self.out / "checkpoints", c.resume))
         self.store.clean_partial()
         self.pool = ThreadPoolExecutor(max(1, c.workers)) if not c.cache_latents else None
+        self.unet_forward = self.unet  # the loss calls this; state, checkpoints and sampling use self.unet
+        # FLOPs are counted on the eager model: the counter cannot see inside compiled code
         self.flops_per_image = self._measure_flops()
+        if c.compile:
+            self.unet_forward = torch.compile(self.unet)
         self.peak = peak_flops(self.device, c.peak_tflops)
         self.log = RunLog(self.out, self.is_main)
         if self.is_main:
@@ -178,6 +180,8 @@ class Trainer:
         place(m.vae, False)
         place(m.text_encoder, c.method == "full" and c.trains_text_encoder)
         place(m.unet, c.method == "full")
+        if self.device.type == "cuda" and c.channels_last:
+            m.unet.to(memory_format=torch.channels_last)
         if c.method == "lora":
             for model in (m.unet, m.text_encoder):
                 for p in model.parameters():
@@ -271,8 +275,11 @@ class Trainer:
             optimizer_cls = bnb.optim.AdamW8bit
         else:
             optimizer_cls = torch.optim.AdamW
+        extra = {}
+        if optimizer_cls is torch.optim.AdamW and self.device.type == "cuda":
+            extra["fused"] = True  # one kernel for all parameters instead of several per tensor group
         self.optimizer = optimizer_cls(
-            groups, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, eps=o.eps
+            groups, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, eps=o.eps, **extra
         )
         self.lr_scheduler = get_scheduler(
             o.lr_scheduler, self.optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=c.max_steps
@@ -281,7 +288,7 @@ class Trainer:
         if c.method == "full" and c.full.ema:
             from diffusers.training_utils import EMAModel
 
-            self.ema = EMAModel(trainable_parameters(self.m.unet), decay=c.full.ema_decay)
+            self.ema = EMAModel(trainable_parameters(self.m.unet), decay=c.full.ema_decay, foreach=True)
             self.ema.to(self.device)
 
     # -- one micro-step ----------------------------------------------------------------------------------------
@@ -341,8 +348,11 @@ class Trainer:
         target = (
             noise if self.m.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
         )
+        noisy = noisy.to(self.weight_dtype)
+        if self.c.channels_last and noisy.is_cuda:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
         with self.accelerator.autocast():
-            pred = self.unet(noisy.to(self.weight_dtype), timesteps, embeds.to(self.weight_dtype)).sample
+            pred = self.unet_forward(noisy, timesteps, embeds.to(self.weight_dtype)).sample
         per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         weights = torch.ones_like(per_image)
         if self.c.snr_gamma:
@@ -355,16 +365,17 @@ class Trainer:
 
     def _objective(
         self, step: int, micro: int, seed_stream: int = 0
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss and its parts, as device tensors: reading them waits for the GPU, so that happens once a step."""
         parts, b = self._batch(step, micro)
         per_image, w = self._loss(parts, step_seed(self.c.seed, step, micro, self.rank, seed_stream))
         instance = (per_image[:b] * w[:b]).mean()
         loss = instance
-        logs = {"loss/instance": instance.item()}
+        logs = {"loss/instance": instance.detach()}
         if self.classes is not None:
             prior = (per_image[b:] * w[b:]).mean()
             loss = instance + self.c.prior.loss_weight * prior
-            logs["loss/prior"] = prior.item()
+            logs["loss/prior"] = prior.detach()
         return loss, logs
 
     # -- fit ---------------------------------------------------------------------------------------------------
@@ -389,12 +400,10 @@ class Trainer:
             for model in self.models:
                 model.train()
             losses: list[float] = []
-            extra: dict[str, float] = {}
+            extra: dict[str, torch.Tensor] = {}
             for micro in range(c.grad_accum):
                 with self.accelerator.accumulate(*self.models):
                     loss, extra = self._objective(self.step, micro)
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(self._diverged_message(loss))
                     self.accelerator.backward(loss)
                     grad_norm = None
                     if self.accelerator.sync_gradients:
@@ -404,6 +413,9 @@ class Trainer:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
+                if not math.isfinite(losses[-1]):
+                    # weights in memory took this step, but nothing is saved: the last checkpoint stays good
+                    raise TrainingDiverged(self._diverged_message(losses[-1]))
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.step(trainable_parameters(self.accelerator.unwrap_model(self.unet)))
@@ -414,7 +426,7 @@ class Trainer:
             bar.update()
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.2e}")
             if self.step % c.log_every == 0 or self.step == c.max_steps:
-                self._log_step(step_loss, extra, grad_norm, rate)
+                self._log_step(step_loss, {k: v.item() for k, v in extra.items()}, grad_norm, rate)
             self._periodic()
         bar.close()
 
@@ -437,11 +449,11 @@ class Trainer:
         })  # fmt: skip
         self.rate, self.mfu = rate, mfu
 
-    def _diverged_message(self, loss: torch.Tensor) -> str:
+    def _diverged_message(self, loss: float) -> str:
         latest = self.store.latest()
         where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
         return (
-            f"the loss became {loss.item()} at step {self.step + 1} (lr {self.lr_scheduler.get_last_lr()[0]:.2e}); "
+            f"the loss became {loss} at step {self.step + 1} (lr {self.lr_scheduler.get_last_lr()[0]:.2e}); "
             f"{where}. Lower --optim.learning-rate, use --mixed-precision bf16 instead of fp16, or keep "
             "--optim.max-grad-norm set; then continue with --resume latest."
         )
