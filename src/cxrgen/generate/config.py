@@ -58,6 +58,10 @@ class GenerateConfig:
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = option(
         "auto", "compute precision: auto is fp16 on a GPU, fp32 on a CPU"
     )
+    compile: bool = option(
+        False,
+        "torch.compile the UNet on a GPU: the first batch compiles (a minute or more), later ones run faster",
+    )
     split: str = option("train", "split folder name of the output")
     shard: str | None = option(
         None, "generate only shard i of n ('i/n'); under accelerate launch processes split each shard"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,11 @@ class Generator:
         if names:
             pipe.set_adapters(names, adapter_weights=[w for _, w in self.source.adapters])
         self.pipe = pipe.to(self.state.device)
+        if self.c.compile:
+            if not names:
+                pipe.fuse_qkv_projections()  # one matrix product for q, k and v (not with LoRA layers in place)
+            pipe.unet = torch.compile(pipe.unet)
+            pipe.vae.decoder = torch.compile(pipe.vae.decoder)
         self.size = self.source.size or m.unet.config.sample_size * m.vae_scale
 
     def identities(self) -> dict[str, Any]:
@@ -204,7 +210,7 @@ class Generator:
         ids = self.identities()
         sampler = {"name": c.sampler, "steps": c.steps, "guidance": c.guidance, "negative_prompt": c.negative_prompt,
                    "size": self.size, "batch_size": c.batch_size, "bits": c.bits, "dtype": str(self.dtype()).replace("torch.", ""),
-                   "long_prompts": self.source.long_prompts}  # fmt: skip
+                   "long_prompts": self.source.long_prompts, "compiled": c.compile}  # fmt: skip
         settings = json.dumps(
             [sampler, ids, to_dict(self.source.prompts), c.seed, len(self.items)], sort_keys=True
         )
@@ -218,17 +224,29 @@ class Generator:
         bar = tqdm(total=sum(len(b) for b in todo), desc="generate", unit="img", dynamic_ncols=True,
                    disable=not self.state.is_local_main_process)  # fmt: skip
         start = time.perf_counter()
-        with open(journal, "a", encoding="utf-8") as fh:
+
+        def write_batch(batch: list[int], images: Any) -> None:
+            for i, pixels in zip(batch, to_uint(images, c.bits), strict=True):
+                row = self._write(i, pixels, prompts[i], seeds[i], ids, sampler)
+                fh.write(json.dumps(row) + "\n")  # the journal line comes after the image is in place
+                fh.flush()
+                bar.update()
+
+        # files are written on a thread while the next batch samples; leaving the `with` waits for them
+        with open(journal, "a", encoding="utf-8") as fh, ThreadPoolExecutor(1) as writer:
             if fh.tell() > 0 and not journal.read_bytes().endswith(b"\n"):
                 fh.write("\n")
+            writing: Future | None = None
+            sampled: list[float] = []  # when each batch finished sampling
             for batch in todo:
                 images = sample_images(self.pipe, [prompts[i] for i in batch], [seeds[i] for i in batch], c.steps, c.guidance,
                                        c.negative_prompt, self.source.long_prompts, self.size)  # fmt: skip
-                for i, pixels in zip(batch, to_uint(images, c.bits), strict=True):
-                    row = self._write(i, pixels, prompts[i], seeds[i], ids, sampler)
-                    fh.write(json.dumps(row) + "\n")
-                    fh.flush()
-                    bar.update()
+                sampled.append(time.perf_counter())
+                if writing is not None:
+                    writing.result()  # a failed write stops the run here; at most one batch waits in memory
+                writing = writer.submit(write_batch, batch, images)
+            if writing is not None:
+                writing.result()
         bar.close()
         seconds = time.perf_counter() - start
         made = sum(len(b) for b in todo)
@@ -237,6 +255,12 @@ class Generator:
             "made": made,
             "seconds": round(seconds, 2),
             "images_per_s": round(made / seconds, 3) if made else None,
+            # after the first batch (which warms up, or compiles): the rate a long run settles at
+            "steady_images_per_s": (
+                round(sum(len(b) for b in todo[1:]) / (sampled[-1] - sampled[0]), 3)
+                if len(todo) > 1
+                else None
+            ),
         }
         if self.state.is_main_process:
             summary |= self._finish(ids, sampler)
