@@ -4,8 +4,9 @@ Measures images/s, model-FLOPs utilisation (with the design anchors of 1.73 TFLO
 step and 2.41 for a full step, against the 790 TFLOP/s bf16 matrix rate measured on this workplace's H100 and H200,
 and with FLOPs counted on the real step) at batch 32 (eager and compiled) and 8, and peak memory at batch 1 with
 the gpu-8gb and gpu-16gb presets. Targets (issue 3): gpu-8gb LoRA at most 7 GB, gpu-16gb full at most 15 GB, at
-least 35% MFU at batch 8 or more. Runs go in order of importance and stop starting after --budget-s seconds; on
-an H200 the compiled run took 221 s (mostly compiling), the others 40 to 90 s each.
+least 35% MFU at batch 8 or more. Runs go in order of importance within --budget-s seconds (default: the
+issue's 8 minutes, which reach the targets' runs); on an H200 the compiled run took 221 s (mostly compiling), the
+others 40 to 90 s each.
 
 On the device machine (Python 3.12 with torch, transformers, peft, accelerate; diffusers and bitsandbytes carried
 as wheels in .whl/, see the device README):
@@ -31,14 +32,14 @@ PEAK_TFLOPS = 790.0
 BF16 = ["--mixed-precision", "bf16"]
 FULL = ["--optim.learning-rate", "1e-5"]
 RUNS = [
-    # name, method, extra flags; in order of what matters most when time runs short
-    ("full bf16, batch 32", "full", [*BF16, *FULL, "--batch-size", "32", "--max-steps", "14"]),
-    ("full bf16, batch 32, compiled", "full", [*BF16, *FULL, "--batch-size", "32", "--max-steps", "20", "--compile"]),
-    ("LoRA bf16, batch 32", "lora", [*BF16, "--batch-size", "32", "--max-steps", "16"]),
-    ("full bf16, batch 8", "full", [*BF16, *FULL, "--batch-size", "8", "--max-steps", "24"]),
-    ("LoRA bf16, batch 8", "lora", [*BF16, "--batch-size", "8", "--max-steps", "30"]),
+    # name, method, extra flags; in order of importance: the default budget reaches the targets' runs
     ("gpu-8gb LoRA, batch 1", "lora", ["--preset", "gpu-8gb", "--max-steps", "16"]),
     ("gpu-16gb full, batch 1", "full", ["--preset", "gpu-16gb", "--max-steps", "10"]),
+    ("full bf16, batch 32, compiled", "full", [*BF16, *FULL, "--batch-size", "32", "--max-steps", "20", "--compile"]),
+    ("LoRA bf16, batch 32", "lora", [*BF16, "--batch-size", "32", "--max-steps", "16"]),
+    ("full bf16, batch 32", "full", [*BF16, *FULL, "--batch-size", "32", "--max-steps", "14"]),
+    ("full bf16, batch 8", "full", [*BF16, *FULL, "--batch-size", "8", "--max-steps", "24"]),
+    ("LoRA bf16, batch 8", "lora", [*BF16, "--batch-size", "8", "--max-steps", "30"]),
 ]  # fmt: skip
 
 
@@ -113,7 +114,8 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out/gpu_train"))
     parser.add_argument("--work", default="/tmp/cxrgen-gpu-train")
     parser.add_argument("--only", nargs="*", help="run only the runs whose names contain one of these")
-    parser.add_argument("--budget-s", type=float, default=470, help="start no run after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=440,
+                        help="seconds for the whole script (runs that would start later are skipped; 900 runs all)")  # fmt: skip
     args = parser.parse_args()
     import torch
 

@@ -77,7 +77,9 @@ def test_shards_union_equals_unsharded(run_dir, tmp_path, capsys):
     assert whole.keys() == sharded.keys() and all(np.array_equal(whole[k], sharded[k]) for k in whole)
 
 
-def test_resume_skips_finished_images(run_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("overlap", [False, True], ids=["inline-writes", "writes-on-a-thread"])
+def test_resume_skips_finished_images(run_dir, tmp_path, monkeypatch, overlap):
+    monkeypatch.setattr(runner.Generator, "overlap_writes", overlap)
     real = runner.sample_images
     calls = {"n": 0}
 

@@ -111,6 +111,10 @@ def image_file(index: int) -> str:
 
 
 class Generator:
+    # On a GPU, files are written on a thread while the next batch samples; on a CPU every core is busy sampling
+    # and the thread would only contend for the GIL. None: decide by the device.
+    overlap_writes: bool | None = None
+
     def __init__(self, config: GenerateConfig):
         from accelerate import PartialState
 
@@ -232,7 +236,8 @@ class Generator:
                 fh.flush()
                 bar.update()
 
-        # files are written on a thread while the next batch samples; leaving the `with` waits for them
+        overlap = self.state.device.type == "cuda" if self.overlap_writes is None else self.overlap_writes
+        # leaving the `with` waits for a write still under way, also when sampling was interrupted
         with open(journal, "a", encoding="utf-8") as fh, ThreadPoolExecutor(1) as writer:
             if fh.tell() > 0 and not journal.read_bytes().endswith(b"\n"):
                 fh.write("\n")
@@ -244,7 +249,10 @@ class Generator:
                 sampled.append(time.perf_counter())
                 if writing is not None:
                     writing.result()  # a failed write stops the run here; at most one batch waits in memory
-                writing = writer.submit(write_batch, batch, images)
+                if overlap:
+                    writing = writer.submit(write_batch, batch, images)
+                else:
+                    write_batch(batch, images)
             if writing is not None:
                 writing.result()
         bar.close()
