@@ -2,9 +2,10 @@
 
 Same model, prompts, steps, sampler (DPM-Solver++ 2M), guidance and batch size; both write 8-bit PNGs (cxrgen
 also writes its provenance and metadata, which is part of what is measured). Model loading is excluded; each
-configuration runs after a warm-up, cxrgen and diffusers alternating, best of --repeats. Targets (issue 4): at least 1.0x, plus the
-speed-up of batching.
-Run: .venv/bin/python benchmarks/generate_speed.py [--sd15-steps 5]
+configuration runs after a warm-up, cxrgen and diffusers alternating, best of --repeats. Targets (issue 4): at least
+1.0x, plus the speed-up of batching. The "lora" setup loads one LoRA (random weights) into both: diffusers as its
+`load_lora_weights` leaves it (adapter layers run at each step), cxrgen merged into the weights (its default).
+Run: .venv/bin/python benchmarks/generate_speed.py [--setups tiny lora sd15] [--sd15-steps 5]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from cxrgen.generate.config import GenerateConfig
 from cxrgen.generate.runner import Generator
-from cxrgen.models import ModelConfig
+from cxrgen.models import ModelConfig, make_random_lora
 from cxrgen.sampling import make_scheduler
 
 OUT = Path(__file__).parent / "out" / "generate_speed"
@@ -36,10 +37,17 @@ def ensure_model(arch: str, size: int) -> Path:
     return folder
 
 
-def diffusers_rate(model: Path, n: int, batch: int, steps: int, size: int) -> float:
+def ensure_lora(model: Path) -> Path:
+    file = model.parent / "lora-random" / "pytorch_lora_weights.safetensors"
+    return file if file.is_file() else make_random_lora(model, file.parent)
+
+
+def diffusers_rate(model: Path, n: int, batch: int, steps: int, size: int, lora: Path | None) -> float:
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    if lora is not None:
+        pipe.load_lora_weights(lora.parent, weight_name=lora.name)
     pipe.scheduler = make_scheduler("dpmsolver++", pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     out = OUT / "diffusers"
@@ -57,11 +65,11 @@ def diffusers_rate(model: Path, n: int, batch: int, steps: int, size: int) -> fl
     return n / (time.perf_counter() - start)
 
 
-def cxrgen_rate(model: Path, n: int, batch: int, steps: int, size: int) -> float:
+def cxrgen_rate(model: Path, n: int, batch: int, steps: int, size: int, lora: Path | None) -> float:
     def config(out: Path, count: int) -> GenerateConfig:
         shutil.rmtree(out, ignore_errors=True)
         return GenerateConfig(out=str(out), model=ModelConfig(base=str(model)), prompt=PROMPTS, n=count // len(PROMPTS),
-                              batch_size=batch, steps=steps, size=size)  # fmt: skip
+                              batch_size=batch, steps=steps, size=size, loras=[str(lora)] if lora else [])  # fmt: skip
 
     Generator(config(OUT / "cxrgen-warm", batch * len(PROMPTS))).run()  # warm-up
     summary = Generator(config(OUT / "cxrgen", n)).run()
@@ -79,22 +87,27 @@ def run() -> None:
     parser.add_argument(
         "--repeats", type=int, default=2, help="runs of each configuration; the fastest counts"
     )
+    parser.add_argument(
+        "--setups", nargs="+", choices=["tiny", "lora", "sd15"], default=["tiny", "lora", "sd15"]
+    )
     args = parser.parse_args()
-    setups = [
-        ("tiny random model, 64 px, 25 steps", ensure_model("tiny", 64), args.tiny_images, 25, 64, (1, 8)),
-        (f"SD 1.5 architecture, {args.sd15_size} px, {args.sd15_steps} steps", ensure_model("sd15", 512),
-         args.sd15_images, args.sd15_steps, args.sd15_size, (1, 4)),
-    ]  # fmt: skip
+    tiny = ensure_model("tiny", 64)
+    setups = {
+        "tiny": ("tiny random model, 64 px, 25 steps", tiny, args.tiny_images, 25, 64, (1, 8), None),
+        "lora": ("tiny model + LoRA (rank 4), 64 px, 25 steps", tiny, args.tiny_images, 25, 64, (1, 8), ensure_lora(tiny)),
+        "sd15": (f"SD 1.5 architecture, {args.sd15_size} px, {args.sd15_steps} steps", ensure_model("sd15", 512),
+                 args.sd15_images, args.sd15_steps, args.sd15_size, (1, 4), None),
+    }  # fmt: skip
     print(f"{torch.get_num_threads()} CPU threads; DPM-Solver++ 2M, guidance 7.5")
     print(f"{'model':44s} {'batch':>5s} {'diffusers img/s':>15s} {'cxrgen img/s':>12s} {'ratio':>6s}")
-    for name, model, n, steps, size, batches in setups:
+    for name, model, n, steps, size, batches, lora in (setups[key] for key in args.setups):
         rates = {}
         for batch in batches:
             # alternate the two and keep each one's fastest: single runs on a shared CPU vary by about 5%
             d = c = 0.0
             for _ in range(args.repeats):
-                d = max(d, diffusers_rate(model, n, batch, steps, size))
-                c = max(c, cxrgen_rate(model, n, batch, steps, size))
+                d = max(d, diffusers_rate(model, n, batch, steps, size, lora))
+                c = max(c, cxrgen_rate(model, n, batch, steps, size, lora))
             rates[batch] = c
             print(f"{name:44s} {batch:5d} {d:15.3f} {c:12.3f} {c / d:5.2f}x", flush=True)
         lo, hi = batches

@@ -10,6 +10,7 @@ from PIL import Image
 
 from cxrgen.cli import main
 from cxrgen.generate import runner
+from cxrgen.models import make_random_lora
 
 
 @pytest.fixture
@@ -162,6 +163,19 @@ def test_base_model_with_loras_and_raw_prompts(run_dir, tiny_model, tmp_path):
     assert np.asarray(Image.open(tmp_path / "train" / r[0]["file_name"])).dtype == np.uint16
 
 
+def test_merged_loras_give_the_images_of_adapter_layers(tiny_model, tmp_path):
+    lora = make_random_lora(tiny_model, tmp_path / "lora")
+    common = ["--model.base", str(tiny_model), "--prompt", "chest x-ray", "--n", "3"]
+    assert generate(tmp_path / "none", *common) == 0
+    assert generate(tmp_path / "layers", *common, "--loras", f"{lora}:0.5", "--no-merge-loras") == 0
+    assert generate(tmp_path / "merged", *common, "--loras", f"{lora}:0.5") == 0
+    none, layers, merged = (pixels(tmp_path / name) for name in ("none", "layers", "merged"))
+    assert all(np.abs(layers[k].astype(int) - merged[k]).max() <= 1 for k in layers)  # weight 0.5 kept
+    assert all(np.abs(none[k].astype(int) - merged[k]).mean() > 2 for k in none)  # the LoRA was applied
+    assert rows(tmp_path / "merged")[0]["sampler"]["loras_merged"] is True
+    assert rows(tmp_path / "layers")[0]["sampler"]["loras_merged"] is False
+
+
 def test_small_v_prediction_model_generates(tmp_path):
     """The learning benchmark's architecture: make-tiny-model --arch small with v-prediction, sampled as such."""
     model = tmp_path / "small"
@@ -276,9 +290,12 @@ def test_compiled_model_generates_the_same_images(run_dir, tiny_model, tmp_path,
 
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model: real(model, backend="eager"))  # no inductor: seconds
-    common = ["--model.base", str(tiny_model), "--prompt", "chest x-ray", "--n", "7"]
+    lora = make_random_lora(tiny_model, tmp_path / "lora")
+    common = ["--model.base", str(tiny_model), "--loras", str(lora), "--prompt", "chest x-ray", "--n", "7"]
     assert generate(tmp_path / "eager", *common) == 0
-    assert generate(tmp_path / "compiled", *common, "--compile") == 0  # q, k, v fused into one product too
+    assert (
+        generate(tmp_path / "compiled", *common, "--compile") == 0
+    )  # merged, so q, k, v fuse into one product
     assert "img/s" in capsys.readouterr().out
     a, b = pixels(tmp_path / "eager"), pixels(tmp_path / "compiled")
     assert a.keys() == b.keys() and all(np.abs(a[k].astype(int) - b[k]).max() <= 1 for k in a)

@@ -58,6 +58,11 @@ class GenerateConfig:
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = option(
         "auto", "compute precision: auto is fp16 on a GPU, fp32 on a CPU"
     )
+    merge_loras: bool = option(
+        True,
+        "fold the LoRAs into the base weights before sampling: the same images within rounding, faster; "
+        "off samples through the adapter layers, as training's sample images do",
+    )
     compile: bool = option(
         False,
         "torch.compile the UNet on a GPU: the first batch compiles (a minute or more), later ones run faster",

@@ -180,9 +180,12 @@ class Generator:
             diffusers_logging.set_verbosity(quiet)
         if names:
             pipe.set_adapters(names, adapter_weights=[w for _, w in self.source.adapters])
+            if self.c.merge_loras:  # no adapter layers left to run at each step
+                pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+                pipe.unload_lora_weights()  # drops the adapter layers, keeps the merged weights
         self.pipe = pipe.to(self.state.device)
         if self.c.compile:
-            if not names:
+            if not names or self.c.merge_loras:
                 pipe.fuse_qkv_projections()  # one matrix product for q, k and v (not with LoRA layers in place)
             pipe.unet = torch.compile(pipe.unet)
             pipe.vae.decoder = torch.compile(pipe.vae.decoder)
@@ -214,7 +217,8 @@ class Generator:
         ids = self.identities()
         sampler = {"name": c.sampler, "steps": c.steps, "guidance": c.guidance, "negative_prompt": c.negative_prompt,
                    "size": self.size, "batch_size": c.batch_size, "bits": c.bits, "dtype": str(self.dtype()).replace("torch.", ""),
-                   "long_prompts": self.source.long_prompts, "compiled": c.compile}  # fmt: skip
+                   "long_prompts": self.source.long_prompts, "compiled": c.compile,
+                   "loras_merged": c.merge_loras and bool(self.source.adapters)}  # fmt: skip
         settings = json.dumps(
             [sampler, ids, to_dict(self.source.prompts), c.seed, len(self.items)], sort_keys=True
         )
