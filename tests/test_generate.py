@@ -176,6 +176,25 @@ def test_merged_loras_give_the_images_of_adapter_layers(tiny_model, tmp_path):
     assert rows(tmp_path / "layers")[0]["sampler"]["loras_merged"] is False
 
 
+def test_loras_merge_at_full_precision_then_cast(tiny_model, tmp_path, monkeypatch):
+    """In fp16/bf16 the merged weights are the fp32 merge cast once, not a second rounding onto the low grid."""
+    import torch
+
+    lora = make_random_lora(tiny_model, tmp_path / "lora", scale=0.01)
+
+    def unet_weights(dtype):
+        config = runner.GenerateConfig(out=str(tmp_path / "out"), model=runner.ModelConfig(base=str(tiny_model)),
+                                       loras=[str(lora)], prompt=["chest x-ray"])  # fmt: skip
+        generator = runner.Generator(config)
+        monkeypatch.setattr(generator, "dtype", lambda: dtype)  # fp16 is refused on a CPU for sampling only
+        generator.load()
+        return generator.pipe.unet.state_dict()
+
+    full, half = unet_weights(torch.float32), unet_weights(torch.float16)
+    assert full.keys() == half.keys() and not any("lora" in k for k in half)
+    assert all(half[k].dtype == torch.float16 and torch.equal(half[k], full[k].half()) for k in full)
+
+
 def test_small_v_prediction_model_generates(tmp_path):
     """The learning benchmark's architecture: make-tiny-model --arch small with v-prediction, sampled as such."""
     model = tmp_path / "small"

@@ -162,7 +162,10 @@ class Generator:
 
     def load(self) -> None:
         dtype = self.dtype()
-        m = load_components(self.source.base, dtype)
+        merge = self.c.merge_loras and bool(self.source.adapters)
+        # merging in the sampling precision would round each LoRA update onto the base weights' bf16/fp16 grid
+        # on top of the one rounding of the cast: merge at full precision, then cast once
+        m = load_components(self.source.base, torch.float32 if merge else dtype)
         self.tokenizer = m.tokenizer
         pipe = make_pipeline(m.tokenizer, m.text_encoder, m.vae, m.unet, m.scheduler.config, self.c.sampler)
         names = []
@@ -180,12 +183,12 @@ class Generator:
             diffusers_logging.set_verbosity(quiet)
         if names:
             pipe.set_adapters(names, adapter_weights=[w for _, w in self.source.adapters])
-            if self.c.merge_loras:  # no adapter layers left to run at each step
+            if merge:  # no adapter layers left to run at each step
                 pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
                 pipe.unload_lora_weights()  # drops the adapter layers, keeps the merged weights
-        self.pipe = pipe.to(self.state.device)
+        self.pipe = pipe.to(self.state.device, dtype)
         if self.c.compile:
-            if not names or self.c.merge_loras:
+            if not names or merge:
                 pipe.fuse_qkv_projections()  # one matrix product for q, k and v (not with LoRA layers in place)
             pipe.unet = torch.compile(pipe.unet)
             pipe.vae.decoder = torch.compile(pipe.vae.decoder)
