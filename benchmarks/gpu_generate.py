@@ -35,6 +35,7 @@ VARIANTS = {
     # the recipe whole: in channels-last, 1x1 convolutions are plain matrix products
     "cxrgen compiled-tuned-cl": (TUNED, True, True),
     "cxrgen compiled-vae-cl": ({}, False, True),
+    "cxrgen compiled-cudagraphs": ({"triton.cudagraphs": True}, False, False),  # one launch per UNet call
     "cxrgen compiled-autotune": ({**TUNED, "max_autotune": True}, False, False),  # compiles for minutes
 }
 EXPERIMENTS = [(name, 16, 64) for name in VARIANTS if name != "cxrgen compiled"]
@@ -131,8 +132,17 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         Variant.layouts = tuple(layouts)
         # one extra first batch warms up (and compiles, when asked to); the rate counts the batches after it
-        with inductor.patch(settings):
-            summary = Variant(config(work / f"cxrgen-{batch}", n + batch, batch, "compiled" in tool)).run()
+        try:
+            with inductor.patch(settings):
+                summary = Variant(
+                    config(work / f"cxrgen-{batch}", n + batch, batch, "compiled" in tool)
+                ).run()
+        except Exception as exc:  # an experiment that fails must not cost the rows after it
+            print(
+                json.dumps({"tool": tool, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500]}),
+                flush=True,
+            )
+            continue
         results.append({"tool": tool, "batch": batch, "images_per_s": summary["steady_images_per_s"],
                         "whole_run_images_per_s": summary["images_per_s"], "seconds": summary["seconds"],
                         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None})  # fmt: skip

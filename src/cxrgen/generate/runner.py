@@ -168,25 +168,26 @@ class Generator:
         m = load_components(self.source.base, torch.float32 if merge else dtype)
         self.tokenizer = m.tokenizer
         pipe = make_pipeline(m.tokenizer, m.text_encoder, m.vae, m.unet, m.scheduler.config, self.c.sampler)
-        names = []
+        names = [f"lora{i}" for i in range(len(self.source.adapters))]
         quiet = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # "no text-encoder keys" notes for UNet-only LoRAs
+        # quiet: "no text-encoder keys" for UNet-only LoRAs, and a cast warning that lists no modules
+        diffusers_logging.set_verbosity_error()
         try:
-            for i, (path, _) in enumerate(self.source.adapters):
+            for name, (path, _) in zip(names, self.source.adapters, strict=True):
                 folder, weight_name = lora_source(path)
                 try:
-                    pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=f"lora{i}")
+                    pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=name)
                 except (OSError, ValueError) as exc:
                     raise ModelError(f"cannot load LoRA {path}: {exc}") from exc
-                names.append(f"lora{i}")
-        finally:
-            diffusers_logging.set_verbosity(quiet)
-        if names:
-            pipe.set_adapters(names, adapter_weights=[w for _, w in self.source.adapters])
+            if names:
+                pipe.set_adapters(names, adapter_weights=[w for _, w in self.source.adapters])
             if merge:  # no adapter layers left to run at each step
                 pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
                 pipe.unload_lora_weights()  # drops the adapter layers, keeps the merged weights
-        self.pipe = pipe.to(self.state.device, dtype)
+                pipe.to(dtype=dtype)
+        finally:
+            diffusers_logging.set_verbosity(quiet)
+        self.pipe = pipe.to(self.state.device)
         if self.c.compile:
             if not names or merge:
                 pipe.fuse_qkv_projections()  # one matrix product for q, k and v (not with LoRA layers in place)
