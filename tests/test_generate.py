@@ -165,12 +165,16 @@ def test_base_model_with_loras_and_raw_prompts(run_dir, tiny_model, tmp_path):
 
 def test_merged_loras_give_the_images_of_adapter_layers(tiny_model, tmp_path):
     lora = make_random_lora(tiny_model, tmp_path / "lora")
+    text = make_random_lora(
+        tiny_model, tmp_path / "text", scale=0.1, text_encoder=True
+    )  # UNet and text encoder
+    loras = ["--loras", f"{lora}:0.5", f"{text}:0.7"]
     common = ["--model.base", str(tiny_model), "--prompt", "chest x-ray", "--n", "3"]
     assert generate(tmp_path / "none", *common) == 0
-    assert generate(tmp_path / "layers", *common, "--loras", f"{lora}:0.5", "--no-merge-loras") == 0
-    assert generate(tmp_path / "merged", *common, "--loras", f"{lora}:0.5") == 0
+    assert generate(tmp_path / "layers", *common, *loras, "--no-merge-loras") == 0
+    assert generate(tmp_path / "merged", *common, *loras) == 0
     none, layers, merged = (pixels(tmp_path / name) for name in ("none", "layers", "merged"))
-    assert all(np.abs(layers[k].astype(int) - merged[k]).max() <= 1 for k in layers)  # weight 0.5 kept
+    assert all(np.abs(layers[k].astype(int) - merged[k]).max() <= 1 for k in layers)  # weights kept
     assert all(np.abs(none[k].astype(int) - merged[k]).mean() > 2 for k in none)  # the LoRA was applied
     assert rows(tmp_path / "merged")[0]["sampler"]["loras_merged"] is True
     assert rows(tmp_path / "layers")[0]["sampler"]["loras_merged"] is False

@@ -251,22 +251,31 @@ def make_tiny_model(config: TinyModelConfig) -> Path:
     return out
 
 
-def make_random_lora(model: str | Path, out: str | Path, rank: int = 4, scale: float = 0.3) -> Path:
-    """A LoRA file for `model`'s UNet attention with random A and B (a trained one starts from B = 0), so that
-    applying it visibly changes the images: for tests and benchmarks."""
+def make_random_lora(
+    model: str | Path, out: str | Path, rank: int = 4, scale: float = 0.3, text_encoder: bool = False
+) -> Path:
+    """A LoRA file for `model`'s UNet attention (and text encoder) with random A and B (a trained one starts
+    from B = 0), so that applying it visibly changes the images: for tests and benchmarks."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = load_components(ModelConfig(base=str(model))).unet
-    unet.add_adapter(LoraConfig(r=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    m = load_components(ModelConfig(base=str(model)))
     generator = torch.Generator().manual_seed(0)
-    layers = {
-        key: torch.randn(value.shape, generator=generator) * scale
-        for key, value in convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)).items()
-    }
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True)
+
+    def layers(module: Any, targets: list[str]) -> dict[str, torch.Tensor]:
+        module.add_adapter(LoraConfig(r=rank, target_modules=targets))
+        state = convert_state_dict_to_diffusers(
+            get_peft_model_state_dict(module, save_embedding_layers=False)
+        )
+        return {key: torch.randn(value.shape, generator=generator) * scale for key, value in state.items()}
+
+    StableDiffusionPipeline.save_lora_weights(
+        out, unet_lora_layers=layers(m.unet, ["to_q", "to_k", "to_v", "to_out.0"]),
+        text_encoder_lora_layers=layers(m.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"]) if text_encoder else None,
+        safe_serialization=True,
+    )  # fmt: skip
     return Path(out) / "pytorch_lora_weights.safetensors"
 
 
