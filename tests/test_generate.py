@@ -103,6 +103,40 @@ def test_resume_skips_finished_images(run_dir, tmp_path, monkeypatch, overlap):
     assert all(np.array_equal(a[k], b[k]) for k in b) and rows(tmp_path / "r") == rows(tmp_path / "w")
 
 
+def test_resume_redoes_images_whose_plan_changed(run_dir, tmp_path, capsys):
+    common = ["--run", str(run_dir), "--n", "2"]
+    assert generate(tmp_path, *common, "--prompt", "chest x-ray, pleural effusion") == 0
+    assert (
+        generate(tmp_path, *common, "--prompt", "chest x-ray, pneumothorax") == 0
+    )  # same count, other prompt
+    assert "generated 2 image(s)" in capsys.readouterr().out
+    assert [r["text"] for r in rows(tmp_path)] == ["chest x-ray, pneumothorax"] * 2
+    assert generate(tmp_path, *common, "--prompt", "chest x-ray, pneumothorax", "--dicom") == 0
+    assert "generated 2 image(s)" in capsys.readouterr().out and all(
+        "dicom_file" in r for r in rows(tmp_path)
+    )
+    assert generate(tmp_path, *common, "--prompt", "chest x-ray, pneumothorax", "--dicom") == 0
+    assert "generated 0 image(s)" in capsys.readouterr().out
+
+
+def test_shards_add_up_whatever_each_launch_process_count(run_dir, tmp_path):
+    from types import SimpleNamespace
+
+    gen = runner.Generator(
+        runner.GenerateConfig(out=str(tmp_path), run=str(run_dir), prompt=["x"], n=23, batch_size=2)
+    )
+
+    def batches(shard: str, processes: int) -> list[list[int]]:
+        gen.c.shard, made = shard, []
+        for rank in range(processes):
+            gen.state = SimpleNamespace(process_index=rank, num_processes=processes)
+            made += gen.my_batches()
+        return made
+
+    made = batches("0/2", 2) + batches("1/2", 1)  # two machines, launched with different process counts
+    assert sorted(made) == gen.batches()
+
+
 def test_conditions_file_csv_and_jsonl(run_dir, tmp_path):
     (tmp_path / "plan.csv").write_text(
         "age,sex,findings,count,seed\n70,M,cardiomegaly@cardiac,2,123\n30,F,,1,\n"

@@ -133,10 +133,11 @@ class Generator:
         return [list(range(i, min(n, i + b))) for i in range(0, n, b)]
 
     def my_batches(self) -> list[list[int]]:
+        # batches go to shards first, then to this launch's processes: shards launched with different process
+        # counts still add up to the whole
         shard_i, shard_n = self.c.shard_index()
-        slots = shard_n * self.state.num_processes
-        slot = shard_i * self.state.num_processes + self.state.process_index
-        return [batch for k, batch in enumerate(self.batches()) if k % slots == slot]
+        mine = [batch for k, batch in enumerate(self.batches()) if k % shard_n == shard_i]
+        return mine[self.state.process_index :: self.state.num_processes]
 
     def done(self) -> dict[int, dict[str, Any]]:
         rows: dict[int, dict[str, Any]] = {}
@@ -144,12 +145,32 @@ class Generator:
         if folder.is_dir():
             for path in sorted(folder.glob("*.jsonl")):
                 for row in read_jsonl_lines(path):
-                    if (
-                        row.get("settings") == self.settings_digest
-                        and (self.out / self.c.split / row["file_name"]).is_file()
-                    ):
+                    if self._finished(row):
                         rows[row["index"]] = row
         return rows
+
+    def _finished(self, row: dict[str, Any]) -> bool:
+        """A journal row stands for image i when it was made with these settings from the same plan row."""
+        i = row.get("index")
+        if (
+            not isinstance(i, int)
+            or not 0 <= i < len(self.items)
+            or row.get("settings") != self.settings_digest
+        ):
+            return False
+        planned = {"text": self.prompts[i], "seed": self.seeds[i], **self._labels(i)}
+        return (
+            all(row.get(key) == value for key, value in planned.items())
+            and (self.out / self.c.split / row["file_name"]).is_file()
+            and (not self.c.dicom or "dicom_file" in row)
+        )
+
+    def _labels(self, i: int) -> dict[str, Any]:
+        conditions = self.items[i].conditions
+        if conditions is None:
+            return {}
+        return {"age": conditions.age, "sex": conditions.sex, "view": conditions.view, "projection": conditions.projection,
+                "modality": conditions.modality, "findings": [f.to_json() for f in conditions.findings]}  # fmt: skip
 
     # -- model -------------------------------------------------------------------------------------------------
     def dtype(self) -> torch.dtype:
@@ -212,8 +233,8 @@ class Generator:
         c = self.c
         self.load()
         builder = PromptBuilder(self.source.prompts, tokenizer=self.tokenizer)
-        prompts = [item.prompt or builder.build(item.conditions).text for item in self.items]
-        seeds = [
+        self.prompts = prompts = [item.prompt or builder.build(item.conditions).text for item in self.items]
+        self.seeds = seeds = [
             item.seed if item.seed is not None else cond.image_seed(c.seed, i)
             for i, item in enumerate(self.items)
         ]
@@ -300,11 +321,7 @@ class Generator:
         self, i: int, pixels: Any, prompt: str, seed: int, ids: dict[str, Any], sampler: dict[str, Any]
     ) -> dict[str, Any]:
         item = self.items[i]
-        conditions = item.conditions
-        labels = {}
-        if conditions is not None:
-            labels = {"age": conditions.age, "sex": conditions.sex, "view": conditions.view, "projection": conditions.projection,
-                      "modality": conditions.modality, "findings": [f.to_json() for f in conditions.findings]}  # fmt: skip
+        labels = self._labels(i)
         prov = {"prompt": prompt, "seed": seed, "index": i, **ids, "sampler": sampler}
         target = self.out / self.c.split / image_file(i)
         save_png(target, pixels, prov)
