@@ -369,3 +369,31 @@ def test_compiled_unet_trains_like_eager_and_saves_plain_names(
     assert all(torch.allclose(compiled[k], eager[k], atol=1e-6) for k in eager)
     state = load_file(tmp_path / "checkpoints" / "step-0000006" / "trainable.safetensors")
     assert state and not any("_orig_mod" in k for k in state)  # checkpoints resume into an uncompiled model
+
+
+@pytest.mark.parametrize("file", ["pytorch_lora_weights.safetensors", "lora_kohya.safetensors"])
+def test_saved_lora_keeps_its_alpha(tiny_model, tmp_path, file):
+    """A LoRA trained with alpha != rank acts the same once saved and loaded by diffusers, from either file."""
+    from peft import LoraConfig
+
+    from cxrgen.models import ModelConfig, load_components
+    from cxrgen.train.adapters import TRAIN, _pipeline, save_lora
+
+    trained = load_components(ModelConfig(base=str(tiny_model)))
+    trained.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"]), adapter_name=TRAIN
+    )
+    torch.manual_seed(0)
+    for name, param in trained.unet.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.1)  # trained B is not zero
+    save_lora(tmp_path, trained.unet, trained.text_encoder, False, {})
+    loaded = load_components(ModelConfig(base=str(tiny_model)))
+    _pipeline(loaded).load_lora_weights(tmp_path, weight_name=file)
+    config = trained.unet.config
+    inputs = (torch.randn(1, config.in_channels, config.sample_size, config.sample_size), torch.tensor([500]),
+              torch.randn(1, 77, config.cross_attention_dim))  # fmt: skip
+    plain = load_components(ModelConfig(base=str(tiny_model))).unet
+    with torch.no_grad():
+        want, got, base = (unet(*inputs).sample for unet in (trained.unet, loaded.unet, plain))
+    assert (want - base).abs().max() > 1e-3 and torch.allclose(got, want, atol=1e-5)

@@ -99,19 +99,21 @@ def trainable_parameters(*models: Any) -> list[torch.nn.Parameter]:
 
 
 def lora_state_dicts(unet: Any, text_encoder: Any, with_text_encoder: bool) -> tuple[dict, dict | None]:
-    """The trained adapter in diffusers' key format."""
+    """The trained adapter in diffusers' key format, with alpha / rank folded into the up (B) matrices: loaders
+    of both file formats assume alpha = rank when the file does not say, and the kohya export says alpha = rank."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    unet_sd = convert_state_dict_to_diffusers(
-        get_peft_model_state_dict(unet, adapter_name=TRAIN, save_embedding_layers=False)
-    )
-    te_sd = None
-    if with_text_encoder:
-        te_sd = convert_state_dict_to_diffusers(
-            get_peft_model_state_dict(text_encoder, adapter_name=TRAIN, save_embedding_layers=False)
-        )
-    return unet_sd, te_sd
+    def state(model: Any) -> dict:
+        config = model.peft_config[TRAIN]
+        if config.rank_pattern or config.alpha_pattern or config.use_rslora:
+            raise ConfigError("per-module LoRA ranks or rsLoRA cannot be saved with one scale")
+        scale = config.lora_alpha / config.r
+        weights = get_peft_model_state_dict(model, adapter_name=TRAIN, save_embedding_layers=False)
+        weights = {k: v * scale if ".lora_B." in k and scale != 1 else v for k, v in weights.items()}
+        return convert_state_dict_to_diffusers(weights)
+
+    return state(unet), state(text_encoder) if with_text_encoder else None
 
 
 def save_lora(
