@@ -188,6 +188,26 @@ def test_like_dataset_keeps_and_reweights_the_distribution(run_dir, tiny_dataset
     assert share(rows(tmp_path / "re")) > max(0.8, share(made))
 
 
+def test_reweight_counts_a_finding_once_whatever_its_locations(tmp_path):
+    from cxrgen.generate import conditions as cond
+
+    (tmp_path / "train").mkdir()
+    both_sides = [{"label": "pleural effusion", "locations": [side]} for side in ("left", "right")]
+    (tmp_path / "train" / "metadata.jsonl").write_text(
+        json.dumps({"age": 70, "findings": both_sides}) + "\n"
+        + json.dumps({"age": 40, "findings": [{"label": "pleural effusion", "locations": []}]}) + "\n"
+    )  # fmt: skip
+    drawn = cond.like_dataset(tmp_path, "train", 4000, 0, {"pleural effusion": 10.0})
+    assert 0.45 < np.mean([item.conditions.age == 70 for item in drawn]) < 0.55
+
+
+def test_image_seeds_do_not_repeat_at_scale():
+    from cxrgen.generate.conditions import image_seed
+
+    seeds = [image_seed(0, i) for i in range(200_000)]
+    assert len(set(seeds)) == len(seeds) and max(seeds) >= 2**32 and max(seeds) < 2**63
+
+
 def test_base_model_with_loras_and_raw_prompts(run_dir, tiny_model, tmp_path):
     lora = run_dir / "lora" / "lora_kohya.safetensors"
     assert generate(tmp_path, "--model.base", str(tiny_model), "--loras", f"{lora}:0.5", "--prompt", "chest x-ray", "--n", "2",

@@ -56,8 +56,9 @@ class Item:
 
 
 def image_seed(seed: int, index: int) -> int:
-    """The seed of image `index` in a run seeded with `seed` (recorded in its metadata)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "little")
+    """The seed of image `index` in a run seeded with `seed` (recorded in its metadata). 63 bits: with 32, a run of
+    a million images would repeat about a hundred seeds, and with one prompt those are the same image."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
 
 
 def from_flags(age: int | None, sex: str | None, view: str | None, projection: str | None, modality: str | None,
@@ -163,9 +164,11 @@ def like_dataset(
     demographics; `reweight` multiplies the chance of rows with the given labels (rare-finding augmentation)."""
     rows = load_rows(dataset, split)
     weights = np.ones(len(rows))
-    for i, row in enumerate(rows):
-        for f in row.get("findings") or []:
-            weights[i] *= reweight.get(str(f.get("label", "")).lower(), 1.0) if isinstance(f, dict) else 1.0
+    for i, row in enumerate(rows):  # each label once: a finding at two locations is still one finding
+        for label in {
+            str(f.get("label", "")).lower() for f in row.get("findings") or [] if isinstance(f, dict)
+        }:
+            weights[i] *= reweight.get(label, 1.0)
     missing = set(reweight) - {
         str(f.get("label", "")).lower() for r in rows for f in r.get("findings") or [] if isinstance(f, dict)
     }

@@ -66,7 +66,9 @@ def resolve_source(config: GenerateConfig) -> Source:
     stack = trained["lora"]["stack"]
     weights = trained["lora"]["stack_weights"] or [1.0] * len(stack)
     if trained["method"] == "full":
-        base = replace(base, base=str(run_dir / "pipeline"))
+        base = replace(
+            base, base=str(run_dir / "pipeline"), variant=None
+        )  # the export writes no variant files
         adapters = []
     else:
         adapters = [*zip(stack, weights, strict=True), (str(run_dir / "lora"), 1.0)]
