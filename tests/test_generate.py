@@ -274,6 +274,22 @@ def test_other_samplers(run_dir, tmp_path, sampler):
     assert generate(tmp_path, "--run", str(run_dir), "--sampler", sampler, "--n", "1") == 0
 
 
+def test_long_prompt_images_do_not_depend_on_their_batch(run_dir, tmp_path):
+    long = ", ".join(["diagnosis pleural effusion, loc right"] * 15)
+    common = ["--run", str(run_dir), "--long-prompts", "--n", "1", "--batch-size", "2"]
+    assert (
+        generate(tmp_path / "mixed", *common, "--prompt", "chest x-ray", long, "chest x-ray, cardiomegaly")
+        == 0
+    )
+    assert generate(tmp_path / "alone", *common, "--prompt", "chest x-ray") == 0
+    mixed, alone = pixels(tmp_path / "mixed"), pixels(tmp_path / "alone")
+    assert np.array_equal(
+        mixed["syn0000000"], alone["syn0000000"]
+    )  # batched with the third, not the long one
+    # a negative prompt longer than the prompts pads them to its length instead of failing
+    assert generate(tmp_path / "negative", *common, "--prompt", "chest x-ray", "--negative-prompt", long) == 0
+
+
 def test_long_prompt_warning_counts_once(run_dir, tmp_path, caplog):
     long = ", ".join(["diagnosis pleural effusion, loc right"] * 15)
     assert (

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .text_encoding import encode_prompts
+from .text_encoding import encode_windows, token_windows
 
 Sampler = Literal["dpmsolver++", "ddim", "euler", "pndm"]
 SAMPLERS: tuple[str, ...] = ("dpmsolver++", "ddim", "euler", "pndm")
@@ -56,11 +56,13 @@ def sample_images(
 ) -> np.ndarray:
     """Float32 in [0, 1], one image per (prompt, seed) pair: (n, size, size) grayscale, or (n, size, size, 3)."""
     device = pipe.unet.device
-    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, long_prompts)
-    chunks = embeds.shape[1] // int(pipe.tokenizer.model_max_length)
-    negative = encode_prompts(
-        pipe.tokenizer, pipe.text_encoder, [negative_prompt] * len(prompts), long_prompts, min_chunks=chunks
-    )
+    windows = token_windows(pipe.tokenizer, prompts, long_prompts)
+    negative = token_windows(pipe.tokenizer, [negative_prompt] * len(prompts), long_prompts, windows.shape[1])
+    if (
+        negative.shape[1] > windows.shape[1]
+    ):  # a negative prompt longer than the prompts: pad them to its length
+        windows = token_windows(pipe.tokenizer, prompts, long_prompts, negative.shape[1])
+    embeds, negative = (encode_windows(pipe.text_encoder, w) for w in (windows, negative))
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     context = (
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()

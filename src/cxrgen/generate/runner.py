@@ -27,7 +27,7 @@ from ..models import ModelConfig, ModelError, load_components, model_identity, s
 from ..prompts import PromptBuilder, PromptConfig
 from ..provenance import file_sha256, provenance
 from ..sampling import make_pipeline, sample_images, to_uint
-from ..text_encoding import count_over_window
+from ..text_encoding import chunk_token_ids, count_over_window
 from ..train.adapters import lora_source
 from . import conditions as cond
 from .config import GenerateConfig
@@ -132,7 +132,14 @@ class Generator:
     # -- planning ----------------------------------------------------------------------------------------------
     def batches(self) -> list[list[int]]:
         n, b = len(self.items), self.c.batch_size
-        return [list(range(i, min(n, i + b))) for i in range(0, n, b)]
+        if not self.source.long_prompts:
+            return [list(range(i, min(n, i + b))) for i in range(0, n, b)]
+        # a batch pads its prompts to one number of encoder windows, which changes the conditioning of the shorter
+        # ones: batch together only prompts of the same length, so that an image depends on its own prompt alone
+        groups: dict[int, list[int]] = {}
+        for i, prompt in enumerate(self.prompts):
+            groups.setdefault(len(chunk_token_ids(self.tokenizer, prompt, long=True)), []).append(i)
+        return [group[k : k + b] for group in groups.values() for k in range(0, len(group), b)]
 
     def my_batches(self) -> list[list[int]]:
         # batches go to shards first, then to this launch's processes: shards launched with different process
