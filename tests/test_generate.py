@@ -333,7 +333,12 @@ def test_bad_inputs(run_dir, tmp_path, capsys):
     assert "cannot load base model" in capsys.readouterr().err
     assert generate(tmp_path, "--run", str(tmp_path), "--n", "1") == 2
     assert "no run.json" in capsys.readouterr().err
-    assert generate(tmp_path, "--run", str(run_dir), "--loras", str(tmp_path / "missing.safetensors")) == 1
+    assert generate(tmp_path, "--run", str(run_dir), "--loras", str(tmp_path / "missing.safetensors")) == 2
+    assert "missing.safetensors: no such file or folder" in capsys.readouterr().err
+    assert generate(tmp_path, "--run", str(run_dir), "--loras", "runs/typo/lora") == 2
+    assert "runs/typo/lora: no such file or folder" in capsys.readouterr().err
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    assert generate(tmp_path, "--run", str(run_dir), "--loras", str(tmp_path / "bad.safetensors")) == 1
     assert "cannot load LoRA" in capsys.readouterr().err
     assert generate(tmp_path, "--run", str(run_dir), "--dtype", "fp16") == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err

@@ -44,6 +44,12 @@ def lora_source(path: str) -> tuple[str, str | None]:
         if len(files) == 1:
             return str(p), files[0].name
         raise ConfigError(f"{p} holds no single LoRA .safetensors file; name the file")
+    if (
+        p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")
+        or path.startswith(("/", ".", "~"))
+        or path.count("/") > 1
+    ):
+        raise ConfigError(f"LoRA {path}: no such file or folder")  # not a hub id ('name' or 'namespace/name')
     return path, None  # a hub id
 
 
