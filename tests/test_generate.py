@@ -201,6 +201,21 @@ def test_reweight_counts_a_finding_once_whatever_its_locations(tmp_path):
     assert 0.45 < np.mean([item.conditions.age == 70 for item in drawn]) < 0.55
 
 
+def test_keep_findings_ranks_by_the_training_counts(tiny_model, tmp_path):
+    """A prompt that must drop a finding keeps the rarest one, counted in the data as prepare counted it."""
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    heart = {"label": "cardiomegaly", "locations": []}
+    data = [{"findings": [heart]}] * 9 + [
+        {"age": 50, "findings": [heart, {"label": "pneumothorax", "locations": []}]}
+    ]
+    (tmp_path / "data" / "train" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    common = ["--model.base", str(tiny_model), "--like", str(tmp_path / "data"), "--reweight", "pneumothorax=1000",
+              "--n", "1", "--prompts.max-tokens", "20"]  # fmt: skip
+    for keep, kept in [("first", "cardiomegaly"), ("rarest", "pneumothorax"), ("commonest", "cardiomegaly")]:
+        assert generate(tmp_path / keep, *common, "--prompts.keep-findings", keep) == 0
+        assert rows(tmp_path / keep)[0]["text"] == f"chest x-ray, age 50, diagnosis {kept}"
+
+
 def test_image_seeds_do_not_repeat_at_scale():
     from cxrgen.generate.conditions import image_seed
 

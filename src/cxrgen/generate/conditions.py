@@ -186,13 +186,23 @@ def like_dataset(
 
 
 def vocabulary(rows: list[dict[str, Any]]) -> tuple[Counter, Counter]:
+    """Finding labels (rows that have each, as prepare counts them to rank findings) and locations."""
     labels, locations = Counter(), Counter()
     for row in rows:
-        for f in row.get("findings") or []:
-            if isinstance(f, dict):
-                labels[f.get("label", "")] += 1
-                locations.update(f.get("locations") or [])
+        findings = [f for f in row.get("findings") or [] if isinstance(f, dict)]
+        labels.update({f.get("label", "") for f in findings})
+        for f in findings:
+            locations.update(f.get("locations") or [])
     return labels, locations
+
+
+def all_rows(dataset: str | Path) -> list[dict[str, Any]]:
+    """Every split's rows of a prepared dataset."""
+    return [
+        row
+        for meta in sorted(Path(dataset).glob("*/metadata.jsonl"))
+        for row in load_rows(dataset, meta.parent.name)
+    ]
 
 
 def warn_unknown(items: list[Item], labels: Counter, locations: Counter) -> list[str]:

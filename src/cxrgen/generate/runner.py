@@ -241,13 +241,23 @@ class Generator:
     def run(self) -> dict[str, Any]:
         c = self.c
         self.load()
-        builder = PromptBuilder(self.source.prompts, tokenizer=self.tokenizer)
+        # the data the model was trained on (else --like's): known names for the warnings, and the finding counts
+        # that rank findings when a prompt must drop some (keep_findings rarest/commonest), as prepare ranked them
+        reference = self.source.data if self.source.data is not None and self.source.data.is_dir() else c.like
+        rows = cond.all_rows(reference) if reference else []
+        labels, locations = cond.vocabulary(rows)
+        if self.source.prompts.keep_findings != "first" and not rows:
+            log.warning("keep_findings %s ranks findings by their counts in the training data, which is not at "
+                        "hand: findings are dropped last first", self.source.prompts.keep_findings)  # fmt: skip
+        builder = PromptBuilder(self.source.prompts, tokenizer=self.tokenizer, label_counts=labels)
         self.prompts = prompts = [item.prompt or builder.build(item.conditions).text for item in self.items]
         self.seeds = seeds = [
             item.seed if item.seed is not None else cond.image_seed(c.seed, i)
             for i, item in enumerate(self.items)
         ]
-        self._warn(prompts)
+        if rows:
+            cond.warn_unknown(self.items, labels, locations)
+        self._warn_long(prompts)
         ids = self.identities()
         sampler = {"name": c.sampler, "steps": c.steps, "guidance": c.guidance, "negative_prompt": c.negative_prompt,
                    "size": self.size, "batch_size": c.batch_size, "bits": c.bits, "dtype": str(self.dtype()).replace("torch.", ""),
@@ -312,14 +322,7 @@ class Generator:
             summary |= self._finish(ids, sampler)
         return summary
 
-    def _warn(self, prompts: list[str]) -> None:
-        rows = []
-        if self.c.like:
-            rows = cond.load_rows(self.c.like, self.c.like_split)
-        elif self.source.data is not None and (self.source.data / "train" / "metadata.jsonl").is_file():
-            rows = cond.load_rows(self.source.data, "train")
-        if rows:
-            cond.warn_unknown(self.items, *cond.vocabulary(rows))
+    def _warn_long(self, prompts: list[str]) -> None:
         if not self.source.long_prompts:
             over = count_over_window(self.tokenizer, list(dict.fromkeys(prompts)))
             if over:
