@@ -58,9 +58,7 @@ def sample_images(
     device = pipe.unet.device
     windows = token_windows(pipe.tokenizer, prompts, long_prompts)
     negative = token_windows(pipe.tokenizer, [negative_prompt] * len(prompts), long_prompts, windows.shape[1])
-    if (
-        negative.shape[1] > windows.shape[1]
-    ):  # a negative prompt longer than the prompts: pad them to its length
+    if negative.shape[1] > windows.shape[1]:  # a negative prompt longer than the prompts: pad them to it
         windows = token_windows(pipe.tokenizer, prompts, long_prompts, negative.shape[1])
     embeds, negative = (encode_windows(pipe.text_encoder, w) for w in (windows, negative))
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]

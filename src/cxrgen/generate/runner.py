@@ -66,9 +66,8 @@ def resolve_source(config: GenerateConfig) -> Source:
     stack = trained["lora"]["stack"]
     weights = trained["lora"]["stack_weights"] or [1.0] * len(stack)
     if trained["method"] == "full":
-        base = replace(
-            base, base=str(run_dir / "pipeline"), variant=None
-        )  # the export writes no variant files
+        # the exported pipeline has no variant files (fp16 and the like), whatever training loaded
+        base = replace(base, base=str(run_dir / "pipeline"), variant=None)
         adapters = []
     else:
         adapters = [*zip(stack, weights, strict=True), (str(run_dir / "lora"), 1.0)]
