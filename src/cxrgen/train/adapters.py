@@ -111,9 +111,8 @@ def lora_state_dicts(unet: Any, text_encoder: Any, with_text_encoder: bool) -> t
     from peft.utils import get_peft_model_state_dict
 
     def state(model: Any) -> dict:
-        config = model.peft_config[
-            TRAIN
-        ]  # one rank and alpha for every module, as add_trainable_lora sets them
+        # one rank and alpha for every module, as add_trainable_lora sets them
+        config = model.peft_config[TRAIN]
         scale = config.lora_alpha / config.r
         weights = get_peft_model_state_dict(model, adapter_name=TRAIN, save_embedding_layers=False)
         weights = {k: v * scale if ".lora_B." in k and scale != 1 else v for k, v in weights.items()}
