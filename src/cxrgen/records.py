@@ -83,6 +83,11 @@ class Conditions:
         """Distinct labels in report order."""
         return list(dict.fromkeys(f.label for f in self.findings))
 
+    def structured(self) -> dict[str, Any]:
+        """The conditions as the structured labels a metadata row stores."""
+        return {"age": self.age, "sex": self.sex, "view": self.view, "projection": self.projection,
+                "modality": self.modality, "findings": [f.to_json() for f in self.findings]}  # fmt: skip
+
     @property
     def is_normal(self) -> bool:
         """Labelled normal and nothing but pseudo-labels besides."""
@@ -109,12 +114,7 @@ class Record(Conditions):
             "id": self.id,
             "source": self.source,
             "patient_key": self.patient_key,
-            "age": self.age,
-            "sex": self.sex,
-            "view": self.view,
-            "projection": self.projection,
-            "modality": self.modality,
-            "findings": [f.to_json() for f in self.findings],
+            **self.structured(),
             "labeler": self.labeler,
         }
 

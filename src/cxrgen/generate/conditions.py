@@ -164,14 +164,11 @@ def like_dataset(
     demographics; `reweight` multiplies the chance of rows with the given labels (rare-finding augmentation)."""
     rows = load_rows(dataset, split)
     weights = np.ones(len(rows))
-    for i, row in enumerate(rows):  # each label once: a finding at two locations is still one finding
-        for label in {
-            str(f.get("label", "")).lower() for f in row.get("findings") or [] if isinstance(f, dict)
-        }:
+    labels = [row_labels(row) for row in rows]
+    for i, row_set in enumerate(labels):  # each label once: a finding at two locations is still one finding
+        for label in row_set:
             weights[i] *= reweight.get(label, 1.0)
-    missing = set(reweight) - {
-        str(f.get("label", "")).lower() for r in rows for f in r.get("findings") or [] if isinstance(f, dict)
-    }
+    missing = set(reweight).difference(*labels)
     for label in sorted(missing):
         log.warning("--reweight: no row of %s has the label '%s'", dataset, label)
     rng = np.random.default_rng(seed)
@@ -183,6 +180,11 @@ def like_dataset(
                        modality=row.get("modality"), findings=findings_from_value(row.get("findings") or []))  # fmt: skip
         items.append(Item(c, None, f"like:{Path(dataset).name}"))
     return items
+
+
+def row_labels(row: dict[str, Any]) -> set[str]:
+    """A metadata row's finding labels, lower-cased, each once."""
+    return {str(f.get("label", "")).lower() for f in row.get("findings") or [] if isinstance(f, dict)}
 
 
 def vocabulary(rows: list[dict[str, Any]]) -> tuple[Counter, Counter]:

@@ -175,10 +175,7 @@ class Generator:
 
     def _labels(self, i: int) -> dict[str, Any]:
         conditions = self.items[i].conditions
-        if conditions is None:
-            return {}
-        return {"age": conditions.age, "sex": conditions.sex, "view": conditions.view, "projection": conditions.projection,
-                "modality": conditions.modality, "findings": [f.to_json() for f in conditions.findings]}  # fmt: skip
+        return conditions.structured() if conditions is not None else {}
 
     # -- model -------------------------------------------------------------------------------------------------
     def dtype(self) -> torch.dtype:
@@ -191,7 +188,7 @@ class Generator:
 
     def load(self) -> None:
         dtype = self.dtype()
-        merge = self.c.merge_loras and bool(self.source.adapters)
+        self.loras_merged = merge = self.c.merge_loras and bool(self.source.adapters)
         # merging in the sampling precision would round each LoRA update onto the base weights' bf16/fp16 grid
         # on top of the one rounding of the cast: merge at full precision, then cast once
         m = load_components(self.source.base, torch.float32 if merge else dtype)
@@ -261,7 +258,7 @@ class Generator:
         sampler = {"name": c.sampler, "steps": c.steps, "guidance": c.guidance, "negative_prompt": c.negative_prompt,
                    "size": self.size, "batch_size": c.batch_size, "bits": c.bits, "dtype": str(self.dtype()).replace("torch.", ""),
                    "long_prompts": self.source.long_prompts, "compiled": c.compile,
-                   "loras_merged": c.merge_loras and bool(self.source.adapters)}  # fmt: skip
+                   "loras_merged": self.loras_merged}  # fmt: skip
         settings = json.dumps(
             [sampler, ids, to_dict(self.source.prompts), c.seed, len(self.items)], sort_keys=True
         )
