@@ -95,9 +95,13 @@ def test_resume_skips_finished_images(run_dir, tmp_path, monkeypatch, overlap):
     assert len(list((tmp_path / "r" / "train").rglob("*.png"))) == 3 and not list(
         (tmp_path / "r").rglob(".*.tmp*")
     )
+    stale = tmp_path / "r" / "train" / runner.image_file(5)  # what a SIGKILL mid-write leaves
+    stale = stale.with_name(f".{stale.name}.tmp4242")
+    stale.write_bytes(b"partial")
     calls["n"] = -100
     assert generate(tmp_path / "r", "--run", str(run_dir), "--n", "7") == 0
     assert calls["n"] == -100 + 2  # only the two unfinished batches (3 + 1 images) were sampled
+    assert not stale.exists()
     assert generate(tmp_path / "w", "--run", str(run_dir), "--n", "7") == 0
     a, b = pixels(tmp_path / "r"), pixels(tmp_path / "w")
     assert all(np.array_equal(a[k], b[k]) for k in b) and rows(tmp_path / "r") == rows(tmp_path / "w")

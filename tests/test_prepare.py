@@ -152,9 +152,16 @@ def test_resume_after_interruption_equals_uninterrupted(quirk_release, tmp_path,
     journal = (tmp_path / ".journal" / "main.jsonl").read_text().splitlines()
     assert len(journal) == 4
     (tmp_path / ".journal" / "main.jsonl").write_text("\n".join(journal) + '\n{"id": "cut off mid-li')
+    # what a SIGKILL mid-write leaves: a temporary file beside each image still to convert
+    for png in (p for split in ("train", "val", "test") for p in (prepared / split).rglob("*.png")):
+        unfinished = tmp_path / png.relative_to(prepared)
+        if not unfinished.exists():
+            unfinished.parent.mkdir(parents=True, exist_ok=True)
+            unfinished.with_name(f".{png.name}.tmp4242").write_bytes(b"partial")
     monkeypatch.setattr(image_jobs, "run_job", real)
     calls["n"] = 0
     assert prepare(quirk_release, tmp_path) == 0
+    assert not list(tmp_path.rglob(".*.tmp*"))
     assert metadata(tmp_path) == metadata(prepared)
     assert png_bytes(tmp_path) == png_bytes(prepared)
 

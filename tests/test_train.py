@@ -397,3 +397,35 @@ def test_saved_lora_keeps_its_alpha(tiny_model, tmp_path, file):
     with torch.no_grad():
         want, got, base = (unet(*inputs).sample for unet in (trained.unet, loaded.unet, plain))
     assert (want - base).abs().max() > 1e-3 and torch.allclose(got, want, atol=1e-5)
+
+
+def test_model_and_lora_identities_follow_content(tmp_path, monkeypatch):
+    """Cache keys and provenance name what was loaded: a hub repo by the commit in the local hub cache, a LoRA by
+    its file's hash, so a retrained LoRA at the same path gets fresh class images and text embeddings."""
+    import hashlib
+
+    import huggingface_hub.constants
+
+    from cxrgen.models import model_identity
+    from cxrgen.train.adapters import lora_digest
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for repo, file in (("org--model", "model_index.json"), ("org--lora", "pytorch_lora_weights.safetensors")):
+        snapshot = tmp_path / "hub" / f"models--{repo}" / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        (snapshot / file).write_bytes(b"weights of " + repo.encode())
+        (snapshot.parent.parent / "refs").mkdir()
+        (snapshot.parent.parent / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    assert model_identity("org/model") == f"org/model@{commit}"
+    assert model_identity("org/model", "v2") == "org/model@v2"  # a revision not in the cache stays as named
+    assert model_identity("org/absent") == "org/absent@main"
+    assert lora_digest("org/lora") == hashlib.sha256(b"weights of org--lora").hexdigest()[:16]
+    assert lora_digest("org/absent") == "org/absent@uncached"
+
+    local = tmp_path / "mine.safetensors"
+    local.write_bytes(b"first")
+    first = lora_digest(str(local))
+    local.write_bytes(b"retrained")
+    assert lora_digest(str(local)) != first == hashlib.sha256(b"first").hexdigest()[:16]

@@ -26,6 +26,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_stale_temps(targets: Iterable[str | Path]) -> int:
+    """Delete what atomic writes of `targets` left behind when killed before their cleanup ran (SIGKILL, power
+    loss). Only for files this process alone writes: another writer's temporary file may be in use. One folder
+    scan per parent, not one per file."""
+    folders: dict[Path, set[str]] = {}
+    for target in map(Path, targets):
+        folders.setdefault(target.parent, set()).add(target.name)
+    removed = 0
+    for folder, names in folders.items():
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            stem, tmp, pid = entry.name.rpartition(".tmp")
+            if tmp and pid.isdigit() and stem.startswith(".") and stem[1:] in names:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

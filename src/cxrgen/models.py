@@ -121,13 +121,25 @@ def weights_digest(folder: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The local hub-cache folder of a repo at a revision, named by its commit hash; None when it is not cached
+    (never a download)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (OSError, ValueError):  # not cached, or not a valid repo id
+        return None
+
+
 def model_identity(base: str, revision: str | None = None) -> str:
-    """What identifies a base model in cache keys and provenance: a content hash for a local folder, else the
-    hub id and revision."""
+    """What identifies a base model in cache keys and provenance: a content hash for a local folder; for a hub id,
+    the commit its cached files came from (a branch such as 'main' moves, a commit does not)."""
     path = Path(base).expanduser()
     if path.is_dir():
         return f"{path.name}@{weights_digest(path)}"
-    return f"{base}@{revision or 'main'}"
+    snapshot = hub_snapshot(base, revision)
+    return f"{base}@{snapshot.name if snapshot is not None else revision or 'main'}"
 
 
 # -- building models offline -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .config import ConfigError, option, to_dict
-from .fileio import write_csv, write_json, write_jsonl
+from .fileio import remove_stale_temps, write_csv, write_json, write_jsonl
 from .filters import FilterConfig, apply_filters, seeded_rank
 from .image_jobs import JOURNAL_DIR, Job, JobResult, load_journals, run_jobs
 from .imaging import ImageConfig, ImageStats
@@ -214,6 +214,7 @@ def _convert_images(config, out, kept, split_of, shard_i, shard_n) -> dict[str, 
             continue
         jobs.append(Job(r.id, str(source), str(out / split_of[r.id] / image_file(r.id))))
     log.info("images: %d to convert, %d already done", len(jobs), len(done))
+    remove_stale_temps(job.target for job in jobs)
     journal = out / JOURNAL_DIR / (f"shard-{shard_i}-of-{shard_n}.jsonl" if shard_n > 1 else "main.jsonl")
     workers = config.workers or os.cpu_count() or 1
     try:

@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 from ..config import ConfigError, to_dict
 from ..distributed import cpu_processes
-from ..fileio import read_jsonl_lines, write_json, write_jsonl
+from ..fileio import read_jsonl_lines, remove_stale_temps, write_json, write_jsonl
 from ..models import ModelConfig, ModelError, load_components, model_identity, set_offline_if_local
 from ..prompts import PromptBuilder, PromptConfig
-from ..provenance import file_sha256, provenance
+from ..provenance import provenance
 from ..sampling import make_pipeline, sample_images, to_uint
 from ..text_encoding import chunk_token_ids, count_over_window
-from ..train.adapters import lora_source
+from ..train.adapters import lora_digest, lora_source
 from . import conditions as cond
 from .config import GenerateConfig
 from .writer import save_dicom, save_png
@@ -222,12 +222,10 @@ class Generator:
         self.size = self.source.size or m.unet.config.sample_size * m.vae_scale
 
     def identities(self) -> dict[str, Any]:
-        adapters = []
-        for path, weight in self.source.adapters:
-            folder, name = lora_source(path)
-            file = Path(folder) / name if name else None
-            digest = file_sha256(file)[:16] if file is not None and file.is_file() else "hub"
-            adapters.append({"path": path, "weight": weight, "sha256": digest})
+        adapters = [
+            {"path": path, "weight": weight, "sha256": lora_digest(path)}
+            for path, weight in self.source.adapters
+        ]
         return {
             "model": model_identity(self.source.base.base, self.source.base.revision),
             "adapters": adapters,
@@ -267,6 +265,8 @@ class Generator:
         ]  # a journal row counts only for these
         done = self.done()
         todo = [b for b in self.my_batches() if not all(i in done for i in b)]
+        targets = [self.out / c.split / image_file(i) for b in todo for i in b]
+        remove_stale_temps(targets + [t.with_suffix(".dcm") for t in targets])
         journal = self.out / JOURNAL / f"{c.shard_index()[0]}-{self.state.process_index}.jsonl"
         journal.parent.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=sum(len(b) for b in todo), desc="generate", unit="img", dynamic_ncols=True,

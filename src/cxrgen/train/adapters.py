@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
+from ..models import hub_snapshot
+from ..provenance import file_sha256
 from .config import LoraConfig
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,24 @@ def lora_source(path: str) -> tuple[str, str | None]:
     ):
         raise ConfigError(f"LoRA {path}: no such file or folder")  # not a hub id ('name' or 'namespace/name')
     return path, None  # a hub id
+
+
+def lora_file(path: str) -> Path | None:
+    """The weights file that loading `path` reads: the local file, or for a hub id the one diffusers picks from
+    the local hub cache (None when the repo is not cached there)."""
+    folder, name = lora_source(path)
+    if name is not None:
+        return Path(folder) / name
+    snapshot = hub_snapshot(folder)
+    files = sorted(snapshot.glob("*.safetensors")) if snapshot is not None else []
+    chosen = [f for f in files if f.name == DIFFUSERS_FILE] or files
+    return chosen[0] if len(chosen) == 1 else None
+
+
+def lora_digest(path: str) -> str:
+    """What identifies a LoRA in cache keys and provenance: the first 16 hex digits of its file's sha256."""
+    file = lora_file(path)
+    return file_sha256(file)[:16] if file is not None else f"{path}@uncached"
 
 
 def stack_loras(components: Any, config: LoraConfig) -> dict[str, float]:

@@ -24,7 +24,7 @@ from ..models import load_components, model_identity, set_offline_if_local
 from ..sampling import make_pipeline, sample_images
 from ..text_encoding import chunk_token_ids, encode_prompts, encode_windows, token_windows
 from . import checkpoint as ckpt
-from .adapters import add_trainable_lora, stack_loras, trainable_parameters
+from .adapters import add_trainable_lora, lora_digest, stack_loras, trainable_parameters
 from .cache import ArrayCache, cache_key, cache_root, sample_latents
 from .config import BIRD_PROMPT, TrainConfig
 from .data import DataError, IndexStream, PreparedSplit, step_seed
@@ -79,7 +79,7 @@ class Trainer:
                 f"resolution {self.resolution} must be a multiple of {self.m.vae_scale * 4} for this model"
             )
         self.frozen = stack_loras(self.m, c.lora) if c.method == "lora" else {}
-        self.stack_identity = [model_identity(p) for p in c.lora.stack]
+        self.stack_identity = [lora_digest(p) for p in c.lora.stack]
         self.classes = self._class_images() if c.prior.enabled else None
 
         self._choose_trainable()
