@@ -50,6 +50,7 @@ def main() -> None:
         start = time.perf_counter()
         run(["evaluate", "--real", str(real), "--real-split", "train", "--generated", str(generated),
              "--train", str(real), "--out", str(OUT / "evaluation"), "--max-images", str(args.images),
+             "--max-train-images", str(args.images),
              "--cache-dir", str(cache)])  # fmt: skip
         times.append((attempt, time.perf_counter() - start))
     metrics = json.loads((OUT / "evaluation" / "metrics.json").read_text())

@@ -72,6 +72,8 @@ def test_bootstrap_interval_contains_the_value():
         fidelity.fid, rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + 0.3, rounds=20
     )
     assert b["low"] <= b["value"] <= b["high"] and b["rounds"] == 20
+    given = fidelity.bootstrap(fidelity.fid, *(rng.normal(size=(300, 8)) for _ in "ab"), rounds=20, value=0.5)
+    assert given["value"] == 0.5 and given["low"] <= 0.5 <= given["high"]  # centred on the figure reported
 
 
 def test_fid_grows_with_noise_and_blur(tmp_path):
@@ -127,7 +129,12 @@ def test_planted_copies_are_flagged_and_independent_images_are_not(tmp_path):
     independent = phantoms(20, 5000, size=128)
     generated = open_set(folder(tmp_path / "gen", planted + independent), None, "gen")
     ex = BackboneExtractor("torchvision:resnet18", "random")
-    result = check(generated, train, extract(generated, ex, None)[0], extract(train, ex, None)[0])
+    features = extract(generated, ex, None)[0], extract(train, ex, None)[0]
+    result = check(generated, train, *features)
+    blocks = check(generated, train, *features, block=7)  # a block at a time, as for a large training set
+    assert blocks.flagged == result.flagged and (blocks.pixel_index == result.pixel_index).all()
+    assert blocks.pixel_threshold == pytest.approx(result.pixel_threshold, abs=1e-6)
+    assert blocks.feature_threshold == pytest.approx(result.feature_threshold, abs=1e-6)
     assert set(range(len(planted))) <= set(result.flagged)  # every copy, whatever the change
     assert not set(result.flagged) - set(range(len(planted)))  # and nothing else
     assert {str(v) for v in result.pixel_variant[: len(planted)]} >= {"as is", "mirrored as is"}
@@ -291,3 +298,47 @@ def test_pickled_classifier_needs_permission(tmp_path):
     assert XrvExtractor(str(tmp_path / "model.pt"), allow_pickle=True).outputs[7] == "Effusion"
     torch.save(_densenet_1ch(18).state_dict(), tmp_path / "state.pt")
     assert XrvExtractor(str(tmp_path / "state.pt")).dim == 1024
+
+
+def test_backbone_weights_must_fit(tmp_path):
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    state = torchvision.models.resnet18().state_dict()
+    save_file({f"backbone.{k}": v for k, v in state.items()}, tmp_path / "prefixed.safetensors")
+    with pytest.raises(
+        ExtractorError, match="missing from the file"
+    ):  # loading nothing would leave it random
+        BackboneExtractor("torchvision:resnet18", str(tmp_path / "prefixed.safetensors"))
+    save_file(torchvision.models.resnet34().state_dict(), tmp_path / "resnet34.safetensors")
+    with pytest.raises(ExtractorError, match="not in the network"):
+        BackboneExtractor("torchvision:resnet18", str(tmp_path / "resnet34.safetensors"))
+    torch.save(
+        {"model": state, "epoch": 3}, tmp_path / "reference-script.pth"
+    )  # torchvision's training scripts
+    loaded = BackboneExtractor("torchvision:resnet18", str(tmp_path / "reference-script.pth"))
+    assert torch.equal(loaded.net.conv1.weight, state["conv1.weight"])
+    convnext = BackboneExtractor("torchvision:convnext_tiny", "random")  # its head holds norm and flatten
+    assert convnext.dim == 768 and convnext.forward(torch.zeros(2, 3, 224, 224))[0].shape == (2, 768)
+
+
+def test_16_bit_images_share_one_range_and_plain_folders_have_splits(tmp_path):
+    f = tmp_path / "plain" / "test"
+    f.mkdir(parents=True)
+    for name, brightest in (("a.png", 4095), ("b.png", 1500)):  # one 12-bit detector, a darker image
+        pixels = np.full((32, 32), 1000, dtype=np.uint16)
+        pixels[0, 0] = brightest
+        Image.fromarray(pixels).save(f / name)
+    folder(tmp_path / "plain" / "train", phantoms(2, 1))
+    s = open_set(tmp_path / "plain", "test", "real")  # no metadata: the split is the subfolder
+    assert [p.name for p in s.files] == ["a.png", "b.png"]
+    assert s.load(0)[5, 5] == s.load(1)[5, 5] == round(1000 / 4095 * 255)
+
+
+def test_a_real_set_of_one_image(tmp_path, capsys):
+    folder(tmp_path / "real", phantoms(1, 1))
+    folder(tmp_path / "gen", phantoms(3, 9))
+    assert main(["evaluate", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"), "--out",
+                 str(tmp_path / "o"), "--extractors", "torchvision:resnet18", "--weights", "torchvision:resnet18=random"]) == 1  # fmt: skip
+    assert "real: FID and KID need at least 2 images" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from . import diversity, fidelity
 from .adherence import adherence
 from .extractors import Extractor, build_extractor, describe, weights_map
 from .features import extract
-from .imagesets import ImageSet, open_set
+from .imagesets import ImageSet, ImageSetError, open_set
 from .memorization import check
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,10 @@ class EvaluateConfig:
     )
     forgetting_images: int = option(4, "images per prompt for the forgetting test")
     forgetting_steps: int = option(25, "sampling steps for the forgetting test")
-    max_images: int | None = option(None, "use at most this many images per set (seeded choice)")
+    max_images: int | None = option(None, "use at most this many real and generated images (seeded choice)")
+    max_train_images: int | None = option(
+        None, "compare with at most this many training images (seeded choice; copies of the others go unseen)"
+    )
     batch_size: int = option(32, "images per feature-extraction batch")
     device: str = option("auto", "cpu, cuda, or auto")
     cache_dir: str | None = option(None, "feature cache folder (default: $CXRGEN_CACHE or ~/.cache/cxrgen)")
@@ -91,16 +94,11 @@ def _sizes(images: ImageSet, sample: int = 20) -> list[int]:
 
 def fidelity_metrics(c: EvaluateConfig, real_f: np.ndarray, gen_f: np.ndarray) -> dict[str, Any]:
     rounds = c.bootstrap
-    kid = (
-        fidelity.bootstrap(  # resamples use a fifth of the subsets: the interval needs spread, not precision
-            lambda a, b: fidelity.kid(a, b, max(5, c.kid_subsets // 5), c.kid_subset_size, c.seed),
-            real_f,
-            gen_f,
-            rounds,
-            c.seed,
-        )
-    )
-    kid["value"] = fidelity.kid(real_f, gen_f, c.kid_subsets, c.kid_subset_size, c.seed)
+    kid = fidelity.bootstrap(  # resamples use a fifth of the subsets: the interval needs spread, not precision
+        lambda a, b: fidelity.kid(a, b, max(5, c.kid_subsets // 5), c.kid_subset_size, c.seed),
+        real_f, gen_f, rounds, c.seed,
+        value=fidelity.kid(real_f, gen_f, c.kid_subsets, c.kid_subset_size, c.seed),
+    )  # fmt: skip
     result = {
         "fid": fidelity.bootstrap(fidelity.fid, real_f, gen_f, rounds, c.seed, floor=0.0),
         "kid": kid,
@@ -123,8 +121,16 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
     real = _subsample(open_set(c.real, c.real_split, "real"), c.max_images, c.seed)
     generated = _subsample(open_set(c.generated, c.generated_split, "generated"), c.max_images, c.seed)
-    train = _subsample(open_set(c.train, c.train_split, "train"), c.max_images, c.seed) if c.train else None
+    train = (
+        _subsample(open_set(c.train, c.train_split, "train"), c.max_train_images, c.seed) if c.train else None
+    )
+    if train is not None and c.max_train_images is not None:
+        log.warning("memorization: compared with %d training images chosen at random, not all; a copy of any "
+                    "other training image goes unseen", len(train))  # fmt: skip
     sets = {"real": real, "generated": generated, **({"train": train} if train else {})}
+    for images in (real, generated):
+        if len(images) < 2:  # a covariance needs two
+            raise ImageSetError(f"{images.name}: FID and KID need at least 2 images, {images.root} has 1")
     metrics: dict[str, Any] = {
         **provenance(), "config": to_dict(c),
         "sets": {k: {"folder": str(v.root), "images": len(v), "sizes": _sizes(v)} for k, v in sets.items()},
@@ -156,7 +162,7 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
     if train is not None:
         primary = _primary(extractors)
         mem = check(generated, train, features[primary.name]["generated"], features[primary.name]["train"],
-                    margin=c.memorization_margin)  # fmt: skip
+                    margin=c.memorization_margin, seed=c.seed)  # fmt: skip
         metrics["memorization"] = {"extractor": primary.identity, **mem.summary(generated, train)}
     classifier = next((ex for ex in extractors if ex.outputs), None)
     if classifier is not None and generated.rows:
@@ -192,14 +198,14 @@ def main(c: EvaluateConfig) -> int:
     div = metrics["diversity"]
     if div["generated_within_prompt"]:
         print(f"MS-SSIM within prompt {div['generated_within_prompt']['mean']:.3f} (lower = more diverse)")
-    if div["generated_across_set"]:
-        print(
-            f"MS-SSIM across set: generated {div['generated_across_set']['mean']:.3f}, real {div['real_across_set']['mean']:.3f}"
-        )
+    across = {k: div[f"{k}_across_set"] for k in ("generated", "real")}
+    if any(across.values()):  # None for a set of one image
+        print("MS-SSIM across set: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in across.items() if v))
     if "memorization" in metrics:
         m = metrics["memorization"]
         print(
-            f"memorization: {m['flagged']} of {metrics['sets']['generated']['images']} generated images flagged as likely copies"
+            f"memorization: {m['flagged']} of {metrics['sets']['generated']['images']} generated images flagged as likely copies "
+            f"of {m['train_images']} training images"
         )
     if "adherence" in metrics and metrics["adherence"]["mean_auroc"] is not None:
         print(

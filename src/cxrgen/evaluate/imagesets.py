@@ -6,6 +6,7 @@ the low byte); each extractor then brings them to its own input form.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -50,11 +51,34 @@ class ImageSet:
 
     def load(self, index: int, size: int | None = None) -> np.ndarray:
         """8-bit grayscale, optionally resized to size x size (aspect kept by padding)."""
-        return load_gray(self.files[index], size)
+        return load_gray(self.files[index], size, self.integer_top)
+
+    @functools.cached_property
+    def integer_top(self) -> float | None:
+        """One top value for the set's integer images of unstated bit depth (16-bit PNGs): the widest bit depth
+        among up to 32 images spread through the set. Read off each image alone, a 12-bit image whose brightest
+        pixel happens to stay under 2048 would be stretched to twice the brightness of its neighbours."""
+        picks = sorted({round(k) for k in np.linspace(0, len(self.files) - 1, min(32, len(self.files)))})
+        tops = [_integer_top(self.files[i]) for i in picks]
+        return max((t for t in tops if t is not None), default=None)
 
 
-def load_gray(path: Path, size: int | None = None) -> np.ndarray:
-    """8-bit grayscale; with `size`, resized to size x size (aspect kept, padded)."""
+def _integer_top(path: Path) -> float | None:
+    if path.suffix.lower() not in (".png", ".tif", ".tiff"):
+        return None
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("I", "I;16", "I;16B"):
+                return None
+        decoded = decode(path)
+    except (OSError, ImageRejected):
+        return None  # load() reports it
+    return bits_range(np.asarray(decoded.image).max(initial=0)) if decoded.high is None else None
+
+
+def load_gray(path: Path, size: int | None = None, integer_top: float | None = None) -> np.ndarray:
+    """8-bit grayscale; with `size`, resized to size x size (aspect kept, padded). Integer images of unstated bit
+    depth map [0, integer_top] (the set's, see ImageSet.integer_top) or else their own bit depth's range."""
     if path.suffix.lower() == ".png":
         with Image.open(path) as im:
             if im.mode == "L":
@@ -64,7 +88,9 @@ def load_gray(path: Path, size: int | None = None) -> np.ndarray:
     except ImageRejected as exc:
         raise ImageSetError(f"{path}: {exc.reason}") from exc
     pixels = np.asarray(decoded.image, dtype=np.float32)
-    high = decoded.high if decoded.high is not None else bits_range(pixels.max(initial=0))
+    high = decoded.high
+    if high is None:
+        high = max(bits_range(pixels.max(initial=0)), integer_top or 0.0)
     # A plain linear map of the stored range: evaluation compares images as they are, without re-windowing.
     return _square(T.window(pixels, decoded.low, high), size)
 
@@ -90,6 +116,8 @@ def open_set(path: str | Path, split: str | None, name: str) -> ImageSet:
             raise ImageSetError(
                 f"{name}: {root} has no '{split}' split; it has {', '.join(splits)} (set the {name} split)"
             )
+        elif split and (root / split).is_dir():  # a plain folder split into train/, test/, ... (no metadata)
+            root = root / split
     meta = root / "metadata.jsonl"
     if meta.is_file():
         rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]

@@ -3,7 +3,8 @@
 Each generated image is compared with every training image by the correlation of their fine detail (64 px)
 against the training image as it is, mirrored, and center-cropped in 1% steps down to 75%, so mirrored and cropped
 copies are caught, and by feature cosine. The thresholds are calibrated on the training set itself: with m the highest
-similarity between images of two different training patients (or its `quantile`), a generated image is flagged
+similarity between images of two different training patients (or its `quantile`; taken over up to 2,000 training
+images, each against every other patient's), a generated image is flagged
 when it is closer to a training image than m + margin * (1 - m), i.e. clearly closer than any two patients are
 (margin 0.5: half way from m to identical). Independent samples rarely beat m by much; copies sit near 1.
 """
@@ -11,18 +12,21 @@ when it is closer to a training image than m + margin * (1 - m), i.e. clearly cl
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+from tqdm import tqdm
 
 from .imagesets import ImageSet
 
 SIZE = 64
 CROPS = tuple(round(1.0 - 0.01 * k, 2) for k in range(1, 26))  # center crops down to 75%, in 1% steps
 WORK = 128  # training images are held at this size while their variants are made
+CALIBRATION = 2000  # training images whose nearest other patient sets the thresholds
 
 
 def detail_vector(small: np.ndarray) -> np.ndarray:
@@ -48,8 +52,8 @@ def _resize(gray: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
     )
 
 
-def _load_all(images: ImageSet) -> list[np.ndarray]:
-    return [_resize(images.load(i), WORK) for i in range(len(images))]
+def _load_held(images: ImageSet, indices: range | np.ndarray, pool: ThreadPoolExecutor) -> list[np.ndarray]:
+    return list(pool.map(lambda i: _resize(images.load(int(i)), WORK), indices))
 
 
 def variant_vectors(held: list[np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
@@ -87,11 +91,14 @@ class Memorization:
     pixel_variant: np.ndarray  # which variant of the training image matched
     feature_nn: np.ndarray | None
     feature_index: np.ndarray | None
+    train_images: int  # how many training images every generated image was compared with
 
     def summary(self, generated: ImageSet, train: ImageSet, top: int = 12) -> dict[str, Any]:
-        order = np.argsort(-self.pixel_nn)[:top]
+        flagged = set(self.flagged)  # shown first, whichever measure flagged them; then the closest by detail
+        order = sorted(range(len(self.pixel_nn)), key=lambda i: (i not in flagged, -self.pixel_nn[i]))[:top]
         return {
             "flagged": len(self.flagged),
+            "train_images": self.train_images,
             "flagged_fraction": len(self.flagged) / max(len(generated), 1),
             "pixel_threshold": self.pixel_threshold,
             "feature_threshold": self.feature_threshold,
@@ -109,7 +116,7 @@ class Memorization:
                     "pixel_correlation": float(self.pixel_nn[i]),
                     "variant": str(self.pixel_variant[i]),
                     "feature_cosine": float(self.feature_nn[i]) if self.feature_nn is not None else None,
-                    "flagged": bool(i in self.flagged),
+                    "flagged": i in flagged,
                 }
                 for i in order
             ],  # fmt: skip
@@ -125,36 +132,78 @@ def _threshold(nearest: np.ndarray, quantile: float, margin: float) -> float:
 
 
 def check(generated: ImageSet, train: ImageSet, gen_features: np.ndarray | None = None,
-          train_features: np.ndarray | None = None, quantile: float = 1.0, margin: float = 0.5) -> Memorization:  # fmt: skip
-    train_held = _load_all(train)
-    gen_vectors = np.asarray(
-        [detail_vector(_resize(g, SIZE)) for g in _load_all(generated)], dtype=np.float32
-    )
-    train_plain = np.asarray([detail_vector(_resize(g, SIZE)) for g in train_held], dtype=np.float32)
+          train_features: np.ndarray | None = None, quantile: float = 1.0, margin: float = 0.5,
+          calibration: int = CALIBRATION, block: int = 1024, seed: int = 0, workers: int = 4) -> Memorization:  # fmt: skip
+    """Compare every generated image with every training image, a block of training images at a time (memory
+    stays flat however large the training set). Thresholds come from `calibration` training images (all of them
+    when fewer) against every training image of another patient."""
+    rng = np.random.default_rng(seed)
+    n = len(train)
+    cal = np.arange(n) if n <= calibration else np.sort(rng.choice(n, calibration, replace=False))
     patients = _patients(train)
-    best = np.full((len(generated), len(train)), -np.inf, dtype=np.float32)
-    best_variant = np.zeros((len(generated), len(train)), dtype=np.int16)
-    self_best = np.full((len(train), len(train)), -np.inf, dtype=np.float32)
-    names = []
-    for k, (name, vectors) in enumerate(variant_vectors(train_held)):
-        names.append(name)
-        sims = gen_vectors @ vectors.T
-        better = sims > best
-        best[better], best_variant[better] = sims[better], k
-        np.maximum(self_best, train_plain @ vectors.T, out=self_best)
-    self_best[patients[:, None] == patients[None, :]] = -np.inf
-    pixel_threshold = _threshold(self_best.max(axis=1), quantile, margin)
-    pixel_index, pixel_nn = best.argmax(axis=1), best.max(axis=1)
-    flagged = set(np.nonzero(pixel_nn > pixel_threshold)[0].tolist())
+    with ThreadPoolExecutor(workers) as pool:
+        gen_vectors = _plain_vectors(_load_held(generated, range(len(generated)), pool))
+        cal_vectors = _plain_vectors(_load_held(train, cal, pool))
+        pixel = _Nearest(len(generated))
+        cal_best = np.full(len(cal), -np.inf, dtype=np.float32)
+        names = []
+        bar = tqdm(total=n, desc="memorization (training images)", unit="img", dynamic_ncols=True)
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            other = patients[cal][:, None] != patients[None, lo:hi]  # pairs of two different patients
+            for k, (name, vectors) in enumerate(variant_vectors(_load_held(train, range(lo, hi), pool))):
+                if lo == 0:
+                    names.append(name)
+                pixel.update(gen_vectors @ vectors.T, lo, k)
+                np.maximum(
+                    cal_best, np.where(other, cal_vectors @ vectors.T, -np.inf).max(axis=1), out=cal_best
+                )
+            bar.update(hi - lo)
+        bar.close()
+    pixel_threshold = _threshold(cal_best, quantile, margin)
+    flagged = set(np.nonzero(pixel.value > pixel_threshold)[0].tolist())
     feature_nn = feature_index = feature_threshold = None
     if gen_features is not None and train_features is not None:
         t, g = _unit(train_features), _unit(gen_features)
-        train_self = t @ t.T
-        train_self[patients[:, None] == patients[None, :]] = -np.inf
-        feature_threshold = _threshold(train_self.max(axis=1), quantile, margin)
-        feature_sims = g @ t.T
-        feature_index, feature_nn = feature_sims.argmax(axis=1), feature_sims.max(axis=1)
+        feature = _Nearest(len(generated))
+        cal_feature = np.full(len(cal), -np.inf, dtype=np.float32)
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            feature.update(g @ t[lo:hi].T, lo)
+            other = patients[cal][:, None] != patients[None, lo:hi]
+            np.maximum(
+                cal_feature, np.where(other, t[cal] @ t[lo:hi].T, -np.inf).max(axis=1), out=cal_feature
+            )
+        feature_threshold = _threshold(cal_feature, quantile, margin)
+        feature_nn, feature_index = feature.value, feature.index
         flagged |= set(np.nonzero(feature_nn > feature_threshold)[0].tolist())
-    variants = np.asarray([names[best_variant[i, j]] for i, j in enumerate(pixel_index)])
-    return Memorization(sorted(flagged), pixel_threshold, feature_threshold, pixel_nn, pixel_index, variants,
-                        feature_nn, feature_index)  # fmt: skip
+    variants = np.asarray([names[k] for k in pixel.variant])
+    return Memorization(sorted(flagged), pixel_threshold, feature_threshold, pixel.value, pixel.index, variants,
+                        feature_nn, feature_index, n)  # fmt: skip
+
+
+def _plain_vectors(held: list[np.ndarray]) -> np.ndarray:
+    return np.asarray([detail_vector(_resize(g, SIZE)) for g in held], dtype=np.float32).reshape(
+        len(held), -1
+    )
+
+
+class _Nearest:
+    """The running best match of each generated image over blocks of training images."""
+
+    def __init__(self, rows: int):
+        self.value = np.full(rows, -np.inf, dtype=np.float32)
+        self.index = np.zeros(rows, dtype=np.int64)
+        self.variant = np.zeros(rows, dtype=np.int16)
+
+    def update(self, sims: np.ndarray, offset: int, variant: int = 0) -> None:
+        if sims.shape[1] == 0:
+            return
+        j = sims.argmax(axis=1)
+        top = sims[np.arange(len(j)), j]
+        better = top > self.value
+        self.value[better], self.index[better], self.variant[better] = (
+            top[better],
+            offset + j[better],
+            variant,
+        )
