@@ -89,7 +89,7 @@ def test_lora_loads_in_plain_diffusers_and_changes_images(lora_run, tiny_model):
 
 
 def test_resume_after_interruption_equals_uninterrupted(
-    lora_run, tiny_dataset, tiny_model, tmp_path, monkeypatch
+    lora_run, tiny_dataset, tiny_model, tmp_path, monkeypatch, capsys
 ):
     real = trainer_module.Trainer._periodic
 
@@ -103,6 +103,11 @@ def test_resume_after_interruption_equals_uninterrupted(
     assert (tmp_path / "checkpoints" / "step-0000004").is_dir() and not (tmp_path / "lora").exists()
     monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
     assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6") == 2  # refuses to overwrite a run
+    assert (
+        train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6", "--resume", "latest", "--seed", "7")
+        == 2
+    )
+    assert "cannot continue exactly with --seed 7 (was 0)" in capsys.readouterr().err
     assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6", "--resume", "latest") == 0
     assert same(weights(tmp_path / LORA), weights(lora_run / LORA))
 
@@ -230,6 +235,23 @@ def test_class_images_are_made_once(tiny_dataset, tiny_model, tmp_path, caplog):
             == 0
         )
     assert caplog.text.count("generating 2 class images of 'a cat'") == 1
+
+
+def test_fewer_class_images_than_a_run_before(tmp_path):
+    from cxrgen.fileio import write_jsonl
+    from cxrgen.train.config import PriorConfig
+    from cxrgen.train.prior import ensure_class_images
+
+    split = tmp_path / "train"
+    split.mkdir()
+    for name in ("class-00000.png", "class-00001.png"):
+        (split / name).write_bytes(b"png")
+    write_jsonl(
+        split / "metadata.jsonl", [{"file_name": f"class-0000{i}.png", "text": "a cat"} for i in range(2)]
+    )
+    config = PriorConfig(enabled=True, class_prompt="a cat", num_images=1)
+    ensure_class_images(config, None, tmp_path, 64, 0)  # nothing to generate, so no model needed
+    assert (split / "metadata.jsonl").read_text().count("class-") == 1
 
 
 def test_two_processes_under_accelerate_launch(tiny_dataset, tiny_model, tmp_path):
@@ -406,7 +428,7 @@ def test_model_and_lora_identities_follow_content(tmp_path, monkeypatch):
 
     import huggingface_hub.constants
 
-    from cxrgen.models import model_identity
+    from cxrgen.models import ModelConfig, model_identity
     from cxrgen.train.adapters import lora_digest
 
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -424,8 +446,27 @@ def test_model_and_lora_identities_follow_content(tmp_path, monkeypatch):
     assert lora_digest("org/lora") == hashlib.sha256(b"weights of org--lora").hexdigest()[:16]
     assert lora_digest("org/absent") == "org/absent@uncached"
 
+    assert (
+        ModelConfig(base="org/model", prediction_type="v_prediction").identity()
+        == f"org/model@{commit}+v_prediction"
+    )
+
     local = tmp_path / "mine.safetensors"
     local.write_bytes(b"first")
     first = lora_digest(str(local))
     local.write_bytes(b"retrained")
     assert lora_digest(str(local)) != first == hashlib.sha256(b"first").hexdigest()[:16]
+
+
+def test_latent_cache_key_follows_the_images(tiny_dataset, tmp_path):
+    """Re-preparing with other image settings rewrites the PNGs, not metadata.jsonl; cached latents must go."""
+    import shutil
+
+    from cxrgen.train.data import PreparedSplit
+
+    data = shutil.copytree(tiny_dataset, tmp_path / "data")
+    split = PreparedSplit.load(data, "train")
+    before = split.files_digest()
+    image = split.folder / split.files[0]
+    image.write_bytes(image.read_bytes() + b"\0")  # another conversion of the same image
+    assert PreparedSplit.load(data, "train").digest == split.digest and split.files_digest() != before

@@ -38,6 +38,11 @@ class ModelConfig:
         None, "override the scheduler's prediction type (default: read from the model's scheduler config)"
     )
 
+    def identity(self) -> str:
+        """The base model's identity (see model_identity) with the overrides that change what it computes."""
+        overrides = "".join(f"+{v}" for v in (self.variant, self.prediction_type) if v)
+        return model_identity(self.base, self.revision) + overrides
+
 
 @dataclass
 class Components:

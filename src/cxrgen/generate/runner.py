@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..config import ConfigError, to_dict
 from ..distributed import cpu_processes
 from ..fileio import read_jsonl_lines, remove_stale_temps, write_json, write_jsonl
-from ..models import ModelConfig, ModelError, load_components, model_identity, set_offline_if_local
+from ..models import ModelConfig, ModelError, load_components, set_offline_if_local
 from ..prompts import PromptBuilder, PromptConfig
 from ..provenance import provenance
 from ..sampling import make_pipeline, sample_images, to_uint
@@ -227,7 +227,7 @@ class Generator:
             for path, weight in self.source.adapters
         ]
         return {
-            "model": model_identity(self.source.base.base, self.source.base.revision),
+            "model": self.source.base.identity(),
             "adapters": adapters,
         }
 

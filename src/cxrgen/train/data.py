@@ -58,6 +58,15 @@ class PreparedSplit:
             hashlib.sha256(raw).hexdigest(),
         )
 
+    def files_digest(self) -> str:
+        """The images' sizes and modification times: re-preparing into the same folder with other image settings
+        rewrites the PNGs but not metadata.jsonl, and cached latents must not outlive them."""
+        h = hashlib.sha256()
+        for name in self.files:
+            st = (self.folder / name).stat()
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:24]
+
     def image(self, index: int, resolution: int) -> torch.Tensor:
         """(3, resolution, resolution) in [-1, 1]: grayscale radiographs become three equal channels. No flips:
         a mirrored chest puts the heart on the wrong side."""

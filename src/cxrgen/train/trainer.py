@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, to_dict
 from ..distributed import cpu_processes
-from ..models import load_components, model_identity, set_offline_if_local
+from ..models import load_components, set_offline_if_local
 from ..sampling import make_pipeline, sample_images
 from ..text_encoding import chunk_token_ids, encode_prompts, encode_windows, token_windows
 from . import checkpoint as ckpt
@@ -73,7 +73,7 @@ class Trainer:
         self.val = self._optional_split(c.val_split)
         set_offline_if_local(c.model.base)
         self.m = load_components(c.model)
-        self.identity = model_identity(c.model.base, c.model.revision)
+        self.identity = c.model.identity()
         if self.resolution % (self.m.vae_scale * 4):
             raise ConfigError(
                 f"resolution {self.resolution} must be a multiple of {self.m.vae_scale * 4} for this model"
@@ -141,7 +141,17 @@ class Trainer:
             self.m.text_encoder.to(self.device)
             ensure_class_images(c.prior, self.m, folder, self.resolution, c.seed)
         self.accelerator.wait_for_everyone()
+        self._require_shared(folder / "train" / "metadata.jsonl")
         return PreparedSplit.load(folder, "train")
+
+    def _require_shared(self, path: Path) -> None:
+        """Caches and class images are made by the main process and read by all: on machines that do not share
+        the cache folder, the others cannot see them."""
+        if not path.exists():
+            raise ConfigError(
+                f"process {self.rank} cannot see {path}, which the main process wrote: with several machines, "
+                "put --cache-dir (and --prior.folder) on a filesystem they all share"
+            )
 
     def _choose_trainable(self) -> None:
         c, m = self.c, self.m
@@ -191,7 +201,7 @@ class Trainer:
     # -- caches ------------------------------------------------------------------------------------------------
     def _latent_cache(self, split: PreparedSplit) -> np.ndarray:
         c, m = self.c, self.m
-        key = cache_key("latents", split.digest, self.resolution, self.identity, "vae")
+        key = cache_key("latents", split.digest, split.files_digest(), self.resolution, self.identity, "vae")
         cache = ArrayCache(cache_root(c.cache_dir) / "latents", key)
         if not cache.complete:
             h = self.resolution // m.vae_scale
@@ -207,6 +217,7 @@ class Trainer:
             if self.is_main:
                 cache.create(len(split), (2 * m.vae.config.latent_channels, h, h))
             self.accelerator.wait_for_everyone()
+            self._require_shared(cache.path)
             cache.fill(encode, mine, 8, desc=f"latents {split.folder.name}")
             self.accelerator.wait_for_everyone()
             if self.is_main:
@@ -229,18 +240,20 @@ class Trainer:
             c.long_prompts,
         ]
         cache = ArrayCache(cache_root(c.cache_dir) / "text", cache_key("text", prompts, identity))
-        if not cache.complete:
+        if self.is_main and not cache.complete:
 
             @torch.no_grad()
             def encode(indices: list[int]) -> torch.Tensor:
                 return encode_windows(m.text_encoder, windows[indices])
 
             dim = m.text_encoder.config.hidden_size
-            if self.is_main:
-                cache.create(len(prompts), (windows.shape[1] * windows.shape[2], dim))
-                cache.fill(encode, list(range(len(prompts))), 32, desc="text embeddings")
-                cache.mark_complete({"prompts": len(prompts), "model": self.identity})
-            self.accelerator.wait_for_everyone()
+            cache.create(len(prompts), (windows.shape[1] * windows.shape[2], dim))
+            cache.fill(encode, list(range(len(prompts))), 32, desc="text embeddings")
+            cache.mark_complete({"prompts": len(prompts), "model": self.identity})
+        # every process waits here once, whatever it found: a barrier inside the `if` would be skipped by a
+        # process that looks after the main one has finished, and the others would wait for it forever
+        self.accelerator.wait_for_everyone()
+        self._require_shared(cache.path)
         window = int(m.tokenizer.model_max_length)
         return {
             "rows": {p: i for i, p in enumerate(prompts)},
@@ -412,7 +425,10 @@ class Trainer:
                         )
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
+                # the mean over processes: one process's NaN stops them all (else the others wait for it forever)
+                losses.append(
+                    (self.accelerator.reduce(loss.detach(), "mean") if self.world > 1 else loss).item()
+                )
                 if not math.isfinite(losses[-1]):
                     # weights in memory took this step, but nothing is saved: the last checkpoint stays good
                     raise TrainingDiverged(self._diverged_message(losses[-1]))
@@ -441,7 +457,12 @@ class Trainer:
             self.save_checkpoint()
 
     def _log_step(self, loss: float, extra: dict[str, float], grad_norm: Any, rate: float | None) -> None:
-        mfu = rate * self.flops_per_image / self.peak if rate and self.peak and self.flops_per_image else None
+        # the rate counts the images of every process, the peak is one device's
+        mfu = (
+            rate * self.flops_per_image / (self.peak * self.world)
+            if rate and self.peak and self.flops_per_image
+            else None
+        )
         self.log.scalars(self.step, {
             "loss/train": loss, **extra, "lr": self.lr_scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
@@ -533,7 +554,22 @@ class Trainer:
             "data_digest": self.data.digest, "method": self.c.method, "model": self.identity, "seed": self.c.seed,
             "max_steps": self.c.max_steps, "loss_history": self.history[-1000:], "val_loss": self.val_loss,
             "ema_step": self.ema.optimization_step if self.ema is not None else None,
+            "grad_scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
+            "order": self._order_settings(),
         }  # fmt: skip
+
+    def _order_settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the saved one to continue it exactly, by flag name."""
+        c = self.c
+        settings = {
+            "--seed": c.seed,
+            "--batch-size": c.batch_size,
+            "--grad-accum": c.grad_accum,
+            "processes": self.world,
+        }
+        if c.method == "lora":
+            settings |= {"--lora.alpha": c.lora.alpha or c.lora.rank}
+        return settings
 
     def save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -558,6 +594,12 @@ class Trainer:
             raise ConfigError(
                 f"{path} was made with other data or another method; resume it with the same --data and --method"
             )
+        changed = [f"{k} {v} (was {state['order'][k]})" for k, v in self._order_settings().items()
+                   if k in state.get("order", {}) and state["order"][k] != v]  # fmt: skip
+        if changed:
+            raise ConfigError(
+                f"{path} cannot continue exactly with {', '.join(changed)}; resume with the saved settings"
+            )
         params = {}
         for prefix, model in (("unet", self.unet), ("text_encoder", self.text_encoder)):
             params.update(
@@ -568,6 +610,7 @@ class Trainer:
                 }
             )
         missing = set(params) ^ set(saved["trainable"])
+        missing |= {n for n in set(params) - missing if params[n].shape != saved["trainable"][n].shape}
         if missing:
             raise ConfigError(
                 f"{path} does not match this run's trainable weights (e.g. {sorted(missing)[0]}); use the run's own settings"
@@ -577,6 +620,10 @@ class Trainer:
                 p.copy_(saved["trainable"][name].to(p.device, p.dtype))
         self.optimizer.load_state_dict(saved["optimizer"])
         self.lr_scheduler.load_state_dict(saved["scheduler"])
+        if self.accelerator.scaler is not None and state.get(
+            "grad_scaler"
+        ):  # fp16: the loss scale it reached
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         if self.ema is not None and saved["ema"] is not None:
             for i, shadow in enumerate(self.ema.shadow_params):
                 shadow.copy_(saved["ema"][str(i)].to(shadow.device))
