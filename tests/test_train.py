@@ -108,8 +108,15 @@ def test_resume_after_interruption_equals_uninterrupted(
         == 2
     )
     assert "cannot continue exactly with --seed 7 (was 0)" in capsys.readouterr().err
+
+    def train_steps():
+        rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in rows if "loss/train" in r]
+
+    assert train_steps() == [1, 2, 3, 4, 5]  # step 5 came after the last checkpoint (step 4)
     assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6", "--resume", "latest") == 0
     assert same(weights(tmp_path / LORA), weights(lora_run / LORA))
+    assert train_steps() == [1, 2, 3, 4, 5, 6]  # the resumed run's step 5 replaces the interrupted one's
 
 
 def test_kill_9_leaves_a_resumable_run(tiny_dataset, tiny_model, tmp_path):

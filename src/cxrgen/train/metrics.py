@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fileio import read_jsonl_lines, write_jsonl
+
 # Dense bf16/fp16 matrix throughput people actually reach on each card (TFLOP/s); MFU is relative to this.
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "4090": 165.0,
                "3090": 71.0, "3080": 59.0, "3070": 43.0, "A6000": 155.0, "V100": 125.0, "T4": 65.0}  # fmt: skip
@@ -42,7 +44,9 @@ def measure_flops(step: Callable[[], torch.Tensor]) -> float:
 class RunLog:
     """Scalars to TensorBoard and to metrics.jsonl (which the report reads); images to TensorBoard."""
 
-    def __init__(self, folder: Path, enabled: bool):
+    def __init__(self, folder: Path, enabled: bool, resumed_step: int | None = None):
+        """`resumed_step`: a resumed run drops what the interrupted one logged after its checkpoint, as the steps
+        are logged again."""
         self.enabled = enabled
         self.writer = None
         self.jsonl = None
@@ -50,8 +54,11 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             folder.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(str(folder / "logs"))
-            self.jsonl = open(folder / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self.writer = SummaryWriter(str(folder / "logs"), purge_step=resumed_step)
+            path = folder / "metrics.jsonl"
+            if resumed_step is not None and path.is_file():
+                write_jsonl(path, [r for r in read_jsonl_lines(path) if r.get("step", 0) <= resumed_step])
+            self.jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def scalars(self, step: int, values: dict[str, float | None]) -> None:
         if not self.enabled:

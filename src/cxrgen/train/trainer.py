@@ -107,7 +107,7 @@ class Trainer:
         if c.compile:
             self.unet_forward = torch.compile(self.unet)
         self.peak = peak_flops(self.device, c.peak_tflops)
-        self.log = RunLog(self.out, self.is_main)
+        self.log = RunLog(self.out, self.is_main, self.step if c.resume else None)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             import yaml
