@@ -477,3 +477,19 @@ def test_latent_cache_key_follows_the_images(tiny_dataset, tmp_path):
     image = split.folder / split.files[0]
     image.write_bytes(image.read_bytes() + b"\0")  # another conversion of the same image
     assert PreparedSplit.load(data, "train").digest == split.digest and split.files_digest() != before
+
+
+def test_runs_sharing_a_cache_key_fill_their_own_files(tmp_path):
+    """Two runs of a sweep that start together both fill the same cache: neither truncates the other's rows."""
+    from cxrgen.train.cache import ArrayCache
+
+    a, b = ArrayCache(tmp_path, "key", "run-a"), ArrayCache(tmp_path, "key", "run-b")
+    a.create(4, (2,))
+    a.fill(lambda rows: torch.ones(len(rows), 2), [0, 1], 2)
+    b.create(4, (2,))  # starts while a is half way
+    a.fill(lambda rows: torch.ones(len(rows), 2), [2, 3], 2)
+    a.mark_complete({})
+    assert b.complete and (b.open() == 1).all()  # b now reads a's complete cache
+    b.fill(lambda rows: torch.full((len(rows), 2), 2.0), [0, 1, 2, 3], 2)
+    b.mark_complete({})
+    assert (a.open() == 2).all() and not list(tmp_path.glob(".key.*"))

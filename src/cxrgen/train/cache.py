@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..fileio import write_json
+
 
 def cache_root(configured: str | None) -> Path:
     return Path(configured or os.environ.get("CXRGEN_CACHE", Path.home() / ".cache" / "cxrgen")).expanduser()
@@ -28,11 +30,15 @@ def cache_key(*parts: object) -> str:
 
 
 class ArrayCache:
-    """A (rows, ...) float16 array in `<folder>/<key>.npy`, filled batch by batch, complete once marked."""
+    """A (rows, ...) float16 array in `<folder>/<key>.npy`, filled batch by batch, complete once marked.
 
-    def __init__(self, folder: Path, key: str):
+    A run fills its own copy, named by `writer` (one per run, shared by its processes), and moves it into place when
+    complete: two runs that need the same cache at once (a sweep) never write into one file."""
+
+    def __init__(self, folder: Path, key: str, writer: str = "run"):
         self.path = folder / f"{key}.npy"
         self.marker = folder / f"{key}.json"
+        self.filling = folder / f".{key}.{writer}.npy"
 
     @property
     def complete(self) -> bool:
@@ -43,7 +49,7 @@ class ArrayCache:
 
     def create(self, rows: int, shape: tuple[int, ...]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float16, shape=(rows, *shape)).flush()
+        np.lib.format.open_memmap(self.filling, mode="w+", dtype=np.float16, shape=(rows, *shape)).flush()
 
     def fill(
         self,
@@ -54,14 +60,15 @@ class ArrayCache:
     ) -> None:
         """Compute the rows `indices` with `compute(batch_indices) -> tensor` and store them. Several processes
         may fill disjoint rows of one file."""
-        out = np.lib.format.open_memmap(self.path, mode="r+")
+        out = np.lib.format.open_memmap(self.filling, mode="r+")
         for start in tqdm(range(0, len(indices), batch), desc=desc, unit="batch", dynamic_ncols=True):
             chunk = indices[start : start + batch]
             out[chunk] = compute(chunk).detach().to("cpu", torch.float32).numpy().astype(np.float16)
         out.flush()
 
     def mark_complete(self, info: dict) -> None:
-        self.marker.write_text(json.dumps(info, indent=2))
+        os.replace(self.filling, self.path)
+        write_json(self.marker, info)
 
 
 def sample_latents(params: torch.Tensor, generator: torch.Generator, scale: float) -> torch.Tensor:

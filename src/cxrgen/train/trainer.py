@@ -58,6 +58,7 @@ class Trainer:
         )
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
+        self.cache_writer = cache_key(self.out.resolve())[:12]  # this run's name for the cache files it fills
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
             c.mixed_precision, torch.float32
@@ -202,7 +203,7 @@ class Trainer:
     def _latent_cache(self, split: PreparedSplit) -> np.ndarray:
         c, m = self.c, self.m
         key = cache_key("latents", split.digest, split.files_digest(), self.resolution, self.identity, "vae")
-        cache = ArrayCache(cache_root(c.cache_dir) / "latents", key)
+        cache = ArrayCache(cache_root(c.cache_dir) / "latents", key, self.cache_writer)
         if not cache.complete:
             h = self.resolution // m.vae_scale
             mine = list(range(self.rank, len(split), self.world))
@@ -217,7 +218,7 @@ class Trainer:
             if self.is_main:
                 cache.create(len(split), (2 * m.vae.config.latent_channels, h, h))
             self.accelerator.wait_for_everyone()
-            self._require_shared(cache.path)
+            self._require_shared(cache.filling)
             cache.fill(encode, mine, 8, desc=f"latents {split.folder.name}")
             self.accelerator.wait_for_everyone()
             if self.is_main:
@@ -239,7 +240,9 @@ class Trainer:
             c.lora.stack_mode,
             c.long_prompts,
         ]
-        cache = ArrayCache(cache_root(c.cache_dir) / "text", cache_key("text", prompts, identity))
+        cache = ArrayCache(
+            cache_root(c.cache_dir) / "text", cache_key("text", prompts, identity), self.cache_writer
+        )
         if self.is_main and not cache.complete:
 
             @torch.no_grad()
