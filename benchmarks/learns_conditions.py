@@ -54,7 +54,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1200, help="phantom release size")
     parser.add_argument("--vae-steps", type=int, default=400, help="VAE fitting steps")
     parser.add_argument("--steps", type=int, default=2000, help="training steps")
-    parser.add_argument("--per-prompt", type=int, default=160, help="generated images per prompt (at 40 a rate's standard error is 3.5 points)")
+    parser.add_argument(
+        "--per-prompt",
+        type=int,
+        default=160,
+        help="generated images per prompt (at 40 a rate's standard error is 3.5 points)",
+    )
     parser.add_argument("--guidance", default="7")
     parser.add_argument("--arch", default="small", choices=["tiny", "small"])
     args = parser.parse_args()
