@@ -18,9 +18,8 @@ from ..train.cache import cache_root
 from .extractors import Extractor
 from .imagesets import ImageSet
 
-FEATURES_VERSION = (
-    2  # raise when reading or preprocessing changes what an extractor sees: old caches then miss
-)
+# raise when reading or preprocessing changes what an extractor sees: old caches then miss
+FEATURES_VERSION = 2
 
 
 def extract(images: ImageSet, extractor: Extractor, cache_dir: str | None, batch: int = 32,

@@ -623,10 +623,9 @@ class Trainer:
                 p.copy_(saved["trainable"][name].to(p.device, p.dtype))
         self.optimizer.load_state_dict(saved["optimizer"])
         self.lr_scheduler.load_state_dict(saved["scheduler"])
-        if self.accelerator.scaler is not None and state.get(
-            "grad_scaler"
-        ):  # fp16: the loss scale it reached
-            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
+        scaler = self.accelerator.scaler  # fp16 only: continue at the loss scale the run had reached
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
         if self.ema is not None and saved["ema"] is not None:
             for i, shadow in enumerate(self.ema.shadow_params):
                 shadow.copy_(saved["ema"][str(i)].to(shadow.device))
