@@ -342,3 +342,16 @@ def test_a_real_set_of_one_image(tmp_path, capsys):
     assert main(["evaluate", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"), "--out",
                  str(tmp_path / "o"), "--extractors", "torchvision:resnet18", "--weights", "torchvision:resnet18=random"]) == 1  # fmt: skip
     assert "real: FID and KID need at least 2 images" in capsys.readouterr().err
+
+
+def test_thinning_the_training_set_warns(tmp_path, caplog):
+    for name, seed in (("real", 1), ("gen", 9), ("train", 20)):
+        folder(tmp_path / name, phantoms(3 if name != "train" else 4, seed))
+    args = ["evaluate", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"), "--train",
+            str(tmp_path / "train"), "--out", str(tmp_path / "o"), "--extractors", "torchvision:resnet18", "--weights",
+            "torchvision:resnet18=random", "--bootstrap", "0", "--kid-subset-size", "2", "--no-report"]  # fmt: skip
+    assert main([*args, "--max-images", "2"]) == 0  # thins real and generated only
+    assert "training images" not in caplog.text
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["memorization"]["train_images"] == 4
+    assert main([*args, "--max-train-images", "2"]) == 0
+    assert "compared with 2 of the 4 training images" in caplog.text

@@ -121,12 +121,13 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
     real = _subsample(open_set(c.real, c.real_split, "real"), c.max_images, c.seed)
     generated = _subsample(open_set(c.generated, c.generated_split, "generated"), c.max_images, c.seed)
-    train = (
-        _subsample(open_set(c.train, c.train_split, "train"), c.max_train_images, c.seed) if c.train else None
-    )
-    if train is not None and c.max_train_images is not None:
-        log.warning("memorization: compared with %d training images chosen at random, not all; a copy of any "
-                    "other training image goes unseen", len(train))  # fmt: skip
+    train = None
+    if c.train:
+        every = open_set(c.train, c.train_split, "train")
+        train = _subsample(every, c.max_train_images, c.seed)
+        if len(train) < len(every):
+            log.warning("memorization: compared with %d of the %d training images, chosen at random; a copy of "
+                        "any other goes unseen", len(train), len(every))  # fmt: skip
     sets = {"real": real, "generated": generated, **({"train": train} if train else {})}
     for images in (real, generated):
         if len(images) < 2:  # a covariance needs two
