@@ -267,3 +267,27 @@ def test_cli_errors(tmp_path, capsys):
     assert "0 <= i < n" in capsys.readouterr().err
     assert main(["prepare", "--source", "padchest", "--csv", "x", "--out", str(tmp_path)]) == 2
     assert "--images is required" in capsys.readouterr().err
+
+
+def test_missing_images_are_tried_again_and_old_copies_go(quirk_release, tmp_path):
+    """An image not there yet (a zip not unpacked) is rejected for this run only; and after a change of image
+    settings, each image lives in one folder, the newest conversion."""
+    import shutil
+
+    root = shutil.copytree(quirk_release[0], tmp_path / "release")
+    release = (root, root / quirk_release[1].name)
+    pngs = sorted(root.rglob("*.png"))
+    pngs[0].rename(tmp_path / "held-back.png")
+    out = tmp_path / "out"
+    assert prepare(release, out) == 0
+    missing = [r for r in rejected(out) if r["reason"] == "image: file not found"]
+    before = len(metadata(out))
+    (tmp_path / "held-back.png").rename(pngs[0])
+    assert prepare(release, out) == 0
+    assert len(metadata(out)) == before + 1
+    assert len([r for r in rejected(out) if r["reason"] == "image: file not found"]) == len(missing) - 1
+    reject_all = ["--qc.min-contrast", "0.9"]
+    assert prepare(release, out, *reject_all) == 0  # every image moves to rejected/
+    assert prepare(release, out, "--image.size", "96", *reject_all) == 0  # converted again, rejected again
+    names = [p.name for p in out.glob("*/??/*.png")]
+    assert len(names) == len(set(names)) and all(Image.open(p).size[0] == 96 for p in out.glob("*/??/*.png"))

@@ -186,10 +186,18 @@ def test_folder_without_captions_reads_dicom_headers(tmp_path):
         ViewPosition="PA",
         PatientID="secret-id",
     )
+    write_dicom(
+        tmp_path / "x" / "IM000002", xray(bits=8).astype("uint16"), PatientSex="M"
+    )  # a PACS export name
+    write_dicom(
+        tmp_path / "x" / "1.2.840.99.3", xray(bits=8).astype("uint16"), PatientSex="M"
+    )  # named by its UID
+    (tmp_path / "x" / "README").write_text("not an image")
     r = read_source("folder", KEYER, images=tmp_path / "x")
-    (rec,) = r.records
+    rec = next(rec for rec in r.records if rec.image == "one.dcm")
     assert (rec.age, rec.sex, rec.view, rec.modality) == (47, "F", "PA", "DX")
     assert rec.patient_key == KEYER("folder", "secret-id")
+    assert sorted(rec.image for rec in r.records) == ["1.2.840.99.3", "IM000002", "one.dcm"]
 
 
 def test_record_metadata_roundtrip(padchest):

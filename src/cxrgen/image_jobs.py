@@ -38,7 +38,7 @@ class Job:
 class JobResult:
     id: str
     digest: str
-    status: str  # "ok" or "rejected"
+    status: str  # "ok", "rejected", or "failed" (rejected for now, tried again by a rerun)
     reason: str = ""
     stats: dict[str, Any] | None = None
 
@@ -59,9 +59,9 @@ def run_job(job: Job, config: ImageConfig | None = None) -> JobResult:
     try:
         converted = convert_file(job.source, config)
     except ImageRejected as exc:
-        return JobResult(job.id, digest, "rejected", exc.reason)
+        return JobResult(job.id, digest, "rejected" if exc.lasting else "failed", exc.reason)
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop a 160k-image run
-        return JobResult(job.id, digest, "rejected", f"image: unexpected {type(exc).__name__}: {exc}")
+        return JobResult(job.id, digest, "failed", f"image: unexpected {type(exc).__name__}: {exc}")
     write_png(job.target, converted.image)
     return JobResult(job.id, digest, "ok", stats=asdict(converted.stats))
 

@@ -201,10 +201,10 @@ def _convert_images(config, out, kept, split_of, shard_i, shard_n) -> dict[str, 
         raise ConfigError(f"images root {root} does not exist")
     digest = config.image.digest()
     done = load_journals(out, digest)
-    jobs, linked_out = [], {}
+    jobs, linked_out, retries = [], {}, 0
     for r in sorted(kept, key=lambda r: r.id)[shard_i::shard_n]:
         previous = done.get(r.id)
-        if previous is not None and (previous.status != "ok" or _find_png(out, r.id) is not None):
+        if previous is not None and (previous.status == "rejected" or _find_png(out, r.id) is not None):
             continue
         source = resolve_image(root, r.image)
         if source is None:
@@ -213,7 +213,9 @@ def _convert_images(config, out, kept, split_of, shard_i, shard_n) -> dict[str, 
             )
             continue
         jobs.append(Job(r.id, str(source), str(out / split_of[r.id] / image_file(r.id))))
-    log.info("images: %d to convert, %d already done", len(jobs), len(done))
+        retries += previous is not None and previous.status == "failed"
+    log.info("images: %d to convert, %d to try again (missing or undecodable last time), %d already done",
+             len(jobs) - retries, retries, len(done) - retries)  # fmt: skip
     remove_stale_temps(job.target for job in jobs)
     journal = out / JOURNAL_DIR / (f"shard-{shard_i}-of-{shard_n}.jsonl" if shard_n > 1 else "main.jsonl")
     workers = config.workers or os.cpu_count() or 1
@@ -235,14 +237,19 @@ def _find_png(out: Path, record_id: str) -> Path | None:
 
 
 def _place(out: Path, record_id: str, folder: str) -> None:
-    """Move a converted PNG to the folder the current settings give it (split or rejected)."""
-    target = out / folder / image_file(record_id)
-    if target.is_file():
+    """Move a converted PNG to the folder the current settings give it (split or rejected). An earlier run with
+    other image settings may have left a copy in another folder: the newest conversion is kept, the rest go."""
+    copies = [path for f in (*SPLITS, REJECTED_DIR) if (path := out / f / image_file(record_id)).is_file()]
+    if not copies:
         return
-    current = _find_png(out, record_id)
-    if current is not None:
+    newest = max(copies, key=lambda path: path.stat().st_mtime_ns)
+    for path in copies:
+        if path != newest:
+            path.unlink()
+    target = out / folder / image_file(record_id)
+    if newest != target:
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(current, target)
+        os.replace(newest, target)
 
 
 def _finish(

@@ -18,11 +18,13 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 class ImageRejected(Exception):
-    """The file cannot become a training image; `reason` says why."""
+    """The file cannot become a training image; `reason` says why. `lasting` is False where a rerun may succeed
+    (the file is not there yet, a decoder is not installed yet): such images are tried again."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, lasting: bool = True):
         super().__init__(reason)
         self.reason = reason
+        self.lasting = lasting
 
 
 @dataclass
@@ -68,7 +70,7 @@ def is_dicom(path: Path) -> bool:
 def decode(path: str | Path, max_pixels: int = 100_000_000, dicom_voi: bool = True) -> Decoded:
     path = Path(path)
     if not path.is_file():
-        raise ImageRejected("image: file not found")
+        raise ImageRejected("image: file not found", lasting=False)
     if path.stat().st_size == 0:
         raise ImageRejected("image: empty file (0 bytes)")
     if is_dicom(path):
@@ -165,7 +167,9 @@ def _decode_dicom(path: Path, max_pixels: int, dicom_voi: bool) -> Decoded:
             if syntax is not None and syntax.is_compressed
             else ""
         )
-        raise ImageRejected(f"image: DICOM pixel data cannot be decoded{hint}: {exc}") from exc
+        raise ImageRejected(
+            f"image: DICOM pixel data cannot be decoded{hint}: {exc}", lasting=not hint
+        ) from exc
     if arr.ndim != 2:
         raise ImageRejected(
             f"image: DICOM with {arr.ndim}-D pixel data (multi-frame or colour) is not supported"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..imaging.decode import is_dicom
 from ..records import (
     Finding,
     PatientKeyer,
@@ -95,15 +96,24 @@ def _text(value: Any) -> str | None:
 
 def _from_files(root: Path, keyer: PatientKeyer) -> ReadResult:
     result = ReadResult()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p))
     for row_no, path in enumerate(files, start=1):
         result.stats["rows"] += 1
         name = path.relative_to(root).as_posix()
         fields: dict[str, Any] = {}
-        if path.suffix.lower() in (".dcm", ".dicom"):
+        if is_dicom(path):
             fields = dicom_fields(path)
         result.records.append(_record(name, fields, row_no, keyer))
     return result
+
+
+def _is_image(path: Path) -> bool:
+    """By suffix, or for a file without one (PACS and CD exports: IM000001, a UID) by its DICOM header."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    return (
+        not path.name.startswith(".") and (path.suffix == "" or path.suffix[1:].isdigit()) and is_dicom(path)
+    )
 
 
 def dicom_fields(path: Path) -> dict[str, Any]:
