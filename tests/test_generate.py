@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from cxrgen.cli import main
+from cxrgen.generate import conditions as cond
 from cxrgen.generate import runner
 from cxrgen.models import make_random_lora
 
@@ -189,11 +190,14 @@ def test_like_dataset_keeps_and_reweights_the_distribution(run_dir, tiny_dataset
     def share(rs):
         return np.mean([any(f["label"] == "pacemaker" for f in x["findings"]) for x in rs])
 
-    assert share(rows(tmp_path / "re")) > max(0.8, share(made))
+    p = share(real)  # weight 50 makes a pacemaker row 50 times as likely to be drawn
+    expected = 50 * p / (50 * p + 1 - p)
+    assert share(rows(tmp_path / "re")) > max(0.5, 3 * share(made))  # 30 images: a loose check end to end
+    drawn = cond.like_dataset(tiny_dataset, "train", 4000, 0, {"pacemaker": 50.0})
+    assert abs(share([item.conditions.structured() for item in drawn]) - expected) < 0.05
 
 
 def test_reweight_counts_a_finding_once_whatever_its_locations(tmp_path):
-    from cxrgen.generate import conditions as cond
 
     (tmp_path / "train").mkdir()
     both_sides = [{"label": "pleural effusion", "locations": [side]} for side in ("left", "right")]

@@ -50,6 +50,17 @@ def test_patient_keys_are_keyed_hashes(padchest):
     assert PatientKeyer("other")("padchest", "p2") != records["flat_b2.png"].patient_key
 
 
+def test_image_ids_are_keyed_too():
+    """An unsalted hash of a source path could be looked up by anyone holding the release's tables."""
+    import hashlib
+
+    path = "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg"
+    one, other = KEYER.image_fields("chexpert", path), PatientKeyer("other").image_fields("chexpert", path)
+    assert one["id"] != other["id"] and len(one["id"]) == 20
+    assert hashlib.sha256(f"chexpert\0{path}".encode()).hexdigest()[:20] not in (one["id"], other["id"])
+    assert one["order_key"] == other["order_key"]  # what subsets rank by: the same whatever the salt
+
+
 def test_no_identifiers_or_dates_in_metadata(padchest):
     records, _ = padchest
     text = json.dumps([r.metadata() for r in records.values()])

@@ -66,7 +66,7 @@ def apply_filters(
             by_patient[r.patient_key or r.id].append(r)
         chosen = set()
         for group in by_patient.values():
-            group.sort(key=lambda r: seeded_rank(seed, r.id))
+            group.sort(key=lambda r: seeded_rank(seed, r.order_key or r.id))
             chosen.update(r.id for r in group[: config.per_patient])
         rejected += [
             Rejection(r.row, r.image, f"filter: more than {config.per_patient} per patient")
@@ -75,7 +75,9 @@ def apply_filters(
         ]
         kept = [r for r in kept if r.id in chosen]
     if config.subset and len(kept) > config.subset:
-        chosen = {r.id for r in sorted(kept, key=lambda r: seeded_rank(seed, r.id))[: config.subset]}
+        chosen = {
+            r.id for r in sorted(kept, key=lambda r: seeded_rank(seed, r.order_key or r.id))[: config.subset]
+        }
         rejected += [
             Rejection(r.row, r.image, f"filter: outside the random subset of {config.subset}")
             for r in kept

@@ -107,6 +107,9 @@ class Record(Conditions):
     official_split: str | None = None  # "train", "val" or "test" when the release defines one
     row: int | None = None
     split_key: str | None = None  # in memory only (never written): what the patient-level split is drawn from
+    order_key: str | None = (
+        None  # in memory only (never written): the image's unsalted id, for seeded choices
+    )
 
     def metadata(self) -> dict[str, Any]:
         """The structured fields a prepared dataset stores (no source path, no row: those stay local)."""
@@ -135,11 +138,6 @@ class Rejection:
     reason: str
 
 
-def record_id(source: str, image: str) -> str:
-    """A stable, opaque id: source paths can name patients (CheXpert, MIMIC), so they never become file names."""
-    return hashlib.sha256(f"{source}\0{image}".encode()).hexdigest()[:20]
-
-
 class PatientKeyer:
     """Maps a source's patient id to a non-reversible key (HMAC-SHA256 with a secret salt)."""
 
@@ -153,6 +151,18 @@ class PatientKeyer:
             return None
         message = f"{source}\0{str(patient_id).strip()}".encode()
         return hmac.new(self._salt, message, hashlib.sha256).hexdigest()[:16]
+
+    def image_fields(self, source: str, image: str) -> dict[str, str]:
+        """A record's image ids: the salted one it publishes (its file name), and an unsalted one kept in memory.
+        Source paths name patients (CheXpert's patient00003, MIMIC's p10000032) or are listed in the release's
+        tables next to birth and study dates, so an unsalted hash of one could be looked up by anyone holding the
+        release. Seeded choices (subsets, one image per patient) rank by the unsalted one, so they do not change
+        with the salt."""
+        message = f"image\0{source}\0{image}".encode()
+        return {
+            "id": hmac.new(self._salt, message, hashlib.sha256).hexdigest()[:20],
+            "order_key": hashlib.sha256(f"{source}\0{image}".encode()).hexdigest()[:20],
+        }
 
     def fields(self, source: str, patient_id: str | None) -> dict[str, str | None]:
         """A record's patient fields: the salted key it publishes, and the split key it keeps in memory. Splits

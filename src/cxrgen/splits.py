@@ -35,7 +35,12 @@ class SplitConfig:
 def assign_split(record: Record, config: SplitConfig, seed: int) -> str:
     if config.official and record.official_split in SPLITS:
         return record.official_split
-    u = seeded_rank(seed, "split\0" + (record.split_key or record.patient_key or record.id)) / 2**64
+    u = (
+        seeded_rank(
+            seed, "split\0" + (record.split_key or record.patient_key or record.order_key or record.id)
+        )
+        / 2**64
+    )
     if u < config.train:
         return "train"
     return "val" if u < config.train + config.val else "test"

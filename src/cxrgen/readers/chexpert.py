@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from ..records import Finding, PatientKeyer, Record, Rejection, normalize_sex, parse_age, record_id
+from ..records import Finding, PatientKeyer, Record, Rejection, normalize_sex, parse_age
 from .base import ReadResult
 from .tables import read_csv
 
@@ -76,7 +76,7 @@ def read_chexpert(
         projection = (ap_pa if ap_pa in ("AP", "PA") else "UNK") if frontal else "L"
         result.records.append(
             Record(
-                id=record_id(SOURCE, path),
+                **keyer.image_fields(SOURCE, path),
                 source=SOURCE,
                 image=path,
                 row=row_no,

@@ -22,7 +22,6 @@ from ..records import (
     normalize_sex,
     normalize_view,
     parse_age,
-    record_id,
 )
 from .base import ReadResult
 from .tables import TableError, read_table
@@ -72,7 +71,7 @@ def _record(name: str, row: dict[str, Any], row_no: int, keyer: PatientKeyer) ->
     caption = row.get("text") or row.get("caption")
     view = normalize_view(_text(row.get("view")))
     return Record(
-        id=record_id(SOURCE, name),
+        **keyer.image_fields(SOURCE, name),
         source=SOURCE,
         image=name,
         row=row_no,

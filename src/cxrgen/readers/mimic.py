@@ -14,7 +14,6 @@ from ..records import (
     normalize_projection,
     normalize_sex,
     normalize_view,
-    record_id,
 )
 from .base import ReadResult
 from .chexpert import UncertainPolicy, findings_from_label_columns
@@ -70,7 +69,7 @@ def read_mimic(
         view = normalize_view(row["ViewPosition"])
         result.records.append(
             Record(
-                id=record_id(SOURCE, image),
+                **keyer.image_fields(SOURCE, image),
                 source=SOURCE,
                 image=image,
                 row=row_no,

@@ -19,7 +19,6 @@ from ..records import (
     normalize_projection,
     normalize_sex,
     normalize_view,
-    record_id,
 )
 from .base import ReadResult
 from .listtext import ListTextError, ListValue, parse_list_text
@@ -54,7 +53,7 @@ def read_padchest(csv_path: str | Path, keyer: PatientKeyer) -> ReadResult:
         stats[f"layout {layout}"] += 1
         result.records.append(
             Record(
-                id=record_id(SOURCE, image),
+                **keyer.image_fields(SOURCE, image),
                 source=SOURCE,
                 image=image,
                 row=row_no,
