@@ -304,10 +304,12 @@ def test_long_prompt_images_do_not_depend_on_their_batch(run_dir, tmp_path):
         generate(tmp_path / "mixed", *common, "--prompt", "chest x-ray", long, "chest x-ray, cardiomegaly")
         == 0
     )
-    assert generate(tmp_path / "alone", *common, "--prompt", "chest x-ray") == 0
-    mixed, alone = pixels(tmp_path / "mixed"), pixels(tmp_path / "alone")
+    # the same short prompts without the long one: a batch of the same size (a batch of another size may differ
+    # in the last bit on a CPU, whatever the prompts)
+    assert generate(tmp_path / "short", *common, "--prompt", "chest x-ray", "chest x-ray, cardiomegaly") == 0
+    mixed, short = pixels(tmp_path / "mixed"), pixels(tmp_path / "short")
     assert np.array_equal(
-        mixed["syn0000000"], alone["syn0000000"]
+        mixed["syn0000000"], short["syn0000000"]
     )  # batched with the third, not the long one
     # a negative prompt longer than the prompts pads them to its length instead of failing
     assert generate(tmp_path / "negative", *common, "--prompt", "chest x-ray", "--negative-prompt", long) == 0
