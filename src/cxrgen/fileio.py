@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -43,6 +44,17 @@ def remove_stale_temps(targets: Iterable[str | Path]) -> int:
                 os.unlink(entry.path)
                 removed += 1
     return removed
+
+
+def stat_digest(paths: Iterable[Path], root: Path | None = None) -> str:
+    """A cheap identity of files for cache keys: each one's name (relative to `root` when given), size and
+    modification time. A rewritten file changes it without its content being read."""
+    h = hashlib.sha256()
+    for path in paths:
+        st = path.stat()
+        name = path.relative_to(root).as_posix() if root is not None else str(path)
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
 
 
 def write_text(path: str | Path, text: str) -> Path:

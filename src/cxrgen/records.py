@@ -107,9 +107,8 @@ class Record(Conditions):
     official_split: str | None = None  # "train", "val" or "test" when the release defines one
     row: int | None = None
     split_key: str | None = None  # in memory only (never written): what the patient-level split is drawn from
-    order_key: str | None = (
-        None  # in memory only (never written): the image's unsalted id, for seeded choices
-    )
+    # in memory only (never written): the image's unsalted id, for seeded choices
+    order_key: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         """The structured fields a prepared dataset stores (no source path, no row: those stay local)."""

@@ -7,7 +7,6 @@ the low byte); each extractor then brings them to its own input form.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..fileio import stat_digest
 from ..imaging import ImageRejected, decode
 from ..imaging import transforms as T
 from ..imaging.decode import bits_range
@@ -40,11 +40,7 @@ class ImageSet:
     @property
     def digest(self) -> str:
         """Identity for feature caches: paths, sizes and modification times."""
-        h = hashlib.sha256()
-        for f in self.files:
-            st = f.stat()
-            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()[:24]
+        return stat_digest(self.files)
 
     def prompts(self) -> list[str | None]:
         return [r.get("text") for r in self.rows] if self.rows else [None] * len(self.files)

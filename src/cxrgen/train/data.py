@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..fileio import stat_digest
+
 
 class DataError(ValueError):
     """The prepared dataset is missing, empty or lacks a field; the message says what to do."""
@@ -61,11 +63,7 @@ class PreparedSplit:
     def files_digest(self) -> str:
         """The images' sizes and modification times: re-preparing into the same folder with other image settings
         rewrites the PNGs but not metadata.jsonl, and cached latents must not outlive them."""
-        h = hashlib.sha256()
-        for name in self.files:
-            st = (self.folder / name).stat()
-            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()[:24]
+        return stat_digest((self.folder / name for name in self.files), root=self.folder)
 
     def image(self, index: int, resolution: int) -> torch.Tensor:
         """(3, resolution, resolution) in [-1, 1]: grayscale radiographs become three equal channels. No flips:
