@@ -34,6 +34,8 @@ VARIANTS = {
     "cxrgen compiled-tuned": (TUNED, False, False),
     # the recipe whole: in channels-last, 1x1 convolutions are plain matrix products
     "cxrgen compiled-tuned-cl": (TUNED, True, True),
+    # weights folded in as constants: inductor may then pick the convolutions' weight layouts itself
+    "cxrgen compiled-frozen": ({**TUNED, "freezing": True}, False, False),
     "cxrgen compiled-vae-cl": ({}, False, True),
     "cxrgen compiled-cudagraphs": ({"triton.cudagraphs": True}, False, False),  # one launch per UNet call
     "cxrgen compiled-autotune": ({**TUNED, "max_autotune": True}, False, False),  # compiles for minutes
