@@ -54,6 +54,9 @@ def test_flags_mode_with_run(run_dir, tmp_path, caplog):
         and ds.PatientIdentityRemoved == "YES"
     )
     assert ds.PatientAge == "060Y" and np.array_equal(ds.pixel_array, np.asarray(im))
+    # Type 2 attributes present, empty where a real image would say who and when
+    assert ds.PatientBirthDate == "" and ds.StudyDate == "" and ds.AccessionNumber == ""
+    assert ds.InstanceNumber == r[0]["index"] + 1
     gen = json.loads((tmp_path / "generate.json").read_text())
     assert gen["synthetic"] and gen["images"] == 4 and gen["prompt_settings"]["level"] == "full"
 
@@ -124,6 +127,27 @@ def test_resume_redoes_images_whose_plan_changed(run_dir, tmp_path, capsys):
     assert "generated 0 image(s)" in capsys.readouterr().out
 
 
+def test_rerun_never_keeps_what_another_run_changed(run_dir, tmp_path, monkeypatch, capsys):
+    common = ["--run", str(run_dir), "--n", "2"]
+    assert generate(tmp_path / "a", *common, "--prompt", "chest x-ray, pleural effusion") == 0
+    fresh = pixels(tmp_path / "a")
+    # another run, interrupted after it replaced image 0 but before its journal line: the first run's journal row
+    # must no longer stand for that file
+    first, second = (tmp_path / "a" / "train" / runner.image_file(i) for i in (0, 1))
+    first.write_bytes(second.read_bytes())
+    # another run, interrupted at its first batch: the finished run's metadata must not outlive its images
+    monkeypatch.setattr(runner, "sample_images", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert generate(tmp_path / "a", *common, "--prompt", "chest x-ray, pneumothorax") == 130
+    assert not (tmp_path / "a" / "train" / "metadata.jsonl").exists()
+    assert not (tmp_path / "a" / "generate.json").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert generate(tmp_path / "a", *common, "--prompt", "chest x-ray, pleural effusion") == 0
+    assert "generated 2 image(s)" in capsys.readouterr().out
+    again = pixels(tmp_path / "a")
+    assert all(np.array_equal(fresh[k], again[k]) for k in fresh)
+
+
 def test_shards_add_up_whatever_each_launch_process_count(run_dir, tmp_path):
     from types import SimpleNamespace
 
@@ -143,35 +167,58 @@ def test_shards_add_up_whatever_each_launch_process_count(run_dir, tmp_path):
 
 
 def test_conditions_file_csv_and_jsonl(run_dir, tmp_path):
+    seed = 8020960032736784054  # a recorded 63-bit seed, copied back: a float would round it
     (tmp_path / "plan.csv").write_text(
-        "age,sex,findings,count,seed\n70,M,cardiomegaly@cardiac,2,123\n30,F,,1,\n"
+        f"age,sex,findings,count,seed\n70,M,cardiomegaly@cardiac,2,{seed}\n\n30,F,,1,\n\n"  # blank lines skipped
     )
     assert generate(tmp_path / "csv", "--run", str(run_dir), "--conditions", str(tmp_path / "plan.csv")) == 0
     r = rows(tmp_path / "csv")
-    assert [x["age"] for x in r] == [70, 70, 30] and r[0]["seed"] == 123 and r[0]["origin"] == "plan.csv:1"
+    assert [x["age"] for x in r] == [70, 70, 30] and r[0]["seed"] == seed and r[0]["origin"] == "plan.csv:1"
     assert r[0]["findings"] == [{"label": "cardiomegaly", "locations": ["cardiac"]}]
+    effusion = {
+        "label": "pleural effusion",
+        "locations": "left, costophrenic angle",
+    }  # a string: the text form
     (tmp_path / "plan.jsonl").write_text(json.dumps({"prompt": "a bird sitting on a tree", "count": 2}) + "\n"
-                                         + json.dumps({"findings": [{"label": "nodule", "locations": ["left upper lobe"]}]}) + "\n")  # fmt: skip
+                                         + json.dumps({"findings": [{"label": "nodule", "locations": ["left upper lobe"]}]}) + "\n"
+                                         + json.dumps({"findings": [effusion], "seed": seed}) + "\n")  # fmt: skip
     assert (
         generate(tmp_path / "jsonl", "--run", str(run_dir), "--conditions", str(tmp_path / "plan.jsonl")) == 0
     )
     r = rows(tmp_path / "jsonl")
     assert [x["text"] for x in r[:2]] == ["a bird sitting on a tree"] * 2 and "nodule" in r[2]["text"]
+    assert r[3]["findings"] == [{"label": "pleural effusion", "locations": ["left", "costophrenic angle"]}]
+    assert r[3]["seed"] == seed
 
 
 @pytest.mark.parametrize(
     "content,message",
     [
         ("age,sex\n70,M\nabc,F\n", "plan.csv line 3: age 'abc' is not an age"),
-        ("age,count\n70,0\n", "plan.csv line 2: count must be a positive whole number"),
+        ("age,count\n70,0\n", "plan.csv line 2: count must be a whole number from 1"),
+        ("age,count\n70,100000000\n", "plan.csv line 2: count must be a whole number from 1"),
+        ("age,count\n70,inf\n", "plan.csv line 2: count 'inf' is not a whole number"),
+        ("age,seed\n70,1e30\n", "plan.csv line 2: seed '1e30' is not exact"),
+        ("age,seed\n70,-1\n", "plan.csv line 2: seed '-1' is outside"),
+        (
+            "age,findings\n70,pleural effusion@left,costophrenic angle\n",
+            "plan.csv line 2: 3 values for 2 columns",
+        ),
+        (
+            '{"findings": [{"label": "nodule", "locations": 3}]}',
+            "plan.jsonl line 1: locations must be a list",
+        ),
+        (b"findings\nn\xf3dulo\n", "byte 0xf3 is not UTF-8"),
+        ("age\n70\n".encode("utf-16"), "is UTF-16 text"),
         ("age,weight\n70,80\n", "plan.csv line 2: unknown column(s) weight"),
         ("sex\nX\n", "plan.csv line 2: sex 'X'"),
         ("findings\n[broken\n", "plan.csv line 2: findings is not valid JSON"),
     ],
 )
 def test_conditions_file_errors_name_line_and_reason(run_dir, tmp_path, capsys, content, message):
-    (tmp_path / "plan.csv").write_text(content)
-    assert generate(tmp_path / "o", "--run", str(run_dir), "--conditions", str(tmp_path / "plan.csv")) == 1
+    plan = tmp_path / ("plan.jsonl" if message.startswith("plan.jsonl") else "plan.csv")
+    plan.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert generate(tmp_path / "o", "--run", str(run_dir), "--conditions", str(plan)) == 1
     assert message in capsys.readouterr().err
 
 
@@ -373,6 +420,17 @@ def test_bad_inputs(run_dir, tmp_path, capsys):
     assert "--run RUN_FOLDER or --model.base" in capsys.readouterr().err
     assert generate(tmp_path, "--run", str(run_dir), "--like", str(tmp_path), "--n", "1") == 1
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "train" / "metadata.jsonl").write_text("")
+    assert generate(tmp_path, "--run", str(run_dir), "--like", str(tmp_path / "empty"), "--n", "1") == 1
+    assert "has no rows to draw from" in capsys.readouterr().err
+    assert generate(tmp_path, "--run", str(run_dir), "--prompt", " ") == 2
+    assert "a prompt is empty" in capsys.readouterr().err
+    assert generate(tmp_path, "--run", str(run_dir), "--age", "-5") == 1
+    assert "--age -5: give an age in years" in capsys.readouterr().err
+    # a model trained on captions has no words for structured conditions
+    assert generate(tmp_path, "--run", str(run_dir), "--age", "60", "--prompts.level", "caption") == 2
+    assert "makes no words from these conditions" in capsys.readouterr().err
 
 
 def test_two_processes_split_the_work(run_dir, tmp_path):
@@ -383,7 +441,7 @@ def test_two_processes_split_the_work(run_dir, tmp_path):
         "--run",
         str(run_dir),
         "--prompt",
-        "chest x-ray",
+        "chest x-ray, " + "pleural effusion, " * 30,  # over 77 tokens: one warning, not one per process
         "--n",
         "6",
         "--steps",
@@ -404,6 +462,7 @@ def test_two_processes_split_the_work(run_dir, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "two" / ".journal").glob("*.jsonl"))) == 2
+    assert result.stderr.count("exceed 77 tokens") == 1, result.stderr[-3000:]
     a, b = pixels(tmp_path / "one"), pixels(tmp_path / "two")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 

@@ -295,9 +295,13 @@ def findings_from_value(value: Any) -> list[Finding]:
         if isinstance(item, str):
             out += parse_finding_text(item)
         elif isinstance(item, dict) and "label" in item:
-            out.append(
-                Finding(clean_text(item["label"]), tuple(clean_text(x) for x in item.get("locations") or ()))
-            )
+            locations = item.get("locations") or []
+            if isinstance(locations, str):  # "left, costophrenic angle": the text form's list
+                locations = locations.split(",")
+            if not isinstance(locations, list):
+                raise ValueError(f"locations must be a list of names, not {locations!r}")
+            names = (clean_text(x) for x in locations)
+            out.append(Finding(clean_text(item["label"]), tuple(x for x in names if x)))
         else:
             raise ValueError(f"a finding must be a string or {{label, locations}}, not {item!r}")
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..readers.tables import TableError, read_table
+from ..readers.tables import TableError, is_jsonl, read_jsonl, read_table
 from ..records import (
     Conditions,
     clean_text,
@@ -41,6 +40,10 @@ FILE_COLUMNS = (
 )
 
 
+MAX_COUNT = 10_000_000  # images from one row: more is a typo, and would fill memory with the plan
+SEED_RANGE = 2**64  # what torch.Generator.manual_seed takes
+
+
 class ConditionsError(ValueError):
     """A conditions file or flag is wrong; the message names the line and the reason."""
 
@@ -63,6 +66,8 @@ def image_seed(seed: int, index: int) -> int:
 
 def from_flags(age: int | None, sex: str | None, view: str | None, projection: str | None, modality: str | None,
                findings: list[str], n: int) -> list[Item]:  # fmt: skip
+    if age is not None and not 0 <= age <= 120:
+        raise ConditionsError(f"--age {age}: give an age in years (0-120)")
     parsed = [f for text in findings for f in findings_from_value(text)]
     c = Conditions(age=age, sex=normalize_sex(sex), view=normalize_view(view), projection=normalize_projection(projection),
                    modality=modality.upper() if modality else None, findings=parsed)  # fmt: skip
@@ -82,7 +87,7 @@ def from_file(path: str | Path) -> list[Item]:
     if not rows:
         raise ConditionsError(f"{path} has no rows")
     for line, row in rows:
-        where = f"{path.name} line {line + (1 if path.suffix.lower() == '.csv' else 0)}"
+        where = f"{path.name} line {line + (0 if is_jsonl(path) else 1)}"  # a CSV's header is line 1
         unknown = [k for k, v in row.items() if k not in FILE_COLUMNS and v not in ("", None)]
         if unknown:
             raise ConditionsError(
@@ -101,9 +106,11 @@ def _row_items(row: dict[str, Any], origin: str) -> list[Item]:
         return None if value in (None, "") else clean_text(value)
 
     count = _integer(row.get("count"), "count", default=1)
-    if count < 1:
-        raise ValueError(f"count must be a positive whole number, not {row.get('count')!r}")
+    if not 1 <= count <= MAX_COUNT:
+        raise ValueError(f"count must be a whole number from 1 to {MAX_COUNT:,}, not {row.get('count')!r}")
     seed = _integer(row.get("seed"), "seed", default=None)
+    if seed is not None and not 0 <= seed < SEED_RANGE:
+        raise ValueError(f"seed {row.get('seed')!r} is outside 0 to 2**64-1")
     if text("prompt"):
         return [Item(None, text("prompt"), origin, seed if i == 0 else None) for i in range(count)]
     age = None
@@ -123,14 +130,24 @@ def _row_items(row: dict[str, Any], origin: str) -> list[Item]:
 
 
 def _integer(value: Any, name: str, default: int | None) -> int | None:
-    if value in (None, ""):
+    """A whole number, exactly: seeds copied from metadata.jsonl have 63 bits, more than a float holds."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
         raise ValueError(f"{name} {value!r} is not a number") from None
-    if number != int(number):
+    if not number.is_integer():
         raise ValueError(f"{name} {value!r} is not a whole number")
+    if abs(number) > 2**53:  # "1e19" or 8.02e18: the digits after the 16th are lost
+        raise ValueError(f"{name} {value!r} is not exact: write all its digits")
     return int(number)
 
 
@@ -138,7 +155,10 @@ def load_rows(dataset: str | Path, split: str) -> list[dict[str, Any]]:
     meta = Path(dataset) / split / "metadata.jsonl"
     if not meta.is_file():
         raise ConditionsError(f"{meta} does not exist: give a prepared dataset folder (cxrgen prepare)")
-    return [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+    try:
+        return [row for _, row in read_jsonl(meta)]
+    except TableError as exc:
+        raise ConditionsError(str(exc)) from exc
 
 
 def parse_reweight(specs: list[str]) -> dict[str, float]:
@@ -163,6 +183,8 @@ def like_dataset(
     """N condition sets drawn from a prepared dataset's rows, keeping the joint distribution of findings and
     demographics; `reweight` multiplies the chance of rows with the given labels (rare-finding augmentation)."""
     rows = load_rows(dataset, split)
+    if not rows:
+        raise ConditionsError(f"{Path(dataset) / split / 'metadata.jsonl'} has no rows to draw from")
     weights = np.ones(len(rows))
     labels = [row_labels(row) for row in rows]
     for i, row_set in enumerate(labels):  # each label once: a finding at two locations is still one finding

@@ -83,6 +83,8 @@ class GenerateConfig:
             raise ConfigError(
                 "choose one of: condition flags (--age, --finding, ...), --conditions FILE, --like DATASET, --prompt TEXT"
             )
+        if any(not p.strip() for p in self.prompt):
+            raise ConfigError("--prompt: a prompt is empty")
         for name in ("n", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")

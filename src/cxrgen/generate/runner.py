@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, to_dict
 from ..distributed import cpu_processes
-from ..fileio import read_jsonl_lines, remove_stale_temps, write_json, write_jsonl
+from ..fileio import read_jsonl_lines, remove_stale_temps, stat_digest, write_json, write_jsonl
 from ..models import ModelConfig, ModelError, load_components, set_offline_if_local
 from ..prompts import PromptBuilder, PromptConfig
 from ..provenance import provenance
@@ -122,6 +122,8 @@ class Generator:
         self.c = config
         self.out = Path(config.out)
         self.state = PartialState(cpu=cpu_processes())
+        if not self.state.is_main_process:  # every process plans the same images: one copy of each warning
+            logging.getLogger(__package__).setLevel(logging.ERROR)
         self.source = resolve_source(config)
         self.items = plan_items(config)
         if not self.items:
@@ -158,20 +160,29 @@ class Generator:
         return rows
 
     def _finished(self, row: dict[str, Any]) -> bool:
-        """A journal row stands for image i when it was made with these settings from the same plan row."""
+        """A journal row stands for image i when it was made with these settings from the same plan row, and its
+        files are still the ones it wrote (another run, interrupted between an image and its journal line, may have
+        replaced them since)."""
         i = row.get("index")
         if (
             not isinstance(i, int)
             or not 0 <= i < len(self.items)
             or row.get("settings") != self.settings_digest
+            or (self.c.dicom and "dicom_file" not in row)
         ):
             return False
         planned = {"text": self.prompts[i], "seed": self.seeds[i], **self._labels(i)}
-        return (
-            all(row.get(key) == value for key, value in planned.items())
-            and (self.out / self.c.split / row["file_name"]).is_file()
-            and (not self.c.dicom or "dicom_file" in row)
-        )
+        if not all(row.get(key) == value for key, value in planned.items()):
+            return False
+        try:
+            return row.get("files") == self._files_identity(i)
+        except OSError:  # a file is gone
+            return False
+
+    def _files_identity(self, i: int) -> str:
+        """Size and modification time of image i's files: cheap to check for every image on each rerun."""
+        png = self.out / self.c.split / image_file(i)
+        return stat_digest([png, png.with_suffix(".dcm")] if self.c.dicom else [png], root=png.parent)
 
     def _labels(self, i: int) -> dict[str, Any]:
         conditions = self.items[i].conditions
@@ -244,7 +255,15 @@ class Generator:
             log.warning("keep_findings %s ranks findings by their counts in the training data, which is not at "
                         "hand: findings are dropped last first", self.source.prompts.keep_findings)  # fmt: skip
         builder = PromptBuilder(self.source.prompts, tokenizer=self.tokenizer, label_counts=labels)
-        self.prompts = prompts = [item.prompt or builder.build(item.conditions).text for item in self.items]
+        self.prompts = prompts = [
+            item.prompt if item.prompt is not None else builder.build(item.conditions).text
+            for item in self.items
+        ]
+        if not all(prompts):
+            raise ConfigError(
+                f"the prompt template {builder.config.template_text!r} makes no words from these conditions (a model trained "
+                "on captions?): give --prompt, a conditions file with a prompt column, or --prompts.level"
+            )
         self.seeds = seeds = [
             item.seed if item.seed is not None else cond.image_seed(c.seed, i)
             for i, item in enumerate(self.items)
@@ -264,6 +283,10 @@ class Generator:
             :16
         ]  # a journal row counts only for these
         done = self.done()
+        if len(done) < len(self.items) and self.state.is_main_process:
+            # they describe a finished run, and this one is another or is not finished: images change under them
+            (self.out / c.split / "metadata.jsonl").unlink(missing_ok=True)
+            (self.out / "generate.json").unlink(missing_ok=True)
         todo = [b for b in self.my_batches() if not all(i in done for i in b)]
         targets = [self.out / c.split / image_file(i) for b in todo for i in b]
         remove_stale_temps(targets + [t.with_suffix(".dcm") for t in targets])
@@ -338,6 +361,7 @@ class Generator:
         if self.c.dicom:
             save_dicom(target.with_suffix(".dcm"), pixels, prov, labels)
             row["dicom_file"] = image_file(i)[:-4] + ".dcm"
+        row["files"] = self._files_identity(i)
         return row
 
     def _finish(self, ids: dict[str, Any], sampler: dict[str, Any]) -> dict[str, Any]:
@@ -345,7 +369,8 @@ class Generator:
         missing = len(self.items) - len(done)
         if missing:
             return {"complete": False, "remaining": missing}
-        rows = [{k: v for k, v in done[i].items() if k != "settings"} for i in range(len(self.items))]
+        journal_only = ("settings", "files")
+        rows = [{k: v for k, v in done[i].items() if k not in journal_only} for i in range(len(self.items))]
         write_jsonl(self.out / self.c.split / "metadata.jsonl", rows)
         write_json(self.out / "generate.json", {
             **provenance(), "config": to_dict(self.c), **ids, "sampler": sampler, "images": len(rows),

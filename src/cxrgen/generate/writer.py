@@ -60,8 +60,13 @@ def save_dicom(
     ds.DeidentificationMethod = "synthetic image: no patient"
     if conditions.get("age") is not None:
         ds.PatientAge = f"{int(conditions['age']):03d}Y"
-    if conditions.get("sex") in ("M", "F", "O"):
-        ds.PatientSex = conditions["sex"]
+    ds.PatientSex = conditions["sex"] if conditions.get("sex") in ("M", "F", "O") else ""
+    # the other Type 2 attributes of these modules must be present: empty, as nothing real stands behind them
+    for keyword in ("PatientBirthDate", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+                    "ReferringPhysicianName", "PatientOrientation"):  # fmt: skip
+        setattr(ds, keyword, "")
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = int(provenance.get("index", 0)) + 1
     if conditions.get("view"):
         ds.ViewPosition = str(conditions["view"])[:16]
     ds.ContentDate = ds.InstanceCreationDate = now.strftime("%Y%m%d")
