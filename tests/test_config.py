@@ -67,3 +67,17 @@ def test_lists_are_not_shared_between_instances():
     a, b = Inner(), Inner()
     a.names.append("c")
     assert b.names == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["prepare", "train", "generate", "evaluate", "report", "make-tiny-model", "phantom", "demo"],
+)
+def test_every_command_help_reads_as_text(command, capsys):
+    from cxrgen.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "usage: cxrgen" in out
+    assert "{'" not in out  # a help string with a bare % once printed argparse's internals

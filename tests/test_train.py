@@ -86,6 +86,14 @@ def test_lora_loads_in_plain_diffusers_and_changes_images(lora_run, tiny_model):
     kohya = generate(tiny_model, lora_run / "lora", "lora_kohya.safetensors")
     assert np.abs(base - tuned).max() > 1e-4
     assert np.abs(tuned - kohya).max() < 1e-4  # the kohya file holds the same adapter
+    from safetensors import safe_open
+
+    from cxrgen.train.adapters import kohya_base_version
+
+    with safe_open(str(lora_run / "lora" / "lora_kohya.safetensors"), "pt") as fh:
+        assert fh.metadata()["ss_base_model_version"] == "sd_v1"  # what UIs match the base model by
+    assert kohya_base_version(1024, "v_prediction") == "sd_v2_768_v"
+    assert kohya_base_version(1024, "epsilon") == "sd_v2_512"
 
 
 def test_resume_after_interruption_equals_uninterrupted(

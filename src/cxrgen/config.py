@@ -75,7 +75,7 @@ def add_arguments(
         default = _default_of(f)
         if default is not None and default != [] and not isinstance(default, bool):
             help_text += f" (default: {default})"
-        kwargs["help"] = help_text
+        kwargs["help"] = help_text.replace("%", "%%")  # argparse formats help with %: "~30%" must stay text
         origin = get_origin(tp)
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

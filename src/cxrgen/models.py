@@ -102,7 +102,7 @@ def load_components(config: ModelConfig, dtype: torch.dtype = torch.float32) -> 
         hint = (
             ""
             if local.exists()
-            else " For offline use give a local folder (`cxrgen make-tiny-model DIR` writes one)."
+            else " For offline use give a local folder (`cxrgen make-tiny-model --out DIR` writes one)."
         )
         raise ModelError(f"cannot load base model {config.base}: {exc}{hint}") from exc
     if config.prediction_type:

@@ -65,7 +65,8 @@ class GenerateConfig:
     )
     compile: bool = option(
         False,
-        "torch.compile the UNet on a GPU: the first batch compiles (a minute or more), later ones run faster",
+        "torch.compile the UNet and VAE decoder (q, k and v fused): the first batch compiles (a minute or more), "
+        "later ones run faster; for GPUs",
     )
     split: str = option("train", "split folder name of the output")
     shard: str | None = option(

@@ -141,6 +141,14 @@ def lora_state_dicts(unet: Any, text_encoder: Any, with_text_encoder: bool) -> t
     return state(unet), state(text_encoder) if with_text_encoder else None
 
 
+def kohya_base_version(cross_attention_dim: int, prediction_type: str) -> str:
+    """kohya's `ss_base_model_version`, which UIs read to match a LoRA to its base: SD 2.x has a 1024-wide text
+    encoder (SD 1.x 768), and its 768 px models predict v."""
+    if cross_attention_dim != 1024:
+        return "sd_v1"
+    return "sd_v2_768_v" if prediction_type == "v_prediction" else "sd_v2_512"
+
+
 def save_lora(
     folder: Path, unet: Any, text_encoder: Any, with_text_encoder: bool, metadata: dict[str, str]
 ) -> dict[str, Path]:

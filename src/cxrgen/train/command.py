@@ -13,7 +13,7 @@ import torch
 from ..config import to_dict
 from ..fileio import write_json
 from ..provenance import provenance
-from .adapters import save_lora
+from .adapters import kohya_base_version, save_lora
 from .config import TrainConfig
 from .trainer import Trainer, TrainingDiverged
 
@@ -40,7 +40,9 @@ def export(trainer: Trainer) -> dict[str, str]:
         meta = {
             "cxrgen_base_model": trainer.identity,
             "cxrgen_steps": str(trainer.step),
-            "ss_base_model_version": "sd_v1",
+            "ss_base_model_version": kohya_base_version(
+                unet.config.cross_attention_dim, trainer.m.prediction_type
+            ),
         }
         files = save_lora(out / "lora", unet, text_encoder, c.lora.text_encoder, meta)
         outputs = {k: str(v) for k, v in files.items()}

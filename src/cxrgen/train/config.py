@@ -131,7 +131,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.model.base:
             raise ConfigError(
-                "--model.base is required: a hub id or a local diffusers folder (cxrgen make-tiny-model DIR)"
+                "--model.base is required: a hub id or a local diffusers folder (cxrgen make-tiny-model --out DIR)"
             )
         for name in (
             "batch_size",
