@@ -129,6 +129,38 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
         dict(projection="L", view="LATERAL"),
     ),
     (
+        "short view code PA, 10 bits stored, a window given as a list",
+        dict(
+            ImageID="short_l12.png",
+            PatientID="p10",
+            ViewPosition_DICOM="PA",
+            BitsStored_DICOM="10",
+            WindowCenter_DICOM="['512', '512']",
+            WindowWidth_DICOM="1024.0",
+        ),  # fmt: skip
+        dict(view="PA", projection="PA"),
+    ),
+    (
+        "right lateral code (filtered by default)",
+        dict(ImageID="rl_m13.png", PatientID="p11", Projection="L", ViewPosition_DICOM="RL"),
+        dict(projection="L", view="RL"),
+    ),
+    (
+        "oblique view, costal projection (filtered by default)",
+        dict(ImageID="costal_n14.png", PatientID="p12", Projection="COSTAL", ViewPosition_DICOM="OBLICUA"),
+        dict(projection="COSTAL", view="OBLICUA"),
+    ),
+    (
+        "decubitus view, projection EXCLUDE (filtered by default)",
+        dict(ImageID="exclude_o15.png", PatientID="p13", Projection="EXCLUDE", ViewPosition_DICOM="LLD"),
+        dict(projection="EXCLUDE", view="LLD"),
+    ),
+    (
+        "generic view, projection UNK (filtered by default)",
+        dict(ImageID="unk_p16.png", PatientID="p14", Projection="UNK", ViewPosition_DICOM="GENERICA"),
+        dict(projection="UNK", view="GENERICA"),
+    ),
+    (
         "second image of patient 2",
         dict(ImageID="flat2_k11.png", PatientID="p2", ImageDir="7", StudyDate_DICOM="20160101"),
         dict(age=66),

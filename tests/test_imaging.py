@@ -1,4 +1,5 @@
 import importlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,6 +62,33 @@ def test_dicom_monochrome1_rescale_and_window(tmp_path):
     assert np.count_nonzero(windowed.pixels == windowed.pixels.max()) > pixels.size * 0.6  # above the window
     raw = decode(tmp_path / "w.dcm", dicom_voi=False)
     assert raw.pixels.max() == 4095
+
+
+def test_dicom_lut_sequences(tmp_path, recwarn):
+    """Modality and VOI LUTs given as tables (not slope/intercept or a window): values index the table."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    pixels = gradient(lo=0, hi=4095)
+
+    def with_lut(name: str, keyword: str, table: list[int], bits: int) -> Path:
+        path = write_dicom(tmp_path / name, pixels)
+        ds = pydicom.dcmread(path)
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, bits]
+        item.add_new(0x00283006, "US", table)  # LUTData
+        if keyword == "ModalityLUTSequence":
+            item.ModalityLUTType = "US"
+        setattr(ds, keyword, Sequence([item]))
+        ds.save_as(path)
+        return path
+
+    doubled = decode(with_lut("modality.dcm", "ModalityLUTSequence", [2 * v for v in range(4096)], 16))
+    assert doubled.pixels.max() == 2 * 4095 and (doubled.low, doubled.high) == (0, 2 * 4095)
+    clipped = decode(with_lut("voi.dcm", "VOILUTSequence", [min(4095, 2 * v) for v in range(4096)], 12))
+    assert clipped.pixels.max() == 4095 and np.count_nonzero(clipped.pixels == 4095) > pixels.size * 0.4
+    assert not [w for w in recwarn if "LUT" in str(w.message)]  # integers in, as the tables want
 
 
 @pytest.mark.parametrize("name,reason", [(k, v) for k, v in BAD_IMAGE_ROWS.items() if v.startswith("image")])

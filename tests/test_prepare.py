@@ -9,8 +9,10 @@ from PIL import Image
 
 from cxrgen import image_jobs
 from cxrgen.cli import main
+from cxrgen.records import FRONTAL_PROJECTIONS
 
 SALT = ["--patient-key-salt", "fixed-test-salt"]
+FRONTAL_QUIRKS = [q for q in QUIRK_ROWS if q[1].get("Projection", "PA") in FRONTAL_PROJECTIONS]
 
 
 def prepare(release, out, *extra):
@@ -66,8 +68,7 @@ def prepared(quirk_release, tmp_path_factory):
 
 def test_outputs(prepared):
     rows = metadata(prepared)
-    frontal = [q for q in QUIRK_ROWS if q[1].get("Projection", "PA") != "L"]
-    assert len(rows) == len(frontal)
+    assert len(rows) == len(FRONTAL_QUIRKS)
     for row in rows.values():
         image = Image.open(prepared / row["split"] / row["file_name"])
         assert image.mode == "L" and image.size == (64, 64)
@@ -129,9 +130,8 @@ def test_loads_as_huggingface_imagefolder(prepared):
 def test_metadata_only(quirk_release, tmp_path):
     assert prepare(quirk_release, tmp_path, "--metadata-only") == 0
     rows = metadata(tmp_path)
-    assert (
-        len(rows) == len(QUIRK_ROWS) + len(BAD_IMAGE_ROWS) - 2
-    )  # no lateral, no escaping path; bad images unread
+    # no lateral, costal or excluded projections, no escaping path; bad images unread
+    assert len(rows) == len(FRONTAL_QUIRKS) + len(BAD_IMAGE_ROWS) - 1
     assert not list(tmp_path.glob("*/??/*.png"))
     assert json.loads((tmp_path / "prepare.json").read_text())["metadata_only"] is True
 
@@ -291,3 +291,39 @@ def test_missing_images_are_tried_again_and_old_copies_go(quirk_release, tmp_pat
     assert prepare(release, out, "--image.size", "96", *reject_all) == 0  # converted again, rejected again
     names = [p.name for p in out.glob("*/??/*.png")]
     assert len(names) == len(set(names)) and all(Image.open(p).size[0] == 96 for p in out.glob("*/??/*.png"))
+
+
+def test_mimic_and_chexpert_outputs_name_no_one(tmp_path):
+    """Subject, study and patient folder names, and study dates, stay out of what prepare publishes."""
+    from helpers import save_png
+
+    mimic_image = "files/p10/p10000032/s50414267/d1.jpg"
+    chexpert_image = "CheXpert-v1.0-small/train/patient00042/study1/view1_frontal.jpg"
+    for relative in (mimic_image, chexpert_image):
+        save_png(tmp_path / "images" / relative, xray(200, 160, bits=8))
+    (tmp_path / "meta.csv").write_text(
+        "dicom_id,subject_id,study_id,ViewPosition,StudyDate,StudyTime\nd1,10000032,50414267,PA,21800506,213014\n"
+    )
+    (tmp_path / "labels.csv").write_text(
+        "subject_id,study_id,Cardiomegaly,No Finding\n10000032,50414267,1.0,\n"
+    )
+    (tmp_path / "chexpert.csv").write_text(
+        "Path,Sex,Age,Frontal/Lateral,AP/PA,Cardiomegaly,No Finding\n"
+        f"{chexpert_image},Female,68,Frontal,PA,1.0,\n"
+    )
+    common = ["--images", str(tmp_path / "images"), "--image.size", "64", "--qc.min-side", "64", "--splits.train",
+              "1", "--splits.val", "0", "--splits.test", "0"]  # fmt: skip
+    sources = {
+        "mimic": ["--csv", str(tmp_path / "meta.csv"), "--labels-csv", str(tmp_path / "labels.csv")],
+        "chexpert": ["--csv", str(tmp_path / "chexpert.csv")],
+    }
+    for source, args in sources.items():
+        out = tmp_path / source
+        assert main(["prepare", "--source", source, *args, *common, "--out", str(out)]) == 0
+        assert len(metadata(out)) == 1
+        published = (
+            "".join(p.read_text() for p in out.glob("*/metadata.jsonl")) + (out / "prepare.json").read_text()
+        )
+        published += " ".join(p.name for p in out.rglob("*.png"))
+        for forbidden in ("10000032", "50414267", "21800506", "patient00042", "d1.jpg", "view1_frontal"):
+            assert forbidden not in published, (source, forbidden)

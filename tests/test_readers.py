@@ -135,6 +135,12 @@ def test_mimic(tmp_path):
         "mimic", KEYER, csv=tmp_path / "meta.csv", labels_csv=tmp_path / "chexpert.csv", uncertain="positive"
     )
     assert Finding("pleural effusion") in positive.records[0].findings
+    assert d1.labeler == "chexpert-labeler"
+    (tmp_path / "mimic-cxr-2.0.0-negbio.csv").write_text((tmp_path / "chexpert.csv").read_text())
+    negbio = read_source(
+        "mimic", KEYER, csv=tmp_path / "meta.csv", labels_csv=tmp_path / "mimic-cxr-2.0.0-negbio.csv"
+    )
+    assert {x.labeler for x in negbio.records} == {"negbio"}  # the same studies, another labeler
 
 
 def test_chexpert(tmp_path):
@@ -142,15 +148,17 @@ def test_chexpert(tmp_path):
         f"Path,Sex,Age,Frontal/Lateral,AP/PA,{LABELS}\n"
         f"CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,{label_values(**{'No Finding': '1.0', 'Support Devices': '1.0'})}\n"
         f"CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg,Female,68,Lateral,,{label_values(**{'No Finding': '1.0'})}\n"
-        f"CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg,Unknown,0,Frontal,PA,{label_values(Cardiomegaly='1.0')}\n"
+        f"CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg,Unknown,0,Frontal,PA,{label_values(Cardiomegaly='1.0', **{'Pleural Effusion': '-1.0'})}\n"
+        f"CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg,Unknown,0,Lateral,LL,{label_values(Cardiomegaly='1.0')}\n"
         f"CheXpert-v1.0-small/train/nobody/view1_frontal.jpg,Male,40,Frontal,PA,{label_values()}\n"
     )
     r = read_source("chexpert", KEYER, csv=tmp_path / "train.csv")
-    a, b, c = r.records
+    a, b, c, d = r.records
     assert (a.sex, a.age, a.projection, a.view) == ("F", 68, "AP", "AP")
     assert a.findings == [Finding("normal"), Finding("support devices")]
-    assert b.projection == "L" and a.patient_key == b.patient_key != c.patient_key
-    assert c.sex is None and c.findings == [Finding("cardiomegaly")]
+    assert (b.projection, b.view) == ("L", "LATERAL") and a.patient_key == b.patient_key != c.patient_key
+    assert c.sex is None and c.findings == [Finding("cardiomegaly")]  # -1 (uncertain) ignored
+    assert (d.projection, d.view) == ("L", "LL")
     assert "patient00001" not in a.id and r.rejections[0].reason.startswith("metadata")
 
 

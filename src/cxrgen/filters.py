@@ -29,7 +29,7 @@ class FilterConfig:
     exclude_labels: list[str] | None = option(None, "drop images with any of these labels")
     normal_only: bool = option(False, "keep only images labelled normal with no finding")
     labelers: list[str] | None = option(
-        None, "keep images labelled by these (physician, rnn, chexpert-labeler)"
+        None, "keep images labelled by these (physician, rnn, chexpert-labeler, negbio)"
     )
     per_patient: int | None = option(None, "keep at most this many images per patient (chosen by seed)")
     subset: int | None = option(None, "keep a random subset of this many images (chosen by seed)")

@@ -163,7 +163,8 @@ def _decode_dicom(path: Path, max_pixels: int, dicom_voi: bool) -> Decoded:
     except Exception as exc:  # noqa: BLE001
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         hint = (
-            f" (transfer syntax {syntax.name}; install pylibjpeg and pylibjpeg-libjpeg)"
+            f" (transfer syntax {syntax.name}; install pydicom's decoders: "
+            "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
             if syntax is not None and syntax.is_compressed
             else ""
         )
@@ -176,15 +177,25 @@ def _decode_dicom(path: Path, max_pixels: int, dicom_voi: bool) -> Decoded:
         )
     bits = int(ds.get("BitsStored", 16))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    ramp = np.array(
-        [-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1], dtype=np.float64
-    )
-    values = apply_modality_lut(arr, ds).astype(np.float32)
-    ramp = np.asarray(apply_modality_lut(ramp, ds), dtype=np.float64)
+    # the nominal range, through the same LUTs as the pixels; stored values are integers, which a LUT sequence
+    # uses as indices
+    ramp = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1], dtype=np.int64)
+    values = apply_modality_lut(arr, ds)
+    ramp = apply_modality_lut(ramp, ds)
     if dicom_voi and ("VOILUTSequence" in ds or "WindowCenter" in ds):
-        values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
-        ramp = np.asarray(apply_voi_lut(ramp, ds, index=0), dtype=np.float64)
+        values = apply_voi_lut(_integral(values), ds, index=0)
+        ramp = apply_voi_lut(_integral(ramp), ds, index=0)
+    values = np.asarray(values, dtype=np.float32)
+    ramp = np.asarray(ramp, dtype=np.float64)
     low, high = float(ramp.min()), float(ramp.max())
     if photometric == "MONOCHROME1":  # bright means low values: flip within the nominal range
         values = (low + high) - values
     return Decoded(Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), "F"), low, high, "dicom")
+
+
+def _integral(values: np.ndarray) -> np.ndarray:
+    """Whole-valued modality output (slope 1, as usual) as integers: a VOI LUT sequence indexes by value."""
+    if values.dtype.kind in "iu":
+        return values
+    whole = np.rint(values)
+    return whole.astype(np.int64) if np.array_equal(whole, values) else values

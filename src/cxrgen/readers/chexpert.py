@@ -83,7 +83,7 @@ def read_chexpert(
                 **keyer.fields(SOURCE, match.group(1)),
                 age=parse_age(row["Age"]),
                 sex=normalize_sex(row["Sex"]),
-                view=ap_pa or None,
+                view=ap_pa or (None if frontal else "LATERAL"),  # laterals leave AP/PA blank
                 projection=projection,
                 findings=findings_from_label_columns(row, uncertain),
                 labeler="chexpert-labeler",

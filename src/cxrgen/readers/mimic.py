@@ -35,6 +35,12 @@ def read_mimic(
     report_section: ReportSection = "impression",
 ) -> ReadResult:
     labels = _by_study(labels_csv) if labels_csv else None
+    # the release labels the same studies twice, with the CheXpert labeler and with NegBio: say which one
+    labeler = (
+        ("negbio" if "negbio" in Path(labels_csv).name.lower() else "chexpert-labeler")
+        if labels_csv
+        else None
+    )
     splits = (
         {r["dicom_id"].strip(): r["split"].strip() for _, r in read_csv(split_csv, ("dicom_id", "split"))[1]}
         if split_csv
@@ -80,7 +86,7 @@ def read_mimic(
                 projection=normalize_projection(view) if view else None,
                 findings=findings,
                 caption=sections.get(study),
-                labeler="chexpert-labeler" if labels is not None else None,
+                labeler=labeler,
                 official_split=_SPLITS.get(splits.get(dicom, "")),
             )
         )
