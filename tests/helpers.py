@@ -119,6 +119,16 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
         dict(findings=[("pacemaker", ()), ("chronic changes", ())]),
     ),
     (
+        "by-sentence holds only nan, Labels filled",
+        dict(
+            ImageID="nanonly_q17.png",
+            PatientID="p15",
+            LabelsLocalizationsBySentence="[nan]",
+            Labels="['pacemaker']",
+        ),  # fmt: skip
+        dict(findings=[("pacemaker", ())]),
+    ),
+    (
         "empty label list",
         dict(ImageID="empty_i9.png", PatientID="p9", LabelsLocalizationsBySentence="[]", Labels="[]"),
         dict(findings=[]),

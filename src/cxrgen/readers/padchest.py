@@ -93,13 +93,15 @@ def parse_findings(row: dict[str, str]) -> tuple[list[Finding] | None, str]:
     """Findings from LabelsLocalizationsBySentence, or from Labels + Localizations when that cell is blank.
 
     Returns (findings, layout) where layout is "nested", "flat" or "labels-only"; findings is None when no
-    label cell is filled. Raises ListTextError when the cell is filled but malformed."""
+    label cell is filled. A by-sentence cell that names no label (`[nan]`, `[]`) defers to a filled Labels cell,
+    so labels are never lost to "no findings". Raises ListTextError when a cell is filled but malformed."""
     by_sentence = row.get("LabelsLocalizationsBySentence", "").strip()
+    labels = row.get("Labels", "").strip()
     if by_sentence:
         items = parse_list_text(by_sentence)
-        nested = any(isinstance(x, list) for x in items)
-        return findings_from_items(items), "nested" if nested else "flat"
-    labels = row.get("Labels", "").strip()
+        findings = findings_from_items(items)
+        if findings or not labels:
+            return findings, "nested" if any(isinstance(x, list) for x in items) else "flat"
     if not labels:
         return None, ""
     names = [clean_text(x) for x in _flatten(parse_list_text(labels))]
