@@ -148,6 +148,19 @@ def test_rerun_never_keeps_what_another_run_changed(run_dir, tmp_path, monkeypat
     assert all(np.array_equal(fresh[k], again[k]) for k in fresh)
 
 
+def test_extending_a_run_keeps_its_whole_batches(run_dir, tmp_path, capsys):
+    common = ["--run", str(run_dir), "--prompt", "chest x-ray"]  # batches of 3
+    assert generate(tmp_path / "grown", *common, "--n", "7") == 0
+    capsys.readouterr()
+    assert generate(tmp_path / "grown", *common, "--n", "10") == 0
+    # 0-2 and 3-5 keep their batches; 6 was alone in its batch and now shares one with 7 and 8
+    assert "generated 4 image(s)" in capsys.readouterr().out
+    assert generate(tmp_path / "fresh", *common, "--n", "10") == 0
+    assert rows(tmp_path / "grown") == rows(tmp_path / "fresh")
+    grown, fresh = pixels(tmp_path / "grown"), pixels(tmp_path / "fresh")
+    assert all(np.array_equal(grown[k], fresh[k]) for k in fresh)
+
+
 def test_shards_add_up_whatever_each_launch_process_count(run_dir, tmp_path):
     from types import SimpleNamespace
 

@@ -142,11 +142,11 @@ class Generator:
             groups.setdefault(len(chunk_token_ids(self.tokenizer, prompt, long=True)), []).append(i)
         return [group[k : k + b] for group in groups.values() for k in range(0, len(group), b)]
 
-    def my_batches(self) -> list[list[int]]:
+    def my_batches(self, batches: list[list[int]] | None = None) -> list[list[int]]:
         # batches go to shards first, then to this launch's processes: shards launched with different process
         # counts still add up to the whole
         shard_i, shard_n = self.c.shard_index()
-        mine = [batch for k, batch in enumerate(self.batches()) if k % shard_n == shard_i]
+        mine = [batch for k, batch in enumerate(batches or self.batches()) if k % shard_n == shard_i]
         return mine[self.state.process_index :: self.state.num_processes]
 
     def done(self) -> dict[int, dict[str, Any]]:
@@ -160,9 +160,10 @@ class Generator:
         return rows
 
     def _finished(self, row: dict[str, Any]) -> bool:
-        """A journal row stands for image i when it was made with these settings from the same plan row, and its
-        files are still the ones it wrote (another run, interrupted between an image and its journal line, may have
-        replaced them since)."""
+        """A journal row stands for image i when it was made with these settings from the same plan row, in the
+        batch the plan puts it in (a batch of other images may differ in the last bit), and its files are still
+        the ones it wrote (another run, interrupted between an image and its journal line, may have replaced them
+        since). So a run extended from --n 100 to 200 keeps the first 100 where their batches are unchanged."""
         i = row.get("index")
         if (
             not isinstance(i, int)
@@ -171,7 +172,12 @@ class Generator:
             or (self.c.dicom and "dicom_file" not in row)
         ):
             return False
-        planned = {"text": self.prompts[i], "seed": self.seeds[i], **self._labels(i)}
+        planned = {
+            "text": self.prompts[i],
+            "seed": self.seeds[i],
+            "batch": self.batch_of[i],
+            **self._labels(i),
+        }
         if not all(row.get(key) == value for key, value in planned.items()):
             return False
         try:
@@ -276,18 +282,18 @@ class Generator:
                    "size": self.size, "batch_size": c.batch_size, "bits": c.bits, "dtype": str(self.dtype()).replace("torch.", ""),
                    "long_prompts": self.source.long_prompts, "compiled": c.compile,
                    "loras_merged": self.loras_merged}  # fmt: skip
-        settings = json.dumps(
-            [sampler, ids, to_dict(self.source.prompts), c.seed, len(self.items)], sort_keys=True
-        )
+        settings = json.dumps([sampler, ids, to_dict(self.source.prompts), c.seed], sort_keys=True)
         self.settings_digest = hashlib.sha256(settings.encode()).hexdigest()[
             :16
         ]  # a journal row counts only for these
+        batches = self.batches()
+        self.batch_of = {i: batch for batch in batches for i in batch}
         done = self.done()
         if len(done) < len(self.items) and self.state.is_main_process:
             # they describe a finished run, and this one is another or is not finished: images change under them
             (self.out / c.split / "metadata.jsonl").unlink(missing_ok=True)
             (self.out / "generate.json").unlink(missing_ok=True)
-        todo = [b for b in self.my_batches() if not all(i in done for i in b)]
+        todo = [b for b in self.my_batches(batches) if not all(i in done for i in b)]
         targets = [self.out / c.split / image_file(i) for b in todo for i in b]
         remove_stale_temps(targets + [t.with_suffix(".dcm") for t in targets])
         journal = self.out / JOURNAL / f"{c.shard_index()[0]}-{self.state.process_index}.jsonl"
@@ -298,7 +304,7 @@ class Generator:
 
         def write_batch(batch: list[int], images: Any) -> None:
             for i, pixels in zip(batch, to_uint(images, c.bits), strict=True):
-                row = self._write(i, pixels, prompts[i], seeds[i], ids, sampler)
+                row = self._write(i, batch, pixels, prompts[i], seeds[i], ids, sampler)
                 fh.write(json.dumps(row) + "\n")  # the journal line comes after the image is in place
                 fh.flush()
                 bar.update()
@@ -348,16 +354,16 @@ class Generator:
                 log.warning("%d prompt(s) exceed %d tokens and will be cut; use --long-prompts (or a model trained with it)",
                             over, self.tokenizer.model_max_length)  # fmt: skip
 
-    def _write(
-        self, i: int, pixels: Any, prompt: str, seed: int, ids: dict[str, Any], sampler: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _write(self, i: int, batch: list[int], pixels: Any, prompt: str, seed: int, ids: dict[str, Any],
+               sampler: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
         item = self.items[i]
         labels = self._labels(i)
         prov = {"prompt": prompt, "seed": seed, "index": i, **ids, "sampler": sampler}
         target = self.out / self.c.split / image_file(i)
         save_png(target, pixels, prov)
         row = {"file_name": image_file(i), "text": prompt, "id": image_id(i), "index": i, "seed": seed, "synthetic": True,
-               **labels, "origin": item.origin, **ids, "sampler": sampler, "settings": self.settings_digest}  # fmt: skip
+               **labels, "origin": item.origin, **ids, "sampler": sampler, "settings": self.settings_digest,
+               "batch": batch}  # fmt: skip
         if self.c.dicom:
             save_dicom(target.with_suffix(".dcm"), pixels, prov, labels)
             row["dicom_file"] = image_file(i)[:-4] + ".dcm"
@@ -369,7 +375,7 @@ class Generator:
         missing = len(self.items) - len(done)
         if missing:
             return {"complete": False, "remaining": missing}
-        journal_only = ("settings", "files")
+        journal_only = ("settings", "files", "batch")
         rows = [{k: v for k, v in done[i].items() if k not in journal_only} for i in range(len(self.items))]
         write_jsonl(self.out / self.c.split / "metadata.jsonl", rows)
         write_json(self.out / "generate.json", {
