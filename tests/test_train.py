@@ -473,6 +473,26 @@ def test_model_and_lora_identities_follow_content(tmp_path, monkeypatch):
     assert lora_digest(str(local)) != first == hashlib.sha256(b"first").hexdigest()[:16]
 
 
+def test_local_model_digest_is_remembered_until_a_file_changes(tmp_path, monkeypatch):
+    import os
+
+    from cxrgen.models import weights_digest
+
+    monkeypatch.setenv("CXRGEN_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"weights")
+    (model / "model_index.json").write_text("{}")
+    first = weights_digest(model)
+    (memo,) = (tmp_path / "cache" / "model-digests").glob("*.txt")
+    memo.write_text("remembered000000")  # what a second process reads instead of hashing gigabytes
+    assert weights_digest(model) == "remembered000000"
+    weights.write_bytes(b"retrain")  # same size: the modification time tells
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert weights_digest(model) not in (first, "remembered000000")
+
+
 def test_latent_cache_key_follows_the_images(tiny_dataset, tmp_path):
     """Re-preparing with other image settings rewrites the PNGs, not metadata.jsonl; cached latents must go."""
     import shutil

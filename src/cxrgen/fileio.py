@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root(configured: str | None = None) -> Path:
+    """Where cxrgen keeps what it computes once and reuses: `configured`, else $CXRGEN_CACHE, else ~/.cache/cxrgen."""
+    return Path(configured or os.environ.get("CXRGEN_CACHE", Path.home() / ".cache" / "cxrgen")).expanduser()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""

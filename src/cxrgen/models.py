@@ -5,6 +5,7 @@ for speed and memory work.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from .config import ConfigError, option
+from .fileio import cache_root, stat_digest, write_text
 from .tokens import CLIP_WINDOW, clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -111,19 +113,28 @@ def load_components(config: ModelConfig, dtype: torch.dtype = torch.float32) -> 
 
 
 def weights_digest(folder: str | Path) -> str:
-    """A short content hash of a model folder's weights and configs (memoised next to nothing: hashing a 4 GB
-    folder takes seconds, so callers do it once per run)."""
+    """A short content hash of a model folder's weights and configs. Hashing an SD folder (several GB, with its
+    variants) takes seconds in every process of every run, so the digest is remembered in the cache folder under
+    the files' names, sizes and modification times, and recomputed when any of them changes."""
     folder = Path(folder)
-    digest = hashlib.sha256()
     files = sorted(
         p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".bin", ".txt")
     )
+    memo = cache_root() / "model-digests" / f"{stat_digest(files, root=folder)}.txt"
+    with contextlib.suppress(OSError):
+        known = memo.read_text().strip()
+        if len(known) == 16:
+            return known
+    digest = hashlib.sha256()
     for path in files:
         digest.update(path.relative_to(folder).as_posix().encode())
         with open(path, "rb") as fh:
             while block := fh.read(1 << 22):
                 digest.update(block)
-    return digest.hexdigest()[:16]
+    value = digest.hexdigest()[:16]
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next run the hashing
+        write_text(memo, value)
+    return value
 
 
 def hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:

@@ -20,6 +20,8 @@ from typing import Any
 
 import regex
 
+from .fileio import cache_root
+
 CLIP_WINDOW = 77  # tokens per text-encoder window, start and end tokens included
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _MERGE_COUNT = 49152 - 256 - 2  # merges CLIP uses from the file
@@ -90,9 +92,7 @@ def clip_tokenizer_files() -> Path:
     """A folder with vocab.json and merges.txt built from the BPE file (made once, keyed by its hash)."""
     bpe_file = find_bpe_file()
     digest = hashlib.sha256(bpe_file.read_bytes()).hexdigest()[:12]
-    folder = (
-        Path(os.environ.get("CXRGEN_CACHE", Path.home() / ".cache" / "cxrgen")) / f"clip-tokenizer-{digest}"
-    )
+    folder = cache_root() / f"clip-tokenizer-{digest}"
     if (folder / "merges.txt").is_file():
         return folder
     vocab, merges = clip_vocabulary(bpe_file)

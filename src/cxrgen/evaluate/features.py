@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..fileio import atomic_path
-from ..train.cache import cache_root
+from ..fileio import atomic_path, cache_root
 from .extractors import Extractor
 from .imagesets import ImageSet
 

@@ -21,10 +21,6 @@ from tqdm import tqdm
 from ..fileio import write_json
 
 
-def cache_root(configured: str | None) -> Path:
-    return Path(configured or os.environ.get("CXRGEN_CACHE", Path.home() / ".cache" / "cxrgen")).expanduser()
-
-
 def cache_key(*parts: object) -> str:
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:24]
 

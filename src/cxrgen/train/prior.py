@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..fileio import read_jsonl_lines, write_jsonl
+from ..fileio import cache_root, read_jsonl_lines, write_jsonl
 from ..imaging.png import write_png
 from ..sampling import make_pipeline, sample_images
-from .cache import cache_key, cache_root
+from .cache import cache_key
 from .config import PriorConfig
 
 log = logging.getLogger(__name__)

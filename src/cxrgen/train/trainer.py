@@ -20,12 +20,13 @@ from tqdm import tqdm
 
 from ..config import ConfigError, to_dict
 from ..distributed import cpu_processes
+from ..fileio import cache_root
 from ..models import load_components, set_offline_if_local
 from ..sampling import make_pipeline, sample_images
 from ..text_encoding import chunk_token_ids, encode_prompts, encode_windows, token_windows
 from . import checkpoint as ckpt
 from .adapters import add_trainable_lora, lora_digest, stack_loras, trainable_parameters
-from .cache import ArrayCache, cache_key, cache_root, sample_latents
+from .cache import ArrayCache, cache_key, sample_latents
 from .config import BIRD_PROMPT, TrainConfig
 from .data import DataError, IndexStream, PreparedSplit, step_seed
 from .metrics import RunLog, Throughput, measure_flops, memory_gb, peak_flops
