@@ -33,7 +33,7 @@ def pixels(out):
 
 def test_flags_mode_with_run(run_dir, tmp_path, caplog):
     assert generate(tmp_path, "--run", str(run_dir), "--age", "60", "--sex", "F", "--projection", "PA",
-                    "--finding", "pleural effusion@left,costophrenic angle", "pacemakr", "--n", "4", "--dicom") == 0  # fmt: skip
+                    "--finding", "Pleural Effusion@left,costophrenic angle", "pacemakr", "--n", "4", "--dicom") == 0  # fmt: skip
     r = rows(tmp_path)
     assert len(r) == 4 and all(x["synthetic"] for x in r) and len({x["seed"] for x in r}) == 4
     assert r[0]["text"].startswith(
@@ -43,6 +43,7 @@ def test_flags_mode_with_run(run_dir, tmp_path, caplog):
     assert r[0]["adapters"][0]["path"].endswith("lora") and len(r[0]["adapters"][0]["sha256"]) == 16
     assert r[0]["sampler"]["name"] == "dpmsolver++" and r[0]["sampler"]["steps"] == 3
     assert "unknown finding 'pacemakr'" in caplog.text and "closest known: pacemaker" in caplog.text
+    assert "Pleural Effusion" not in caplog.text  # known, in another case: spelled as training spelled it
     im = Image.open(tmp_path / "train" / r[0]["file_name"])
     assert im.mode == "L" and im.size == (64, 64) and "SYNTHETIC" in im.text["Description"]
     prov = json.loads(im.text["cxrgen:provenance"])
@@ -125,6 +126,9 @@ def test_resume_redoes_images_whose_plan_changed(run_dir, tmp_path, capsys):
     )
     assert generate(tmp_path, *common, "--prompt", "chest x-ray, pneumothorax", "--dicom") == 0
     assert "generated 0 image(s)" in capsys.readouterr().out
+    # a smaller plan without DICOM: the files only the earlier plan listed go with it
+    assert generate(tmp_path, "--run", str(run_dir), "--n", "1", "--prompt", "chest x-ray, pneumothorax") == 0
+    assert sorted(p.name for p in (tmp_path / "train").rglob("syn*")) == ["syn0000000.png"]
 
 
 def test_rerun_never_keeps_what_another_run_changed(run_dir, tmp_path, monkeypatch, capsys):
@@ -186,7 +190,7 @@ def test_conditions_file_csv_and_jsonl(run_dir, tmp_path):
     )
     assert generate(tmp_path / "csv", "--run", str(run_dir), "--conditions", str(tmp_path / "plan.csv")) == 0
     r = rows(tmp_path / "csv")
-    assert [x["age"] for x in r] == [70, 70, 30] and r[0]["seed"] == seed and r[0]["origin"] == "plan.csv:1"
+    assert [x["age"] for x in r] == [70, 70, 30] and r[0]["seed"] == seed and r[0]["origin"] == "plan.csv:2"
     assert r[0]["findings"] == [{"label": "cardiomegaly", "locations": ["cardiac"]}]
     effusion = {
         "label": "pleural effusion",
@@ -298,6 +302,16 @@ def test_base_model_with_loras_and_raw_prompts(run_dir, tiny_model, tmp_path):
     r = rows(tmp_path)
     assert r[0]["adapters"][0]["weight"] == 0.5 and r[0]["sampler"]["name"] == "ddim"
     assert np.asarray(Image.open(tmp_path / "train" / r[0]["file_name"])).dtype == np.uint16
+
+
+def test_names_unchecked_without_training_data_say_so(tiny_model, tmp_path, caplog):
+    assert (
+        generate(
+            tmp_path, "--model.base", str(tiny_model), "--finding", "pneumothorax", base=("--steps", "1")
+        )
+        == 0
+    )
+    assert "finding names are not checked against the training data" in caplog.text
 
 
 def test_merged_loras_give_the_images_of_adapter_layers(tiny_model, tmp_path):
@@ -439,6 +453,10 @@ def test_bad_inputs(run_dir, tmp_path, capsys):
     assert "has no rows to draw from" in capsys.readouterr().err
     assert generate(tmp_path, "--run", str(run_dir), "--prompt", " ") == 2
     assert "a prompt is empty" in capsys.readouterr().err
+    assert generate(tmp_path, "--run", str(run_dir), "--reweight", "pneumothorax=5") == 2
+    assert "give --like too" in capsys.readouterr().err
+    assert generate(tmp_path, "--run", str(run_dir), "--conditions", "plan.csv", "--n", "3") == 2
+    assert "give each row a count column" in capsys.readouterr().err
     assert generate(tmp_path, "--run", str(run_dir), "--age", "-5") == 1
     assert "--age -5: give an age in years" in capsys.readouterr().err
     # a model trained on captions has no words for structured conditions

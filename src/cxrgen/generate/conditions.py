@@ -17,6 +17,7 @@ import numpy as np
 from ..readers.tables import TableError, is_jsonl, read_jsonl, read_table
 from ..records import (
     Conditions,
+    Finding,
     clean_text,
     findings_from_value,
     normalize_projection,
@@ -94,7 +95,7 @@ def from_file(path: str | Path) -> list[Item]:
                 f"{where}: unknown column(s) {', '.join(unknown)}; use {', '.join(FILE_COLUMNS)}"
             )
         try:
-            items += _row_items(row, f"{path.name}:{line}")
+            items += _row_items(row, f"{path.name}:{line + (0 if is_jsonl(path) else 1)}")
         except ValueError as exc:
             raise ConditionsError(f"{where}: {exc}") from exc
     return items
@@ -229,10 +230,18 @@ def all_rows(dataset: str | Path) -> list[dict[str, Any]]:
     ]
 
 
-def warn_unknown(items: list[Item], labels: Counter, locations: Counter) -> list[str]:
-    """One warning per finding or location name the training data never used, with the closest known names."""
+def check_names(items: list[Item], labels: Counter, locations: Counter) -> list[str]:
+    """Spell finding and location names as the training data does ("Pleural Effusion" becomes "pleural
+    effusion", so labels match downstream), and warn once per name it never used, with the closest known names."""
     known_labels = {x.lower(): x for x in labels}
     known_locations = {x.lower(): x for x in locations}
+    for item in items:
+        if item.conditions is not None:
+            item.conditions.findings = [
+                Finding(known_labels.get(f.label.lower(), f.label),
+                        tuple(known_locations.get(x.lower(), x) for x in f.locations))
+                for f in item.conditions.findings
+            ]  # fmt: skip
     warnings: list[str] = []
     seen: set[tuple[str, str]] = set()
     for item in items:

@@ -84,6 +84,10 @@ class GenerateConfig:
             raise ConfigError(
                 "choose one of: condition flags (--age, --finding, ...), --conditions FILE, --like DATASET, --prompt TEXT"
             )
+        if self.reweight and not self.like:
+            raise ConfigError("--reweight re-weights the rows of --like DATASET: give --like too")
+        if self.conditions and self.n != 1:
+            raise ConfigError("--n does not apply to --conditions: give each row a count column")
         if any(not p.strip() for p in self.prompt):
             raise ConfigError("--prompt: a prompt is empty")
         for name in ("n", "steps", "batch_size"):

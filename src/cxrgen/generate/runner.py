@@ -260,6 +260,11 @@ class Generator:
         if self.source.prompts.keep_findings != "first" and not rows:
             log.warning("keep_findings %s ranks findings by their counts in the training data, which is not at "
                         "hand: findings are dropped last first", self.source.prompts.keep_findings)  # fmt: skip
+        if rows:  # before the prompts: names are spelled as training spelled them
+            cond.check_names(self.items, labels, locations)
+        elif any(item.conditions is not None and item.conditions.findings for item in self.items):
+            log.warning("finding names are not checked against the training data (%s): give --like DATASET to "
+                        "check them", self.source.data or "not recorded")  # fmt: skip
         builder = PromptBuilder(self.source.prompts, tokenizer=self.tokenizer, label_counts=labels)
         self.prompts = prompts = [
             item.prompt if item.prompt is not None else builder.build(item.conditions).text
@@ -274,8 +279,6 @@ class Generator:
             item.seed if item.seed is not None else cond.image_seed(c.seed, i)
             for i, item in enumerate(self.items)
         ]
-        if rows:
-            cond.warn_unknown(self.items, labels, locations)
         self._warn_long(prompts)
         ids = self.identities()
         sampler = {"name": c.sampler, "steps": c.steps, "guidance": c.guidance, "negative_prompt": c.negative_prompt,
@@ -378,11 +381,27 @@ class Generator:
         journal_only = ("settings", "files", "batch")
         rows = [{k: v for k, v in done[i].items() if k not in journal_only} for i in range(len(self.items))]
         write_jsonl(self.out / self.c.split / "metadata.jsonl", rows)
+        self._remove_strays(rows)
         write_json(self.out / "generate.json", {
             **provenance(), "config": to_dict(self.c), **ids, "sampler": sampler, "images": len(rows),
             "prompt_settings": to_dict(self.source.prompts), "synthetic": True,
         })  # fmt: skip
         return {"complete": True, "images": len(rows)}
+
+    def _remove_strays(self, rows: list[dict[str, Any]]) -> None:
+        """Files of an earlier plan in this folder (a larger --n, or --dicom since dropped): not in the metadata,
+        and their provenance describes another run. Only names this command writes are touched."""
+        split = self.out / self.c.split
+        keep = {r["file_name"] for r in rows} | {r["dicom_file"] for r in rows if "dicom_file" in r}
+        strays = [
+            path
+            for path in split.glob("[0-9][0-9][0-9][0-9]/syn[0-9]*.*")
+            if path.suffix in (".png", ".dcm") and path.relative_to(split).as_posix() not in keep
+        ]
+        for path in strays:
+            path.unlink()
+        if strays:
+            log.info("removed %d file(s) an earlier plan left in %s", len(strays), split)
 
 
 def run_generate(config: GenerateConfig) -> int:
