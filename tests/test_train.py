@@ -473,6 +473,27 @@ def test_model_and_lora_identities_follow_content(tmp_path, monkeypatch):
     assert lora_digest(str(local)) != first == hashlib.sha256(b"first").hexdigest()[:16]
 
 
+def test_text_cache_stores_each_window_once_and_pads_like_the_encoder(tiny_model, tmp_path):
+    import torch
+
+    from cxrgen.models import ModelConfig, load_components
+    from cxrgen.text_encoding import encode_prompts
+    from cxrgen.train.cache import ArrayCache, TextCache
+
+    m = load_components(ModelConfig(base=str(tiny_model)), torch.float32)
+    long = "chest x-ray, " + ", ".join(f"diagnosis finding {i}, loc left" for i in range(40))
+    prompts = sorted({"chest x-ray", long, long + ", loc right"})
+    text = TextCache(m.tokenizer, prompts, True, ArrayCache(tmp_path, "key", "run"))
+    spans = [text.spans[p][1] for p in prompts]
+    assert len(text.ids) == 1 + sum(spans) and max(spans) >= 3  # no prompt stored padded to the longest
+    text.fill(m.text_encoder, batch=2)
+    for batch in (["chest x-ray", long], [long + ", loc right", "chest x-ray"], ["chest x-ray"]):
+        with torch.no_grad():
+            direct = encode_prompts(m.tokenizer, m.text_encoder, batch, long=True).numpy()
+        cached = text.embeddings(batch)
+        assert cached.shape == direct.shape and np.abs(cached - direct).max() < 1e-2  # float16 storage
+
+
 def test_local_model_digest_is_remembered_until_a_file_changes(tmp_path, monkeypatch):
     import os
 

@@ -13,12 +13,14 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..fileio import write_json
+from ..text_encoding import chunk_token_ids, encode_windows, window_ids
 
 
 def cache_key(*parts: object) -> str:
@@ -73,3 +75,46 @@ def sample_latents(params: torch.Tensor, generator: torch.Generator, scale: floa
     std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
     eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
     return (mean + std * eps) * scale
+
+
+class TextCache:
+    """Text-encoder embeddings of distinct prompts, one row per 77-token window: row 0 is the empty window that
+    pads a batch's shorter prompts, and each prompt's windows follow one another. Padding every prompt to the
+    longest one's windows instead (up to 15 for PadChest's whole reports kept for long-prompt encoding) would store
+    mostly copies of the empty window: 280 GB rather than 25 GB for PadChest."""
+
+    def __init__(self, tokenizer: Any, prompts: list[str], long: bool, store: ArrayCache):
+        self.store = store
+        windows = [np.asarray([window_ids(tokenizer, [])], dtype=np.int32)]
+        self.spans: dict[str, tuple[int, int]] = {}  # prompt -> (first row, windows)
+        row = 1
+        for prompt in prompts:
+            chunks = chunk_token_ids(tokenizer, prompt, long)
+            windows.append(np.asarray([window_ids(tokenizer, chunk) for chunk in chunks], dtype=np.int32))
+            self.spans[prompt] = (row, len(chunks))
+            row += len(chunks)
+        self.ids = np.concatenate(windows)
+        self.array: np.ndarray | None = None
+
+    def fill(self, text_encoder: Any, batch: int = 32) -> None:
+        @torch.no_grad()
+        def encode(rows: list[int]) -> torch.Tensor:
+            return encode_windows(text_encoder, torch.from_numpy(self.ids[rows]).long()[:, None, :])
+
+        self.store.create(len(self.ids), (self.ids.shape[1], text_encoder.config.hidden_size))
+        self.store.fill(encode, list(range(len(self.ids))), batch, desc="text embeddings")
+        self.store.mark_complete({"prompts": len(self.spans), "windows": len(self.ids)})
+
+    def embeddings(self, prompts: list[str]) -> np.ndarray:
+        """(batch, windows * 77, hidden) float32, each prompt padded with empty windows to the batch's longest,
+        as `encode_prompts` pads a batch."""
+        if self.array is None:
+            self.array = self.store.open()
+        spans = [self.spans[p] for p in prompts]
+        n = max(count for _, count in spans)
+        rows = np.array([[*range(start, start + count), *[0] * (n - count)] for start, count in spans])
+        flat = rows.reshape(-1)
+        order = np.argsort(flat, kind="stable")  # a memory map reads ascending rows fastest
+        gathered = np.empty((flat.size, *self.array.shape[1:]), dtype=np.float32)
+        gathered[order] = self.array[flat[order]]
+        return gathered.reshape(len(prompts), n * self.array.shape[1], self.array.shape[2])

@@ -23,10 +23,10 @@ from ..distributed import cpu_processes
 from ..fileio import cache_root
 from ..models import load_components, set_offline_if_local
 from ..sampling import make_pipeline, sample_images
-from ..text_encoding import chunk_token_ids, encode_prompts, encode_windows, token_windows
+from ..text_encoding import encode_prompts
 from . import checkpoint as ckpt
 from .adapters import add_trainable_lora, lora_digest, stack_loras, trainable_parameters
-from .cache import ArrayCache, cache_key, sample_latents
+from .cache import ArrayCache, TextCache, cache_key, sample_latents
 from .config import BIRD_PROMPT, TrainConfig
 from .data import DataError, IndexStream, PreparedSplit, step_seed
 from .metrics import RunLog, Throughput, measure_flops, memory_gb, peak_flops
@@ -228,12 +228,10 @@ class Trainer:
                 )
         return cache.open()
 
-    def _text_cache(self) -> dict[str, Any]:
-        """Embeddings of every distinct prompt (train, val, class, samples), padded to the longest's windows."""
+    def _text_cache(self) -> TextCache:
+        """Embeddings of every distinct prompt (train, val, class, samples), window by window."""
         c, m = self.c, self.m
         prompts = sorted({p for split in self._splits().values() for p in split.prompts})
-        windows = token_windows(m.tokenizer, prompts, c.long_prompts)
-        chunk_counts = [len(chunk_token_ids(m.tokenizer, p, c.long_prompts)) for p in prompts]
         identity = [
             self.identity,
             *self.stack_identity,
@@ -241,30 +239,17 @@ class Trainer:
             c.lora.stack_mode,
             c.long_prompts,
         ]
-        cache = ArrayCache(
-            cache_root(c.cache_dir) / "text", cache_key("text", prompts, identity), self.cache_writer
+        store = ArrayCache(
+            cache_root(c.cache_dir) / "text", cache_key("text-windows", prompts, identity), self.cache_writer
         )
-        if self.is_main and not cache.complete:
-
-            @torch.no_grad()
-            def encode(indices: list[int]) -> torch.Tensor:
-                return encode_windows(m.text_encoder, windows[indices])
-
-            dim = m.text_encoder.config.hidden_size
-            cache.create(len(prompts), (windows.shape[1] * windows.shape[2], dim))
-            cache.fill(encode, list(range(len(prompts))), 32, desc="text embeddings")
-            cache.mark_complete({"prompts": len(prompts), "model": self.identity})
+        text = TextCache(m.tokenizer, prompts, c.long_prompts, store)
+        if self.is_main and not store.complete:
+            text.fill(m.text_encoder)
         # every process waits here once, whatever it found: a barrier inside the `if` would be skipped by a
         # process that looks after the main one has finished, and the others would wait for it forever
         self.accelerator.wait_for_everyone()
-        self._require_shared(cache.path)
-        window = int(m.tokenizer.model_max_length)
-        return {
-            "rows": {p: i for i, p in enumerate(prompts)},
-            "array": cache.open(),
-            "chunks": chunk_counts,
-            "window": window,
-        }
+        self._require_shared(store.path)
+        return text
 
     # -- optimizer ---------------------------------------------------------------------------------------------
     def _build_optimizer(self) -> None:
@@ -326,11 +311,7 @@ class Trainer:
     def _embeddings(self, prompts: list[str]) -> torch.Tensor:
         if self.text is None:
             return encode_prompts(self.m.tokenizer, self.text_encoder, prompts, self.c.long_prompts)
-        rows = [self.text["rows"][p] for p in prompts]
-        n = max(self.text["chunks"][r] for r in rows) * self.text["window"]
-        order = np.argsort(rows)
-        array = np.asarray(self.text["array"][np.asarray(rows)[order]])[np.argsort(order)]
-        return torch.from_numpy(array[:, :n].astype(np.float32)).to(self.device, self.weight_dtype)
+        return torch.from_numpy(self.text.embeddings(prompts)).to(self.device, self.weight_dtype)
 
     def _batch(self, step: int, micro: int) -> tuple[list[tuple[str, PreparedSplit, list[int]]], int]:
         c = self.c
