@@ -28,6 +28,8 @@ def test_counter_equals_tokenizer_on_varied_prompts():
         "3.5cm",
         "(unchanged)",
         "Ñandú",
+        "neumoni\u0301a",  # a decomposed accent (NFD), as macOS writes names
+        "derrame pleural e\u0301",
         "pseudo-label",
         "x-ray,",
         "!!",

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import shutil
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,9 @@ class TokenCounter:
 
     def count(self, text: str) -> int:
         total = 2
-        for word in _PRETOKEN.findall(" ".join(text.split()).lower()):
+        # as CLIP's normaliser: composed accents first ("neumonía" typed on a Mac is n-e-u-m-o-n-i-a + a combining
+        # accent, which would split into extra pre-tokens), then whitespace, then case
+        for word in _PRETOKEN.findall(" ".join(unicodedata.normalize("NFC", text).split()).lower()):
             n = self._cache.get(word)
             if n is None:
                 n = len(self.tokenizer(word, add_special_tokens=False)["input_ids"])
