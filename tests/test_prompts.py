@@ -47,6 +47,11 @@ def test_template_fields_and_errors():
         PromptConfig(template="chest x-ray, findings: {findings}")
     with pytest.raises(ConfigError, match="unbalanced"):
         PromptConfig(template="[age {age}")
+    for template in ("x], [y {age}", "a [b [c {age}] d]"):
+        with pytest.raises(ConfigError, match="balanced and not nested"):
+            PromptConfig(template=template)
+    with pytest.raises(ConfigError, match="not a plain"):
+        PromptConfig(template="chest x-ray, [age {age:03d}]")  # would print the braces in every prompt
 
 
 LONG = Conditions(
@@ -109,3 +114,22 @@ def test_truncation_never_cuts_inside_a_word():
     p = build(Conditions(caption=words), level="caption")
     assert p.tokens <= 77 and p.dropped[-1].startswith("truncated")
     assert words.startswith(p.text) and words[len(p.text)] == " "
+
+
+def test_fitting_drops_only_what_the_template_shows():
+    demographic = build(LONG, level="demographic", max_tokens=8)
+    assert demographic.tokens <= 8 and [d.split(":")[0] for d in demographic.dropped] == ["truncated"]
+    assert (
+        demographic.text == "chest x-ray"
+    )  # "age 70 female" does not fit whole, and "age" alone says nothing
+    labels = build(LONG, template="chest x-ray, {labels}", max_tokens=30)
+    assert labels.tokens <= 30 and not any(d.startswith(("location", "repeat")) for d in labels.dropped)
+    assert labels.text.startswith("chest x-ray, COPD signs")
+
+
+def test_truncation_keeps_whole_field_parts_before_a_caption():
+    words = "the cardiac silhouette is enlarged with bilateral interstitial opacities " * 12
+    p = build(
+        Conditions(age=47, sex="M", caption=words), template="chest x-ray, [age {age}] [{sex}], {caption}"
+    )
+    assert p.text.startswith("chest x-ray, age 47 male, the cardiac silhouette") and p.tokens <= 77

@@ -6,7 +6,7 @@ part of its own and expands to `diagnosis <label>, loc <location>, ...` in repor
 
 Fitting to the text encoder's window drops, one at a time and only as far as needed: repeated labels (their new
 locations move to the first mention), pseudo-labels, locations, then findings by priority; a prompt still too
-long is cut at a word boundary. Every drop is recorded.
+long loses trailing parts, free text (a caption) being cut between words. Every drop is recorded.
 """
 
 from __future__ import annotations
@@ -104,10 +104,17 @@ def parse_template(template: str) -> Template:
 
 
 def _split_top_level(template: str) -> list[str]:
+    unknown = [
+        m.group(0) for m in re.finditer(r"\{[^{}]*\}|[{}]", template) if not _FIELD.fullmatch(m.group(0))
+    ]
+    if unknown:
+        raise ConfigError(f"prompt template {template!r}: {unknown[0]} is not a plain {{field}}")
     out, depth, current = [], 0, []
     for ch in template:
         depth += ch == "["
         depth -= ch == "]"
+        if not 0 <= depth <= 1:
+            raise ConfigError(f"prompt template {template!r}: [ ] must be balanced and not nested")
         if ch == "," and depth == 0:
             out.append("".join(current))
             current = []
@@ -197,14 +204,25 @@ class PromptBuilder:
     def _fit(self, c: Conditions, prompt: Prompt) -> None:
         work = _Shortening(self, c)
         budget = self.config.max_tokens
-        steps = (work.merge_repeats, work.drop_pseudo, work.drop_locations, work.drop_findings)
+        # only what the template shows is dropped (and recorded): {labels} shows distinct labels, no locations
+        if any(part is None for part in self.template):
+            steps, estimated = (
+                (work.merge_repeats, work.drop_pseudo, work.drop_locations, work.drop_findings),
+                True,
+            )
+        elif any("labels" in seg.fields for part in self.template if part is not None for seg in part):
+            steps, estimated = (work.drop_pseudo, work.drop_findings), False  # the estimate counts {findings}
+        else:
+            steps, estimated = (), False
         for step in steps:
             for note in step():
                 prompt.dropped.append(note)
-                if work.estimate <= budget and self._accept(work, c, prompt):
+                if (work.estimate <= budget or not estimated) and self._accept(work, c, prompt):
                     return
         self._accept(work, c, prompt)
-        self._truncate(prompt)
+        self._truncate(
+            prompt, render_parts(self.template, dataclasses.replace(c, findings=work.findings())), c
+        )
 
     def _accept(self, work: _Shortening, c: Conditions, prompt: Prompt) -> bool:
         """Render the shortened findings and count exactly (the running estimate assumes the last part's
@@ -224,18 +242,33 @@ class PromptBuilder:
             return sorted(idx, key=lambda i: (-count[i], -i))
         return sorted(idx, key=lambda i: (count[i], -i))
 
-    def _truncate(self, prompt: Prompt) -> None:
-        words = prompt.text.split(" ")
-        lo, hi = 0, len(words)  # largest k with words[:k] fitting
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.counter.count(" ".join(words[:mid])) <= self.config.max_tokens:
-                lo = mid
-            else:
-                hi = mid - 1
-        prompt.text = " ".join(words[:lo]).rstrip(" ,")
-        prompt.tokens = self.counter.count(prompt.text)
-        prompt.dropped.append(f"truncated: {len(words) - lo} words")
+    def _truncate(self, prompt: Prompt, parts: list[str], c: Conditions) -> None:
+        """Keep the whole parts that fit. Only free text (a caption, or a first part too long on its own) is cut
+        between words: a field part cut short would say "age" without the age."""
+        budget = self.config.max_tokens
+        kept: list[str] = []
+        cost = 0  # tokens of the kept parts with their commas
+        for part in parts:
+            if 2 + cost + self.counter.count(part) - 2 > budget:
+                break
+            kept.append(part)
+            cost += self.counter.part_cost(part)
+        caption = " ".join((c.caption or "").split())  # as rendered
+        if len(kept) < len(parts) and (not kept or (caption and caption in parts[len(kept)])):
+            words = parts[len(kept)].split(" ")
+            lo, hi = 0, len(words)  # the most words of the part that still fit
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self.counter.count_parts([*kept, " ".join(words[:mid])]) <= budget:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo:
+                kept.append(" ".join(words[:lo]).rstrip(" ,"))
+        before = len(", ".join(parts).split())
+        prompt.text = ", ".join(kept)
+        prompt.tokens = self.counter.count_parts(kept)
+        prompt.dropped.append(f"truncated: {before - len(prompt.text.split())} words")
 
 
 class _Shortening:
