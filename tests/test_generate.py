@@ -389,6 +389,25 @@ def test_long_prompt_images_do_not_depend_on_their_batch(run_dir, tmp_path):
     assert generate(tmp_path / "negative", *common, "--prompt", "chest x-ray", "--negative-prompt", long) == 0
 
 
+def test_sampling_keeps_long_and_short_prompts_apart(tiny_model):
+    """Training's sample grids mix prompt lengths in one call: each image must be the one generate makes."""
+    import torch
+
+    from cxrgen.models import ModelConfig, load_components
+    from cxrgen.sampling import make_pipeline, sample_images
+
+    m = load_components(ModelConfig(base=str(tiny_model)), torch.float32)
+    pipe = make_pipeline(m.tokenizer, m.text_encoder, m.vae, m.unet, m.scheduler.config, "dpmsolver++")
+    long = ", ".join(["diagnosis pleural effusion, loc right"] * 15)
+
+    def sample(prompts, seeds):
+        return sample_images(pipe, prompts, seeds, steps=2, long_prompts=True, size=64)
+
+    mixed = sample(["chest x-ray", long, "chest x-ray, cardiomegaly"], [1, 2, 3])
+    short, alone = sample(["chest x-ray", "chest x-ray, cardiomegaly"], [1, 3]), sample([long], [2])
+    assert np.array_equal(mixed[[0, 2]], short) and np.array_equal(mixed[1], alone[0])
+
+
 def test_long_prompt_warning_counts_once(run_dir, tmp_path, caplog):
     long = ", ".join(["diagnosis pleural effusion, loc right"] * 15)
     assert (

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .text_encoding import encode_windows, token_windows
+from .text_encoding import chunk_token_ids, encode_windows, token_windows
 
 Sampler = Literal["dpmsolver++", "ddim", "euler", "pndm"]
 SAMPLERS: tuple[str, ...] = ("dpmsolver++", "ddim", "euler", "pndm")
@@ -54,7 +54,23 @@ def sample_images(
     autocast_dtype: torch.dtype | None = None,
     grayscale: bool = True,
 ) -> np.ndarray:
-    """Float32 in [0, 1], one image per (prompt, seed) pair: (n, size, size) grayscale, or (n, size, size, 3)."""
+    """Float32 in [0, 1], one image per (prompt, seed) pair: (n, size, size) grayscale, or (n, size, size, 3).
+
+    With long prompts, prompts of different window counts are sampled apart: padding a shorter prompt with empty
+    windows would change its conditioning, and the image would differ from the one `generate` makes."""
+    settings = dict(steps=steps, guidance=guidance, negative_prompt=negative_prompt, long_prompts=long_prompts,
+                    size=size, autocast_dtype=autocast_dtype, grayscale=grayscale)  # fmt: skip
+    if long_prompts:
+        groups: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(len(chunk_token_ids(pipe.tokenizer, prompt, True)), []).append(i)
+        if len(groups) > 1:
+            images: list[Any] = [None] * len(prompts)
+            for group in groups.values():
+                made = sample_images(pipe, [prompts[i] for i in group], [seeds[i] for i in group], **settings)
+                for i, image in zip(group, made, strict=True):
+                    images[i] = image
+            return np.stack(images)
     device = pipe.unet.device
     windows = token_windows(pipe.tokenizer, prompts, long_prompts)
     negative = token_windows(pipe.tokenizer, [negative_prompt] * len(prompts), long_prompts, windows.shape[1])
