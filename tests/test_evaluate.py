@@ -145,6 +145,9 @@ def test_ms_ssim_of_identical_images_is_one():
     a, b = xray(128, 128, seed=1, bits=8), xray(128, 128, seed=2, bits=8)
     assert ms_ssim(a, a) == pytest.approx(1.0) and ms_ssim(a, b) < 0.95
     assert ms_ssim(a[:48, :48], a[:48, :48]) == pytest.approx(1.0)  # small images use fewer scales
+    big = xray(256, 256, seed=3, bits=8)
+    for side in [*range(16, 257, 9), 25, 41, 81, 161, 175]:  # sizes where torchmetrics' limits bite
+        assert ms_ssim(big[:side, :side], big[:side, :side]) == pytest.approx(1.0), side
 
 
 def test_auroc_and_adherence():
@@ -164,12 +167,33 @@ def test_auroc_and_adherence():
     assert a["per_finding"]["Effusion"]["auroc"] == 1.0 and a["per_finding"]["Cardiomegaly"]["auroc"] == 1.0
     assert a["sex_accuracy"] == 1.0 and a["age_mae"] == pytest.approx(2.75)
     assert a["labels_without_classifier_output"] == ["calcified granuloma"]
+    # spelled otherwise, or a bare label; a mapped label whose output this classifier lacks is listed, not lost
+    rows += [{"findings": ["Pleural_Effusion "]}, {"findings": [{"label": "pneumothorax"}]}]
+    probs = np.vstack([probs, [[0.95, 0.1, 0.5, 40.0], [0.1, 0.1, 0.5, 40.0]]])
+    a = adherence(rows, probs, ("Effusion", "Cardiomegaly", "sex_male", "age"))
+    assert a["per_finding"]["Effusion"]["positives"] == 2
+    assert a["labels_without_classifier_output"] == ["calcified granuloma", "pneumothorax"]
+
+
+def test_report_sections_survive_what_a_report_rerun_meets(tmp_path):
+    from cxrgen.evaluate import report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(
+        '{"step": 1, "loss/train": 0.5}\n{"step": 2, "loss/tr'
+    )  # killed mid-line
+    assert "data:image/png" in report._training(run)
+    assert "not measured: no findings" in report._adherence({"adherence": {"skipped": "no findings"}})
+    moved = {"sets": {"generated": {"folder": str(tmp_path / "moved")}}}
+    assert "images not at hand" in report._shown(report._samples, moved)
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
 
 
 def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative folders, as users give them: the report must not depend on the cwd
     rows = [{"text": f"p{i % 4}", "findings": [{"label": "pleural effusion", "locations": ["left"]}] if i % 2 else [], "seed": i,
              "patient_key": f"k{i}"} for i in range(16)]  # fmt: skip
     gen_images = phantoms(16, 700)
@@ -181,7 +205,7 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
         phantoms(20, 900),
         [{"text": "x", "patient_key": f"t{i}"} for i in range(20)],
     )
-    args = ["evaluate", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"), "--train", str(tmp_path / "real"),
+    args = ["evaluate", "--real", "real", "--generated", "gen", "--train", "real",
             "--out", str(tmp_path / "eval"), "--extractors", "torchvision:resnet18", "xrv", "--weights",
             "torchvision:resnet18=random", "xrv=random", "--bootstrap", "5", "--kid-subset-size", "8", "--diversity-pairs", "10",
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
@@ -193,7 +217,7 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
     )
     assert m["fidelity"]["xrv"]["note"].startswith("random weights")
     assert m["sets"]["real"]["images"] == 16 and m["sets"]["train"]["images"] == 20
-    assert m["memorization"]["flagged_images"] == [str(tmp_path / "gen" / "train" / "001.png")]
+    assert m["memorization"]["flagged_images"] == [str((tmp_path / "gen" / "train" / "001.png").resolve())]
     assert m["diversity"]["generated_within_prompt"]["groups"] == 4
     assert "Effusion" in m["adherence"]["per_finding"]
     page = (tmp_path / "eval" / "report.html").read_text()
@@ -216,7 +240,10 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
     monkeypatch.setattr(BackboneExtractor, "forward", counting)
     assert main([*args, "--no-report"]) == 0
     assert calls["n"] == 0  # every feature came from the cache
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["report", str(tmp_path / "eval")]) == 0
+    assert "images not at hand" not in (tmp_path / "eval" / "report.html").read_text()
 
 
 def test_forgetting_and_training_curves(tiny_dataset, smoke_run, tmp_path):

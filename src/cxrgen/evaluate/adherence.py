@@ -36,13 +36,20 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+def _name(label: str) -> str:
+    """Labels as the mapping spells them: "Pleural_Effusion " is "pleural effusion"."""
+    return " ".join(label.replace("_", " ").split()).lower()
+
+
+def _labels(row: dict[str, Any]) -> list[str]:
+    """A metadata row's finding labels; a finding may be {label, locations} or a bare label."""
+    return [str(f.get("label", "") if isinstance(f, dict) else f) for f in row.get("findings") or []]
+
+
 def adherence(rows: list[dict[str, Any]], probabilities: np.ndarray, outputs: tuple[str, ...],
               mapping: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
-    mapping = {k.lower(): v for k, v in (mapping or LABEL_TO_OUTPUT).items()}
-    requested = [
-        {mapping.get(str(f.get("label", "")).lower()) for f in row.get("findings") or []} - {None}
-        for row in rows
-    ]
+    mapping = {_name(k): v for k, v in (mapping or LABEL_TO_OUTPUT).items() if v in outputs}
+    requested = [{mapping.get(_name(label)) for label in _labels(row)} - {None} for row in rows]
     per_output = {}
     for k, name in enumerate(outputs):
         labels = np.array([name in r for r in requested])
@@ -52,8 +59,8 @@ def adherence(rows: list[dict[str, Any]], probabilities: np.ndarray, outputs: tu
     result: dict[str, Any] = {"per_finding": per_output}
     valid = [v["auroc"] for v in per_output.values() if v["auroc"] is not None]
     result["mean_auroc"] = float(np.mean(valid)) if valid else None
-    unmapped = sorted({str(f.get("label")) for row in rows for f in row.get("findings") or []
-                       if str(f.get("label", "")).lower() not in mapping})  # fmt: skip
+    # a label the mapping lacks, or maps to an output this classifier does not have
+    unmapped = sorted({label for row in rows for label in _labels(row) if _name(label) not in mapping})
     result["labels_without_classifier_output"] = unmapped[:50]
     if "sex_male" in outputs:
         sexes = np.array([r.get("sex") for r in rows])

@@ -134,7 +134,8 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
             raise ImageSetError(f"{images.name}: FID and KID need at least 2 images, {images.root} has 1")
     metrics: dict[str, Any] = {
         **provenance(), "config": to_dict(c),
-        "sets": {k: {"folder": str(v.root), "images": len(v), "sizes": _sizes(v)} for k, v in sets.items()},
+        # absolute: `cxrgen report` reads the images again, from wherever it is run
+        "sets": {k: {"folder": str(v.root.resolve()), "images": len(v), "sizes": _sizes(v)} for k, v in sets.items()},
         "fidelity": {}, "extractors": [],
     }  # fmt: skip
     if len({tuple(v["sizes"]) for v in metrics["sets"].values()}) > 1:
@@ -166,7 +167,11 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
                     margin=c.memorization_margin, seed=c.seed)  # fmt: skip
         metrics["memorization"] = {"extractor": primary.identity, **mem.summary(generated, train)}
     classifier = next((ex for ex in extractors if ex.outputs), None)
-    if classifier is not None and generated.rows:
+    if classifier is not None and not generated.rows:
+        metrics["adherence"] = {"skipped": f"{generated.root} has no metadata.jsonl: no conditions to check"}
+    elif classifier is not None and not any(row.get("findings") for row in generated.rows):
+        metrics["adherence"] = {"skipped": "no generated image asked for a finding (raw prompts?)"}
+    elif classifier is not None:
         metrics["adherence"] = {
             "classifier": classifier.identity,
             **adherence(generated.rows, scores[classifier.name], classifier.outputs),
@@ -177,7 +182,7 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
         metrics["forgetting"] = forgetting(c.run, out / "forgetting", _primary(extractors), c.forgetting_images,
                                            c.forgetting_steps, c.seed, c.cache_dir)  # fmt: skip
     if c.run:
-        metrics["run"] = str(c.run)
+        metrics["run"] = str(Path(c.run).resolve())
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "metrics.json", metrics)
     return metrics

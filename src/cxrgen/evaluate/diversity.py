@@ -20,8 +20,9 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
     side = min(a.shape)
     kernel = 11 if side >= 32 else 7
-    scales = max(1, min(len(BETAS), int(np.log2(side / (kernel - 1))) + 1))
-    while scales > 1 and side <= (kernel - 1) * 2 ** (scales - 1):
+    scales = len(BETAS)
+    # torchmetrics' own conditions: a side of at least 2**scales, and side // (scales - 1)**2 above kernel - 1
+    while scales > 1 and (side < 2**scales or side // max(1, scales - 1) ** 2 <= kernel - 1):
         scales -= 1
     betas = tuple(np.array(BETAS[:scales]) / sum(BETAS[:scales]))
     x = torch.tensor(a, dtype=torch.float32)[None, None] / 255.0

@@ -71,5 +71,5 @@ def forgetting(
     generic = [result["per_prompt"][p]["feature_cosine"] for p in GENERIC_PROMPTS]
     result["generic_feature_cosine"] = float(np.mean(generic))
     result["control_feature_cosine"] = result["per_prompt"][CONTROL_PROMPT]["feature_cosine"]
-    result["files"] = {"tuned": str(out / "tuned"), "base": str(out / "base")}
+    result["files"] = {"tuned": str((out / "tuned").resolve()), "base": str((out / "base").resolve())}
     return result

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..config import option
+from ..fileio import read_jsonl_lines
 from ..grid import image_grid
-from .imagesets import load_gray, open_set
+from .imagesets import ImageSetError, load_gray, open_set
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -113,11 +114,13 @@ def _diversity(m: dict[str, Any]) -> str:
 
 def _group_key(row: dict[str, Any]) -> str:
     labels = [
-        f["label"]
-        for f in row.get("findings") or []
-        if f.get("label", "").lower() not in ("normal", "unchanged", "exclude", "suboptimal study")
+        label
+        for label in (
+            f.get("label", "") if isinstance(f, dict) else str(f) for f in row.get("findings") or []
+        )
+        if label.lower() not in ("normal", "unchanged", "exclude", "suboptimal study")
     ]
-    return labels[0] if labels else ("normal" if row.get("findings") else row.get("text", "")[:60])
+    return labels[0].lower() if labels else ("normal" if row.get("findings") else row.get("text", "")[:60])
 
 
 def _samples(m: dict[str, Any], groups: int = 8, per_group: int = 8, thumb: int = 112) -> str:
@@ -174,6 +177,8 @@ def _memorization(m: dict[str, Any]) -> str:
 
 def _adherence(m: dict[str, Any]) -> str:
     a = m["adherence"]
+    if "skipped" in a:
+        return _note(f"not measured: {a['skipped']}")
     rows = [
         [k, f"{v['auroc']:.3f}" if v["auroc"] is not None else "-", v["positives"], v["negatives"]]
         for k, v in a["per_finding"].items()
@@ -211,7 +216,7 @@ def _training(run: Path) -> str:
     log = run / "metrics.jsonl"
     out = []
     if log.is_file():
-        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        rows = list(read_jsonl_lines(log))  # a killed run may have cut its last line
 
         def curves(ax):
             for key, label in (("loss/train", "train loss"), ("loss/val", "validation loss")):
@@ -227,8 +232,18 @@ def _training(run: Path) -> str:
         from PIL import Image
 
         with Image.open(samples[-1]) as im:
-            out.append(f"<h3>sample grid at {samples[-1].stem}</h3>{_img(im.convert('L'), 'samples')}")
+            out.append(
+                f"<h3>sample grid at {html.escape(samples[-1].stem)}</h3>{_img(im.convert('L'), 'samples')}"
+            )
     return "".join(out)
+
+
+def _shown(draw: Any, m: dict[str, Any]) -> str:
+    """A section drawn from image files: a note rather than a crash when they have moved since the evaluation."""
+    try:
+        return draw(m)
+    except (ImageSetError, OSError) as exc:
+        return _note(f"images not at hand ({exc}); the metrics above stand")
 
 
 def _note(text: str) -> str:
@@ -242,19 +257,20 @@ def write_report(folder: str | Path) -> Path:
         ("Image sets", _sets(m)),
         ("Fidelity", _fidelity(m)),
         ("Diversity", _diversity(m)),
-        ("Samples by condition", _samples(m)),
+        ("Samples by condition", _shown(_samples, m)),
     ]
     # a section that was not measured says how to measure it, so every report has the same outline
-    has_run = bool(m.get("run")) and Path(m["run"]).is_dir()
+    run = Path(m["run"]) if m.get("run") else None
     sections += [
         ("Memorization: nearest training images",
-         _memorization(m) if "memorization" in m else _note("not measured: give --train (the training images)")),
+         _shown(_memorization, m) if "memorization" in m else _note("not measured: give --train (the training images)")),
         ("Prompt adherence", _adherence(m) if "adherence" in m else _note(
             "not measured: needs a classifier of findings, e.g. --extractors inception xrv "
             "--weights xrv=densenet121-res224-all.pt --allow-pickle")),
         ("Forgetting: generic prompts, fine-tuned vs base",
-         _forgetting(m) if "forgetting" in m else _note("not measured: give --run RUN --forgetting")),
-        ("Training", _training(Path(m["run"])) if has_run else _note("no run: give --run RUN for its loss curves")),
+         _shown(_forgetting, m) if "forgetting" in m else _note("not measured: give --run RUN --forgetting")),
+        ("Training", _training(run) if run is not None and run.is_dir() else _note(
+            f"the run {run} is not at hand" if run is not None else "no run: give --run RUN for its loss curves")),
     ]  # fmt: skip
     config = html.escape(
         json.dumps(
