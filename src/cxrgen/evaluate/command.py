@@ -180,7 +180,7 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
         from .forgetting import forgetting
 
         metrics["forgetting"] = forgetting(c.run, out / "forgetting", _primary(extractors), c.forgetting_images,
-                                           c.forgetting_steps, c.seed, c.cache_dir)  # fmt: skip
+                                           c.forgetting_steps, c.seed, c.cache_dir, c.batch_size, device)  # fmt: skip
     if c.run:
         metrics["run"] = str(Path(c.run).resolve())
     metrics["seconds"] = round(time.perf_counter() - start, 1)

@@ -31,9 +31,8 @@ GENERIC_PROMPTS = (
 CONTROL_PROMPT = "chest x-ray"
 
 
-def forgetting(
-    run: str, out: Path, extractor: Extractor, images: int, steps: int, seed: int, cache_dir: str | None
-) -> dict[str, Any]:
+def forgetting(run: str, out: Path, extractor: Extractor, images: int, steps: int, seed: int, cache_dir: str | None,
+               batch: int = 32, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
     run_json = json.loads((Path(run) / "run.json").read_text())
     prompts = [*GENERIC_PROMPTS, CONTROL_PROMPT]
     common = GenerateConfig(
@@ -44,8 +43,8 @@ def forgetting(
     Generator(replace(common, out=str(out / "base"), run=None, model=base, size=run_json.get("resolution"),
                       prompts=None)).run()  # fmt: skip
     tuned_set, base_set = open_set(out / "tuned", "train", "tuned"), open_set(out / "base", "train", "base")
-    tuned_f, _ = extract(tuned_set, extractor, cache_dir)
-    base_f, _ = extract(base_set, extractor, cache_dir)
+    tuned_f, _ = extract(tuned_set, extractor, cache_dir, batch, device)
+    base_f, _ = extract(base_set, extractor, cache_dir, batch, device)
     result: dict[str, Any] = {"extractor": extractor.identity, "per_prompt": {}}
     for p in prompts:
         idx = [i for i, r in enumerate(tuned_set.rows) if r["text"] == p]
