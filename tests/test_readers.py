@@ -217,6 +217,15 @@ def test_folder_without_captions_reads_dicom_headers(tmp_path):
     assert (rec.age, rec.sex, rec.view, rec.modality) == (47, "F", "PA", "DX")
     assert rec.patient_key == KEYER("folder", "secret-id")
     assert sorted(rec.image for rec in r.records) == ["1.2.840.99.3", "IM000002", "one.dcm"]
+    # a captions file that names DICOMs: the header fills what it leaves out, the patient above all
+    (tmp_path / "x" / "captions.csv").write_text("file_name,text,sex\none.dcm,left effusion,M\nIM000002,,\n")
+    r = read_source("folder", KEYER, images=tmp_path / "x")
+    one, two = sorted(r.records, key=lambda rec: rec.image)[::-1]
+    assert one.patient_key == KEYER("folder", "secret-id") and (one.age, one.sex) == (
+        47,
+        "M",
+    )  # the file wins
+    assert one.caption == "left effusion" and two.sex == "M"
 
 
 def test_record_metadata_roundtrip(padchest):

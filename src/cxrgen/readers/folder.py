@@ -2,7 +2,8 @@
 
 The captions file is CSV or JSON Lines with a `file_name` column (relative to the folder) and any of: `text`
 (a caption), `age`, `sex`, `view`, `projection`, `modality`, `findings`, `labels`, `patient_id`. Without one,
-every image under the folder is taken, and DICOM files contribute their header fields.
+every image under the folder is taken. DICOM files contribute their header fields either way, where the captions
+file leaves them out: the patient id above all, which keeps a patient's images in one split.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def read_folder(root: str | Path, keyer: PatientKeyer, captions: str | Path | No
         if not name:
             result.rejections.append(Rejection(row_no, "", f"metadata: no {' / '.join(_FILE_COLUMNS)} value"))
             continue
+        path = root / name
+        if path.resolve().is_relative_to(root.resolve()) and path.is_file() and is_dicom(path):
+            row = {**dicom_fields(path), **{k: v for k, v in row.items() if v not in (None, "")}}
         try:
             record = _record(name, row, row_no, keyer)
         except ValueError as exc:
