@@ -444,6 +444,9 @@ def test_long_prompt_warning_counts_once(run_dir, tmp_path, caplog):
         == 0
     )
     assert "exceed 77 tokens" not in caplog.text
+    assert generate(tmp_path / "n", "--run", str(run_dir), "--prompt", "short", "--negative-prompt", long, "--n", "1",
+                    base=("--steps", "1")) == 0  # fmt: skip
+    assert "the negative prompt exceeds 77 tokens" in caplog.text
 
 
 def test_bad_inputs(run_dir, tmp_path, capsys):

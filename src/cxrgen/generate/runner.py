@@ -356,6 +356,10 @@ class Generator:
             if over:
                 log.warning("%d prompt(s) exceed %d tokens and will be cut; use --long-prompts (or a model trained with it)",
                             over, self.tokenizer.model_max_length)  # fmt: skip
+            if count_over_window(self.tokenizer, [self.c.negative_prompt]):
+                log.warning(
+                    "the negative prompt exceeds %d tokens and will be cut", self.tokenizer.model_max_length
+                )
 
     def _write(self, i: int, batch: list[int], pixels: Any, prompt: str, seed: int, ids: dict[str, Any],
                sampler: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
