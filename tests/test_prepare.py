@@ -291,6 +291,25 @@ def test_missing_images_are_tried_again_and_old_copies_go(quirk_release, tmp_pat
     assert prepare(release, out, "--image.size", "96", *reject_all) == 0  # converted again, rejected again
     names = [p.name for p in out.glob("*/??/*.png")]
     assert len(names) == len(set(names)) and all(Image.open(p).size[0] == 96 for p in out.glob("*/??/*.png"))
+    # back to the first settings: their journal entries stand only for their own PNGs, which are 96 px now
+    assert prepare(release, out) == 0
+    assert all(Image.open(p).size[0] == 64 for p in out.glob("*/??/*.png"))
+
+
+def test_a_shard_that_missed_an_image_does_not_outlive_the_run_that_found_it(quirk_release, tmp_path):
+    import shutil
+
+    root = shutil.copytree(quirk_release[0], tmp_path / "release")
+    release = (root, root / quirk_release[1].name)
+    held = sorted(root.rglob("*.png"))[0]
+    held.rename(tmp_path / "held-back.png")
+    out = tmp_path / "out"
+    assert prepare(release, out, "--shard", "0/2") == 0 and prepare(release, out, "--shard", "1/2") == 0
+    (tmp_path / "held-back.png").rename(held)
+    for _ in range(2):  # main.jsonl sorts before the shards' journals: order of files must not decide
+        assert prepare(release, out) == 0
+        missing = [r["path"] for r in rejected(out) if r["reason"] == "image: file not found"]
+        assert missing == ["0/missing_y8.png"]  # the fixture's image that never exists; not the one held back
 
 
 def test_mimic_and_chexpert_outputs_name_no_one(tmp_path):

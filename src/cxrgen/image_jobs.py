@@ -1,8 +1,10 @@
 """Convert many source images in worker processes, resumably.
 
-Each finished image is first written atomically, then its result (QC statistics or rejection reason) is appended
-to a journal. A rerun reads the journals, skips every image already done with the same image settings, and does
-the rest; a kill at any moment leaves at worst one image to redo. QC decisions are taken later from the journal's
+Each finished image is first written atomically, then its result (QC statistics or rejection reason, the PNG's
+size and modification time, when it was recorded) is appended to a journal. A rerun reads the journals, skips
+every image already done with the same image settings whose PNG is still the one recorded, and does the rest; a
+kill at any moment leaves at worst one image to redo. The newest entry of an image wins, whichever shard or run
+wrote it. QC decisions are taken later from the journal's
 statistics, so changing a QC threshold needs no reconversion.
 """
 
@@ -12,6 +14,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .fileio import read_jsonl_lines
+from .fileio import read_jsonl_lines, stat_digest
 from .imaging import ImageConfig, ImageRejected, convert_file
 from .imaging.png import write_png
 
@@ -41,6 +44,12 @@ class JobResult:
     status: str  # "ok", "rejected", or "failed" (rejected for now, tried again by a rerun)
     reason: str = ""
     stats: dict[str, Any] | None = None
+    png: str | None = None  # size and modification time of the PNG written (its identity across moves)
+
+
+def png_identity(path: Path) -> str:
+    """Which conversion a PNG is: another run with other settings rewrites it; moving it between folders does not."""
+    return stat_digest([path], root=path.parent)
 
 
 _config: ImageConfig | None = None
@@ -63,20 +72,26 @@ def run_job(job: Job, config: ImageConfig | None = None) -> JobResult:
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop a 160k-image run
         return JobResult(job.id, digest, "failed", f"image: unexpected {type(exc).__name__}: {exc}")
     write_png(job.target, converted.image)
-    return JobResult(job.id, digest, "ok", stats=asdict(converted.stats))
+    return JobResult(job.id, digest, "ok", stats=asdict(converted.stats), png=png_identity(Path(job.target)))
 
 
 def load_journals(out: Path, digest: str) -> dict[str, JobResult]:
-    """Results recorded by earlier runs and shards with the same image settings."""
+    """Results recorded by earlier runs and shards with the same image settings: each image's newest (a shard's
+    "file not found" must not outlive the later run that found the file)."""
     done: dict[str, JobResult] = {}
+    when: dict[str, float] = {}
     folder = out / JOURNAL_DIR
     if not folder.is_dir():
         return done
     for path in sorted(folder.glob("*.jsonl")):
         for entry in read_jsonl_lines(path):
-            if entry.get("digest") == digest and "id" in entry:
+            if entry.get("digest") != digest or "id" not in entry:
+                continue
+            at = float(entry.get("at") or 0.0)  # entries written before times were recorded: file order
+            if at >= when.get(entry["id"], 0.0):
+                when[entry["id"]] = at
                 done[entry["id"]] = JobResult(
-                    **{k: entry.get(k) for k in ("id", "digest", "status", "reason", "stats")}
+                    **{k: entry.get(k) for k in ("id", "digest", "status", "reason", "stats", "png")}
                 )
     return done
 
@@ -102,7 +117,7 @@ def run_jobs(
             fh.write("\n")  # a kill cut the last line short: start a fresh one
 
         def record(result: JobResult) -> None:
-            fh.write(json.dumps(asdict(result)) + "\n")
+            fh.write(json.dumps({**asdict(result), "at": time.time()}) + "\n")
             fh.flush()
             results[result.id] = result
             bar.update()

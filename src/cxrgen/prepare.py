@@ -21,7 +21,7 @@ from PIL import Image
 from .config import ConfigError, option, to_dict
 from .fileio import remove_stale_temps, write_csv, write_json, write_jsonl
 from .filters import FilterConfig, apply_filters, seeded_rank
-from .image_jobs import JOURNAL_DIR, Job, JobResult, load_journals, run_jobs
+from .image_jobs import JOURNAL_DIR, Job, JobResult, load_journals, png_identity, run_jobs
 from .imaging import ImageConfig, ImageStats
 from .prompts import PromptBuilder, PromptConfig
 from .provenance import file_sha256, provenance
@@ -204,7 +204,7 @@ def _convert_images(config, out, kept, split_of, shard_i, shard_n) -> dict[str, 
     jobs, linked_out, retries = [], {}, 0
     for r in sorted(kept, key=lambda r: r.id)[shard_i::shard_n]:
         previous = done.get(r.id)
-        if previous is not None and (previous.status == "rejected" or _find_png(out, r.id) is not None):
+        if previous is not None and (previous.status == "rejected" or _converted(out, previous)):
             continue
         source = resolve_image(root, r.image)
         if source is None:
@@ -226,6 +226,13 @@ def _convert_images(config, out, kept, split_of, shard_i, shard_n) -> dict[str, 
         raise
     done = load_journals(out, digest) | linked_out
     return {r.id: done[r.id] for r in kept if r.id in done}
+
+
+def _converted(out: Path, previous: JobResult) -> bool:
+    """Its PNG is there and is the one this result recorded (not another run's, with other image settings).
+    Results journaled before PNG identities were recorded trust any PNG."""
+    png = _find_png(out, previous.id) if previous.status == "ok" else None
+    return png is not None and previous.png in (None, png_identity(png))
 
 
 def _find_png(out: Path, record_id: str) -> Path | None:
