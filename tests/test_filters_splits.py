@@ -98,6 +98,22 @@ def test_official_split_wins():
     }
 
 
+def test_official_split_holds_for_all_of_a_patients_images(caplog):
+    import dataclasses
+
+    records = make(300)  # three images per patient
+    # the split file lists only each patient's first image; one patient is listed in two splits
+    records = [
+        dataclasses.replace(r, official_split="test" if i % 3 == 0 else None) for i, r in enumerate(records)
+    ]
+    records[1] = dataclasses.replace(records[1], official_split="train")
+    splits = assign_splits(records, SplitConfig(train=1, val=0, test=0), 0)
+    assert set(splits.values()) == {
+        "test"
+    }  # the unlisted images follow the patient; the conflict goes held out
+    assert "1 patient(s) have images in several official splits" in caplog.text
+
+
 def test_split_does_not_depend_on_the_salt():
     from cxrgen.records import PatientKeyer
 

@@ -2,7 +2,8 @@
 
 A patient's split depends only on the seed and the patient key, never on which other records are present: the
 same patient lands in the same split whatever the filters, subsets or shards, so two datasets prepared from one
-release with one seed never leak test patients into training. A release's official split wins when asked.
+release with one seed never leak test patients into training. A release's official split wins when asked, for
+all of a patient's images: an image the split file does not list goes where the patient's listed images go.
 """
 
 from __future__ import annotations
@@ -32,15 +33,12 @@ class SplitConfig:
             raise ConfigError(f"splits.train/val/test must be non-negative and sum to 1, not {shares}")
 
 
+def _patient(record: Record) -> str:
+    return record.split_key or record.patient_key or record.order_key or record.id
+
+
 def assign_split(record: Record, config: SplitConfig, seed: int) -> str:
-    if config.official and record.official_split in SPLITS:
-        return record.official_split
-    u = (
-        seeded_rank(
-            seed, "split\0" + (record.split_key or record.patient_key or record.order_key or record.id)
-        )
-        / 2**64
-    )
+    u = seeded_rank(seed, "split\0" + _patient(record)) / 2**64
     if u < config.train:
         return "train"
     return "val" if u < config.train + config.val else "test"
@@ -54,7 +52,8 @@ def assign_splits(records: list[Record], config: SplitConfig, seed: int) -> dict
         log.warning(
             "%d of %d records have no patient id: they are split image by image", missing, len(records)
         )
-    splits = {r.id: assign_split(r, config, seed) for r in records}
+    official = _official_by_patient(records) if config.official else {}
+    splits = {r.id: official.get(_patient(r)) or assign_split(r, config, seed) for r in records}
     sizes = Counter(splits.values())
     for name in SPLITS:
         if getattr(config, name) > 0 and records and sizes[name] == 0:
@@ -62,3 +61,17 @@ def assign_splits(records: list[Record], config: SplitConfig, seed: int) -> dict
                 "split '%s' is empty (%d records in all): too few patients for its share", name, len(records)
             )
     return splits
+
+
+def _official_by_patient(records: list[Record]) -> dict[str, str]:
+    """Each patient's official split. A patient listed in several (another release version of the split file)
+    goes to the most held-out one, so no image of a test patient is trained on."""
+    listed: dict[str, set[str]] = {}
+    for r in records:
+        if r.official_split in SPLITS:
+            listed.setdefault(_patient(r), set()).add(r.official_split)
+    conflicts = sum(len(names) > 1 for names in listed.values())
+    if conflicts:
+        log.warning("%d patient(s) have images in several official splits: each goes to the most held-out of them "
+                    "(test, then val)", conflicts)  # fmt: skip
+    return {key: next(s for s in ("test", "val", "train") if s in names) for key, names in listed.items()}
