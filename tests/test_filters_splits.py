@@ -63,6 +63,17 @@ def test_filter_on_a_field_no_record_has_is_skipped(caplog):
     assert len(kept) == 10 and "not applied" in caplog.text
 
 
+def test_filter_values_in_other_words_and_values_no_record_has(caplog):
+    records = make(40)
+    kept, _ = apply_filters(records, FilterConfig(projections=["lateral"], sexes=["female"]), 0)
+    assert kept and all(r.projection == "L" and r.sex == "F" for r in kept)
+    kept, _ = apply_filters(records, FilterConfig(projections=["AP-horizontal"]), 0)
+    assert (
+        not kept
+        and "no record has the projection 'AP-HORIZONTAL'; the records have: AP_HORIZONTAL" in caplog.text
+    )
+
+
 def test_unknown_label_warns_with_closest(caplog):
     apply_filters(make(10), FilterConfig(projections=None, include_labels=["cardiomegally"]), 0)
     assert "closest known: cardiomegaly" in caplog.text

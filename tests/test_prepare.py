@@ -269,6 +269,13 @@ def test_cli_errors(tmp_path, capsys):
     assert "--images is required" in capsys.readouterr().err
 
 
+def test_an_unwritable_output_is_one_line(quirk_release, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert prepare(quirk_release, tmp_path / "afile" / "out", "--metadata-only") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cxrgen prepare: error:") and "Traceback" not in err
+
+
 def test_missing_images_are_tried_again_and_old_copies_go(quirk_release, tmp_path):
     """An image not there yet (a zip not unpacked) is rejected for this run only; and after a change of image
     settings, each image lives in one folder, the newest conversion."""

@@ -184,12 +184,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
-    """Errors about the user's inputs, shown as one line (run with -v for the traceback)."""
+    """Errors about the user's inputs or machine (a missing or unwritable path, a full disk), shown as one line
+    (run with -v for the traceback)."""
     from .evaluate.extractors import ExtractorError
     from .models import ModelError
     from .readers import TableError
     from .tokens import TokenizerError
 
-    return isinstance(
-        exc, TableError | TokenizerError | ModelError | ExtractorError | FileNotFoundError | ValueError
-    )
+    return isinstance(exc, TableError | TokenizerError | ModelError | ExtractorError | OSError | ValueError)

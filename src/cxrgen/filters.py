@@ -6,10 +6,18 @@ import difflib
 import hashlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import ConfigError, option
-from .records import FRONTAL_PROJECTIONS, Record, Rejection
+from .records import (
+    FRONTAL_PROJECTIONS,
+    Record,
+    Rejection,
+    normalize_projection,
+    normalize_sex,
+    normalize_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +106,24 @@ def _field_checks(records: list[Record], config: FilterConfig):
         log.warning("no record has a %s: the %s filter is not applied", name, name)
         return False
 
-    def member(name: str, allowed: list[str] | None, label: str) -> None:
+    def member(name: str, allowed: list[str] | None, normalize: Callable[[str], str | None]) -> None:
         if allowed is None or not known(name):
             return
-        wanted = {a.upper() for a in allowed}
+        # the records' spelling: "male" is M, "lateral" is the projection L
+        wanted = {(normalize(a) or a).upper() for a in allowed}
+        present = sorted({str(v).upper() for r in records if (v := getattr(r, name)) is not None})
+        for value in sorted(wanted.difference(present)):
+            close = difflib.get_close_matches(value, present, n=3, cutoff=0.3)
+            hint = f"; the records have: {', '.join(close)}" if close else ""
+            log.warning("filters: no record has the %s '%s'%s", name, value, hint)
         checks.append(
-            lambda r: None if (v := getattr(r, name)) is not None and v.upper() in wanted else f"{label} {v}"
+            lambda r: None if (v := getattr(r, name)) is not None and v.upper() in wanted else f"{name} {v}"
         )
 
-    member("projection", config.projections, "projection")
-    member("view", config.views, "view")
-    member("modality", config.modalities, "modality")
-    member("sex", config.sexes, "sex")
+    member("projection", config.projections, normalize_projection)
+    member("view", config.views, normalize_view)
+    member("modality", config.modalities, str.upper)
+    member("sex", config.sexes, normalize_sex)
     if (config.min_age is not None or config.max_age is not None) and known("age"):
         lo = config.min_age if config.min_age is not None else -1
         hi = config.max_age if config.max_age is not None else 10**6
