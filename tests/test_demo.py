@@ -36,3 +36,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     ]
     assert len(rows) == 8 and all(r["findings"] is not None for r in rows)
     assert list((out / "run" / "samples").glob("*.png"))
+    # a run stopped while fitting the VAE leaves no marker: the rerun makes the model (and its run) afresh
+    marker = out / "tiny-model" / "demo-model.json"
+    assert json.loads(marker.read_text())["vae_steps"] == 4
+    marker.unlink()
+    assert cli(args) == 0
+    assert marker.is_file() and list((out / "run" / "samples").glob("*.png"))

@@ -7,6 +7,8 @@ commands; the demo only chooses small settings and prints where each artefact is
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from .config import option
 from .evaluate.command import EvaluateConfig, run_evaluate
 from .evaluate.extractors import fid_inception_file
 from .evaluate.report import write_report
+from .fileio import write_json
 from .filters import FilterConfig
 from .generate.config import GenerateConfig
 from .generate.runner import Generator
@@ -65,9 +68,15 @@ def run_demo(config: DemoConfig) -> int:
     )))  # fmt: skip
 
     _stage(3, f"a tiny random Stable Diffusion model, its VAE fitted to the phantoms, in {model}")
-    if not (model / "model_index.json").is_file():
+    # made once per settings; the marker is written last, so a run stopped while fitting the VAE fits it again
+    made = model / "demo-model.json"
+    settings = {"size": config.size, "seed": config.seed, "vae_steps": config.vae_steps}
+    if not made.is_file() or json.loads(made.read_text()) != settings:
+        shutil.rmtree(model, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoints belong to the model being replaced
         make_tiny_model(TinyModelConfig(out=str(model), image_size=config.size, seed=config.seed))
         fit_vae(model, data, steps=config.vae_steps, batch=16, seed=config.seed)
+        write_json(made, settings)
 
     _stage(4, f"LoRA training, {config.steps} steps, with sample grids and validation loss")
     trainer, summary = run_train_config(TrainConfig(
