@@ -353,3 +353,22 @@ def test_mimic_and_chexpert_outputs_name_no_one(tmp_path):
         published += " ".join(p.name for p in out.rglob("*.png"))
         for forbidden in ("10000032", "50414267", "21800506", "patient00042", "d1.jpg", "view1_frontal"):
             assert forbidden not in published, (source, forbidden)
+
+
+def _dies_on_one(job, config=None):
+    """A worker the OOM killer takes on one image."""
+    import os
+    import signal
+
+    if job.id == "id3":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return image_jobs.JobResult(job.id, "digest", "ok")
+
+
+def test_a_killed_worker_stops_the_run_with_a_message(tmp_path, monkeypatch):
+    from cxrgen.imaging import ImageConfig
+
+    monkeypatch.setattr(image_jobs, "run_job", _dies_on_one)
+    jobs = [image_jobs.Job(f"id{i}", "source.png", str(tmp_path / f"{i}.png")) for i in range(8)]
+    with pytest.raises(ChildProcessError, match="an image worker died"):  # a Pool waited for it forever
+        image_jobs.run_jobs(jobs, ImageConfig(), tmp_path / "journal.jsonl", workers=2)

@@ -16,6 +16,8 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -129,15 +131,17 @@ def run_jobs(
                 record(run_job(job, config))
             return results
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config,))
+        # an executor, not a Pool: a worker killed by the OOM killer breaks it with an error, where a Pool waits
+        # forever for the lost task
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(config,))
         try:
             chunk = max(1, min(16, len(jobs) // (workers * 8)))
-            for result in pool.imap_unordered(run_job, by_id.values(), chunksize=chunk):
+            for result in pool.map(run_job, by_id.values(), chunksize=chunk):
                 record(result)
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
+        except BrokenProcessPool as exc:
+            raise ChildProcessError(
+                "an image worker died (out of memory? try fewer --workers); finished images are kept: rerun to resume"
+            ) from exc
         finally:
-            pool.join()
+            pool.shutdown(wait=False, cancel_futures=True)
     return results

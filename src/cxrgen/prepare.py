@@ -121,6 +121,9 @@ def resolve_image(root: Path, relative: str) -> Path | None:
 
 def run_prepare(config: PrepareConfig) -> PrepareResult:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked after the tokenizer ran
+    if not config.metadata_only and config.images and not Path(config.images).is_dir():
+        # said now, not after minutes of reading and filtering a large release
+        raise ConfigError(f"images root {config.images} does not exist")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}
