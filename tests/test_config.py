@@ -81,3 +81,17 @@ def test_every_command_help_reads_as_text(command, capsys):
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "usage: cxrgen" in out
     assert "{'" not in out  # a help string with a bare % once printed argparse's internals
+
+
+def test_prepare_never_pays_for_torch(tmp_path):
+    """Only the command that runs is imported: `cxrgen prepare` answers in a fraction of a second."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from cxrgen.cli import main; "
+        f"code = main(['prepare', '--source', 'padchest', '--csv', 'nope.csv', '--out', {str(tmp_path)!r}, "
+        "'--metadata-only']); print(code, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["1", "False"] and "nope.csv does not exist" in result.stderr

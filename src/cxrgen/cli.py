@@ -116,7 +116,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """Every command, but only `chosen` with its settings: their modules may import torch (seconds)."""
     parser = argparse.ArgumentParser(
         prog="cxrgen",
         description="Adapt Stable Diffusion to chest X-rays: prepare a release, fine-tune, generate, evaluate.",
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.description, epilog=command.epilog,
                            formatter_class=_Formatter)  # fmt: skip
+        if command.name != chosen:
+            continue
         if command.presets:
             names = importlib.import_module(command.presets).PRESETS
             p.add_argument(
@@ -151,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # the command is the first word that is not an option (-v, --version take no value)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in {c.name for c in COMMANDS} else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args._verbose > 1 else logging.INFO,
@@ -186,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(exc: Exception) -> bool:
     """Errors about the user's inputs or machine (a missing or unwritable path, a full disk), shown as one line
     (run with -v for the traceback)."""
-    from .evaluate.extractors import ExtractorError
-    from .models import ModelError
-    from .readers import TableError
-    from .tokens import TokenizerError
-
-    return isinstance(exc, TableError | TokenizerError | ModelError | ExtractorError | OSError | ValueError)
+    kinds: list[type] = [OSError, ValueError]
+    # each error class comes from a module that raised it, so it is imported already; importing it here would
+    # cost an error message torch's start-up
+    for module, name in (("cxrgen.readers.tables", "TableError"), ("cxrgen.tokens", "TokenizerError"),
+                         ("cxrgen.models", "ModelError"), ("cxrgen.evaluate.extractors", "ExtractorError")):  # fmt: skip
+        if module in sys.modules:
+            kinds.append(getattr(sys.modules[module], name))
+    return isinstance(exc, tuple(kinds))
