@@ -95,3 +95,13 @@ def test_prepare_never_pays_for_torch(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["1", "False"] and "nope.csv does not exist" in result.stderr
+
+
+def test_verbose_after_the_command_shows_the_traceback(tmp_path):
+    from cxrgen.cli import main
+    from cxrgen.readers.tables import TableError
+
+    args = ["--source", "padchest", "--csv", str(tmp_path), "--out", str(tmp_path / "o"), "--metadata-only"]
+    assert main(["prepare", *args]) == 1  # one line
+    with pytest.raises(TableError, match="is a folder: give the table file in it"):
+        main(["prepare", "-v", *args])

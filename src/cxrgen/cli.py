@@ -131,6 +131,9 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
                            formatter_class=_Formatter)  # fmt: skip
         if command.name != chosen:
             continue
+        # -v also after the command; counted on top of any given before it
+        p.add_argument("-v", "--verbose", dest="_verbose", action="count", default=argparse.SUPPRESS,
+                       help="more log output (-vv: debug)")  # fmt: skip
         if command.presets:
             names = importlib.import_module(command.presets).PRESETS
             p.add_argument(

@@ -21,6 +21,8 @@ class TableError(ValueError):
 def _open_text(path: Path, strict: bool) -> io.TextIOBase:
     """UTF-8 text of a plain or gzipped file. `strict`: an undecodable byte is an error (a file a user wrote, e.g.
     saved as Latin-1); else it becomes U+FFFD (a release's table, where one odd byte must not stop the run)."""
+    if path.is_dir():
+        raise TableError(f"{path} is a folder: give the table file in it")
     if not path.is_file():
         raise TableError(f"{path} does not exist")
     with open(path, "rb") as fh:
