@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
+from ..records import findings_from_value
+
 # PadChest / CheXpert label -> torchxrayvision output
 LABEL_TO_OUTPUT = {
     "pleural effusion": "Effusion", "effusion": "Effusion", "cardiomegaly": "Cardiomegaly", "pneumothorax": "Pneumothorax",
@@ -42,8 +44,7 @@ def _name(label: str) -> str:
 
 
 def _labels(row: dict[str, Any]) -> list[str]:
-    """A metadata row's finding labels; a finding may be {label, locations} or a bare label."""
-    return [str(f.get("label", "") if isinstance(f, dict) else f) for f in row.get("findings") or []]
+    return [f.label for f in findings_from_value(row.get("findings"))]
 
 
 def adherence(rows: list[dict[str, Any]], probabilities: np.ndarray, outputs: tuple[str, ...],

@@ -134,8 +134,7 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
             raise ImageSetError(f"{images.name}: FID and KID need at least 2 images, {images.root} has 1")
     metrics: dict[str, Any] = {
         **provenance(), "config": to_dict(c),
-        # absolute: `cxrgen report` reads the images again, from wherever it is run
-        "sets": {k: {"folder": str(v.root.resolve()), "images": len(v), "sizes": _sizes(v)} for k, v in sets.items()},
+        "sets": {k: {"folder": str(v.root), "images": len(v), "sizes": _sizes(v)} for k, v in sets.items()},
         "fidelity": {}, "extractors": [],
     }  # fmt: skip
     if len({tuple(v["sizes"]) for v in metrics["sets"].values()}) > 1:

@@ -101,7 +101,9 @@ def _square(gray: np.ndarray, size: int | None) -> np.ndarray:
 
 def open_set(path: str | Path, split: str | None, name: str) -> ImageSet:
     """A folder with metadata.jsonl, a dataset folder (its `split` subfolder), or any folder of images."""
-    root = Path(path)
+    root = (
+        Path(path).expanduser().resolve()
+    )  # absolute: metrics.json names its files, the report reads them again
     if not root.is_dir():
         raise ImageSetError(f"{name} folder {root} does not exist")
     if not (root / "metadata.jsonl").is_file():

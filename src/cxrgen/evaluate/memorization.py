@@ -108,11 +108,11 @@ class Memorization:
             "feature_nn": [round(float(v), 4) for v in self.feature_nn]
             if self.feature_nn is not None
             else None,
-            "flagged_images": [str(generated.files[i].resolve()) for i in self.flagged[:200]],
+            "flagged_images": [str(generated.files[i]) for i in self.flagged[:200]],
             "closest_pairs": [
                 {
-                    "generated": str(generated.files[i].resolve()),
-                    "train": str(train.files[self.pixel_index[i]].resolve()),
+                    "generated": str(generated.files[i]),
+                    "train": str(train.files[self.pixel_index[i]]),
                     "pixel_correlation": float(self.pixel_nn[i]),
                     "variant": str(self.pixel_variant[i]),
                     "feature_cosine": float(self.feature_nn[i]) if self.feature_nn is not None else None,

@@ -16,6 +16,7 @@ import numpy as np
 from ..config import option
 from ..fileio import read_jsonl_lines
 from ..grid import image_grid
+from ..records import findings_from_value
 from .imagesets import ImageSetError, load_gray, open_set
 
 CSS = """
@@ -113,13 +114,7 @@ def _diversity(m: dict[str, Any]) -> str:
 
 
 def _group_key(row: dict[str, Any]) -> str:
-    labels = [
-        label
-        for label in (
-            f.get("label", "") if isinstance(f, dict) else str(f) for f in row.get("findings") or []
-        )
-        if label.lower() not in ("normal", "unchanged", "exclude", "suboptimal study")
-    ]
+    labels = [f.label for f in findings_from_value(row.get("findings")) if not f.is_pseudo]
     return labels[0].lower() if labels else ("normal" if row.get("findings") else row.get("text", "")[:60])
 
 
