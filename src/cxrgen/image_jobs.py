@@ -10,10 +10,15 @@ statistics, so changing a QC threshold needs no reconversion.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -57,10 +62,49 @@ def png_identity(path: Path) -> str:
 _config: ImageConfig | None = None
 
 
-def _init_worker(config: ImageConfig) -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _init_worker(config: ImageConfig, parent: int) -> None:
     global _config
     _config = config
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    exit_with_parent(parent)
+
+
+def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """End this worker when the process that started it (pid `parent`) dies. Without this, a prepare killed
+    with SIGKILL (by the OOM killer, a scheduler, `kill -9`) leaves its workers running for good: nothing
+    tells them, and they hold the memory and the CPUs a rerun needs.
+
+    On Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); the parent may have died
+    before the call, so it is checked right after. Elsewhere, or if prctl fails, a daemon thread polls the
+    parent's pid: a worker whose parent died is adopted by another process and sees its pid change."""
+    if _parent_death_signal():
+        if os.getppid() != parent:
+            os._exit(1)
+        return
+    threading.Thread(target=_watch_parent, args=(parent, poll_s), name="watch-parent", daemon=True).start()
+
+
+def _parent_death_signal() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent dies; False where that is not possible.
+
+    The kernel tracks the parent *thread* that forked: the executor forks from the thread that submits work
+    (the main thread here, which lives as long as the pool)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, poll_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)
 
 
 def run_job(job: Job, config: ImageConfig | None = None) -> JobResult:
@@ -133,7 +177,9 @@ def run_jobs(
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         # an executor, not a Pool: a worker killed by the OOM killer breaks it with an error, where a Pool waits
         # forever for the lost task
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(config,))
+        pool = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(config, os.getpid())
+        )
         try:
             chunk = max(1, min(16, len(jobs) // (workers * 8)))
             for result in pool.map(run_job, by_id.values(), chunksize=chunk):
