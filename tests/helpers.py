@@ -20,6 +20,7 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             PatientID="p1",
             PatientBirth="1950.0",
             StudyDate_DICOM="20150602",
+            Labels="['cardiomegaly', 'unchanged']",
             LabelsLocalizationsBySentence="[['normal'], ['cardiomegaly', 'loc cardiac'], ['unchanged']]",
         ),
         dict(
@@ -27,7 +28,9 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             sex="M",
             view="PA",
             projection="PA",
-            findings=[("normal", ()), ("cardiomegaly", ("cardiac",)), ("unchanged", ())],
+            # a sentence about a normal structure says 'normal': the image-level labels do not
+            findings=[("cardiomegaly", ("cardiac",)), ("unchanged", ())],
+            label_notes=("sentences differ", "sentence only: normal"),
         ),
     ),
     (
@@ -36,6 +39,7 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             ImageID="flat_b2.png",
             PatientID="p2",
             ImageDir="7",
+            Labels="['pleural effusion', ' unchanged', 'COPD signs', ' heart insufficiency']",
             LabelsLocalizationsBySentence="['pleural effusion', 'loc right', 'loc pleural', 'unchanged', 'COPD signs', ' heart insufficiency', 'loc cardiac']",
         ),
         dict(
@@ -52,6 +56,7 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
         dict(
             ImageID="multi_c3.png",
             PatientID="p3",
+            Labels="['alveolar pattern', 'pleural effusion']",
             LabelsLocalizationsBySentence="[['alveolar pattern', 'pleural effusion', 'loc pleural', 'loc right']]",
         ),
         dict(
@@ -63,6 +68,7 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
         dict(
             ImageID="nan_d4.png",
             PatientID="p4",
+            Labels="['unchanged', 'COPD signs']",
             LabelsLocalizationsBySentence="[nan, ['unchanged'], ['COPD signs', ' loc basal']]",
         ),
         dict(findings=[("unchanged", ()), ("COPD signs", ("basal",))]),
@@ -72,9 +78,10 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
         dict(
             ImageID="repeat_e5.png",
             PatientID="p5",
+            Labels="['COPD signs', ' COPD signs']",
             LabelsLocalizationsBySentence="[['COPD signs'], ['COPD signs', 'loc right'], [' COPD signs']]",
         ),
-        dict(findings=[("COPD signs", ()), ("COPD signs", ("right",)), ("COPD signs", ())]),
+        dict(findings=[("COPD signs", ("right",))], label_notes=("repeat",)),  # stated once
     ),
     (
         "blank birth year, sex and view",
@@ -97,6 +104,7 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             ViewPosition_DICOM="ANTEROPOSTERIOR",
             Modality_DICOM="DX",
             MethodLabel="RNN_model",
+            Labels="['pacemaker', 'suboptimal study', 'exclude']",
             LabelsLocalizationsBySentence="[['pacemaker'], ['suboptimal study'], ['exclude']]",
         ),
         dict(
@@ -132,6 +140,68 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
         "empty label list",
         dict(ImageID="empty_i9.png", PatientID="p9", LabelsLocalizationsBySentence="[]", Labels="[]"),
         dict(findings=[]),
+    ),
+    (
+        "sentence-level normal beside findings, a label repeated across sentences",
+        dict(
+            ImageID="device_r18.png",
+            PatientID="p16",
+            Labels="['pacemaker', 'dual chamber device']",
+            LabelsLocalizationsBySentence="[['pacemaker'], ['normal'], ['dual chamber device'], ['pacemaker'], ['normal']]",
+        ),  # fmt: skip
+        dict(
+            findings=[("pacemaker", ()), ("dual chamber device", ())],
+            label_notes=("repeat", "sentences differ", "sentence only: normal"),
+        ),
+    ),
+    (
+        "side variants in the sentence column",
+        dict(
+            ImageID="sides_s19.png",
+            PatientID="p17",
+            Labels="['pleural effusion', 'hypoexpansion']",
+            LabelsLocalizationsBySentence="['pleural effusion right side', 'loc costophrenic angle', 'hypoexpansion both side']",
+        ),  # fmt: skip
+        dict(
+            findings=[
+                ("pleural effusion", ("right", "costophrenic angle")),
+                ("hypoexpansion", ("bilateral",)),
+            ],
+            label_notes=(
+                "side variant: pleural effusion right side",
+                "side variant: hypoexpansion both side",
+            ),
+        ),
+    ),
+    (
+        "Labels [''], normal only in the sentence column",
+        dict(
+            ImageID="blanklab_t20.png",
+            PatientID="p18",
+            Labels="['']",
+            LabelsLocalizationsBySentence="[['normal']]",
+        ),
+        dict(findings=[("normal", ())], label_notes=("from sentences",)),
+    ),
+    (
+        "Labels [''], only locations in the sentence column",
+        dict(
+            ImageID="onlyloc_u21.png",
+            PatientID="p19",
+            Labels="['']",
+            LabelsLocalizationsBySentence="[['loc right']]",
+        ),
+        dict(findings=[]),
+    ),
+    (
+        "Labels cell nan, labels in the sentence column",
+        dict(
+            ImageID="nanlab_v22.png",
+            PatientID="p22",
+            Labels="nan",
+            LabelsLocalizationsBySentence="[['exclude']]",
+        ),
+        dict(findings=[("exclude", ())], label_notes=("from sentences",)),
     ),
     (
         "lateral (filtered by default)",
@@ -183,6 +253,11 @@ REJECTED_ROWS: list[tuple[str, dict, str]] = [
         "labels: missing",
     ),
     (
+        "nan label cells",
+        dict(ImageID="nancells_x3.png", PatientID="p23", LabelsLocalizationsBySentence="nan", Labels="nan"),
+        "labels: missing",
+    ),
+    (
         "malformed list text",
         dict(
             ImageID="bad_x2.png",
@@ -197,8 +272,8 @@ BAD_IMAGE_ROWS = {
     "truncated_y1.png": "image: truncated",
     "zero_y2.png": "image: empty file",
     "notimage_y3.png": "image: not a readable image",
-    "rgba_y4.png": "image: unsupported mode RGBA",
-    "palette_y5.png": "image: unsupported mode P",
+    "rgba_y4.png": "image: colour RGBA image",  # grey ones in these containers are converted
+    "palette_y5.png": "image: colour P image",
     "float32_y6.png": "image: unsupported mode F",
     "bomb_y7.png": "image: too many pixels",
     "missing_y8.png": "image: file not found",
@@ -246,8 +321,10 @@ def write_bad_images(root: Path) -> None:
     (folder / "truncated_y1.png").write_bytes(data[: len(data) // 2])
     (folder / "zero_y2.png").write_bytes(b"")
     (folder / "notimage_y3.png").write_text("this is not an image")
-    Image.new("RGBA", (64, 64), (10, 20, 30, 255)).save(folder / "rgba_y4.png")
-    Image.new("P", (64, 64)).save(folder / "palette_y5.png")
+    yy, xx = np.mgrid[0:64, 0:64]
+    colour = np.stack([xx * 4, yy * 4, 255 - xx * 2, np.full_like(xx, 255)], axis=2).astype(np.uint8)
+    Image.fromarray(colour, "RGBA").save(folder / "rgba_y4.png")
+    Image.fromarray(colour[..., :3], "RGB").quantize(32).save(folder / "palette_y5.png")
     Image.fromarray(np.ones((64, 64), np.float32)).save(folder / "float32_y6.png", format="TIFF")
     png_bomb(folder / "bomb_y7.png")
     save_png(folder / "flat_y10.png", np.full((200, 160), 30000, np.uint16))
@@ -310,3 +387,25 @@ def write_dicom(
     path.parent.mkdir(parents=True, exist_ok=True)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path
+
+
+# Grey pictures in colour containers, and colour ones (folder sources meet both)
+GREY_PALETTE = [v for i in range(256) for v in (i, i, i)]
+
+
+def save_grey_rgb_jpeg(path: Path, pixels: np.ndarray, seed: int = 0) -> Path:
+    """A grey X-ray as an RGB JPEG the way real ones arrive: channels with independent noise (a scan, a
+    screenshot, an export through a colour pipeline), 4:2:0 chroma subsampling, and a small red arrow burnt in."""
+    rng = np.random.default_rng(seed)
+    rgb = pixels[..., None].astype(float) + rng.normal(0, 3, pixels.shape + (3,))
+    h, w = pixels.shape
+    rgb[h // 3 : h // 3 + 6, w // 4 : w // 4 + 6] = (230, 30, 30)  # under 0.1% of the pixels
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path, quality=90, subsampling=2)
+    return path
+
+
+def colour_photo(h: int = 240, w: int = 200) -> np.ndarray:
+    """A colour picture: hues across the image, the X-ray's structure in blue."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([xx * 255 // w, yy * 255 // h, xray(h, w, seed=0, bits=8)], axis=2).astype(np.uint8)

@@ -60,7 +60,29 @@ def test_per_patient_and_subset_are_seeded():
 
 def test_filter_on_a_field_no_record_has_is_skipped(caplog):
     kept, _ = apply_filters(make(10, projection=None), FilterConfig(), 0)
-    assert len(kept) == 10 and "not applied" in caplog.text
+    assert len(kept) == 10 and "the projection filter could not apply and kept every image" in caplog.text
+    kept, _ = apply_filters(make(10, age=None), FilterConfig(projections=None, min_age=30), 0)
+    assert len(kept) == 10 and "no record has a age: the age filter is not applied" in caplog.text
+
+
+def test_unknown_projections_are_kept_unless_strict():
+    records = make(12)
+    for r in records[8:]:
+        r.projection = None
+    kept, _ = apply_filters(records, FilterConfig(), 0)
+    assert sum(r.projection is None for r in kept) == 4 and "L" not in {r.projection for r in kept}
+    kept, rejected = apply_filters(records, FilterConfig(strict_projection=True), 0)
+    assert all(r.projection is not None for r in kept)
+    assert sum(x.reason == "filter: projection not known" for x in rejected) == 4
+
+
+def test_known_non_radiographs_are_dropped():
+    records = make(6, modality=None)
+    records[0].modality, records[1].modality = "CT", "MR"
+    kept, rejected = apply_filters(records, FilterConfig(projections=None), 0)
+    assert len(kept) == 4 and [x.reason for x in rejected] == ["filter: modality CT", "filter: modality MR"]
+    kept, _ = apply_filters(records, FilterConfig(projections=None, radiographs_only=False), 0)
+    assert len(kept) == 6
 
 
 def test_filter_values_in_other_words_and_values_no_record_has(caplog):
@@ -68,9 +90,10 @@ def test_filter_values_in_other_words_and_values_no_record_has(caplog):
     kept, _ = apply_filters(records, FilterConfig(projections=["lateral"], sexes=["female"]), 0)
     assert kept and all(r.projection == "L" and r.sex == "F" for r in kept)
     kept, _ = apply_filters(records, FilterConfig(projections=["AP-horizontal"]), 0)
+    assert not kept
     assert (
-        not kept
-        and "no record has the projection 'AP-HORIZONTAL'; the records have: AP_HORIZONTAL" in caplog.text
+        "no record has the projection 'AP-HORIZONTAL' (the records have: AP, AP_horizontal, L, PA)"
+        in caplog.text
     )
 
 

@@ -21,8 +21,10 @@ def _rows(release):
 
 
 def _labels(row):
-    """The Labels cell's items, without the leading spaces PadChest puts in some of them."""
-    return [x.strip() for x in json.loads(row["Labels"].replace("'", '"'))]
+    """The Labels cell's items, without the leading spaces PadChest puts in some of them (and the empty item or
+    `nan` of a cell that names no label)."""
+    cell = "[]" if row["Labels"] == "nan" else row["Labels"]
+    return [x.strip() for x in json.loads(cell.replace("'", '"')) if x.strip()]
 
 
 def test_phantom_writes_a_padchest_release(tmp_path):
@@ -46,6 +48,7 @@ def test_phantom_options_shape_the_release(tmp_path):
     assert cli([*args, "--out", str(tmp_path / "normal"), "--findings-rate", "0"]) == 0
     rows = _rows(tmp_path / "normal")
     assert {label for r in rows for label in _labels(r)} == {"normal"}
+    assert all(_labels(r) or "'normal'" in r["LabelsLocalizationsBySentence"] for r in rows)
     assert all(Image.open(tmp_path / "normal" / r["ImageDir"] / r["ImageID"]).size == (64, 64) for r in rows)
 
     assert cli([*args, "--out", str(tmp_path / "one"), "--findings-rate", "1", "--max-findings", "1",
@@ -79,3 +82,34 @@ def test_detectors_read_the_findings_of_prepared_phantoms(tmp_path):
     for contrast in CONTRASTS:
         _, accuracy = calibrate_contrast(contrast, rows, images)
         assert accuracy >= 0.9, f"{contrast.name}: {accuracy:.2f}"
+
+
+def test_prepared_phantom_labels_are_the_drawn_findings(tmp_path):
+    """The phantom CSV's sentence column behaves as PadChest's (normal sentences beside findings, side variants,
+    image-level cells naming no label); prepare still labels every image with exactly what was drawn."""
+    from cxrgen.phantom.release import draw_studies
+
+    release, data = tmp_path / "release", tmp_path / "prepared"
+    assert cli(["phantom", "--out", str(release), "--n", "150", "--size", "32", "--seed", "4"]) == 0
+    rows = _rows(release)
+    sentences = [r["LabelsLocalizationsBySentence"] for r in rows]
+    assert any("'normal'" in s and _labels(r) != ["normal"] for s, r in zip(sentences, rows, strict=True))
+    assert any(" side'" in s for s in sentences) and any(not _labels(r) for r in rows)
+    assert cli(["prepare", "--source", "padchest", "--csv", str(release / "phantom_padchest.csv.gz"), "--out",
+                str(data), "--metadata-only", "--filters.projections", "all"]) == 0  # fmt: skip
+    truth = {s.image_id: s.findings for s in draw_studies(150, 4)}
+    with open(data / "source_index.csv", newline="") as fh:
+        source = {r["id"]: r["source_path"].split("/")[-1] for r in csv.DictReader(fh)}
+    prepared = [
+        json.loads(line) for meta in data.glob("*/metadata.jsonl") for line in meta.read_text().splitlines()
+    ]
+    assert len(prepared) == 150
+    for row in prepared:
+        drawn = truth[source[row["id"]]]
+        got = {f["label"]: f["locations"] for f in row["findings"]}
+        assert set(got) == ({label for label, _ in drawn} or {"normal"}), row["findings"]
+        for (
+            label,
+            locations,
+        ) in drawn:  # the flat layout loses sentence bounds: a neighbour's location may join
+            assert set(locations) <= set(got[label]), (label, got[label])

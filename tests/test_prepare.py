@@ -294,8 +294,8 @@ def test_missing_images_are_tried_again_and_old_copies_go(quirk_release, tmp_pat
     assert len(metadata(out)) == before + 1
     assert len([r for r in rejected(out) if r["reason"] == "image: file not found"]) == len(missing) - 1
     reject_all = ["--qc.min-contrast", "0.9"]
-    assert prepare(release, out, *reject_all) == 0  # every image moves to rejected/
-    assert prepare(release, out, "--image.size", "96", *reject_all) == 0  # converted again, rejected again
+    assert prepare(release, out, *reject_all) == 1  # every image moves to rejected/: an empty dataset fails
+    assert prepare(release, out, "--image.size", "96", *reject_all) == 1  # converted again, rejected again
     names = [p.name for p in out.glob("*/??/*.png")]
     assert len(names) == len(set(names)) and all(Image.open(p).size[0] == 96 for p in out.glob("*/??/*.png"))
     # back to the first settings: their journal entries stand only for their own PNGs, which are 96 px now
@@ -372,3 +372,86 @@ def test_a_killed_worker_stops_the_run_with_a_message(tmp_path, monkeypatch):
     jobs = [image_jobs.Job(f"id{i}", "source.png", str(tmp_path / f"{i}.png")) for i in range(8)]
     with pytest.raises(ChildProcessError, match="an image worker died"):  # a Pool waited for it forever
         image_jobs.run_jobs(jobs, ImageConfig(), tmp_path / "journal.jsonl", workers=2)
+
+
+def test_labels_are_the_image_level_labels_each_once(prepared):
+    """PadChest's sentence column says 'normal' about normal structures beside findings and writes sides into
+    labels: the image-level column wins, the sentences give locations, and no label is stated twice."""
+    by_name = {}
+    index = {row["id"]: row for row in csv.DictReader(open(prepared / "source_index.csv"))}
+    for row in metadata(prepared).values():
+        by_name[index[row["id"]]["source_path"].split("/")[-1]] = row
+    device = by_name["device_r18.png"]
+    assert [f["label"] for f in device["findings"]] == ["pacemaker", "dual chamber device"]
+    assert "normal" not in device["text"]
+    sides = by_name["sides_s19.png"]["findings"]
+    assert sides == [{"label": "pleural effusion", "locations": ["right", "costophrenic angle"]},
+                     {"label": "hypoexpansion", "locations": ["bilateral"]}]  # fmt: skip
+    for row in by_name.values():
+        labels = [f["label"].lower() for f in row["findings"]]
+        assert len(labels) == len(set(labels)) and row["text"].count("diagnosis COPD signs") <= 1
+    assert by_name["nanlab_v22.png"]["findings"] == [{"label": "exclude", "locations": []}]
+    assert (
+        "diagnosis" not in by_name["nanlab_v22.png"]["text"]
+    )  # exclude is not a diagnosis (kept in metadata)
+    assert by_name["blanklab_t20.png"]["text"].endswith("diagnosis normal")
+    summary = json.loads((prepared / "prepare.json").read_text())
+    audit = summary["label_audit"]
+    assert audit["images"] == len(by_name) and audit["labels_stated_twice"] == 0
+    assert audit["labelled_from_sentences"] == 2 and audit["side_variants_mapped"] == 1
+    assert audit["as_image_level_labels"] == len(by_name) - 2
+    # differ: two with a normal sentence beside findings, one whose sentence cell holds only nan
+    assert audit["sentence_labels_agree"] == len(by_name) - 3
+    assert summary["tokens"]["pseudo_labels_left_out"]["exclude"] == 2
+    vocabulary = summary["vocabulary"]["labels"]
+    assert vocabulary["pleural effusion"]["synonyms"] == ["pleural effusion right side"]
+    assert sum(vocabulary["pleural effusion"]["images"].values()) == 3
+
+
+def test_the_audit_trail_maps_every_kept_row_back(prepared, quirk_release):
+    """source_index.csv leads from an output id to the release's row (and so its report), and stays local."""
+    _, csv_path = quirk_release
+    import gzip
+
+    with gzip.open(csv_path, "rt", newline="") as fh:
+        source_rows = list(csv.DictReader(fh))
+    index = list(csv.DictReader(open(prepared / "source_index.csv")))
+    rows = metadata(prepared)
+    assert {r["id"] for r in index} == set(rows)
+    for entry in index:
+        source = source_rows[int(entry["source_row"]) - 1]
+        assert entry["source_path"] == f"{source['ImageDir']}/{source['ImageID']}"
+        assert (
+            entry["split"] == rows[entry["id"]]["split"]
+            and entry["file_name"] == rows[entry["id"]]["file_name"]
+        )
+    assert (prepared / "source_index.csv").stat().st_mode & 0o777 == 0o600
+    assert not list(prepared.glob("*/source_index.csv"))  # never inside a split folder that gets shared
+    assert "do not share" in json.loads((prepared / "prepare.json").read_text())["source_index"]["note"]
+
+
+def test_a_label_filter_finds_side_variants_and_other_spellings(quirk_release, tmp_path, caplog):
+    caplog.set_level("INFO")
+    assert (
+        prepare(quirk_release, tmp_path, "--metadata-only", "--filters.include-labels", "Pleural Effusion")
+        == 0
+    )
+    names = {row["text"] for row in metadata(tmp_path).values()}
+    assert len(names) == 3 and all("pleural effusion" in text for text in names)
+    assert "'Pleural Effusion' read as the label 'pleural effusion' (spelling)" in caplog.text
+    out = tmp_path / "sides"
+    assert (
+        prepare(
+            quirk_release, out, "--metadata-only", "--filters.include-labels", "pleural effusion left side"
+        )
+        == 0
+    )
+    assert len(metadata(out)) == 3
+
+
+def test_a_table_without_rows_is_an_error(tmp_path, capsys):
+    from cxrgen.phantom import write_padchest_csv
+
+    csv_path = write_padchest_csv(tmp_path / "empty.csv", [])
+    assert prepare((tmp_path, csv_path), tmp_path / "out", "--metadata-only") == 1
+    assert "has no data rows" in capsys.readouterr().err

@@ -73,15 +73,45 @@ LONG = Conditions(
 
 
 def test_fitting_order_and_record():
-    p = build(LONG, max_tokens=77)
+    p = build(LONG, max_tokens=77, pseudo_labels="keep")
     assert p.tokens_full > 77 >= p.tokens
     kinds = [d.split(":")[0] for d in p.dropped]
-    order = ["repeat", "pseudo", "location", "finding", "truncated"]
+    order = ["pseudo", "location", "finding", "truncated"]
     assert kinds == sorted(kinds, key=order.index)
-    assert kinds[0] == "repeat" and "pseudo: normal" in p.dropped
-    # the repeat's new location moved to the first mention
-    assert "diagnosis COPD signs, loc right, loc left" in build(LONG, max_tokens=150).text
+    assert kinds[0] == "pseudo" and "pseudo: normal" in p.dropped
     assert p.text.startswith("chest x-ray, age 70 female, view PA, projection PA, modality CR")
+
+
+def test_a_label_is_stated_once_however_long_the_prompt():
+    """A repeated label is merged before any fitting, its locations joining the first mention."""
+    whole = build(LONG, max_tokens=1000)
+    assert whole.text.count("diagnosis COPD signs") == 1 and whole.dropped == []
+    assert "diagnosis COPD signs, loc right, loc left" in whole.text
+    short = build(Conditions(findings=[Finding("COPD signs")] * 3 + [Finding("nodule")]))
+    assert short.text == "chest x-ray, diagnosis COPD signs, diagnosis nodule"
+
+
+def test_pseudo_label_policies():
+    study = Conditions(
+        findings=[Finding("pacemaker"), Finding("normal"), Finding("unchanged"), Finding("exclude")]
+    )
+    normal = Conditions(findings=[Finding("normal"), Finding("unchanged"), Finding("suboptimal study")])
+    assert (
+        build(study).text == "chest x-ray, diagnosis pacemaker"
+    )  # normal beside a finding is not a normal study
+    assert build(normal).text == "chest x-ray, diagnosis normal"
+    assert build(study, pseudo_labels="keep").text == (
+        "chest x-ray, diagnosis pacemaker, diagnosis normal, diagnosis unchanged, diagnosis exclude"
+    )
+    assert build(normal, pseudo_labels="drop").text == "chest x-ray"
+    with pytest.raises(ConfigError):
+        PromptConfig(pseudo_labels="some")
+
+
+def test_view_codes_that_name_no_view_are_left_out():
+    generic = Conditions(view="GENERICA", projection="AP_horizontal", findings=[Finding("pacemaker")])
+    assert build(generic).text == "chest x-ray, projection AP_horizontal, diagnosis pacemaker"
+    assert build(Conditions(view="LL")).text == "chest x-ray, view LL"
 
 
 def test_drops_only_as_much_as_needed():

@@ -98,11 +98,12 @@ LABELS = "Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinu
 
 def test_mimic(tmp_path):
     (tmp_path / "meta.csv").write_text(
-        "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime\n"
-        "d1,10000032,50414267,CHEST,PA,3056,2544,21800506,213014\n"
-        "d2,10000032,50414267,CHEST,LATERAL,3056,2544,21800506,213014\n"
-        "d3,10000764,57375967,CHEST,AP,3056,2544,21320101,1\n"
-        "d4,10000999,59999999,CHEST,,3056,2544,21320101,1\n"
+        "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime,ViewCodeSequence_CodeMeaning\n"
+        "d1,10000032,50414267,CHEST,PA,3056,2544,21800506,213014,postero-anterior\n"
+        "d2,10000032,50414267,CHEST,LATERAL,3056,2544,21800506,213014,lateral\n"
+        "d3,10000764,57375967,CHEST,AP,3056,2544,21320101,1,antero-posterior\n"
+        "d4,10000999,59999999,CHEST,,3056,2544,21320101,1,\n"
+        "d5,10000764,57375967,CHEST,,3056,2544,21320101,1,left lateral\n"
     )
     (tmp_path / "chexpert.csv").write_text(
         f"subject_id,study_id,{LABELS}\n"
@@ -128,6 +129,7 @@ def test_mimic(tmp_path):
     assert d1.findings == [Finding("cardiomegaly"), Finding("support devices")]  # -1 ignored
     assert d1.official_split == "val" and d1.caption == "No acute process."
     assert by["d2.jpg"].projection == "L"
+    assert (by["d5.jpg"].view, by["d5.jpg"].projection) == ("LL", "L")  # from the View Code Sequence
     assert by["d3.jpg"].findings == [Finding("normal")] and by["d3.jpg"].caption == "Small effusion."
     assert by["d3.jpg"].age is None
     assert [x.reason for x in r.rejections] == ["labels: study not in the label file"]

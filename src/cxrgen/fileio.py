@@ -62,9 +62,12 @@ def stat_digest(paths: Iterable[Path], root: Path | None = None) -> str:
     return h.hexdigest()[:24]
 
 
-def write_text(path: str | Path, text: str) -> Path:
+def write_text(path: str | Path, text: str, private: bool = False) -> Path:
+    """`private`: readable by the owner only (mode 600), for files that must stay on this machine."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+        if private:
+            tmp.chmod(0o600)
     return Path(path)
 
 
@@ -79,12 +82,14 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return Path(path)
 
 
-def write_csv(path: str | Path, header: list[str], rows: Iterable[Iterable[Any]]) -> Path:
+def write_csv(
+    path: str | Path, header: list[str], rows: Iterable[Iterable[Any]], private: bool = False
+) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
     writer.writerows(rows)
-    return write_text(path, buf.getvalue())
+    return write_text(path, buf.getvalue(), private)
 
 
 def read_jsonl_lines(path: str | Path) -> Iterator[dict[str, Any]]:

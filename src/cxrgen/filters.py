@@ -14,10 +14,14 @@ from .records import (
     FRONTAL_PROJECTIONS,
     Record,
     Rejection,
+    is_radiograph,
+    name_key,
+    normalize_modality,
     normalize_projection,
     normalize_sex,
     normalize_view,
 )
+from .vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +30,19 @@ log = logging.getLogger(__name__)
 class FilterConfig:
     projections: list[str] | None = option(
         list(FRONTAL_PROJECTIONS),
-        "keep these projections (PadChest vocabulary: PA, AP, AP_horizontal, L, COSTAL, ...; 'all': no filter)",
+        "keep these projections (PadChest vocabulary: PA, AP, AP_horizontal, L, COSTAL, ...; 'all': no filter); "
+        "images whose projection is not known are kept and counted unless strict_projection",
+    )
+    strict_projection: bool = option(
+        False,
+        "also drop images whose projection (or view) is not known, instead of keeping and counting them",
     )
     views: list[str] | None = option(None, "keep these view positions (PA, AP, LATERAL, ...)")
     modalities: list[str] | None = option(None, "keep these modalities (CR, DX)")
+    radiographs_only: bool = option(
+        True,
+        "drop images whose modality is known and is not a radiograph (CT, MR, US, NM, PT, MG, XA, RF, ...)",
+    )
     sexes: list[str] | None = option(None, "keep these sexes (M, F, O)")
     min_age: int | None = option(None, "keep ages at or above this")
     max_age: int | None = option(None, "keep ages at or below this")
@@ -106,24 +119,46 @@ def _field_checks(records: list[Record], config: FilterConfig):
         log.warning("no record has a %s: the %s filter is not applied", name, name)
         return False
 
-    def member(name: str, allowed: list[str] | None, normalize: Callable[[str], str | None]) -> None:
-        if allowed is None or not known(name):
+    def member(name: str, allowed: list[str] | None, normalize: Callable[[str], str | None],
+               keep_unknown: bool = False) -> None:  # fmt: skip
+        if allowed is None:
+            return
+        if keep_unknown and all(getattr(r, name) is None for r in records):
+            log.warning("no record has a view or projection: the %s filter could not apply and kept every image "
+                        "(give the table a view column, or check for laterals by eye)", name)  # fmt: skip
+            return
+        if not keep_unknown and name != "projection" and not known(name):
             return
         # the records' spelling: "male" is M, "lateral" is the projection L
         wanted = {(normalize(a) or a).upper() for a in allowed}
-        present = sorted({str(v).upper() for r in records if (v := getattr(r, name)) is not None})
-        for value in sorted(wanted.difference(present)):
-            close = difflib.get_close_matches(value, present, n=3, cutoff=0.3)
-            hint = f"; the records have: {', '.join(close)}" if close else ""
+        spelled = {str(v).upper(): str(v) for r in records if (v := getattr(r, name)) is not None}
+        default = name == "projection" and list(allowed) == list(FRONTAL_PROJECTIONS)  # not asked for by name
+        for value in [] if default else sorted(wanted.difference(spelled)):
+            if len(spelled) <= 15:
+                hint = f" (the records have: {', '.join(sorted(spelled.values()))})"
+            else:
+                close = difflib.get_close_matches(value, sorted(spelled), n=3, cutoff=0.3)
+                hint = (
+                    f" (the closest the records have: {', '.join(spelled[c] for c in close)})"
+                    if close
+                    else ""
+                )
             log.warning("filters: no record has the %s '%s'%s", name, value, hint)
-        checks.append(
-            lambda r: None if (v := getattr(r, name)) is not None and v.upper() in wanted else f"{name} {v}"
-        )
 
-    member("projection", config.projections, normalize_projection)
+        def check(r: Record) -> str | None:
+            v = getattr(r, name)
+            if v is None:
+                return None if keep_unknown else f"{name} not known"
+            return None if v.upper() in wanted else f"{name} {v}"
+
+        checks.append(check)
+
+    member("projection", config.projections, normalize_projection, keep_unknown=not config.strict_projection)
     member("view", config.views, normalize_view)
-    member("modality", config.modalities, str.upper)
+    member("modality", config.modalities, lambda m: normalize_modality(m) or m)
     member("sex", config.sexes, normalize_sex)
+    if config.radiographs_only:
+        checks.append(lambda r: None if is_radiograph(r.modality) is not False else f"modality {r.modality}")
     if (config.min_age is not None or config.max_age is not None) and known("age"):
         lo = config.min_age if config.min_age is not None else -1
         hi = config.max_age if config.max_age is not None else 10**6
@@ -131,30 +166,37 @@ def _field_checks(records: list[Record], config: FilterConfig):
     if config.labelers is not None and known("labeler"):
         wanted_by = {a.lower() for a in config.labelers}
         checks.append(lambda r: None if (r.labeler or "").lower() in wanted_by else f"labeler {r.labeler}")
+    if config.include_labels or config.exclude_labels:
+        vocabulary = Vocabulary.from_conditions({"all": records})
     if config.include_labels:
-        include = _label_set(config.include_labels, records, "include_labels")
-        checks.append(
-            lambda r: None if include & {f.label.lower() for f in r.findings} else "no included label"
-        )
+        include = _label_set(config.include_labels, vocabulary, "include_labels")
+        checks.append(lambda r: None if include & _keys(r) else "no included label")
     if config.exclude_labels:
-        exclude = _label_set(config.exclude_labels, records, "exclude_labels")
-        checks.append(
-            lambda r: (
-                f"excluded label {hit.pop()}"
-                if (hit := exclude & {f.label.lower() for f in r.findings})
-                else None
-            )
-        )
+        exclude = _label_set(config.exclude_labels, vocabulary, "exclude_labels")
+        checks.append(lambda r: f"excluded label {hit.pop()}" if (hit := exclude & _keys(r)) else None)
     if config.normal_only:
         checks.append(lambda r: None if r.is_normal else "not normal")
     return checks
 
 
-def _label_set(names: list[str], records: list[Record], option_name: str) -> set[str]:
-    wanted = {n.strip().lower() for n in names}
-    known_labels = {f.label.lower() for r in records for f in r.findings}
-    for name in sorted(wanted - known_labels):
-        close = difflib.get_close_matches(name, sorted(known_labels), n=3)
-        hint = f"; closest known: {', '.join(close)}" if close else ""
-        log.warning("filters.%s: no image has the label '%s'%s", option_name, name, hint)
+def _keys(r: Record) -> set[str]:
+    return {name_key(f.label) for f in r.findings}
+
+
+def _label_set(names: list[str], vocabulary: Vocabulary, option_name: str) -> set[str]:
+    """The labels the records use for the names given: another spelling, a synonym or a side variant
+    ("pleural effusion right side") finds its label; a name no record has warns with the closest ones."""
+    wanted = set()
+    for name in names:
+        resolved = vocabulary.resolve_label(name)
+        if resolved.name is None:
+            hint = f"; closest known: {', '.join(resolved.closest)}" if resolved.closest else ""
+            log.warning("filters.%s: no image has the label '%s'%s", option_name, name, hint)
+            wanted.add(name_key(name))
+            continue
+        if resolved.how != "exact":
+            log.info(
+                "filters.%s: '%s' read as the label '%s' (%s)", option_name, name, resolved.name, resolved.how
+            )
+        wanted.add(name_key(resolved.name))
     return wanted

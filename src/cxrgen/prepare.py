@@ -1,7 +1,8 @@
 """`cxrgen prepare`: a raw release becomes a prepared dataset (shared/spec/data.md).
 
-read records -> filter -> split by patient -> build and fit prompts -> convert images (workers, resumable,
-shardable) -> quality control -> `<out>/<split>/metadata.jsonl` + PNGs, `prepare.json`, `rejected.csv`.
+read records -> one spelling per label -> filter -> split by patient -> build and fit prompts -> convert images
+(workers, resumable, shardable) -> quality control -> `<out>/<split>/metadata.jsonl` + PNGs, `prepare.json` (with
+the dataset's vocabulary and label audit), `rejected.csv`, and the local-only `source_index.csv`.
 """
 
 from __future__ import annotations
@@ -23,16 +24,21 @@ from .fileio import remove_stale_temps, write_csv, write_json, write_jsonl
 from .filters import FilterConfig, apply_filters, seeded_rank
 from .image_jobs import JOURNAL_DIR, Job, JobResult, load_journals, png_identity, run_jobs
 from .imaging import ImageConfig, ImageStats
-from .prompts import PromptBuilder, PromptConfig
+from .label_audit import audit_line, label_audit
+from .prompts import PromptBuilder, PromptConfig, prompt_findings
 from .provenance import file_sha256, provenance
 from .qc import QCConfig, contact_sheet, qc_flags
-from .readers import SourceKind, read_source
-from .records import PatientKeyer, Record, Rejection
+from .readers import SourceKind, TableError, read_source
+from .records import KNOWN_VIEWS, PatientKeyer, Record, Rejection
 from .splits import SPLITS, SplitConfig, assign_splits
 from .tokens import describe, token_stats
+from .vocabulary import Vocabulary, split_side, unify_spellings
 
 log = logging.getLogger(__name__)
 REJECTED_DIR = "rejected"  # QC-rejected PNGs, kept for inspection and contact sheets
+# Output id -> source row and path: the way back from an image to its report. It names source paths (which for
+# some releases hold patient ids) and undoes the salted ids, so it stays on this machine like the salt.
+SOURCE_INDEX = "source_index.csv"
 
 
 @dataclass
@@ -145,6 +151,9 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
     log.info(
         "read %d rows: %d records, %d rejected", read.stats["rows"], len(read.records), len(read.rejections)
     )
+    if not read.stats["rows"]:
+        raise TableError(f"{_input_name(config)} has no data rows: nothing to prepare")
+    spellings = unify_spellings(read.records)
 
     clock = time.perf_counter()
     kept, filtered = apply_filters(read.records, config.filters, config.seed)
@@ -181,10 +190,18 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
             return PrepareResult(out, summary, finished=False)
 
     clock = time.perf_counter()
-    summary = _finish(config, out, read, kept, rejections, split_of, prompts, results, builder, timing)
+    summary = _finish(
+        config, out, read, kept, rejections, split_of, prompts, results, builder, timing, spellings
+    )
     timing["write_s"] = time.perf_counter() - clock
     write_json(out / "prepare.json", summary)
     return PrepareResult(out, summary, finished=True)
+
+
+def _input_name(config: PrepareConfig) -> str:
+    if config.source == "folder":
+        return str(config.captions) if config.captions else f"the image folder {config.images}"
+    return str(config.csv)
 
 
 def _reject_escaping_paths(records: list[Record]) -> tuple[list[Record], list[Rejection]]:
@@ -263,7 +280,7 @@ def _place(out: Path, record_id: str, folder: str) -> None:
 
 
 def _finish(
-    config, out, read, kept, rejections, split_of, prompts, results, builder, timing
+    config, out, read, kept, rejections, split_of, prompts, results, builder, timing, spellings
 ) -> dict[str, Any]:
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     qc_rejected: list[tuple[Record, str]] = []
@@ -302,8 +319,28 @@ def _finish(
     write_csv(
         out / "rejected.csv", ["row", "path", "reason"], ((x.row, x.path, x.reason) for x in rejections)
     )
+    write_csv(
+        out / SOURCE_INDEX, ["id", "split", "file_name", "source_row", "source_path"],
+        sorted((r.id, split_of[r.id], image_file(r.id), r.row, r.image) for r in final), private=True,
+    )  # fmt: skip
     sheets = [] if config.metadata_only else _contact_sheets(config, out, rows, qc_rejected, split_of)
-    return _summary(config, read, final, rejections, rows, prompts, builder, timing, sheets)
+    vocabulary = _vocabulary(final, split_of, spellings)
+    return _summary(config, read, final, rejections, rows, prompts, builder, timing, sheets, vocabulary)
+
+
+def _vocabulary(final: list[Record], split_of: dict[str, str], spellings: dict[str, list[str]]) -> Vocabulary:
+    """The kept images' labels and locations with their counts per split; other spellings seen in the release
+    (case, spacing, side variants) are recorded as synonyms."""
+    synonyms = {name: set(others) for name, others in spellings.items()}
+    for r in final:
+        for note in r.label_notes:
+            kind, _, variant = note.partition(": ")
+            if kind == "side variant":
+                synonyms.setdefault(split_side(variant)[0], set()).add(variant)
+    by_split: dict[str, list[Record]] = {s: [] for s in SPLITS}
+    for r in final:
+        by_split[split_of[r.id]].append(r)
+    return Vocabulary.from_conditions(by_split, synonyms)
 
 
 def _remove_stale(out: Path, wanted: set[str]) -> None:
@@ -341,7 +378,9 @@ def _contact_sheets(config, out, rows, qc_rejected, split_of) -> list[str]:
     return made
 
 
-def _summary(config, read, final, rejections, rows, prompts, builder, timing, sheets) -> dict[str, Any]:
+def _summary(
+    config, read, final, rejections, rows, prompts, builder, timing, sheets, vocabulary
+) -> dict[str, Any]:
     by_category = Counter(x.reason.split(":", 1)[0] for x in rejections)
     by_reason = Counter(re.sub(r"\s*\(.*", "", x.reason) for x in rejections)
     kept_prompts = [prompts[r.id] for r in final]
@@ -371,6 +410,19 @@ def _summary(config, read, final, rejections, rows, prompts, builder, timing, sh
             for s in SPLITS
         },
         "labels": dict(Counter(label for r in final for label in r.labels).most_common(40)),
+        "label_audit": label_audit(
+            final, sentence_column=bool(read.stats["layout nested"] + read.stats["layout flat"])
+        ),
+        "vocabulary": vocabulary.to_json(),
+        "unknown_projection_kept": (
+            sum(r.projection is None for r in final)
+            if config.filters.projections is not None and not config.filters.strict_projection
+            else 0
+        ),
+        "source_index": {
+            "file": SOURCE_INDEX,
+            "note": "local only, like .patient_key_salt: maps each output id to its source row and path; do not share",
+        },
         "tokens": {
             "tokenizer": describe(builder.counter.tokenizer),
             "prompt": to_dict(config.prompts),
@@ -378,11 +430,23 @@ def _summary(config, read, final, rejections, rows, prompts, builder, timing, sh
             "after_fitting": token_stats([p.tokens for p in kept_prompts], config.prompts.max_tokens),
             "prompts_shortened": sum(bool(p.dropped) for p in kept_prompts),
             "dropped_items": dict(dropped),
+            **_left_out_of_prompts(final, config.prompts),
         },
         "contact_sheets": sheets,
         "metadata_only": config.metadata_only,
         "timing": {k: round(v, 2) for k, v in timing.items()},
     }
+
+
+def _left_out_of_prompts(final: list[Record], settings: PromptConfig) -> dict[str, dict[str, int]]:
+    """What the prompts leave out by policy (the metadata keeps it): pseudo-labels, views that name no view."""
+    pseudo = Counter(
+        f.label
+        for r in final
+        for f in set(r.findings).difference(prompt_findings(r.findings, settings.pseudo_labels))
+    )
+    views = Counter(r.view for r in final if r.view is not None and r.view.upper() not in KNOWN_VIEWS)
+    return {"pseudo_labels_left_out": dict(pseudo.most_common()), "views_left_out": dict(views.most_common())}
 
 
 def print_summary(result: PrepareResult) -> None:
@@ -413,11 +477,22 @@ def print_summary(result: PrepareResult) -> None:
             f"  prompts: median {t['median']} tokens, p90 {t['p90']}, max {t['max']}; "
             f"{t['over_limit_fraction']:.1%} over {t['limit']}, {s['tokens']['prompts_shortened']:,} shortened"
         )
+    if s["kept"]:
+        print(f"  {audit_line(s['label_audit'])}")
+        vocab = s["vocabulary"]
+        print(f"  vocabulary: {len(vocab['labels']):,} labels, {len(vocab['locations']):,} locations "
+              f"(cxrgen vocab {result.out})")  # fmt: skip
+    if s["unknown_projection_kept"]:
+        print(f"  {s['unknown_projection_kept']:,} images of unknown view and projection kept: the frontal filter "
+              "could not check them (--filters.strict-projection drops them)")  # fmt: skip
     for sheet in s["contact_sheets"]:
         print(f"  contact sheet: {sheet}")
     print(f"  summary: {result.out / 'prepare.json'}")
+    print(f"  local only, do not share: {result.out / SOURCE_INDEX} (each id's source row and path), "
+          f"{result.out / '.patient_key_salt'}")  # fmt: skip
 
 
 def main(config: PrepareConfig) -> int:
-    print_summary(run_prepare(config))
-    return 0
+    result = run_prepare(config)
+    print_summary(result)
+    return 0 if result.summary.get("kept", 1) else 1

@@ -4,9 +4,11 @@ A prompt is a template of comma-separated parts. `{field}` inserts a value; a `[
 field in it is missing; a part with a missing field outside brackets is left out whole. `{findings}` must be a
 part of its own and expands to `diagnosis <label>, loc <location>, ...` in report order.
 
-Fitting to the text encoder's window drops, one at a time and only as far as needed: repeated labels (their new
-locations move to the first mention), pseudo-labels, locations, then findings by priority; a prompt still too
-long loses trailing parts, free text (a caption) being cut between words. Every drop is recorded.
+A prompt states each label once (a repeated label's locations join its first mention). Pseudo-labels, which
+describe the study rather than the image, follow `pseudo_labels`; view codes that name no view (PadChest's
+GENERICA) are left out. Fitting to the text encoder's window drops, one at a time and only as far as needed:
+pseudo-labels, locations, then findings by priority; a prompt still too long loses trailing parts, free text (a
+caption) being cut between words. Every drop is recorded.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import dataclasses
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 from .config import ConfigError, option
-from .records import SEX_WORDS, Conditions, Finding
+from .records import KNOWN_VIEWS, SEX_WORDS, Conditions, Finding, is_pseudo_label, merge_repeats
 from .tokens import CLIP_WINDOW, TokenCounter, load_tokenizer
 
 LEVELS = {
@@ -33,6 +35,7 @@ _PSEUDO_DROP_ORDER = ("exclude", "suboptimal study", "unchanged", "normal")
 _FIELD = re.compile(r"\{(\w+)\}")
 
 Level = Literal["simple", "demographic", "full", "caption"]
+PseudoLabels = Literal["normal-studies", "keep", "drop"]
 
 
 @dataclass
@@ -47,6 +50,12 @@ class PromptConfig:
         "fit", "fit: shorten prompts to max_tokens; keep: keep whole (for long-prompt encoding in training)"
     )
     max_tokens: int = option(CLIP_WINDOW, "token budget per prompt, start and end tokens included")
+    pseudo_labels: PseudoLabels = option(
+        "normal-studies",
+        "labels that describe the study (normal, unchanged, exclude, suboptimal study) in prompts; metadata keeps "
+        "them either way. normal-studies: 'normal' only for a study with no finding, the others left out; keep: "
+        "all of them; drop: none",
+    )
     keep_findings: Literal["first", "rarest", "commonest"] = option(
         "first", "which findings survive fitting: first mentioned, rarest or commonest labels"
     )
@@ -56,6 +65,10 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         parse_template(self.template or LEVELS[self.level])
+        if self.pseudo_labels not in get_args(PseudoLabels):
+            raise ConfigError(
+                f"prompts.pseudo_labels must be one of {', '.join(get_args(PseudoLabels))}, not {self.pseudo_labels!r}"
+            )
         if self.max_tokens < 8:
             raise ConfigError(f"prompts.max_tokens must be at least 8, not {self.max_tokens}")
 
@@ -133,7 +146,7 @@ def field_values(c: Conditions) -> dict[str, str | None]:
     return {
         "age": text(c.age),
         "sex": SEX_WORDS.get(c.sex or ""),
-        "view": text(c.view),
+        "view": text(c.view) if str(c.view).upper() in KNOWN_VIEWS else None,
         "projection": text(c.projection),
         "modality": text(c.modality),
         "labels": ", ".join(c.labels) or None,
@@ -147,6 +160,17 @@ def finding_parts(findings: list[Finding]) -> list[str]:
         parts.append("diagnosis " + f.label)
         parts += ["loc " + loc for loc in f.locations]
     return parts
+
+
+def prompt_findings(findings: list[Finding], pseudo_labels: PseudoLabels) -> list[Finding]:
+    """The findings a prompt states: each label once, pseudo-labels as the policy says."""
+    findings, _ = merge_repeats(findings)
+    if pseudo_labels == "keep":
+        return findings
+    real = [f for f in findings if not is_pseudo_label(f.label)]
+    if pseudo_labels == "drop" or real:
+        return real
+    return [f for f in findings if f.label.strip().lower() == "normal"]
 
 
 def render_parts(template: Template, c: Conditions) -> list[str]:
@@ -189,9 +213,15 @@ class PromptBuilder:
 
     def text(self, c: Conditions) -> str:
         """The whole prompt, unfitted."""
-        return ", ".join(render_parts(self.template, c))
+        return ", ".join(render_parts(self.template, self._stated(c)))
+
+    def _stated(self, c: Conditions) -> Conditions:
+        """The conditions with the findings a prompt states."""
+        findings = prompt_findings(c.findings, self.config.pseudo_labels)
+        return c if findings == c.findings else dataclasses.replace(c, findings=findings)
 
     def build(self, c: Conditions) -> Prompt:
+        c = self._stated(c)
         parts = render_parts(self.template, c)
         text = ", ".join(parts)
         tokens = self.counter.count_parts(parts)
@@ -207,7 +237,7 @@ class PromptBuilder:
         # only what the template shows is dropped (and recorded): {labels} shows distinct labels, no locations
         if any(part is None for part in self.template):
             steps, estimated = (
-                (work.merge_repeats, work.drop_pseudo, work.drop_locations, work.drop_findings),
+                (work.drop_pseudo, work.drop_locations, work.drop_findings),
                 True,
             )
         elif any("labels" in seg.fields for part in self.template if part is not None for seg in part):
@@ -299,21 +329,6 @@ class _Shortening:
         self.estimate -= self.cost(f"diagnosis {self.labels[i]}") + sum(
             self.cost(f"loc {x}") for x in self.locations[i]
         )
-
-    def merge_repeats(self):
-        """A repeated label goes; its locations not yet given move to the first mention."""
-        first: dict[str, int] = {}
-        for i in self._live():
-            key = self.labels[i].lower()
-            if key not in first:
-                first[key] = i
-                continue
-            j = first[key]
-            new = [x for x in self.locations[i] if x not in self.locations[j]]
-            self._drop(i)
-            self.locations[j] += new
-            self.estimate += sum(self.cost(f"loc {x}") for x in new)
-            yield f"repeat: {self.labels[i]}"
 
     def drop_pseudo(self):
         for name in _PSEUDO_DROP_ORDER:

@@ -22,22 +22,39 @@ PSEUDO_LABELS = ("normal", "unchanged", "exclude", "suboptimal study")
 SEX_WORDS = {"M": "male", "F": "female"}
 FRONTAL_PROJECTIONS = ("PA", "AP", "AP_horizontal")
 
-# ViewPosition spellings that mean the same view.
-_VIEW_ALIASES = {"POSTEROANTERIOR": "PA", "ANTEROPOSTERIOR": "AP", "LATERAL": "LATERAL", "LAT": "LATERAL"}
-# Projections in PadChest's reviewed vocabulary; other sources are mapped onto it.
+# What tables write for "not known": treated as missing wherever a value is read.
+PLACEHOLDERS = frozenset(
+    {"", "?", "??", "-", "--", "nan", "none", "null", "n/a", "na", "unknown", "todo", "tbd", "not available"}
+)
+# ViewPosition spellings that mean the same view ("AP Supine": an AP view taken lying down).
+_VIEW_ALIASES = {
+    "POSTEROANTERIOR": "PA", "ANTEROPOSTERIOR": "AP", "LATERAL": "LATERAL", "LAT": "LATERAL", "L": "LATERAL",
+    "AP SUPINE": "AP", "SUPINE AP": "AP", "AP ERECT": "AP", "AP SEMI ERECT": "AP", "AP SEMI-ERECT": "AP",
+    "AP UPRIGHT": "AP", "PA ERECT": "PA", "PA UPRIGHT": "PA",
+    # DICOM's View Code Sequence meanings (MIMIC's ViewCodeSequence_CodeMeaning)
+    "POSTERO-ANTERIOR": "PA", "ANTERO-POSTERIOR": "AP", "LEFT LATERAL": "LL", "RIGHT LATERAL": "RL",
+}  # fmt: skip
+# View codes a prompt states: DICOM's ViewPosition terms, MIMIC's, PadChest's OBLICUA. Others (PadChest's
+# GENERICA, "generic") are kept in the metadata but say nothing about the image, so prompts leave them out.
+KNOWN_VIEWS = frozenset(
+    {"PA", "AP", "LATERAL", "LL", "RL", "LLD", "RLD", "LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "OBLICUA",
+     "AP AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "XTABLE LATERAL", "SWIMMERS"}
+)  # fmt: skip
+# Projections in PadChest's reviewed vocabulary; other sources (and views) are mapped onto it.
 _PROJECTION_ALIASES = {
-    "PA": "PA",
-    "AP": "AP",
-    "AP_HORIZONTAL": "AP_horizontal",
-    "AP SUPINE": "AP_horizontal",
-    "L": "L",
-    "LL": "L",
-    "RL": "L",
-    "LATERAL": "L",
-    "COSTAL": "COSTAL",
-    "EXCLUDE": "EXCLUDE",
-    "UNK": "UNK",
-}
+    "PA": "PA", "POSTEROANTERIOR": "PA", "PA ERECT": "PA", "PA UPRIGHT": "PA",
+    "AP": "AP", "ANTEROPOSTERIOR": "AP", "AP ERECT": "AP", "AP SEMI ERECT": "AP", "AP SEMI-ERECT": "AP",
+    "AP UPRIGHT": "AP",
+    "AP_HORIZONTAL": "AP_horizontal", "AP HORIZONTAL": "AP_horizontal", "AP SUPINE": "AP_horizontal",
+    "SUPINE AP": "AP_horizontal",
+    "L": "L", "LL": "L", "RL": "L", "LAT": "L", "LATERAL": "L", "XTABLE LATERAL": "L",
+    "COSTAL": "COSTAL", "EXCLUDE": "EXCLUDE", "UNK": "UNK",
+}  # fmt: skip
+# Modalities: spellings of the DICOM codes, and the ones that are not a plain radiograph.
+_MODALITY_ALIASES = {"MRI": "MR", "ULTRASOUND": "US", "PET": "PT", "CT SCAN": "CT", "MAMMOGRAPHY": "MG"}
+# Written for a plain radiograph without saying how it was acquired: no DICOM code to state
+_GENERIC_RADIOGRAPH = frozenset({"X-RAY", "XRAY", "X RAY", "XR", "RX", "CXR", "RADIOGRAPH", "RADIOGRAPHY"})
+NON_RADIOGRAPH_MODALITIES = frozenset({"CT", "MR", "US", "NM", "PT", "MG", "XA", "RF", "ES", "OP"})
 
 
 class Finding(NamedTuple):
@@ -64,6 +81,23 @@ class Finding(NamedTuple):
 
 def is_pseudo_label(label: str) -> bool:
     return label.strip().lower() in PSEUDO_LABELS
+
+
+def name_key(name: str) -> str:
+    """How two spellings of one label or location compare: case, underscores and runs of spaces aside."""
+    return " ".join(str(name).replace("_", " ").split()).casefold()
+
+
+def merge_repeats(findings: list[Finding]) -> tuple[list[Finding], bool]:
+    """Each label once, where first stated, with the locations of every mention; and whether any repeated."""
+    merged: dict[str, Finding] = {}
+    for f in findings:
+        k = name_key(f.label)
+        first = merged.get(k)
+        merged[k] = (
+            f if first is None else Finding(first.label, tuple(dict.fromkeys(first.locations + f.locations)))
+        )
+    return list(merged.values()), len(merged) != len(findings)
 
 
 @dataclass
@@ -109,6 +143,8 @@ class Record(Conditions):
     split_key: str | None = None  # in memory only (never written): what the patient-level split is drawn from
     # in memory only (never written): the image's unsalted id, for seeded choices
     order_key: str | None = None
+    # in memory only: how the reader settled the labels ("repeat", "sentences differ", ...), for prepare's audit
+    label_notes: tuple[str, ...] = ()
 
     def metadata(self) -> dict[str, Any]:
         """The structured fields a prepared dataset stores (no source path, no row: those stay local)."""
@@ -194,31 +230,47 @@ class PatientKeyer:
         return cls(new)
 
 
+def is_missing(raw: Any) -> bool:
+    """Blank, or a placeholder such as '?', 'todo', 'unknown', 'nan'."""
+    return raw is None or " ".join(str(raw).split()).lower() in PLACEHOLDERS
+
+
 def normalize_view(raw: str | None) -> str | None:
-    if raw is None:
+    if is_missing(raw):
         return None
     text = " ".join(str(raw).split()).upper()
-    if not text or text in ("NAN", "NONE"):
-        return None
     return _VIEW_ALIASES.get(text, text)
 
 
 def normalize_projection(raw: str | None) -> str | None:
-    if raw is None:
+    if is_missing(raw):
         return None
     text = " ".join(str(raw).split())
-    if not text or text.upper() in ("NAN", "NONE"):
-        return None
     return _PROJECTION_ALIASES.get(text.upper(), text)
 
 
+def normalize_modality(raw: str | None) -> str | None:
+    """A DICOM modality code ("CR", "DX", "CT", ...); None when unknown or only "X-ray" (no acquisition code)."""
+    if is_missing(raw):
+        return None
+    text = " ".join(str(raw).split()).upper()
+    if text in _GENERIC_RADIOGRAPH:
+        return None
+    return _MODALITY_ALIASES.get(text, text)
+
+
+def is_radiograph(modality: str | None) -> bool | None:
+    """True or False when the modality says; None when it is not known."""
+    return None if modality is None else modality.upper() not in NON_RADIOGRAPH_MODALITIES
+
+
 def normalize_sex(raw: str | None) -> str | None:
-    if raw is None:
+    if is_missing(raw):
         return None
     text = str(raw).strip().upper()
-    if text in ("M", "MALE"):
+    if text in ("M", "MALE", "MAN"):
         return "M"
-    if text in ("F", "FEMALE"):
+    if text in ("F", "FEMALE", "WOMAN"):
         return "F"
     if text in ("O", "OTHER"):
         return "O"
@@ -227,11 +279,9 @@ def normalize_sex(raw: str | None) -> str | None:
 
 def parse_age(raw: Any) -> int | None:
     """An age in whole years from a number, '047Y' (DICOM AS), or text; None when blank or implausible."""
-    if raw is None:
+    if is_missing(raw):
         return None
     text = str(raw).strip().upper()
-    if not text or text in ("NAN", "NONE"):
-        return None
     unit = "Y"
     if text[-1] in "DWMY" and text[:-1].strip().replace(".", "", 1).isdigit():
         unit, text = text[-1], text[:-1]

@@ -1,5 +1,6 @@
-"""Write a PadChest-format release: the real 37-column CSV (both label layouts and the other quirks of
-shared/spec/data.md) and 16-bit PNGs in numbered folders, from phantom images whose findings are known.
+"""Write a PadChest-format release: the real 37-column CSV (image-level labels, both layouts of the sentence
+column and the other quirks of the real file) and 16-bit PNGs in numbered folders, from phantom images whose
+findings are known.
 """
 
 from __future__ import annotations
@@ -82,27 +83,37 @@ class PhantomStudy:
 
 
 def _label_cells(findings: list[tuple[str, tuple[str, ...]]], rng: np.random.Generator) -> dict[str, str]:
-    """Labels, Localizations and LabelsLocalizationsBySentence with PadChest's quirks: nested or flat layout,
-    leading spaces, repeated labels, the odd bare nan."""
+    """Labels, Localizations and LabelsLocalizationsBySentence as PadChest writes them. `Labels` is the image-level
+    set; the sentence column labels report sentences, with its quirks: nested or flat layout, leading spaces,
+    a label repeated in a later sentence, the odd bare nan, a sentence about a normal structure labelled `normal`
+    beside findings, a side written into the label ("pleural effusion left side"). Normal studies sometimes
+    have an image-level cell that names no label (`['']`, `nan`), their label being only in the sentences."""
 
     def q(s: str) -> str:
         return repr((" " if rng.random() < 0.3 else "") + s)
 
-    sentences = [[q(label)] + [q("loc " + loc) for loc in locs] for label, locs in findings] or [
-        [q("normal")]
-    ]
+    def sentence(label: str, locs: tuple[str, ...]) -> list[str]:
+        if len(locs) == 1 and locs[0] in ("left", "right") and rng.random() < 0.5:
+            return [q(f"{label} {locs[0]} side")]  # the side variant carries its location
+        return [q(label)] + [q("loc " + loc) for loc in locs]
+
+    sentences = [sentence(label, locs) for label, locs in findings] or [[q("normal")]]
+    if findings and rng.random() < 0.2:  # "normal heart size": a normal sentence in a study with findings
+        sentences.insert(int(rng.integers(0, len(sentences) + 1)), [q("normal")])
     if rng.random() < 0.15 and findings:  # a label repeated in a later sentence
         sentences.append([q(findings[0][0])])
+    labels = "[" + ", ".join(q(x) for x in [label for label, _ in findings] or ["normal"]) + "]"
+    if not findings and rng.random() < 0.04:  # an image-level cell that names nothing
+        labels, sentences = str(rng.choice(["['']", "nan"])), [[q("normal")]]
     if rng.random() < 0.5:
         by_sentence = "[" + ", ".join("[" + ", ".join(s) + "]" for s in sentences) + "]"
         if rng.random() < 0.05:
             by_sentence = "[nan, " + by_sentence[1:]
     else:
         by_sentence = "[" + ", ".join(item for s in sentences for item in s) + "]"
-    labels = [label for label, _ in findings] or ["normal"]
     locations = ["loc " + loc for _, locs in findings for loc in locs]
     return {
-        "Labels": "[" + ", ".join(q(x) for x in labels) + "]",
+        "Labels": labels,
         "Localizations": "[" + ", ".join(q(x) for x in locations) + "]",
         "LabelsLocalizationsBySentence": by_sentence,
     }

@@ -72,7 +72,8 @@ def read_mimic(
                 continue
             findings = findings_from_label_columns(label_row, uncertain)
         patient = patients.get(subject, {})
-        view = normalize_view(row["ViewPosition"])
+        # ViewPosition is blank for some images whose View Code Sequence says what they are
+        view = normalize_view(row["ViewPosition"]) or normalize_view(row.get("ViewCodeSequence_CodeMeaning"))
         result.records.append(
             Record(
                 **keyer.image_fields(SOURCE, image),
