@@ -1,4 +1,5 @@
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +32,24 @@ def pixels(out):
     return {r["id"]: np.asarray(Image.open(Path(out) / "train" / r["file_name"])) for r in rows(out)}
 
 
+def test_names_the_training_data_never_uses_are_refused(run_dir, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    assert generate(tmp_path, "--run", str(run_dir), "--finding", "pacemakr", "--n", "1") == 1
+    err = capsys.readouterr().err
+    assert "unknown finding 'pacemakr'" in err and "closest known: pacemaker" in err and "cxrgen vocab" in err
+    assert not (tmp_path / "train").exists()
+    assert generate(tmp_path, "--run", str(run_dir), "--finding", "Pleural Effusion right side", "pleural effusion",
+                    "--n", "1", base=("--steps", "1")) == 0  # fmt: skip
+    (row,) = rows(tmp_path)
+    assert row["findings"] == [{"label": "pleural effusion", "locations": ["right"]}]  # mapped, stated once
+    assert "finding 'Pleural Effusion right side' read as 'pleural effusion' at right (side)" in caplog.text
+
+
 def test_flags_mode_with_run(run_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     assert generate(tmp_path, "--run", str(run_dir), "--age", "60", "--sex", "F", "--projection", "PA",
-                    "--finding", "Pleural Effusion@left,costophrenic angle", "pacemakr", "--n", "4", "--dicom") == 0  # fmt: skip
+                    "--finding", "Pleural Effusion@left,costophrenic angle", "pacemakr", "--n", "4", "--dicom",
+                    "--allow-unknown-names") == 0  # fmt: skip
     r = rows(tmp_path)
     assert len(r) == 4 and all(x["synthetic"] for x in r) and len({x["seed"] for x in r}) == 4
     assert r[0]["text"].startswith(
@@ -43,7 +59,7 @@ def test_flags_mode_with_run(run_dir, tmp_path, caplog):
     assert r[0]["adapters"][0]["path"].endswith("lora") and len(r[0]["adapters"][0]["sha256"]) == 16
     assert r[0]["sampler"]["name"] == "dpmsolver++" and r[0]["sampler"]["steps"] == 3
     assert "unknown finding 'pacemakr'" in caplog.text and "closest known: pacemaker" in caplog.text
-    assert "Pleural Effusion" not in caplog.text  # known, in another case: spelled as training spelled it
+    assert "finding 'Pleural Effusion' read as 'pleural effusion' (spelling)" in caplog.text
     im = Image.open(tmp_path / "train" / r[0]["file_name"])
     assert im.mode == "L" and im.size == (64, 64) and "SYNTHETIC" in im.text["Description"]
     prov = json.loads(im.text["cxrgen:provenance"])
@@ -200,7 +216,15 @@ def test_conditions_file_csv_and_jsonl(run_dir, tmp_path):
                                          + json.dumps({"findings": [{"label": "nodule", "locations": ["left upper lobe"]}]}) + "\n"
                                          + json.dumps({"findings": [effusion], "seed": seed}) + "\n")  # fmt: skip
     assert (
-        generate(tmp_path / "jsonl", "--run", str(run_dir), "--conditions", str(tmp_path / "plan.jsonl")) == 0
+        generate(
+            tmp_path / "jsonl",
+            "--run",
+            str(run_dir),
+            "--conditions",
+            str(tmp_path / "plan.jsonl"),
+            "--allow-unknown-names",
+        )
+        == 0  # fmt: skip
     )
     r = rows(tmp_path / "jsonl")
     assert [x["text"] for x in r[:2]] == ["a bird sitting on a tree"] * 2 and "nodule" in r[2]["text"]
@@ -248,6 +272,10 @@ def test_like_dataset_keeps_and_reweights_the_distribution(run_dir, tiny_dataset
     assert len(made) == 30 and all(
         json.dumps([x["age"], x["sex"], x["findings"]]) in real_conditions for x in made
     )
+    # each image names the row it was drawn from: with source_index.csv, the way back to a report
+    real_ids = {x["id"] for x in real}
+    assert all(x["origin"].split("#")[0] == f"like:{tiny_dataset.name}" for x in made)
+    assert {x["origin"].split("#")[1] for x in made} <= real_ids
     assert generate(tmp_path / "re", "--run", str(run_dir), "--like", str(tiny_dataset), "--n", "30", "--steps", "1",
                     "--reweight", "pacemaker=50", base=("--batch-size", "10")) == 0  # fmt: skip
 
@@ -259,6 +287,8 @@ def test_like_dataset_keeps_and_reweights_the_distribution(run_dir, tiny_dataset
     assert share(rows(tmp_path / "re")) > max(0.5, 3 * share(made))  # 30 images: a loose check end to end
     drawn = cond.like_dataset(tiny_dataset, "train", 4000, 0, {"pacemaker": 50.0})
     assert abs(share([item.conditions.structured() for item in drawn]) - expected) < 0.05
+    other_spelling = cond.like_dataset(tiny_dataset, "train", 4000, 0, {"Pace Maker": 50.0})
+    assert [i.conditions for i in other_spelling] == [i.conditions for i in drawn]
 
 
 def test_reweight_counts_a_finding_once_whatever_its_locations(tmp_path):

@@ -88,6 +88,15 @@ COMMANDS = (
         "intervals, training loss curves and plots, from <folder>/metrics.json.",
     ),
     Command(
+        "vocab", "cxrgen.vocab_command:VocabConfig", "cxrgen.vocab_command:run_vocab",
+        "list a dataset's finding labels and locations, with counts per split and other spellings",
+        "The vocabulary cxrgen prepare recorded for a dataset (or one counted from a generated set's metadata):\n"
+        "label filters, generate's name checks and adherence read names through it.",
+        "examples:\n"
+        "  cxrgen vocab data/padchest-512 --kind labels --top 30\n"
+        "  cxrgen vocab data/padchest-512 --name 'Pleural Effusion right side' effusion",
+    ),
+    Command(
         "make-tiny-model", "cxrgen.models:TinyModelConfig", "cxrgen.models:make_tiny_model",
         "write a random Stable Diffusion pipeline offline (tiny, or the SD 1.5 architecture)",
         "A diffusers pipeline folder with random weights and the exact CLIP tokenizer, for tests, the demo and\n"

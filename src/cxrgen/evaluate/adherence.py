@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..records import findings_from_value
+from ..vocabulary import standard_key
 
 # PadChest / CheXpert label -> torchxrayvision output
 LABEL_TO_OUTPUT = {
@@ -39,8 +40,9 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def _name(label: str) -> str:
-    """Labels as the mapping spells them: "Pleural_Effusion " is "pleural effusion"."""
-    return " ".join(label.replace("_", " ").split()).lower()
+    """Labels compared as the vocabulary compares them: "Pleural_Effusion ", "pleural effusion right side" and
+    "effusion" are all "pleural effusion"."""
+    return standard_key(label)
 
 
 def _labels(row: dict[str, Any]) -> list[str]:

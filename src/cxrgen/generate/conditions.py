@@ -4,10 +4,8 @@ prompts. Each becomes a list of `Item`s (one per image) in a fixed order, so ima
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +18,15 @@ from ..records import (
     Finding,
     clean_text,
     findings_from_value,
+    merge_repeats,
+    name_key,
+    normalize_modality,
     normalize_projection,
     normalize_sex,
     normalize_view,
     parse_age,
 )
+from ..vocabulary import Vocabulary, load_vocabulary
 
 log = logging.getLogger(__name__)
 FILE_COLUMNS = (
@@ -71,7 +73,7 @@ def from_flags(age: int | None, sex: str | None, view: str | None, projection: s
         raise ConditionsError(f"--age {age}: give an age in years (0-120)")
     parsed = [f for text in findings for f in findings_from_value(text)]
     c = Conditions(age=age, sex=normalize_sex(sex), view=normalize_view(view), projection=normalize_projection(projection),
-                   modality=modality.upper() if modality else None, findings=parsed)  # fmt: skip
+                   modality=normalize_modality(modality), findings=parsed)  # fmt: skip
     if sex is not None and c.sex is None:
         raise ConditionsError(f"--sex {sex!r}: use M, F or O")
     return [Item(c, None, "flags") for _ in range(n)]
@@ -126,7 +128,7 @@ def _row_items(row: dict[str, Any], origin: str) -> list[Item]:
     if not findings and text("labels"):
         findings = findings_from_value(text("labels").replace(",", ";"))
     c = Conditions(age=age, sex=sex, view=normalize_view(text("view")), projection=normalize_projection(text("projection")),
-                   modality=(text("modality") or "").upper() or None, findings=findings)  # fmt: skip
+                   modality=normalize_modality(text("modality")), findings=findings)  # fmt: skip
     return [Item(c, None, origin, seed if i == 0 else None) for i in range(count)]
 
 
@@ -174,7 +176,7 @@ def parse_reweight(specs: list[str]) -> dict[str, float]:
             raise ConditionsError(
                 f"--reweight {spec!r}: write label=factor with a positive factor, e.g. 'pleural effusion=5'"
             )
-        weights[label.strip().lower()] = value
+        weights[label.strip()] = value
     return weights
 
 
@@ -182,10 +184,12 @@ def like_dataset(
     dataset: str | Path, split: str, n: int, seed: int, reweight: dict[str, float]
 ) -> list[Item]:
     """N condition sets drawn from a prepared dataset's rows, keeping the joint distribution of findings and
-    demographics; `reweight` multiplies the chance of rows with the given labels (rare-finding augmentation)."""
+    demographics; `reweight` multiplies the chance of rows with the given labels (rare-finding augmentation).
+    Each item's origin names the row it was drawn from (`like:<dataset>#<id>`), the way back to its source."""
     rows = load_rows(dataset, split)
     if not rows:
         raise ConditionsError(f"{Path(dataset) / split / 'metadata.jsonl'} has no rows to draw from")
+    reweight = _in_dataset_names(reweight, dataset)
     weights = np.ones(len(rows))
     labels = [row_labels(row) for row in rows]
     for i, row_set in enumerate(labels):  # each label once: a finding at two locations is still one finding
@@ -201,60 +205,54 @@ def like_dataset(
         row = rows[int(k)]
         c = Conditions(age=row.get("age"), sex=row.get("sex"), view=row.get("view"), projection=row.get("projection"),
                        modality=row.get("modality"), findings=findings_from_value(row.get("findings") or []))  # fmt: skip
-        items.append(Item(c, None, f"like:{Path(dataset).name}"))
+        where = f"#{row['id']}" if row.get("id") else ""
+        items.append(Item(c, None, f"like:{Path(dataset).name}{where}"))
     return items
 
 
+def _in_dataset_names(reweight: dict[str, float], dataset: str | Path) -> dict[str, float]:
+    """--reweight labels as the dataset writes them ("effusion" is its "pleural effusion"), keyed by name_key."""
+    if not reweight:
+        return {}
+    vocabulary = load_vocabulary(dataset)
+    out = {}
+    for name, factor in reweight.items():
+        resolved = vocabulary.resolve_label(name)
+        if resolved.name is not None and resolved.how != "exact":
+            log.info("--reweight: '%s' read as '%s' (%s)", name, resolved.name, resolved.how)
+        out[name_key(resolved.name or name)] = factor
+    return out
+
+
 def row_labels(row: dict[str, Any]) -> set[str]:
-    """A metadata row's finding labels, lower-cased, each once."""
-    return {str(f.get("label", "")).lower() for f in row.get("findings") or [] if isinstance(f, dict)}
+    """A metadata row's finding labels, each once, as `name_key` compares them."""
+    return {name_key(str(f.get("label", ""))) for f in row.get("findings") or [] if isinstance(f, dict)}
 
 
-def vocabulary(rows: list[dict[str, Any]]) -> tuple[Counter, Counter]:
-    """Finding labels (rows that have each, as prepare counts them to rank findings) and locations."""
-    labels, locations = Counter(), Counter()
-    for row in rows:
-        findings = [f for f in row.get("findings") or [] if isinstance(f, dict)]
-        labels.update({f.get("label", "") for f in findings})
-        for f in findings:
-            locations.update(f.get("locations") or [])
-    return labels, locations
-
-
-def all_rows(dataset: str | Path) -> list[dict[str, Any]]:
-    """Every split's rows of a prepared dataset."""
-    return [
-        row
-        for meta in sorted(Path(dataset).glob("*/metadata.jsonl"))
-        for row in load_rows(dataset, meta.parent.name)
-    ]
-
-
-def check_names(items: list[Item], labels: Counter, locations: Counter) -> list[str]:
-    """Spell finding and location names as the training data does ("Pleural Effusion" becomes "pleural
-    effusion", so labels match downstream), and warn once per name it never used, with the closest known names."""
-    known_labels = {x.lower(): x for x in labels}
-    known_locations = {x.lower(): x for x in locations}
+def check_names(items: list[Item], vocabulary: Vocabulary, allow_unknown: bool = False) -> list[str]:
+    """Write findings and locations in the training data's names: another spelling, a synonym or a side variant
+    ("Pleural Effusion right side") is mapped to the name the data uses, with a message; each label is stated
+    once. A name the data never uses is an error naming the closest ones (a warning with `allow_unknown`), so
+    every image's structured labels are in the training data's vocabulary. Returns the messages."""
+    mapped: dict[str, None] = {}
+    unknown: dict[str, None] = {}
+    cache: dict[Finding, Finding] = {}  # a --like plan repeats the same findings many times
     for item in items:
-        if item.conditions is not None:
-            item.conditions.findings = [
-                Finding(known_labels.get(f.label.lower(), f.label),
-                        tuple(known_locations.get(x.lower(), x) for x in f.locations))
-                for f in item.conditions.findings
-            ]  # fmt: skip
-    warnings: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for item in items:
-        for f in item.conditions.findings if item.conditions else []:
-            for kind, name, known in [("finding", f.label, known_labels)] + [
-                ("location", x, known_locations) for x in f.locations
-            ]:
-                if name.lower() in known or (kind, name) in seen:
-                    continue
-                seen.add((kind, name))
-                close = difflib.get_close_matches(name.lower(), list(known), n=3, cutoff=0.5)
-                hint = f"; closest known: {', '.join(known[c] for c in close)}" if close else ""
-                message = f"unknown {kind} '{name}': the training data never uses it{hint}"
-                log.warning(message)
-                warnings.append(message)
-    return warnings
+        if item.conditions is None:
+            continue
+        for f in item.conditions.findings:
+            if f not in cache:
+                cache[f], notes, missing = vocabulary.resolve_finding(f)
+                mapped.update(dict.fromkeys(notes))
+                unknown.update(dict.fromkeys(missing))
+        item.conditions.findings = merge_repeats([cache[f] for f in item.conditions.findings])[0]
+    for note in mapped:
+        log.info("%s, the training data's name", note)
+    if unknown and not allow_unknown:
+        raise ConditionsError(
+            "; ".join(unknown) + ". Use the training data's names (cxrgen vocab DATASET lists them), or "
+            "--allow-unknown-names to generate anyway"
+        )
+    for message in unknown:
+        log.warning(message)
+    return list(mapped) + list(unknown)

@@ -31,6 +31,10 @@ class GenerateConfig:
     finding: list[str] = option(
         [], "findings, each 'label@location,location', e.g. 'pleural effusion@left,costophrenic angle'"
     )
+    allow_unknown_names: bool = option(
+        False,
+        "generate findings and locations the training data never uses (else an error naming the closest)",
+    )
     conditions: str | None = option(
         None, "CSV/JSONL with one row per image or group: conditions or prompt, count, seed"
     )

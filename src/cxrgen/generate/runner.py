@@ -29,6 +29,7 @@ from ..provenance import provenance
 from ..sampling import make_pipeline, sample_images, to_uint
 from ..text_encoding import chunk_token_ids, count_over_window
 from ..train.adapters import lora_digest, lora_source
+from ..vocabulary import Vocabulary, load_vocabulary
 from . import conditions as cond
 from .config import GenerateConfig
 from .writer import save_dicom, save_png
@@ -73,7 +74,12 @@ def resolve_source(config: GenerateConfig) -> Source:
         adapters = [*zip(stack, weights, strict=True), (str(run_dir / "lora"), 1.0)]
     adapters += [_lora_spec(spec) for spec in config.loras]
     if prompts is None:
-        prompts = PromptConfig(**run["prompts"]) if run.get("prompts") else PromptConfig()
+        # a run prepared before the pseudo-label policy existed stated every label
+        prompts = (
+            PromptConfig(**{"pseudo_labels": "keep", **run["prompts"]})
+            if run.get("prompts")
+            else PromptConfig()
+        )
     long = run.get("long_prompts", False) if config.long_prompts is None else config.long_prompts
     data = Path(run["data"]["folder"]) if run.get("data") else None
     return Source(base, adapters, prompts, long, config.size or run.get("resolution"), data)
@@ -255,13 +261,13 @@ class Generator:
         # the data the model was trained on (else --like's): known names for the warnings, and the finding counts
         # that rank findings when a prompt must drop some (keep_findings rarest/commonest), as prepare ranked them
         reference = self.source.data if self.source.data is not None and self.source.data.is_dir() else c.like
-        rows = cond.all_rows(reference) if reference else []
-        labels, locations = cond.vocabulary(rows)
-        if self.source.prompts.keep_findings != "first" and not rows:
+        vocabulary = load_vocabulary(reference) if reference else Vocabulary()
+        labels = vocabulary.label_counts()
+        if self.source.prompts.keep_findings != "first" and not labels:
             log.warning("keep_findings %s ranks findings by their counts in the training data, which is not at "
                         "hand: findings are dropped last first", self.source.prompts.keep_findings)  # fmt: skip
-        if rows:  # before the prompts: names are spelled as training spelled them
-            cond.check_names(self.items, labels, locations)
+        if vocabulary.labels:  # before the prompts: names are spelled as training spelled them
+            cond.check_names(self.items, vocabulary, c.allow_unknown_names)
         elif any(item.conditions is not None and item.conditions.findings for item in self.items):
             log.warning("finding names are not checked against the training data (%s): give --like DATASET to "
                         "check them", self.source.data or "not recorded")  # fmt: skip
