@@ -1,4 +1,4 @@
-"""Fixture builders: a PadChest release with every quirk of shared/spec/data.md, bad image files, DICOMs."""
+"""Fixture builders: a PadChest release with every quirk of the real file, bad image files, DICOMs."""
 
 from __future__ import annotations
 

@@ -31,3 +31,28 @@ def test_bare_nan_is_none():
 def test_malformed(text):
     with pytest.raises(ListTextError):
         parse_list_text(text)
+
+
+CELLS = [
+    "[nan, ['unchanged'], ['COPD signs', ' loc basal']]", "[['a'],nan,[ ]]", "[[],[]]", "[None]", "[['a'],]",
+    "[[['deep']]]", "['a', ['b']]", "[['nan']]", "[['a'], 'b']", "  [ ]  ", "[\"it's\", 'x']", "['a\\\\'b']",
+    "[['a'] ['b']]", "[naN]", "[['a'], nan nan]", "['a'] x", "[['a', 'b'", "[['a'], [1]]",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", CELLS)
+def test_fast_paths_read_as_the_scanner_does(text, monkeypatch):
+    """PadChest's two cell shapes are matched by regular expressions; everything else by the scanner. Both
+    must read (or refuse) every cell alike."""
+    from cxrgen.readers import listtext
+
+    def read(t):
+        try:
+            return parse_list_text(t)
+        except ListTextError:
+            return "refused"
+
+    fast = read(text)
+    monkeypatch.setattr(listtext, "_FLAT", listtext.re.compile(r"(?!)"))
+    monkeypatch.setattr(listtext, "_NESTED", listtext.re.compile(r"(?!)"))
+    assert read(text) == fast

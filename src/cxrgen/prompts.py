@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, get_args
 
 from .config import ConfigError, option
-from .records import KNOWN_VIEWS, SEX_WORDS, Conditions, Finding, is_pseudo_label, merge_repeats
+from .records import KNOWN_VIEWS, SEX_WORDS, Conditions, Finding, is_pseudo_label, merge_repeats, name_key
 from .tokens import CLIP_WINDOW, TokenCounter, load_tokenizer
 
 LEVELS = {
@@ -83,6 +83,7 @@ class Prompt:
     tokens: int
     tokens_full: int  # before fitting
     dropped: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # pseudo-labels the policy does not state
 
 
 class Segment(NamedTuple):
@@ -204,6 +205,7 @@ class PromptBuilder:
         self._tokenizer = tokenizer
         self._counter: TokenCounter | None = None
         self.label_counts = label_counts or Counter()
+        self._memo: dict[tuple, Prompt] = {}
 
     @property
     def counter(self) -> TokenCounter:
@@ -221,11 +223,25 @@ class PromptBuilder:
         return c if findings == c.findings else dataclasses.replace(c, findings=findings)
 
     def build(self, c: Conditions) -> Prompt:
-        c = self._stated(c)
+        """The prompt of `c`. Conditions met before give the same (shared, not to be changed) Prompt: a release
+        holds thousands of normal studies of one age and sex, a --like plan draws rows again and again."""
+        key = (c.age, c.sex, c.view, c.projection, c.modality, c.caption, tuple(c.findings))
+        prompt = self._memo.get(key)
+        if prompt is None:
+            prompt = self._memo[key] = self._build(c)
+        return prompt
+
+    def _build(self, c: Conditions) -> Prompt:
+        stated = self._stated(c)
+        left_out = []
+        if stated is not c:
+            said = {name_key(f.label) for f in stated.findings}
+            left_out = [x for x in dict.fromkeys(f.label for f in c.findings) if name_key(x) not in said]
+        c = stated
         parts = render_parts(self.template, c)
         text = ", ".join(parts)
         tokens = self.counter.count_parts(parts)
-        prompt = Prompt(text, tokens, tokens)
+        prompt = Prompt(text, tokens, tokens, left_out=left_out)
         if self.config.fit == "fit" and tokens > self.config.max_tokens:
             self._fit(c, prompt)
         return prompt

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -79,10 +80,12 @@ class Finding(NamedTuple):
         return cls(str(data["label"]), tuple(str(x) for x in data.get("locations") or ()))
 
 
+@lru_cache(maxsize=65536)  # a release has a few hundred names, met millions of times
 def is_pseudo_label(label: str) -> bool:
     return label.strip().lower() in PSEUDO_LABELS
 
 
+@lru_cache(maxsize=65536)
 def name_key(name: str) -> str:
     """How two spellings of one label or location compare: case, underscores and runs of spaces aside."""
     return " ".join(str(name).replace("_", " ").split()).casefold()

@@ -12,7 +12,7 @@ import difflib
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,18 +58,23 @@ def unify_spellings(records: Iterable[Conditions]) -> dict[str, list[str]]:
     """Write each label and location the way most images of a release write it ("COPD signs", not "copd signs"),
     in place. Returns {name: other spellings seen}. Cheap when, as usual, every name has one spelling."""
     records = list(records)
-    spellings: dict[str, Counter] = defaultdict(Counter)
-    for r in records:
-        for f in r.findings:
-            spellings[key(f.label)][f.label] += 1
-            for x in f.locations:
-                spellings["\0" + key(x)][x] += 1
-    chosen = {k: c.most_common(1)[0][0] for k, c in spellings.items()}
-    variants = {chosen[k]: sorted(set(c) - {chosen[k]}) for k, c in spellings.items() if len(c) > 1}
-    if variants:
+    labels = Counter(f.label for r in records for f in r.findings)  # counted in C: a release has millions
+    locations = Counter(x for r in records for f in r.findings for x in f.locations)
+    chosen: dict[str, str] = {}
+    variants: dict[str, list[str]] = {}
+    for counts in (labels, locations):
+        groups: dict[str, list[str]] = defaultdict(list)
+        for name in counts:
+            groups[key(name)].append(name)
+        for names in groups.values():
+            if len(names) > 1:
+                best = max(names, key=lambda n: (counts[n], n))
+                variants[best] = sorted(set(names) - {best})
+                chosen.update({n: best for n in names if n != best})
+    if chosen:
         for r in records:
             r.findings = [
-                Finding(chosen[key(f.label)], tuple(chosen["\0" + key(x)] for x in f.locations))
+                Finding(chosen.get(f.label, f.label), tuple(chosen.get(x, x) for x in f.locations))
                 for f in r.findings
             ]
     return variants
@@ -112,8 +117,7 @@ class Vocabulary:
         """Counts of images per split that state each label and location (each once per image)."""
         vocab = cls()
         for split, items in by_split.items():
-            for c in items:
-                vocab._count(split, c.findings)
+            vocab._count(split, (c.findings for c in items))
         vocab._add_synonyms(synonyms or {})
         return vocab
 
@@ -122,24 +126,28 @@ class Vocabulary:
         """From metadata rows (a generated set, or a dataset prepared before prepare.json held a vocabulary)."""
         from .records import findings_from_value
 
-        vocab = cls()
-        for split, rows in by_split.items():
+        def findings(rows: Iterable[dict[str, Any]]) -> Iterator[list[Finding]]:
             for row in rows:
                 try:
-                    findings = findings_from_value(row.get("findings"))
+                    yield findings_from_value(row.get("findings"))
                 except ValueError:
                     continue
-                vocab._count(split, findings)
+
+        vocab = cls()
+        for split, rows in by_split.items():
+            vocab._count(split, findings(rows))
         return vocab
 
-    def _count(self, split: str, findings: list[Finding]) -> None:
+    def _count(self, split: str, findings_of: Iterable[list[Finding]]) -> None:
+        """Images of `split` that state each label and location, each once per image."""
         self._cache.clear()
-        for label in {f.label for f in findings}:
-            term = self.labels.setdefault(label, Term())
-            term.counts[split] = term.counts.get(split, 0) + 1
-        for location in {x for f in findings for x in f.locations}:
-            term = self.locations.setdefault(location, Term())
-            term.counts[split] = term.counts.get(split, 0) + 1
+        findings_of = list(findings_of)
+        labels = Counter(x for findings in findings_of for x in {f.label for f in findings})
+        locations = Counter(x for findings in findings_of for x in {y for f in findings for y in f.locations})
+        for table, counts in ((self.labels, labels), (self.locations, locations)):
+            for name, n in counts.items():
+                term = table.setdefault(name, Term())
+                term.counts[split] = term.counts.get(split, 0) + n
 
     def _add_synonyms(self, synonyms: Mapping[str, Iterable[str]]) -> None:
         """Other spellings of names, matched to them as `key` compares (a side variant's base may differ in case)."""

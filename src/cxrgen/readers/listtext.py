@@ -21,9 +21,26 @@ class ListTextError(ValueError):
     """The text is not a list of strings."""
 
 
+# The cells PadChest writes, matched whole by one regular expression each (several times faster than the
+# general scanner below): a flat list of quoted strings (Labels, the flat sentence layout), and a list of such
+# lists and bare nan items (the nested layout). Anything else goes to the scanner, which names its error.
+_STRING = r"'(?:[^'\\]|\\.)*'" + "|" + r'"(?:[^"\\]|\\.)*"'
+_FLAT_LIST = rf"\[\s*(?:(?:{_STRING})\s*(?:,\s*(?:{_STRING})\s*)*)?\]"
+_FLAT = re.compile(_FLAT_LIST, re.S)
+_NESTED_ITEM = rf"{_FLAT_LIST}|nan|None|NaN"
+_NESTED = re.compile(rf"\[\s*(?:(?:{_NESTED_ITEM})\s*(?:,\s*(?:{_NESTED_ITEM})\s*)*)?\]", re.S)
+_SUBLIST = re.compile(rf"{_FLAT_LIST}|nan|None|NaN", re.S)
+_ITEM = re.compile(r"'((?:[^'\\]|\\.)*)'" + "|" + r'"((?:[^"\\]|\\.)*)"', re.S)  # the text inside the quotes
+
+
 def parse_list_text(text: str) -> list[ListValue]:
     """Parse one cell. Raises ListTextError with the position of the first problem."""
     text = text.strip()
+    if _FLAT.fullmatch(text):
+        return _strings(text)
+    if _NESTED.fullmatch(text):
+        inner = text[1:-1]
+        return [_strings(m.group(0)) if m.group(0)[0] == "[" else None for m in _SUBLIST.finditer(inner)]
     if not text.startswith("["):
         raise ListTextError(f"expected a list starting with '[', got {text[:30]!r}")
     stack: list[list[ListValue]] = []
@@ -65,6 +82,13 @@ def parse_list_text(text: str) -> list[ListValue]:
     if result is None:
         raise ListTextError("unterminated list: missing ']'")
     return result
+
+
+def _strings(flat: str) -> list[ListValue]:
+    """The items of a flat list of quoted strings (already matched whole)."""
+    if "\\" in flat:
+        return [_string(m.group(0)) for m in _ITEM.finditer(flat)]
+    return [single or double for single, double in _ITEM.findall(flat)]
 
 
 def _string(token: str) -> str:

@@ -17,7 +17,6 @@ from ..records import (
     Rejection,
     clean_text,
     is_pseudo_label,
-    merge_repeats,
     name_key,
     normalize_modality,
     normalize_projection,
@@ -107,50 +106,48 @@ def parse_findings(row: dict[str, str]) -> tuple[list[Finding] | None, str, tupl
     labels_text = _cell(row, "Labels")
     sentence_text = _cell(row, "LabelsLocalizationsBySentence")
     notes: list[str] = []
-    sentence: list[Finding] | None = None
+    mentions: list[_Mention] | None = None
     layout = "labels-only"
     if sentence_text:
         items = parse_list_text(sentence_text)
         layout = "nested" if any(isinstance(x, list) for x in items) else "flat"
-        sentence = [_with_side(f, notes) for f in findings_from_items(items)]
+        mentions = _mentions(items, notes)
     names: list[str] = []
     if labels_text:
         names = [n for x in _flatten(parse_list_text(labels_text)) if (n := clean_text(x))]
         names = [n for n in names if not n.lower().startswith(LOCATION_PREFIX)]
     if not names:
-        if sentence:
+        if mentions:
             notes.append("from sentences")
-            return _once(sentence, notes), layout, tuple(notes)
-        if sentence is None and not labels_text:
+            return _merged(mentions, notes), layout, tuple(notes)
+        if mentions is None and not labels_text:
             return None, layout, ()
         return [], layout, tuple(notes)
-    findings = _once([_with_side(Finding(n), notes) for n in names], notes)
-    stated = {name_key(f.label) for f in findings}
-    if sentence is not None:
-        places: dict[str, list[str]] = {}
-        for f in sentence:
-            known = places.setdefault(name_key(f.label), [])
-            known += [x for x in f.locations if x not in known]
-        findings = [
-            Finding(
-                f.label,
-                ()
-                if is_pseudo_label(f.label)
-                else tuple(dict.fromkeys(f.locations + tuple(places.get(name_key(f.label), ())))),
-            )
-            for f in findings
-        ]
-        said = [name_key(f.label) for f in sentence]
-        if len(said) != len(set(said)) and "repeat" not in notes:
-            notes.append("repeat")
-        if set(said) != stated:
+    stated: dict[str, _Mention] = {}
+    _merge_into(stated, [_mention(n, notes) for n in names], notes)
+    if mentions is not None:
+        said: set[str] = set()
+        only: dict[str, None] = {}
+        for label, locations in mentions:
+            k = name_key(label)
+            if k in said and "repeat" not in notes:
+                notes.append("repeat")
+            said.add(k)
+            target = stated.get(k)
+            if target is None:
+                only[f"sentence only: {label}"] = None
+            elif locations and not is_pseudo_label(target[0]):
+                target[1].extend(x for x in locations if x not in target[1])
+        if said != stated.keys():
             notes.append("sentences differ")
-            notes += dict.fromkeys(
-                f"sentence only: {f.label}" for f in sentence if name_key(f.label) not in stated
-            )
+            notes += only
+    findings = [Finding(label, tuple(locations)) for label, locations in stated.values()]
     if "normal" in stated and any(not is_pseudo_label(f.label) for f in findings):
         notes.append("normal beside finding")
     return findings, layout, tuple(notes)
+
+
+_Mention = tuple[str, list[str]]  # a label as a cell states it, and the locations stated with it
 
 
 def _cell(row: dict[str, str], column: str) -> str:
@@ -159,38 +156,73 @@ def _cell(row: dict[str, str], column: str) -> str:
     return "" if text.lower() in ("nan", "none") else text
 
 
-def _with_side(finding: Finding, notes: list[str]) -> Finding:
-    """ "pleural effusion right side" is the label "pleural effusion" at the location "right"."""
-    if not finding.label.lower().endswith(("side", "sides")):
-        return finding
-    label, side = split_side(finding.label)
-    if side is None:
-        return finding
-    notes.append(f"side variant: {finding.label}")
-    return Finding(label, tuple(dict.fromkeys((side, *finding.locations))))
+def _mention(label: str, notes: list[str]) -> _Mention:
+    """A label, and its side as a location when written in ("pleural effusion right side")."""
+    if label[-4:].lower() == "side" or label[-5:].lower() == "sides":
+        base, side = split_side(label)
+        if side is not None:
+            notes.append(f"side variant: {label}")
+            return base, [side]
+    return label, []
 
 
-def _once(findings: list[Finding], notes: list[str]) -> list[Finding]:
-    merged, repeated = merge_repeats(findings)
-    if repeated and "repeat" not in notes:
-        notes.append("repeat")
-    return merged
+def _merge_into(merged: dict[str, _Mention], mentions: list[_Mention], notes: list[str]) -> None:
+    """Each label once, where first stated, with the locations of every mention (pseudo-labels take none)."""
+    for label, locations in mentions:
+        k = name_key(label)
+        first = merged.get(k)
+        if first is None:
+            merged[k] = (label, [] if is_pseudo_label(label) else list(locations))
+            continue
+        if "repeat" not in notes:
+            notes.append("repeat")
+        if not is_pseudo_label(first[0]):
+            first[1].extend(x for x in locations if x not in first[1])
 
 
-def findings_from_items(items: list[ListValue]) -> list[Finding]:
-    """Turn either layout into findings. Each nested list is a sentence; runs of top-level strings (the flat
-    layout) form one stream. Within a sentence or stream, a run of locations belongs to every label since the
-    previous run of locations. Pseudo-labels take no locations. Repeats are kept in order."""
-    findings: list[Finding] = []
+def _merged(mentions: list[_Mention], notes: list[str]) -> list[Finding]:
+    merged: dict[str, _Mention] = {}
+    _merge_into(merged, mentions, notes)
+    return [Finding(label, tuple(locations)) for label, locations in merged.values()]
+
+
+def _mentions(items: list[ListValue], notes: list[str]) -> list[_Mention]:
+    """The label mentions of a sentence cell, in either layout. Each nested list is a sentence; runs of top-level
+    strings (the flat layout) form one stream. Within a sentence or stream, a run of locations belongs to every
+    label since the previous run of locations; pseudo-labels take none. Repeats are kept in order."""
+    out: list[_Mention] = []
     stream: list[str] = []
     for item in items:
         if isinstance(item, list):
-            findings += _sentence(stream)
+            _stream(stream, out, notes)
             stream = []
-            findings += _sentence(_flatten(item))
+            _stream(_flatten(item), out, notes)
         elif isinstance(item, str):
             stream.append(item)
-    return findings + _sentence(stream)
+    _stream(stream, out, notes)
+    return out
+
+
+def _stream(strings: list[str], out: list[_Mention], notes: list[str]) -> None:
+    pending: list[_Mention] = []  # labels since the last run of locations
+    owners: list[_Mention] = []  # the labels the current run of locations belongs to
+    for raw in strings:
+        text = raw.strip()
+        if "  " in text:
+            text = clean_text(text)
+        if not text:
+            continue
+        if text[:4].lower() == LOCATION_PREFIX:
+            if pending:  # a new run of locations: it belongs to the labels gathered since the last one
+                owners, pending = [m for m in pending if not is_pseudo_label(m[0])], []
+            location = text[len(LOCATION_PREFIX) :].strip()
+            for _, locations in owners:
+                if location and location not in locations:
+                    locations.append(location)
+        else:
+            mention = _mention(text, notes) if text[-4:] in ("side", "ides") else (text, [])
+            pending.append(mention)
+            out.append(mention)
 
 
 def _flatten(items: list[ListValue]) -> list[str]:
@@ -201,37 +233,3 @@ def _flatten(items: list[ListValue]) -> list[str]:
         elif isinstance(item, str):
             out.append(item)
     return out
-
-
-def _sentence(items: list[str]) -> list[Finding]:
-    findings: list[Finding] = []
-    labels: list[str] = []  # labels since the last location run
-    locations: list[str] = []
-    owners: list[str] = []  # labels the current location run belongs to
-
-    def flush() -> None:
-        findings.extend(
-            Finding(label, () if is_pseudo_label(label) else tuple(locations)) for label in owners
-        )
-
-    for raw in items:
-        text = raw.strip()
-        if "  " in text:
-            text = clean_text(text)
-        if not text:
-            continue
-        if text.lower().startswith(LOCATION_PREFIX):
-            if labels:  # a new location run starts: it belongs to the labels gathered since the last one
-                flush()
-                owners, labels, locations = labels, [], []
-            location = text[len(LOCATION_PREFIX) :].strip()
-            if location and location not in locations:
-                locations.append(location)
-        else:
-            if locations or owners:
-                flush()
-                owners, locations = [], []
-            labels.append(text)
-    flush()
-    findings.extend(Finding(label) for label in labels)
-    return findings
