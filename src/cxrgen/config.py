@@ -188,7 +188,9 @@ def build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     except TypeError as exc:
         missing = [n for n, f in fields.items() if n not in kwargs and _is_required(f)]
         if missing:
-            flags = ", ".join(_flag(where, m) for m in missing)
+            flags = ", ".join(
+                m.upper() if fields[m].metadata.get("positional") else _flag(where, m) for m in missing
+            )
             raise ConfigError(f"missing required setting(s): {flags}") from exc
         raise
 
