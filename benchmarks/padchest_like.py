@@ -1,9 +1,13 @@
-"""A PadChest-sized labels CSV with the real release's counts and quirks (shared/spec/data.md), for benchmarks.
+"""A PadChest-sized labels CSV with the real release's counts and quirks, for benchmarks.
 
-Numbers follow the spec: 160,861 rows, 67,625 patients, projections PA 91,728 / L 49,579 / AP_horizontal 14,346 /
-AP 4,559 / COSTAL 630 / EXCLUDE 11 / UNK 8, sex M 80,920 / F 79,919 / O 18 / blank 4, 6 blank birth years,
-69,085 blank views, 103 blank label cells, ~39,000 nested and ~122,000 flat LabelsLocalizationsBySentence, and
-a heavy tail of long reports (labels repeated sentence after sentence).
+Numbers follow what was measured on the real file: 160,861 rows, 67,625 patients, projections PA 91,728 / L 49,579
+/ AP_horizontal 14,346 / AP 4,559 / COSTAL 630 / EXCLUDE 11 / UNK 8, sex M 80,920 / F 79,919 / O 18 / blank 4,
+6 blank birth years, 69,085 blank views, 103 blank label cells, ~39,000 nested and ~122,000 flat
+LabelsLocalizationsBySentence, and a heavy tail of long reports (labels repeated sentence after sentence).
+`Labels` is the image-level set; the sentence column labels sentences as the real one does: `normal` sentences
+beside findings in about a fifth of rows with findings, 26 lateralised spellings ("pleural effusion right side"),
+and about 500 rows whose Labels cell is `['']` (normal or exclude only in the sentences, only locations, or
+nothing). `Labels` itself puts normal beside a finding in about 200 rows.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ TOP_LABELS = [
     ("endotracheal tube", 1400), ("central venous catheter via jugular vein", 1200), ("suboptimal study", 600),
     ("exclude", 300),
 ]  # fmt: skip
+# the sentence column's lateralised spellings: each a Labels label plus a side
+SIDE_VARIANTS = [f"{label} {side}" for label in ("pleural effusion", "hypoexpansion", "laminar atelectasis",
+                 "costophrenic angle blunting", "alveolar pattern", "interstitial pattern", "pneumonia",
+                 "apical pleural thickening") for side in ("right side", "left side", "both sides")][:24] + [
+                 "hypoexpansion both side", "nodule right side"]  # fmt: skip
 LOCATIONS = ["right", "left", "basal", "bilateral", "cardiac", "pleural", "right upper lobe", "left upper lobe",
              "right lower lobe", "left lower lobe", "middle lobe", "costophrenic angle", "hilar", "apical",
              "thoracic spine", "aortic button", "perihilar", "subsegmental", "lingula", "paracardiac"]  # fmt: skip
@@ -56,27 +65,63 @@ def write_csv(path: Path, rows: int = ROWS, seed: int = 0) -> Path:
     nan_rows = set(rng.choice(rows, max(1, int(40 * scale)), replace=False).tolist())
     view_by_projection = {"PA": ["POSTEROANTERIOR", "PA"], "L": ["LATERAL", "LL", "RL"], "AP": ["ANTEROPOSTERIOR", "AP"],
                           "AP_horizontal": ["AP", "GENERICA"], "COSTAL": ["OBLICUA"], "EXCLUDE": ["LLD"], "UNK": ["GENERICA"]}  # fmt: skip
+    labels_index = {name: i for i, name in enumerate(labels)}
+    findings_p = p.copy()
+    findings_p[labels_index["normal"]] = 0.0  # a study's findings; normal is decided per study below
+    findings_p /= findings_p.sum()
+    side_of = {}
+    for variant in SIDE_VARIANTS:
+        base = variant.rsplit(" ", 2)[0]
+        side_of.setdefault(base, []).append(variant)
+    blank_image_level = set(rng.choice(rows, max(1, int(500 * scale)), replace=False).tolist())
     out = []
     for i in range(rows):
+        normal_study = rng.random() < 50616 / 160861
         # Sentences per report: most short, a long tail (the real maximum prompt is ~1,070 tokens).
         n_sentences = 3 + min(int(rng.pareto(1.0) * 2.2), 90)
+        if normal_study:  # "sin hallazgos": a sentence or two
+            n_sentences = 1 + (rng.random() < 0.2)
+        study = (
+            []
+            if normal_study
+            else list(dict.fromkeys(rng.choice(labels, size=rng.integers(1, 4), p=findings_p)))
+        )
         sentences = []
-        for _ in range(n_sentences):
-            k = 1 + (rng.random() < 0.15)
-            names = list(rng.choice(labels, size=k, p=p))
+        for k in range(n_sentences):
+            if normal_study:
+                name = "normal"
+            elif k < len(study):
+                name = study[k]
+            elif rng.random() < 0.97:  # long reports name many findings...
+                name = str(rng.choice(labels, p=findings_p))
+                study += [name] if name not in study else []
+            else:  # ...and now and then one again
+                name = str(rng.choice(study))
+            if name in side_of and rng.random() < 0.25:
+                name = str(rng.choice(side_of[name]))
             locs = (
                 [f"loc {x}" for x in rng.choice(locations, size=rng.integers(0, 3))]
-                if rng.random() < 0.5
+                if rng.random() < 0.5 and name != "normal"
                 else []
             )
-            sentences.append([(" " if rng.random() < 0.3 else "") + x for x in names] + locs)
+            sentences.append([(" " if rng.random() < 0.3 else "") + name] + locs)
+        if study and rng.random() < 0.32:  # "normal heart size": a normal sentence in a study with findings
+            sentences.insert(int(rng.integers(0, len(sentences) + 1)), ["normal"])
+        image_level = study or ["normal"]
+        if study and rng.random() < 200 / 110_000:
+            image_level = [*study, "normal"]
+        labels_cell = (
+            "[" + ", ".join(repr((" " if rng.random() < 0.3 else "") + x) for x in image_level) + "]"
+        )
+        if i in blank_image_level:
+            labels_cell = "['']"
+            sentences = [[str(rng.choice(["normal", "exclude", "loc right"]))]] if rng.random() < 0.7 else []
         if rng.random() < 39_000 / 161_000:
             cell = "[" + ", ".join("[" + ", ".join(repr(x) for x in s) + "]" for s in sentences) + "]"
             if i in nan_rows:
                 cell = "[nan, " + cell[1:]
         else:
             cell = "[" + ", ".join(repr(x) for s in sentences for x in s) + "]"
-        flat_labels = [x for s in sentences for x in s if not x.startswith("loc ")]
         view = "" if rng.random() < 69085 / 160861 else str(rng.choice(view_by_projection[projection[i]]))
         out.append(
             padchest_row(
@@ -87,7 +132,7 @@ def write_csv(path: Path, rows: int = ROWS, seed: int = 0) -> Path:
                 Modality_DICOM="DX" if rng.random() < 11999 / 160861 else "CR",
                 MethodLabel="Physician" if rng.random() < 39053 / 160861 else "RNN_model",
                 Report=" ".join(["hallazgos compatibles con la normalidad"] * int(rng.integers(1, 6))),
-                Labels="" if i in blank_labels else "[" + ", ".join(repr(x) for x in flat_labels) + "]",
+                Labels="" if i in blank_labels else labels_cell,
                 LabelsLocalizationsBySentence="" if i in blank_labels else cell,
             )
         )  # fmt: skip
