@@ -204,6 +204,28 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
         dict(findings=[("exclude", ())], label_notes=("from sentences",)),
     ),
     (
+        "Labels [''], a normal sentence beside a finding in the sentence column",
+        dict(
+            ImageID="blankfind_w23.png",
+            PatientID="p24",
+            Labels="['']",
+            LabelsLocalizationsBySentence="[['normal'], ['cardiomegaly', 'loc cardiac']]",
+        ),
+        dict(
+            findings=[("cardiomegaly", ("cardiac",))], label_notes=("from sentences", "sentence only: normal")
+        ),
+    ),
+    (
+        "malformed sentence cell beside a good Labels cell (it only gives locations)",
+        dict(
+            ImageID="badsent_z24.png",
+            PatientID="p25",
+            Labels="['pacemaker']",
+            LabelsLocalizationsBySentence="[['pacemaker', 'loc right'",
+        ),
+        dict(findings=[("pacemaker", ())], label_notes=("sentence cell malformed",)),
+    ),
+    (
         "lateral (filtered by default)",
         dict(ImageID="lateral_j10.png", PatientID="p1", Projection="L", ViewPosition_DICOM="LATERAL"),
         dict(projection="L", view="LATERAL"),
@@ -258,10 +280,11 @@ REJECTED_ROWS: list[tuple[str, dict, str]] = [
         "labels: missing",
     ),
     (
-        "malformed list text",
+        "malformed list text in both label cells",
         dict(
             ImageID="bad_x2.png",
             PatientID="p21",
+            Labels="['pleural effusion'",
             LabelsLocalizationsBySentence="[['pleural effusion', 'loc right'",
         ),
         "labels: malformed",

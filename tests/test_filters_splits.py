@@ -74,6 +74,8 @@ def test_unknown_projections_are_kept_unless_strict():
     kept, rejected = apply_filters(records, FilterConfig(strict_projection=True), 0)
     assert all(r.projection is not None for r in kept)
     assert sum(x.reason == "filter: projection not known" for x in rejected) == 4
+    kept, rejected = apply_filters(records, FilterConfig(projections=["PA"]), 0)  # asked for by name: strict
+    assert {r.projection for r in kept} == {"PA"} and sum("not known" in x.reason for x in rejected) == 4
 
 
 def test_known_non_radiographs_are_dropped():

@@ -265,7 +265,10 @@ def test_plain_folder_without_metadata_keeps_every_image(tmp_path, capsys):
     kept, rejected = outputs(out)
     assert len(kept) == 17 and not rejected
     assert all(row["projection"] is None for row in kept.values())
-    assert json.loads((out / "prepare.json").read_text())["kept"] == 17
+    summary = json.loads((out / "prepare.json").read_text())
+    assert summary["kept"] == 17 and summary["unknown_projection_kept"]["images"] == 17
+    assert len(summary["unknown_projection_kept"]["files"]) == 17
+    assert "17 images of unknown view and projection kept" in capsys.readouterr().out
 
 
 def test_findings_text_forms():

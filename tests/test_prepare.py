@@ -398,8 +398,10 @@ def test_labels_are_the_image_level_labels_each_once(prepared):
     summary = json.loads((prepared / "prepare.json").read_text())
     audit = summary["label_audit"]
     assert audit["images"] == len(by_name) and audit["labels_stated_twice"] == 0
-    assert audit["labelled_from_sentences"] == 2 and audit["side_variants_mapped"] == 1
-    assert audit["as_image_level_labels"] == len(by_name) - 2
+    assert audit["labelled_from_sentences"] == 3 and audit["side_variants_mapped"] == 1
+    assert audit["as_image_level_labels"] == len(by_name) - 3
+    assert by_name["blankfind_w23.png"]["findings"] == [{"label": "cardiomegaly", "locations": ["cardiac"]}]
+    assert by_name["badsent_z24.png"]["findings"] == [{"label": "pacemaker", "locations": []}]
     # differ: two with a normal sentence beside findings, one whose sentence cell holds only nan
     assert audit["sentence_labels_agree"] == len(by_name) - 3
     assert summary["tokens"]["pseudo_labels_left_out"]["exclude"] == 2
@@ -439,14 +441,14 @@ def test_a_label_filter_finds_side_variants_and_other_spellings(quirk_release, t
     names = {row["text"] for row in metadata(tmp_path).values()}
     assert len(names) == 3 and all("pleural effusion" in text for text in names)
     assert "'Pleural Effusion' read as the label 'pleural effusion' (spelling)" in caplog.text
-    out = tmp_path / "sides"
+    right = tmp_path / "right"  # a side variant filters for the label at that side
+    side = ["--metadata-only", "--filters.include-labels"]
+    assert prepare(quirk_release, right, *side, "pleural effusion right side") == 0
+    assert len(metadata(right)) == 3
     assert (
-        prepare(
-            quirk_release, out, "--metadata-only", "--filters.include-labels", "pleural effusion left side"
-        )
-        == 0
-    )
-    assert len(metadata(out)) == 3
+        prepare(quirk_release, tmp_path / "left", *side, "pleural effusion left side") == 1
+    )  # none: an error
+    assert not metadata(tmp_path / "left")
 
 
 def test_a_table_without_rows_is_an_error(tmp_path, capsys):

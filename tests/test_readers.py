@@ -235,3 +235,16 @@ def test_record_metadata_roundtrip(padchest):
     r = records["flat_b2.png"]
     back = Record.from_metadata(r.metadata())
     assert back.findings == r.findings and back.patient_key == r.patient_key
+
+
+@pytest.mark.parametrize(
+    "raw,view,projection",
+    [("postero-anterior", "PA", "PA"), ("antero-posterior", "AP", "AP"), ("Left Lateral", "LL", "L"),
+     ("AP Supine", "AP", "AP_horizontal"), ("L", "LATERAL", "L"), ("AP semi erect", "AP", "AP"),
+     ("XTABLE LATERAL", "XTABLE LATERAL", "L"), ("?", None, None), ("GENERICA", "GENERICA", "GENERICA")],
+)  # fmt: skip
+def test_views_and_projections_read_every_spelling_alike(raw, view, projection):
+    """One table of view spellings: a projection read from a view agrees with the view read from it."""
+    from cxrgen.records import normalize_projection, normalize_view
+
+    assert (normalize_view(raw), normalize_projection(raw)) == (view, projection)

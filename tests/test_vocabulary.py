@@ -93,3 +93,37 @@ def test_vocab_command(tiny_dataset, capsys):
     assert json.loads(capsys.readouterr().out) == summary
     assert load_vocabulary(tiny_dataset) == Vocabulary.from_json(summary)
     assert main(["vocab", str(tiny_dataset / "nothing")]) == 2
+
+
+def test_synonyms_work_both_ways_and_sides_are_locations_to_check():
+    """A dataset written as NIH writes it (Effusion, Edema, no locations) answers to PadChest's names, and a side
+    written into a name is a location the data must use too."""
+    nih = Vocabulary.from_conditions(
+        {"train": [Conditions(findings=[Finding("Effusion"), Finding("Edema")])]}
+    )
+    assert nih.resolve_label("pleural effusion").name == "Effusion"
+    assert nih.resolve_label("pulmonary edema").name == "Edema"
+    finding, notes, missing = nih.resolve_finding(Finding("pleural effusion right side"))
+    assert finding.label == "Effusion" and missing == [
+        "unknown location 'right': the training data never uses it"
+    ]
+    padchest = vocab()
+    assert padchest.resolve_finding(Finding("Effusion right side"))[0] == Finding(
+        "pleural effusion", ("right",)
+    )
+
+
+def test_every_source_states_a_label_once_with_its_side_as_a_location():
+    from cxrgen.readers.folder import parse_findings
+    from cxrgen.records import Record
+    from cxrgen.vocabulary import settle_findings
+
+    r = Record(
+        findings=parse_findings(
+            "Pneumonia/Viral;pneumonia@basal;Pleural Effusion right side@costophrenic angle"
+        )
+    )
+    settle_findings([r])
+    assert r.findings == [Finding("Pneumonia", ("basal",)), Finding("Viral"),
+                          Finding("Pleural Effusion", ("right", "costophrenic angle"))]  # fmt: skip
+    assert r.label_notes == ("side variant: Pleural Effusion right side", "repeat")

@@ -31,7 +31,7 @@ class FilterConfig:
     projections: list[str] | None = option(
         list(FRONTAL_PROJECTIONS),
         "keep these projections (PadChest vocabulary: PA, AP, AP_horizontal, L, COSTAL, ...; 'all': no filter); "
-        "images whose projection is not known are kept and counted unless strict_projection",
+        "the default (frontal) keeps and counts images whose projection is not known, unless strict_projection",
     )
     strict_projection: bool = option(
         False,
@@ -62,6 +62,13 @@ class FilterConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"filters.{name} must be at least 1 (or left out), not {value}")
+
+
+def keeps_unknown_projections(config: FilterConfig) -> bool:
+    """The default frontal filter keeps (and prepare counts) images whose projection is not known: a plain folder
+    says nothing of its views. A projection list asked for by name, or strict_projection, drops them."""
+    frontal = config.projections is not None and set(config.projections) == set(FRONTAL_PROJECTIONS)
+    return frontal and not config.strict_projection
 
 
 def seeded_rank(seed: int, key: str) -> int:
@@ -153,7 +160,9 @@ def _field_checks(records: list[Record], config: FilterConfig):
 
         checks.append(check)
 
-    member("projection", config.projections, normalize_projection, keep_unknown=not config.strict_projection)
+    member(
+        "projection", config.projections, normalize_projection, keep_unknown=keeps_unknown_projections(config)
+    )
     member("view", config.views, normalize_view)
     member("modality", config.modalities, lambda m: normalize_modality(m) or m)
     member("sex", config.sexes, normalize_sex)
@@ -170,33 +179,43 @@ def _field_checks(records: list[Record], config: FilterConfig):
         vocabulary = Vocabulary.from_conditions({"all": records})
     if config.include_labels:
         include = _label_set(config.include_labels, vocabulary, "include_labels")
-        checks.append(lambda r: None if include & _keys(r) else "no included label")
+        checks.append(lambda r: None if _hits(r, include) else "no included label")
     if config.exclude_labels:
         exclude = _label_set(config.exclude_labels, vocabulary, "exclude_labels")
-        checks.append(lambda r: f"excluded label {hit.pop()}" if (hit := exclude & _keys(r)) else None)
+        checks.append(lambda r: f"excluded label {hit[0]}" if (hit := _hits(r, exclude)) else None)
     if config.normal_only:
         checks.append(lambda r: None if r.is_normal else "not normal")
     return checks
 
 
-def _keys(r: Record) -> set[str]:
-    return {name_key(f.label) for f in r.findings}
+Wanted = dict[str, set[str | None]]  # label key -> sides asked for (None: any)
 
 
-def _label_set(names: list[str], vocabulary: Vocabulary, option_name: str) -> set[str]:
-    """The labels the records use for the names given: another spelling, a synonym or a side variant
-    ("pleural effusion right side") finds its label; a name no record has warns with the closest ones."""
-    wanted = set()
+def _hits(r: Record, wanted: Wanted) -> list[str]:
+    """The record's labels that a filter names, at a side it asks for when it names one."""
+    return [
+        f.label
+        for f in r.findings
+        if (sides := wanted.get(name_key(f.label))) is not None
+        and (None in sides or sides & set(f.locations))
+    ]
+
+
+def _label_set(names: list[str], vocabulary: Vocabulary, option_name: str) -> Wanted:
+    """The labels the records use for the names given: another spelling or a synonym finds its label, and a side
+    variant ("pleural effusion right side") its label at that side; a name no record has warns with the
+    closest ones."""
+    wanted: Wanted = {}
     for name in names:
         resolved = vocabulary.resolve_label(name)
         if resolved.name is None:
             hint = f"; closest known: {', '.join(resolved.closest)}" if resolved.closest else ""
             log.warning("filters.%s: no image has the label '%s'%s", option_name, name, hint)
-            wanted.add(name_key(name))
+            wanted.setdefault(name_key(name), set()).add(None)
             continue
         if resolved.how != "exact":
-            log.info(
-                "filters.%s: '%s' read as the label '%s' (%s)", option_name, name, resolved.name, resolved.how
-            )
-        wanted.add(name_key(resolved.name))
+            side = f" at {resolved.side}" if resolved.side else ""
+            log.info("filters.%s: '%s' read as the label '%s'%s (%s)", option_name, name, resolved.name, side,
+                     resolved.how)  # fmt: skip
+        wanted.setdefault(name_key(resolved.name), set()).add(resolved.side)
     return wanted

@@ -24,7 +24,7 @@ from PIL import Image
 
 from .config import ConfigError, option, to_dict
 from .fileio import remove_stale_temps, write_csv, write_json, write_jsonl
-from .filters import FilterConfig, apply_filters, seeded_rank
+from .filters import FilterConfig, apply_filters, keeps_unknown_projections, seeded_rank
 from .image_jobs import JOURNAL_DIR, Job, JobResult, load_journals, png_identity, run_jobs
 from .imaging import ImageConfig, ImageStats
 from .label_audit import audit_line, label_audit
@@ -35,7 +35,7 @@ from .readers import SourceKind, TableError, read_source
 from .records import KNOWN_VIEWS, PatientKeyer, Record, Rejection
 from .splits import SPLITS, SplitConfig, assign_splits
 from .tokens import describe, token_stats
-from .vocabulary import Vocabulary, split_side, unify_spellings
+from .vocabulary import Vocabulary, settle_findings, split_side, unify_spellings
 
 log = logging.getLogger(__name__)
 REJECTED_DIR = "rejected"  # QC-rejected PNGs, kept for inspection and contact sheets
@@ -176,6 +176,7 @@ def _run_prepare(config: PrepareConfig) -> PrepareResult:
     )
     if not read.stats["rows"]:
         raise TableError(f"{_input_name(config)} has no data rows: nothing to prepare")
+    settle_findings(read.records)  # a reader that left sides in labels or labels repeated (a folder's table)
     spellings = unify_spellings(read.records)
 
     clock = time.perf_counter()
@@ -437,11 +438,7 @@ def _summary(
             final, sentence_column=bool(read.stats["layout nested"] + read.stats["layout flat"])
         ),
         "vocabulary": vocabulary.to_json(),
-        "unknown_projection_kept": (
-            sum(r.projection is None for r in final)
-            if config.filters.projections is not None and not config.filters.strict_projection
-            else 0
-        ),
+        "unknown_projection_kept": _unknown_projections(rows, config.filters),
         "source_index": {
             "file": SOURCE_INDEX,
             "note": "local only, like .patient_key_salt: maps each output id to its source row and path; do not share",
@@ -459,6 +456,17 @@ def _summary(
         "metadata_only": config.metadata_only,
         "timing": {k: round(v, 2) for k, v in timing.items()},
     }
+
+
+def _unknown_projections(rows: dict[str, list[dict[str, Any]]], filters: FilterConfig) -> dict[str, Any]:
+    """The images the frontal filter kept without knowing their projection, named by their files (the first
+    100; source_index.csv leads back to their source)."""
+    if not keeps_unknown_projections(filters):
+        return {"images": 0, "files": []}
+    files = [
+        f"{split}/{row['file_name']}" for split in SPLITS for row in rows[split] if row["projection"] is None
+    ]
+    return {"images": len(files), "files": files[:100]}
 
 
 def _left_out_of_prompts(final: list[Record], prompts: list[Prompt]) -> dict[str, dict[str, int]]:
@@ -501,9 +509,11 @@ def print_summary(result: PrepareResult) -> None:
         vocab = s["vocabulary"]
         print(f"  vocabulary: {len(vocab['labels']):,} labels, {len(vocab['locations']):,} locations "
               f"(cxrgen vocab {result.out})")  # fmt: skip
-    if s["unknown_projection_kept"]:
-        print(f"  {s['unknown_projection_kept']:,} images of unknown view and projection kept: the frontal filter "
-              "could not check them (--filters.strict-projection drops them)")  # fmt: skip
+    unknown = s["unknown_projection_kept"]
+    if unknown["images"]:
+        shown = ", ".join(unknown["files"][:3]) + (", ..." if unknown["images"] > 3 else "")
+        print(f"  {unknown['images']:,} images of unknown view and projection kept ({shown}; all in prepare.json): the "
+              "frontal filter could not check them (--filters.strict-projection drops them)")  # fmt: skip
     for sheet in s["contact_sheets"]:
         print(f"  contact sheet: {sheet}")
     print(f"  summary: {result.out / 'prepare.json'}")

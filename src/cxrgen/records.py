@@ -21,6 +21,9 @@ from typing import Any, NamedTuple
 # Labels that describe the study rather than a finding in it (PadChest).
 PSEUDO_LABELS = ("normal", "unchanged", "exclude", "suboptimal study")
 SEX_WORDS = {"M": "male", "F": "female"}
+# What other releases write for a study without findings (CheXpert, NIH, ieee8023): PadChest's "normal"
+NO_FINDING = frozenset({"no finding", "no findings"})
+LOCATION_PREFIX = "loc "  # PadChest writes locations "loc right"
 FRONTAL_PROJECTIONS = ("PA", "AP", "AP_horizontal")
 
 # What tables write for "not known": treated as missing wherever a value is read.
@@ -41,16 +44,14 @@ KNOWN_VIEWS = frozenset(
     {"PA", "AP", "LATERAL", "LL", "RL", "LLD", "RLD", "LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "OBLICUA",
      "AP AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "XTABLE LATERAL", "SWIMMERS"}
 )  # fmt: skip
-# Projections in PadChest's reviewed vocabulary; other sources (and views) are mapped onto it.
-_PROJECTION_ALIASES = {
-    "PA": "PA", "POSTEROANTERIOR": "PA", "PA ERECT": "PA", "PA UPRIGHT": "PA",
-    "AP": "AP", "ANTEROPOSTERIOR": "AP", "AP ERECT": "AP", "AP SEMI ERECT": "AP", "AP SEMI-ERECT": "AP",
-    "AP UPRIGHT": "AP",
-    "AP_HORIZONTAL": "AP_horizontal", "AP HORIZONTAL": "AP_horizontal", "AP SUPINE": "AP_horizontal",
-    "SUPINE AP": "AP_horizontal",
-    "L": "L", "LL": "L", "RL": "L", "LAT": "L", "LATERAL": "L", "XTABLE LATERAL": "L",
+# Projections in PadChest's reviewed vocabulary; other sources' projections and views are mapped onto it (a view
+# through _VIEW_ALIASES first, so both read every spelling alike).
+_PADCHEST_PROJECTIONS = {
+    "PA": "PA", "AP": "AP", "AP_HORIZONTAL": "AP_horizontal", "AP HORIZONTAL": "AP_horizontal", "L": "L",
     "COSTAL": "COSTAL", "EXCLUDE": "EXCLUDE", "UNK": "UNK",
 }  # fmt: skip
+_SUPINE_VIEWS = frozenset({"AP SUPINE", "SUPINE AP"})  # an AP view taken lying down: PadChest's AP_horizontal
+_VIEW_PROJECTIONS = {"PA": "PA", "AP": "AP", "LATERAL": "L", "LL": "L", "RL": "L", "XTABLE LATERAL": "L"}
 # Modalities: spellings of the DICOM codes, and the ones that are not a plain radiograph.
 _MODALITY_ALIASES = {"MRI": "MR", "ULTRASOUND": "US", "PET": "PT", "CT SCAN": "CT", "MAMMOGRAPHY": "MG"}
 # Written for a plain radiograph without saying how it was acquired: no DICOM code to state
@@ -89,6 +90,17 @@ def is_pseudo_label(label: str) -> bool:
 def name_key(name: str) -> str:
     """How two spellings of one label or location compare: case, underscores and runs of spaces aside."""
     return " ".join(str(name).replace("_", " ").split()).casefold()
+
+
+def study_label(label: str) -> str:
+    """ "normal" for a no-finding label as other releases write it; any other label as it is."""
+    return "normal" if name_key(label) in NO_FINDING else label
+
+
+def location_name(text: str) -> str:
+    """A location without PadChest's "loc " prefix."""
+    text = text.strip()
+    return text[len(LOCATION_PREFIX) :].strip() if text[:4].lower() == LOCATION_PREFIX else text
 
 
 def merge_repeats(findings: list[Finding]) -> tuple[list[Finding], bool]:
@@ -249,7 +261,12 @@ def normalize_projection(raw: str | None) -> str | None:
     if is_missing(raw):
         return None
     text = " ".join(str(raw).split())
-    return _PROJECTION_ALIASES.get(text.upper(), text)
+    upper = text.upper()
+    if upper in _PADCHEST_PROJECTIONS:
+        return _PADCHEST_PROJECTIONS[upper]
+    if upper in _SUPINE_VIEWS:
+        return "AP_horizontal"
+    return _VIEW_PROJECTIONS.get(_VIEW_ALIASES.get(upper, upper), text)
 
 
 def normalize_modality(raw: str | None) -> str | None:
@@ -316,9 +333,7 @@ def parse_finding_text(text: str) -> list[Finding]:
             continue
         locations = []
         for raw in where.split(","):
-            location = clean_text(raw)
-            if location.lower().startswith("loc "):
-                location = location[4:].strip()
+            location = location_name(clean_text(raw))
             if location and location not in locations:
                 locations.append(location)
         findings.append(Finding(label, tuple(locations)))

@@ -12,12 +12,12 @@ import difflib
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import Conditions, Finding
+from .records import NO_FINDING, Conditions, Finding, Record, location_name, merge_repeats
 from .records import name_key as key
 
 # PadChest's sentence column writes some labels with a side ("pleural effusion right side", "hypoexpansion both
@@ -27,7 +27,7 @@ SIDE_LOCATIONS = {"right": "right", "left": "left", "both": "bilateral"}
 
 # Names other releases and users write for a label of the PadChest vocabulary (keys as `key` spells them)
 LABEL_SYNONYMS = {
-    "no finding": "normal", "no findings": "normal", "effusion": "pleural effusion",
+    **dict.fromkeys(NO_FINDING, "normal"), "effusion": "pleural effusion",
     "infiltration": "infiltrates", "edema": "pulmonary edema", "fibrosis": "pulmonary fibrosis",
     "hiatus hernia": "hiatal hernia", "enlarged heart": "cardiomegaly", "pace maker": "pacemaker",
 }  # fmt: skip
@@ -78,6 +78,27 @@ def unify_spellings(records: Iterable[Conditions]) -> dict[str, list[str]]:
                 for f in r.findings
             ]
     return variants
+
+
+def settle_findings(records: Iterable[Record]) -> None:
+    """Every source's findings as PadChest's reader leaves them, in place: a side written into a label
+    ("pleural effusion right side") becomes its location, and each label is stated once (notes say so)."""
+    for r in records:
+        findings = r.findings
+        sided = [f for f in findings if f.label[-4:].lower() in ("side", "ides") and split_side(f.label)[1]]
+        if sided:
+            findings = [_side_as_location(f) if f in sided else f for f in findings]
+            r.label_notes += tuple(f"side variant: {f.label}" for f in sided)
+        merged, repeated = merge_repeats(findings)
+        if repeated and "repeat" not in r.label_notes:
+            r.label_notes += ("repeat",)
+        if sided or repeated:
+            r.findings = merged
+
+
+def _side_as_location(f: Finding) -> Finding:
+    label, side = split_side(f.label)
+    return Finding(label, tuple(dict.fromkeys((side, *f.locations))))
 
 
 @dataclass
@@ -184,18 +205,17 @@ class Vocabulary:
 
     # -- resolving names -----------------------------------------------------------------------------------
     def resolve_label(self, name: str) -> Resolved:
-        return _resolve(name, self.labels, self._lookups("labels"), LABEL_SYNONYMS, sides=True)
+        return _resolve(name, self.labels, self._lookups("labels"), standard_key, sides=True)
 
     def resolve_location(self, name: str) -> Resolved:
-        text = name.strip()
-        if text.lower().startswith("loc "):  # PadChest's spelling
-            text = text[4:].strip()
-        return _resolve(text, self.locations, self._lookups("locations"), LOCATION_SYNONYMS, sides=False)
+        text = location_name(name)
+        return _resolve(text, self.locations, self._lookups("locations"), standard_location, sides=False)
 
-    def _lookups(self, kind: str) -> tuple[dict[str, str], dict[str, str]]:
+    def _lookups(self, kind: str) -> _Lookups:
         """Built once per vocabulary (generate reads every image's names through it); building clears them."""
         if kind not in self._cache:
-            self._cache[kind] = _lookups(getattr(self, kind))
+            standard = standard_key if kind == "labels" else standard_location
+            self._cache[kind] = _lookups(getattr(self, kind), standard)
         return self._cache[kind]
 
     def resolve_finding(self, finding: Finding) -> tuple[Finding, list[str], list[str]]:
@@ -203,13 +223,15 @@ class Vocabulary:
         (each with its closest known names)."""
         notes, unknown = [], []
         label = self.resolve_label(finding.label)
-        locations = [label.side] if label.side else []
+        # a side written into the label is a location like any other: the data must use it too
+        raw_locations = ([label.side] if label.side else []) + list(finding.locations)
+        locations = []
         if label.name is None:
             unknown.append(_unknown("finding", finding.label, label.closest))
         elif label.how != "exact":
             side = f" at {label.side}" if label.side else ""
             notes.append(f"finding '{finding.label}' read as '{label.name}'{side} ({label.how})")
-        for raw in finding.locations:
+        for raw in raw_locations:
             loc = self.resolve_location(raw)
             if loc.name is None:
                 unknown.append(_unknown("location", raw, loc.closest))
@@ -220,16 +242,17 @@ class Vocabulary:
         return resolved, notes, unknown
 
 
+_Lookups = tuple[dict[str, str], dict[str, str], dict[str, str]]
+
+
 def _resolve(
-    name: str,
-    table: dict[str, Term],
-    lookups: tuple[dict[str, str], dict[str, str]],
-    synonyms: dict[str, str],
-    sides: bool,
+    name: str, table: dict[str, Term], lookups: _Lookups, standard: Callable[[str], str], sides: bool
 ) -> Resolved:
+    """Exactly; in another spelling; (a label) with a side written in; as a synonym the data recorded; or by the
+    standard name both sides share ("effusion" and "pleural effusion", whichever the data uses)."""
     if name in table:
         return Resolved(name)
-    canonical, recorded = lookups
+    canonical, recorded, standards = lookups
     k = key(name)
     if k in canonical:
         return Resolved(canonical[k], how="spelling")
@@ -238,24 +261,31 @@ def _resolve(
     ):  # before the recorded synonyms: "pleural effusion right side" is one of them, and its side counts
         base, side = split_side(name)
         if side is not None:
-            inner = _resolve(base, table, lookups, synonyms, sides=False)
+            inner = _resolve(base, table, lookups, standard, sides=False)
             if inner.name is not None:
                 return Resolved(inner.name, side, "side")
     if k in recorded:
         return Resolved(recorded[k], how="synonym")
-    other = key(synonyms.get(k, ""))
-    if other in canonical or other in recorded:
-        return Resolved(canonical.get(other) or recorded[other], how="synonym")
+    if standard(name) in standards:
+        return Resolved(standards[standard(name)], how="synonym")
     names = {**recorded, **canonical}
     closest = difflib.get_close_matches(k, list(names), n=3, cutoff=0.5)
     return Resolved(None, how="unknown", closest=list(dict.fromkeys(names[c] for c in closest)))
 
 
-def _lookups(table: dict[str, Term]) -> tuple[dict[str, str], dict[str, str]]:
-    """{key: name} of the names, and of their recorded synonyms."""
+def _lookups(table: dict[str, Term], standard: Callable[[str], str]) -> _Lookups:
+    """{key: name} of the names, of their recorded synonyms, and of their standard names."""
     canonical = {key(name): name for name in table}
     recorded = {key(s): name for name, term in table.items() for s in term.synonyms}
-    return canonical, recorded
+    standards: dict[str, str] = {}
+    for name in sorted(table, key=lambda n: -table[n].total):  # the commonest when two share one
+        standards.setdefault(standard(name), name)
+    return canonical, recorded, standards
+
+
+def standard_location(name: str) -> str:
+    k = key(location_name(name))
+    return LOCATION_SYNONYMS.get(k, k)
 
 
 def _unknown(kind: str, name: str, closest: list[str]) -> str:

@@ -15,13 +15,14 @@ from scipy.stats import rankdata
 from ..records import findings_from_value
 from ..vocabulary import standard_key
 
-# PadChest / CheXpert label -> torchxrayvision output
+# PadChest / CheXpert label -> torchxrayvision output; other names reach these by their standard names
+# (vocabulary.standard_key: "effusion", "Edema", "pleural effusion right side")
 LABEL_TO_OUTPUT = {
-    "pleural effusion": "Effusion", "effusion": "Effusion", "cardiomegaly": "Cardiomegaly", "pneumothorax": "Pneumothorax",
+    "pleural effusion": "Effusion", "cardiomegaly": "Cardiomegaly", "pneumothorax": "Pneumothorax",
     "nodule": "Nodule", "multiple nodules": "Nodule", "mass": "Mass", "atelectasis": "Atelectasis",
-    "laminar atelectasis": "Atelectasis", "consolidation": "Consolidation", "pneumonia": "Pneumonia", "edema": "Edema",
-    "pulmonary edema": "Edema", "emphysema": "Emphysema", "fibrosis": "Fibrosis", "pulmonary fibrosis": "Fibrosis",
-    "hernia": "Hernia", "hiatal hernia": "Hernia", "infiltrates": "Infiltration", "infiltration": "Infiltration",
+    "laminar atelectasis": "Atelectasis", "consolidation": "Consolidation", "pneumonia": "Pneumonia",
+    "pulmonary edema": "Edema", "emphysema": "Emphysema", "pulmonary fibrosis": "Fibrosis",
+    "hernia": "Hernia", "hiatal hernia": "Hernia", "infiltrates": "Infiltration",
     "interstitial pattern": "Infiltration", "pleural thickening": "Pleural_Thickening",
     "apical pleural thickening": "Pleural_Thickening", "fracture": "Fracture", "rib fracture": "Fracture",
     "lung opacity": "Lung Opacity", "alveolar pattern": "Lung Opacity", "lung lesion": "Lung Lesion",

@@ -4,7 +4,7 @@ PNG (8- and 16-bit), JPEG, TIFF through Pillow; DICOM through pydicom with the m
 slope/intercept), the VOI LUT or window when present, and MONOCHROME1 inverted. A grey picture in a colour
 container (RGB, RGBA, grey with alpha, palette) becomes its channel mean, composited on black where it is not
 opaque; a picture with colour in it is refused. Anything that cannot be read faithfully raises `ImageRejected`
-with a reason fit for rejected.csv; nothing is silently converted.
+with a reason fit for rejected.csv; nothing else is converted.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from ..records import Finding, PatientKeyer, Record, Rejection, normalize_sex, parse_age
+from ..records import Finding, PatientKeyer, Record, Rejection, normalize_sex, parse_age, study_label
 from .base import ReadResult
 from .tables import read_csv
 
@@ -37,7 +37,7 @@ _PATIENT = re.compile(r"patient(\d+)")
 
 def label_name(column: str) -> str:
     """CheXpert column to the lower-case label vocabulary PadChest uses ("No Finding" is "normal")."""
-    return "normal" if column == "No Finding" else column.lower()
+    return study_label(column).lower()
 
 
 def findings_from_label_columns(row: dict[str, str], uncertain: UncertainPolicy) -> list[Finding]:

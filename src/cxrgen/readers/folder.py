@@ -44,13 +44,13 @@ from ..records import (
     clean_text,
     findings_from_value,
     is_missing,
-    name_key,
     normalize_modality,
     normalize_projection,
     normalize_sex,
     normalize_view,
     parse_age,
     parse_finding_text,
+    study_label,
 )
 from .base import ReadResult
 from .tables import TableError, is_jsonl, read_csv, read_jsonl
@@ -73,7 +73,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "findings": ("findings", "finding", "labels", "Finding Labels"),
     "caption": ("text", "caption"),
 }
-_NO_FINDING = ("no finding", "no findings")
 # DICOM dates an age is counted to when PatientAge is absent, the study's first
 _DICOM_DATES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
 
@@ -296,7 +295,7 @@ def parse_findings(value: Any) -> list[Finding]:
                 if not is_missing(label):
                     findings += parse_finding_text(label + at + where)
     # "No Finding" (NIH, ieee8023, CheXpert) is the study-level label the other releases call normal
-    return [Finding("normal") if name_key(f.label) in _NO_FINDING else f for f in findings]
+    return [f._replace(label=study_label(f.label)) for f in findings]
 
 
 def _text(value: Any) -> str | None:

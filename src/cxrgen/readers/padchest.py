@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..records import (
+    LOCATION_PREFIX,
     Finding,
     PatientKeyer,
     Record,
@@ -30,7 +31,6 @@ from .tables import read_csv
 
 SOURCE = "padchest"
 REQUIRED = ("ImageID", "ImageDir", "PatientID", "Projection", "Labels")
-LOCATION_PREFIX = "loc "
 _LABELERS = {"physician": "physician", "rnn_model": "rnn"}
 
 
@@ -106,21 +106,34 @@ def parse_findings(row: dict[str, str]) -> tuple[list[Finding] | None, str, tupl
     labels_text = _cell(row, "Labels")
     sentence_text = _cell(row, "LabelsLocalizationsBySentence")
     notes: list[str] = []
-    mentions: list[_Mention] | None = None
-    layout = "labels-only"
-    if sentence_text:
-        items = parse_list_text(sentence_text)
-        layout = "nested" if any(isinstance(x, list) for x in items) else "flat"
-        mentions = _mentions(items, notes)
     names: list[str] = []
     if labels_text:
         names = [n for x in _flatten(parse_list_text(labels_text)) if (n := clean_text(x))]
         names = [n for n in names if not n.lower().startswith(LOCATION_PREFIX)]
+    mentions: list[_Mention] | None = None
+    layout = "labels-only"
+    if sentence_text:
+        try:
+            items = parse_list_text(sentence_text)
+        except ListTextError:
+            if not names:
+                raise
+            notes.append("sentence cell malformed")  # it would only have given locations
+            items = None
+        if items is not None:
+            layout = "nested" if any(isinstance(x, list) for x in items) else "flat"
+            mentions = _mentions(items, notes)
     if not names:
         if mentions:
             notes.append("from sentences")
+            if any(
+                not is_pseudo_label(label) for label, _ in mentions
+            ):  # a normal structure, not a normal study
+                normal = [m for m in mentions if name_key(m[0]) == "normal"]
+                mentions = [m for m in mentions if name_key(m[0]) != "normal"]
+                notes += ["sentence only: normal"] if normal else []
             return _merged(mentions, notes), layout, tuple(notes)
-        if mentions is None and not labels_text:
+        if mentions is None and not labels_text and "sentence cell malformed" not in notes:
             return None, layout, ()
         return [], layout, tuple(notes)
     stated: dict[str, _Mention] = {}
@@ -220,7 +233,7 @@ def _stream(strings: list[str], out: list[_Mention], notes: list[str]) -> None:
                 if location and location not in locations:
                     locations.append(location)
         else:
-            mention = _mention(text, notes) if text[-4:] in ("side", "ides") else (text, [])
+            mention = _mention(text, notes) if text[-4:].lower() in ("side", "ides") else (text, [])
             pending.append(mention)
             out.append(mention)
 
