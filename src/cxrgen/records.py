@@ -250,6 +250,7 @@ def is_missing(raw: Any) -> bool:
     return raw is None or " ".join(str(raw).split()).lower() in PLACEHOLDERS
 
 
+@lru_cache(maxsize=65536)  # a release spells these a few dozen ways, a million times
 def normalize_view(raw: str | None) -> str | None:
     if is_missing(raw):
         return None
@@ -257,6 +258,7 @@ def normalize_view(raw: str | None) -> str | None:
     return _VIEW_ALIASES.get(text, text)
 
 
+@lru_cache(maxsize=65536)
 def normalize_projection(raw: str | None) -> str | None:
     if is_missing(raw):
         return None
@@ -269,6 +271,7 @@ def normalize_projection(raw: str | None) -> str | None:
     return _VIEW_PROJECTIONS.get(_VIEW_ALIASES.get(upper, upper), text)
 
 
+@lru_cache(maxsize=65536)
 def normalize_modality(raw: str | None) -> str | None:
     """A DICOM modality code ("CR", "DX", "CT", ...); None when unknown or only "X-ray" (no acquisition code)."""
     if is_missing(raw):
@@ -284,6 +287,7 @@ def is_radiograph(modality: str | None) -> bool | None:
     return None if modality is None else modality.upper() not in NON_RADIOGRAPH_MODALITIES
 
 
+@lru_cache(maxsize=65536)
 def normalize_sex(raw: str | None) -> str | None:
     if is_missing(raw):
         return None
