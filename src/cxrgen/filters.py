@@ -67,8 +67,12 @@ class FilterConfig:
 def keeps_unknown_projections(config: FilterConfig) -> bool:
     """The default frontal filter keeps (and prepare counts) images whose projection is not known: a plain folder
     says nothing of its views. A projection list asked for by name, or strict_projection, drops them."""
-    frontal = config.projections is not None and set(config.projections) == set(FRONTAL_PROJECTIONS)
-    return frontal and not config.strict_projection
+    return _frontal_default(config.projections) and not config.strict_projection
+
+
+def _frontal_default(projections: list[str] | None) -> bool:
+    """The frontal list prepare filters by unless told otherwise (in any order)."""
+    return projections is not None and set(projections) == set(FRONTAL_PROJECTIONS)
 
 
 def seeded_rank(seed: int, key: str) -> int:
@@ -139,7 +143,7 @@ def _field_checks(records: list[Record], config: FilterConfig):
         # the records' spelling: "male" is M, "lateral" is the projection L
         wanted = {(normalize(a) or a).upper() for a in allowed}
         spelled = {str(v).upper(): str(v) for r in records if (v := getattr(r, name)) is not None}
-        default = name == "projection" and list(allowed) == list(FRONTAL_PROJECTIONS)  # not asked for by name
+        default = name == "projection" and _frontal_default(allowed)  # not asked for by name
         for value in [] if default else sorted(wanted.difference(spelled)):
             if len(spelled) <= 15:
                 hint = f" (the records have: {', '.join(sorted(spelled.values()))})"

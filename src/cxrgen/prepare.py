@@ -32,10 +32,11 @@ from .prompts import Prompt, PromptBuilder, PromptConfig
 from .provenance import file_sha256, provenance
 from .qc import QCConfig, contact_sheet, qc_flags
 from .readers import SourceKind, TableError, read_source
-from .records import KNOWN_VIEWS, PatientKeyer, Record, Rejection
+from .readers.base import resolve_image
+from .records import PatientKeyer, Record, Rejection, is_known_view
 from .splits import SPLITS, SplitConfig, assign_splits
 from .tokens import describe, token_stats
-from .vocabulary import Vocabulary, settle_findings, split_side, unify_spellings
+from .vocabulary import Vocabulary, split_side, unify_spellings
 
 log = logging.getLogger(__name__)
 REJECTED_DIR = "rejected"  # QC-rejected PNGs, kept for inspection and contact sheets
@@ -118,16 +119,6 @@ def escapes_root(relative: str) -> bool:
     return False
 
 
-def resolve_image(root: Path, relative: str) -> Path | None:
-    """The source file for a record, or None if it lies outside the images root (also through a link). A
-    CheXpert-style path that repeats the root's own name (CheXpert-v1.0-small/train/...) works either way."""
-    candidate = (root / relative).resolve()
-    parts = Path(relative).parts
-    if not candidate.exists() and len(parts) > 1 and parts[0] == root.name:
-        candidate = (root / Path(*parts[1:])).resolve()
-    return candidate if candidate.is_relative_to(root.resolve()) else None
-
-
 def run_prepare(config: PrepareConfig) -> PrepareResult:
     with _cyclic_gc_paused():
         return _run_prepare(config)
@@ -176,7 +167,6 @@ def _run_prepare(config: PrepareConfig) -> PrepareResult:
     )
     if not read.stats["rows"]:
         raise TableError(f"{_input_name(config)} has no data rows: nothing to prepare")
-    settle_findings(read.records)  # a reader that left sides in labels or labels repeated (a folder's table)
     spellings = unify_spellings(read.records)
 
     clock = time.perf_counter()
@@ -472,7 +462,7 @@ def _unknown_projections(rows: dict[str, list[dict[str, Any]]], filters: FilterC
 def _left_out_of_prompts(final: list[Record], prompts: list[Prompt]) -> dict[str, dict[str, int]]:
     """What the prompts leave out by policy (the metadata keeps it): pseudo-labels, views that name no view."""
     pseudo = Counter(label for p in prompts for label in p.left_out)
-    views = Counter(r.view for r in final if r.view is not None and r.view.upper() not in KNOWN_VIEWS)
+    views = Counter(r.view for r in final if r.view is not None and not is_known_view(r.view))
     return {"pseudo_labels_left_out": dict(pseudo.most_common()), "views_left_out": dict(views.most_common())}
 
 

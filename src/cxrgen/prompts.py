@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, get_args
 
 from .config import ConfigError, option
-from .records import KNOWN_VIEWS, SEX_WORDS, Conditions, Finding, is_pseudo_label, merge_repeats, name_key
+from .records import SEX_WORDS, Conditions, Finding, is_known_view, is_pseudo_label, merge_repeats, name_key
 from .tokens import CLIP_WINDOW, TokenCounter, load_tokenizer
 
 LEVELS = {
@@ -147,7 +147,7 @@ def field_values(c: Conditions) -> dict[str, str | None]:
     return {
         "age": text(c.age),
         "sex": SEX_WORDS.get(c.sex or ""),
-        "view": text(c.view) if str(c.view).upper() in KNOWN_VIEWS else None,
+        "view": text(c.view) if is_known_view(c.view) else None,
         "projection": text(c.projection),
         "modality": text(c.modality),
         "labels": ", ".join(c.labels) or None,
@@ -171,7 +171,7 @@ def prompt_findings(findings: list[Finding], pseudo_labels: PseudoLabels) -> lis
     real = [f for f in findings if not is_pseudo_label(f.label)]
     if pseudo_labels == "drop" or real:
         return real
-    return [f for f in findings if f.label.strip().lower() == "normal"]
+    return [f for f in findings if name_key(f.label) == "normal"]
 
 
 def render_parts(template: Template, c: Conditions) -> list[str]:

@@ -245,6 +245,11 @@ class PatientKeyer:
         return cls(new)
 
 
+def is_known_view(view: str | None) -> bool:
+    """A view code that says how the image was taken (GENERICA, or no view, does not)."""
+    return view is not None and view.upper() in KNOWN_VIEWS
+
+
 def is_missing(raw: Any) -> bool:
     """Blank, or a placeholder such as '?', 'todo', 'unknown', 'nan'."""
     return raw is None or " ".join(str(raw).split()).lower() in PLACEHOLDERS

@@ -41,6 +41,8 @@ LOCATION_SYNONYMS = {
 
 def split_side(name: str) -> tuple[str, str | None]:
     """("pleural effusion", "right") for "pleural effusion right side"; (name, None) without a side."""
+    if name[-4:].lower() not in ("side", "ides"):  # most names: no regular expression needed (a hot path)
+        return name, None
     m = _SIDE.match(name.strip())
     if m is None:
         return name, None
@@ -81,11 +83,12 @@ def unify_spellings(records: Iterable[Conditions]) -> dict[str, list[str]]:
 
 
 def settle_findings(records: Iterable[Record]) -> None:
-    """Every source's findings as PadChest's reader leaves them, in place: a side written into a label
-    ("pleural effusion right side") becomes its location, and each label is stated once (notes say so)."""
+    """Findings as PadChest's reader leaves them, in place, for readers of free-form tables (a folder's): a side
+    written into a label ("pleural effusion right side") becomes its location, and each label is stated once
+    (notes say so)."""
     for r in records:
         findings = r.findings
-        sided = [f for f in findings if f.label[-4:].lower() in ("side", "ides") and split_side(f.label)[1]]
+        sided = [f for f in findings if split_side(f.label)[1]]
         if sided:
             findings = [_side_as_location(f) if f in sided else f for f in findings]
             r.label_notes += tuple(f"side variant: {f.label}" for f in sided)
@@ -256,9 +259,8 @@ def _resolve(
     k = key(name)
     if k in canonical:
         return Resolved(canonical[k], how="spelling")
-    if (
-        sides
-    ):  # before the recorded synonyms: "pleural effusion right side" is one of them, and its side counts
+    # a side before the recorded synonyms: "pleural effusion right side" is one of them, and its side counts
+    if sides:
         base, side = split_side(name)
         if side is not None:
             inner = _resolve(base, table, lookups, standard, sides=False)

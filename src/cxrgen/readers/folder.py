@@ -36,13 +36,13 @@ from typing import Any
 
 from ..imaging.decode import is_dicom
 from ..records import (
-    KNOWN_VIEWS,
     Finding,
     PatientKeyer,
     Record,
     Rejection,
     clean_text,
     findings_from_value,
+    is_known_view,
     is_missing,
     normalize_modality,
     normalize_projection,
@@ -52,7 +52,8 @@ from ..records import (
     parse_finding_text,
     study_label,
 )
-from .base import ReadResult
+from ..vocabulary import settle_findings
+from .base import ReadResult, resolve_image
 from .tables import TableError, is_jsonl, read_csv, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,9 @@ def read_folder(root: str | Path, keyer: PatientKeyer, captions: str | Path | No
     captions = Path(captions) if captions else find_captions(root)
     if captions is None:
         return _from_files(root, keyer)
-    return _from_table(root, captions, keyer)
+    result = _from_table(root, captions, keyer)
+    settle_findings(result.records)  # a table may repeat a label or write a side into it, as PadChest's does
+    return result
 
 
 def _from_table(root: Path, table: Path, keyer: PatientKeyer) -> ReadResult:
@@ -234,12 +237,9 @@ class _Files:
         return name
 
     def _exists(self, name: str) -> bool:
-        """A file under the root; a path that repeats the root's own name (CheXpert-v1.0-small/train/...) too,
-        as prepare resolves it."""
-        parts = PurePosixPath(name).parts
-        return (self.root / name).is_file() or (
-            len(parts) > 1 and parts[0] == self.root.name and (self.root / Path(*parts[1:])).is_file()
-        )
+        """A file under the root, found as prepare will find it."""
+        path = resolve_image(self.root, name)
+        return path is not None and path.is_file()
 
     def _index(self) -> dict[str, list[str]]:
         """Every file under the root by its base name; listed once, when a name is first not found."""
@@ -277,7 +277,7 @@ def projection_of_view(raw: Any) -> str | None:
     generic view), so the frontal filter counts such an image as unknown rather than as a projection."""
     text = _text(raw)
     view = normalize_view(text)
-    return normalize_projection(text) if view is not None and view.upper() in KNOWN_VIEWS else None
+    return normalize_projection(text) if is_known_view(view) else None
 
 
 def parse_findings(value: Any) -> list[Finding]:

@@ -18,6 +18,7 @@ from ..records import (
     Rejection,
     clean_text,
     is_pseudo_label,
+    merge_repeats,
     name_key,
     normalize_modality,
     normalize_projection,
@@ -126,18 +127,19 @@ def parse_findings(row: dict[str, str]) -> tuple[list[Finding] | None, str, tupl
     if not names:
         if mentions:
             notes.append("from sentences")
-            if any(
-                not is_pseudo_label(label) for label, _ in mentions
-            ):  # a normal structure, not a normal study
+            # beside a finding, a normal sentence speaks of a normal structure, not of a normal study
+            if any(not is_pseudo_label(label) for label, _ in mentions):
                 normal = [m for m in mentions if name_key(m[0]) == "normal"]
                 mentions = [m for m in mentions if name_key(m[0]) != "normal"]
                 notes += ["sentence only: normal"] if normal else []
-            return _merged(mentions, notes), layout, tuple(notes)
+            findings = _once([Finding(label, tuple(places)) for label, places in mentions], notes)
+            return findings, layout, tuple(notes)
         if mentions is None and not labels_text and "sentence cell malformed" not in notes:
             return None, layout, ()
         return [], layout, tuple(notes)
-    stated: dict[str, _Mention] = {}
-    _merge_into(stated, [_mention(n, notes) for n in names], notes)
+    # each label once; the sentences' locations gather in these lists
+    named = [Finding(label, tuple(places)) for label, places in (_side(n, notes) for n in names)]
+    stated = {name_key(f.label): (f.label, list(f.locations)) for f in _once(named, notes)}
     if mentions is not None:
         said: set[str] = set()
         only: dict[str, None] = {}
@@ -169,34 +171,22 @@ def _cell(row: dict[str, str], column: str) -> str:
     return "" if text.lower() in ("nan", "none") else text
 
 
-def _mention(label: str, notes: list[str]) -> _Mention:
-    """A label, and its side as a location when written in ("pleural effusion right side")."""
-    if label[-4:].lower() == "side" or label[-5:].lower() == "sides":
-        base, side = split_side(label)
-        if side is not None:
-            notes.append(f"side variant: {label}")
-            return base, [side]
-    return label, []
+def _side(label: str, notes: list[str]) -> tuple[str, list[str]]:
+    """A label and the locations it states: with a side written in ("pleural effusion right side"), the label
+    alone at that side (noted for the audit)."""
+    base, side = split_side(label)
+    if side is None:
+        return label, []
+    notes.append(f"side variant: {label}")
+    return base, [side]
 
 
-def _merge_into(merged: dict[str, _Mention], mentions: list[_Mention], notes: list[str]) -> None:
-    """Each label once, where first stated, with the locations of every mention (pseudo-labels take none)."""
-    for label, locations in mentions:
-        k = name_key(label)
-        first = merged.get(k)
-        if first is None:
-            merged[k] = (label, [] if is_pseudo_label(label) else list(locations))
-            continue
-        if "repeat" not in notes:
-            notes.append("repeat")
-        if not is_pseudo_label(first[0]):
-            first[1].extend(x for x in locations if x not in first[1])
-
-
-def _merged(mentions: list[_Mention], notes: list[str]) -> list[Finding]:
-    merged: dict[str, _Mention] = {}
-    _merge_into(merged, mentions, notes)
-    return [Finding(label, tuple(locations)) for label, locations in merged.values()]
+def _once(findings: list[Finding], notes: list[str]) -> list[Finding]:
+    """Each label once (`merge_repeats`), a repeat noted for the audit."""
+    merged, repeated = merge_repeats(findings)
+    if repeated and "repeat" not in notes:
+        notes.append("repeat")
+    return merged
 
 
 def _mentions(items: list[ListValue], notes: list[str]) -> list[_Mention]:
@@ -233,7 +223,7 @@ def _stream(strings: list[str], out: list[_Mention], notes: list[str]) -> None:
                 if location and location not in locations:
                     locations.append(location)
         else:
-            mention = _mention(text, notes) if text[-4:].lower() in ("side", "ides") else (text, [])
+            mention = _side(text, notes)
             pending.append(mention)
             out.append(mention)
 
