@@ -30,12 +30,30 @@ def dataset(name: str, n: int, seed: int) -> Path:
     release, data = OUT / f"{name}-release", OUT / name
     if not (data / "train" / "metadata.jsonl").is_file():
         # a fifth of phantom studies are lateral and filtered out, as in PadChest
+        run(["phantom", "--out", str(release), "--n", str(int(n * 1.3)), "--size", "320", "--seed", str(seed)])
         run(
-            ["phantom", "--out", str(release), "--n", str(int(n * 1.3)), "--size", "320", "--seed", str(seed)]
+            [
+                "prepare",
+                "--source",
+                "padchest",
+                "--csv",
+                str(release / "phantom_padchest.csv.gz"),
+                "--images",
+                str(release),
+                "--out",
+                str(data),
+                "--image.size",
+                "256",
+                "--qc.contact-sheet",
+                "0",
+                "--splits.train",
+                "1",
+                "--splits.val",
+                "0",
+                "--splits.test",
+                "0",
+            ]
         )
-        run(["prepare", "--source", "padchest", "--csv", str(release / "phantom_padchest.csv.gz"), "--images",
-             str(release), "--out", str(data), "--image.size", "256", "--qc.contact-sheet", "0",
-             "--splits.train", "1", "--splits.val", "0", "--splits.test", "0"])  # fmt: skip
     return data
 
 
@@ -48,10 +66,27 @@ def main() -> None:
     times = []
     for attempt in ("first (features computed)", "second (features cached)"):
         start = time.perf_counter()
-        run(["evaluate", "--real", str(real), "--real-split", "train", "--generated", str(generated),
-             "--train", str(real), "--out", str(OUT / "evaluation"), "--max-images", str(args.images),
-             "--max-train-images", str(args.images),
-             "--cache-dir", str(cache)])  # fmt: skip
+        run(
+            [
+                "evaluate",
+                "--real",
+                str(real),
+                "--real-split",
+                "train",
+                "--generated",
+                str(generated),
+                "--train",
+                str(real),
+                "--out",
+                str(OUT / "evaluation"),
+                "--max-images",
+                str(args.images),
+                "--max-train-images",
+                str(args.images),
+                "--cache-dir",
+                str(cache),
+            ]
+        )
         times.append((attempt, time.perf_counter() - start))
     metrics = json.loads((OUT / "evaluation" / "metrics.json").read_text())
     sizes = {k: (v["images"], v["sizes"]) for k, v in metrics["sets"].items()}

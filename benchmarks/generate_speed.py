@@ -25,15 +25,30 @@ from cxrgen.models import ModelConfig, make_random_lora
 from cxrgen.sampling import make_scheduler
 
 OUT = Path(__file__).parent / "out" / "generate_speed"
-PROMPTS = ["chest x-ray, age 60 female, view PA, projection PA, diagnosis pleural effusion, loc left",
-           "chest x-ray, age 45 male, view PA, projection PA, diagnosis normal"]  # fmt: skip
+PROMPTS = [
+    "chest x-ray, age 60 female, view PA, projection PA, diagnosis pleural effusion, loc left",
+    "chest x-ray, age 45 male, view PA, projection PA, diagnosis normal",
+]
 
 
 def ensure_model(arch: str, size: int) -> Path:
     folder = Path(__file__).parent / "out" / ("sd15-random" if arch == "sd15" else "tiny-random")
     if not (folder / "model_index.json").is_file():
-        subprocess.run([sys.executable, "-m", "cxrgen", "make-tiny-model", "--arch", arch, "--image-size", str(size),
-                        "--out", str(folder)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cxrgen",
+                "make-tiny-model",
+                "--arch",
+                arch,
+                "--image-size",
+                str(size),
+                "--out",
+                str(folder),
+            ],
+            check=True,
+        )
     return folder
 
 
@@ -58,8 +73,14 @@ def diffusers_rate(model: Path, n: int, batch: int, steps: int, size: int, lora:
     start = time.perf_counter()
     for i in range(0, n, batch):
         generators = [torch.Generator().manual_seed(k) for k in range(i, min(n, i + batch))]
-        images = pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=7.5, height=size, width=size,
-                      generator=generators).images  # fmt: skip
+        images = pipe(
+            prompts[i : i + batch],
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            height=size,
+            width=size,
+            generator=generators,
+        ).images
         for k, image in enumerate(images):
             image.convert("L").save(out / f"{i + k}.png")
     return n / (time.perf_counter() - start)
@@ -68,8 +89,16 @@ def diffusers_rate(model: Path, n: int, batch: int, steps: int, size: int, lora:
 def cxrgen_rate(model: Path, n: int, batch: int, steps: int, size: int, lora: Path | None) -> float:
     def config(out: Path, count: int) -> GenerateConfig:
         shutil.rmtree(out, ignore_errors=True)
-        return GenerateConfig(out=str(out), model=ModelConfig(base=str(model)), prompt=PROMPTS, n=count // len(PROMPTS),
-                              batch_size=batch, steps=steps, size=size, loras=[str(lora)] if lora else [])  # fmt: skip
+        return GenerateConfig(
+            out=str(out),
+            model=ModelConfig(base=str(model)),
+            prompt=PROMPTS,
+            n=count // len(PROMPTS),
+            batch_size=batch,
+            steps=steps,
+            size=size,
+            loras=[str(lora)] if lora else [],
+        )
 
     Generator(config(OUT / "cxrgen-warm", batch * len(PROMPTS))).run()  # warm-up
     summary = Generator(config(OUT / "cxrgen", n)).run()
@@ -80,24 +109,33 @@ def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny-images", type=int, default=32)
     parser.add_argument("--sd15-images", type=int, default=8)
-    parser.add_argument(
-        "--sd15-steps", type=int, default=5, help="sampling steps for the SD 1.5 model on a CPU"
-    )
+    parser.add_argument("--sd15-steps", type=int, default=5, help="sampling steps for the SD 1.5 model on a CPU")
     parser.add_argument("--sd15-size", type=int, default=256)
-    parser.add_argument(
-        "--repeats", type=int, default=2, help="runs of each configuration; the fastest counts"
-    )
-    parser.add_argument(
-        "--setups", nargs="+", choices=["tiny", "lora", "sd15"], default=["tiny", "lora", "sd15"]
-    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration; the fastest counts")
+    parser.add_argument("--setups", nargs="+", choices=["tiny", "lora", "sd15"], default=["tiny", "lora", "sd15"])
     args = parser.parse_args()
     tiny = ensure_model("tiny", 64)
     setups = {
         "tiny": ("tiny random model, 64 px, 25 steps", tiny, args.tiny_images, 25, 64, (1, 8), None),
-        "lora": ("tiny model + LoRA (rank 4), 64 px, 25 steps", tiny, args.tiny_images, 25, 64, (1, 8), ensure_lora(tiny)),
-        "sd15": (f"SD 1.5 architecture, {args.sd15_size} px, {args.sd15_steps} steps", ensure_model("sd15", 512),
-                 args.sd15_images, args.sd15_steps, args.sd15_size, (1, 4), None),
-    }  # fmt: skip
+        "lora": (
+            "tiny model + LoRA (rank 4), 64 px, 25 steps",
+            tiny,
+            args.tiny_images,
+            25,
+            64,
+            (1, 8),
+            ensure_lora(tiny),
+        ),
+        "sd15": (
+            f"SD 1.5 architecture, {args.sd15_size} px, {args.sd15_steps} steps",
+            ensure_model("sd15", 512),
+            args.sd15_images,
+            args.sd15_steps,
+            args.sd15_size,
+            (1, 4),
+            None,
+        ),
+    }
     print(f"{torch.get_num_threads()} CPU threads; DPM-Solver++ 2M, guidance 7.5")
     print(f"{'model':44s} {'batch':>5s} {'diffusers img/s':>15s} {'cxrgen img/s':>12s} {'ratio':>6s}")
     for name, model, n, steps, size, batches, lora in (setups[key] for key in args.setups):

@@ -46,9 +46,7 @@ EXPERIMENTS = [(name, 16, 64) for name in VARIANTS if name != "cxrgen compiled"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out/gpu_generate"))
-    parser.add_argument(
-        "--work", default="/tmp/cxrgen-gpu-generate", help="where the model is built (or found)"
-    )
+    parser.add_argument("--work", default="/tmp/cxrgen-gpu-generate", help="where the model is built (or found)")
     parser.add_argument("--only", nargs="*", help="run only rows whose 'tool batch' contains one of these")
     parser.add_argument(
         "--smoke", action="store_true", help="every code path on a CPU: tiny model, 2 steps, small batches"
@@ -89,9 +87,9 @@ def main() -> None:
             torch.cuda.synchronize()
 
     if any(r[0] == "diffusers" for r in runs):
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model, torch_dtype=DTYPES[precision], safety_checker=None
-        ).to(device)
+        pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=DTYPES[precision], safety_checker=None).to(
+            device
+        )
         pipe.scheduler = make_scheduler("dpmsolver++", pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         for _, batch, n in [r for r in runs if r[0] == "diffusers"]:
@@ -101,17 +99,23 @@ def main() -> None:
             for _ in range(n // batch):
                 pipe([prompt] * batch, num_inference_steps=steps, height=size, width=size, output_type="np")
             synchronize()
-            results.append(
-                {"tool": "diffusers", "batch": batch, "images_per_s": n / (time.perf_counter() - start)}
-            )
+            results.append({"tool": "diffusers", "batch": batch, "images_per_s": n / (time.perf_counter() - start)})
             print(json.dumps(results[-1]), flush=True)
         del pipe
 
     def config(out: Path, count: int, batch: int, compiled: bool) -> GenerateConfig:
         shutil.rmtree(out, ignore_errors=True)
-        return GenerateConfig(out=str(out), model=ModelConfig(base=str(model)), prompt=[prompt], n=count,
-                              batch_size=batch, steps=steps, size=size, dtype=precision,
-                              compile=compiled)  # fmt: skip
+        return GenerateConfig(
+            out=str(out),
+            model=ModelConfig(base=str(model)),
+            prompt=[prompt],
+            n=count,
+            batch_size=batch,
+            steps=steps,
+            size=size,
+            dtype=precision,
+            compile=compiled,
+        )
 
     import torch._inductor.config as inductor
 
@@ -136,26 +140,29 @@ def main() -> None:
         # one extra first batch warms up (and compiles, when asked to); the rate counts the batches after it
         try:
             with inductor.patch(settings):
-                summary = Variant(
-                    config(work / f"cxrgen-{batch}", n + batch, batch, "compiled" in tool)
-                ).run()
+                summary = Variant(config(work / f"cxrgen-{batch}", n + batch, batch, "compiled" in tool)).run()
         except Exception as exc:  # an experiment that fails must not cost the rows after it
             print(
                 json.dumps({"tool": tool, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500]}),
                 flush=True,
             )
             continue
-        results.append({"tool": tool, "batch": batch, "images_per_s": summary["steady_images_per_s"],
-                        "whole_run_images_per_s": summary["images_per_s"], "seconds": summary["seconds"],
-                        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None})  # fmt: skip
+        results.append(
+            {
+                "tool": tool,
+                "batch": batch,
+                "images_per_s": summary["steady_images_per_s"],
+                "whole_run_images_per_s": summary["images_per_s"],
+                "seconds": summary["seconds"],
+                "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
     name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU smoke run"
     print(f"\n{name}; {arch} model, {size} px, {steps} steps, {precision}")
     for r in results:
         print(f"{r['tool']:24s} batch {r['batch']:3d}: {r['images_per_s']:7.2f} img/s")
-    best = max(
-        (r["images_per_s"] for r in results if r["tool"] != "diffusers" and r["batch"] == 16), default=0.0
-    )
+    best = max((r["images_per_s"] for r in results if r["tool"] != "diffusers" and r["batch"] == 16), default=0.0)
     if not args.smoke:
         print(f"target >= 10 img/s at batch 16: {'PASS' if best >= 10 else 'FAIL'} ({best:.2f})")
     Path(args.out).mkdir(parents=True, exist_ok=True)

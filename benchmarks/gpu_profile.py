@@ -78,27 +78,25 @@ def profile(label: str, step, steps: int = 2) -> dict:
             by_family[family(event.name)] += us / 1e6 / steps
             kernels[event.name[:90]] += us / 1e6 / steps
             launches += 1
-    table = prof.key_averages().table(
-        sort_by="self_device_time_total", row_limit=30, max_name_column_width=70
-    )
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)
     with open(PROFILE_TABLES, "a", encoding="utf-8") as fh:
         fh.write(f"\n# {label}: wall {wall * 1e3:.1f} ms per step\n{table}\n")
     busy = sum(by_family.values())
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
     return {
-        "wall_ms": wall * 1e3, "gpu_busy_ms": busy * 1e3, "busy_share": busy / wall if wall else None,
+        "wall_ms": wall * 1e3,
+        "gpu_busy_ms": busy * 1e3,
+        "busy_share": busy / wall if wall else None,
         "kernels_per_step": launches / steps,
         "by_family_ms": {k: round(v * 1e3, 2) for k, v in sorted(by_family.items(), key=lambda kv: -kv[1])},
         "top_kernels_ms": [(name, round(v * 1e3, 2)) for name, v in top],
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out/gpu_profile"))
-    parser.add_argument(
-        "--smoke", action="store_true", help="the tiny model on the CPU: checks this script runs"
-    )
+    parser.add_argument("--smoke", action="store_true", help="the tiny model on the CPU: checks this script runs")
     args = parser.parse_args()
     import torch
     import torch.nn.functional as F
@@ -177,8 +175,14 @@ def main() -> None:
         name = f"train b{b} {'channels-last' if cl else 'NCHW'} {'fused' if fused else 'foreach'} AdamW" + (
             " cudnn-benchmark" if bench else ""
         )
-        save(name, {"images_per_s": round(b / seconds, 2), "mfu": round(b * train_flops / seconds / PEAK, 4),
-                    "peak_gb": round(gpu.max_memory_allocated() / 2**30, 2) if gpu else None})  # fmt: skip
+        save(
+            name,
+            {
+                "images_per_s": round(b / seconds, 2),
+                "mfu": round(b * train_flops / seconds / PEAK, 4),
+                "peak_gb": round(gpu.max_memory_allocated() / 2**30, 2) if gpu else None,
+            },
+        )
         del opt
         if gpu:
             gpu.empty_cache()
@@ -205,9 +209,15 @@ def main() -> None:
             unet.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             xi = x.contiguous(memory_format=torch.channels_last) if cl else x
             seconds = timed(lambda xi=xi: unet(xi, t, emb), 3, 10)
-            save(f"sample UNet call, 32 latents, {'channels-last' if cl else 'NCHW'}" + (" cudnn-benchmark" if bench else ""),
-                 {"ms": round(seconds * 1e3, 2), "mfu": round(call_flops / seconds / PEAK, 4),
-                  "img_per_s_if_only_unet_25_steps_b16": round(16 / (25 * seconds), 2)})  # fmt: skip
+            save(
+                f"sample UNet call, 32 latents, {'channels-last' if cl else 'NCHW'}"
+                + (" cudnn-benchmark" if bench else ""),
+                {
+                    "ms": round(seconds * 1e3, 2),
+                    "mfu": round(call_flops / seconds / PEAK, 4),
+                    "img_per_s_if_only_unet_25_steps_b16": round(16 / (25 * seconds), 2),
+                },
+            )
         torch.backends.cudnn.benchmark = False
         unet.to(memory_format=torch.channels_last)
         xi = x.contiguous(memory_format=torch.channels_last)
@@ -228,8 +238,10 @@ def main() -> None:
             try:
                 with sdpa_kernel(backend):
                     seconds = timed(lambda: F.scaled_dot_product_attention(*qkv), 2, 10)
-                save(f"attention 32x8x4096x40 {backend.name}", {"ms": round(seconds * 1e3, 3),
-                     "tflops": round(attn_flops / seconds / 1e12, 1)})  # fmt: skip
+                save(
+                    f"attention 32x8x4096x40 {backend.name}",
+                    {"ms": round(seconds * 1e3, 3), "tflops": round(attn_flops / seconds / 1e12, 1)},
+                )
             except (RuntimeError, NotImplementedError) as exc:
                 save(f"attention 32x8x4096x40 {backend.name}", {"error": str(exc)[:200]})
 
@@ -241,17 +253,17 @@ def main() -> None:
             vae.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             zi = z.contiguous(memory_format=torch.channels_last) if cl else z
             seconds = timed(lambda zi=zi: vae.decode(zi).sample, 1, 3)
-            save(
-                f"VAE decode 16 latents {'channels-last' if cl else 'NCHW'}", {"ms": round(seconds * 1e3, 1)}
-            )
+            save(f"VAE decode 16 latents {'channels-last' if cl else 'NCHW'}", {"ms": round(seconds * 1e3, 1)})
 
     print("\nsummary")
     for key, value in results.items():
         if isinstance(value, dict) and "top_kernels_ms" not in value:
             print(f"  {key:60s} {value}")
         elif isinstance(value, dict):
-            print(f"  {key}: wall {value['wall_ms']:.1f} ms, GPU busy {value['gpu_busy_ms']:.1f} ms, "
-                  f"{value['kernels_per_step']:.0f} kernels; {value['by_family_ms']}")  # fmt: skip
+            print(
+                f"  {key}: wall {value['wall_ms']:.1f} ms, GPU busy {value['gpu_busy_ms']:.1f} ms, "
+                f"{value['kernels_per_step']:.0f} kernels; {value['by_family_ms']}"
+            )
 
 
 if __name__ == "__main__":

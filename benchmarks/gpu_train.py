@@ -40,7 +40,7 @@ RUNS = [
     ("full bf16, batch 32", "full", [*BF16, *FULL, "--batch-size", "32", "--max-steps", "14"]),
     ("full bf16, batch 8", "full", [*BF16, *FULL, "--batch-size", "8", "--max-steps", "24"]),
     ("LoRA bf16, batch 8", "lora", [*BF16, "--batch-size", "8", "--max-steps", "30"]),
-]  # fmt: skip
+]
 
 
 def prepare_inputs(work: Path) -> tuple[Path, Path]:
@@ -67,14 +67,36 @@ def prepare_inputs(work: Path) -> tuple[Path, Path]:
     return model, data
 
 
-def run_one(
-    name: str, method: str, flags: list[str], model: Path, data: Path, work: Path, timeout: float
-) -> dict:
+def run_one(name: str, method: str, flags: list[str], model: Path, data: Path, work: Path, timeout: float) -> dict:
     out = work / "runs" / name.replace(",", "").replace(" ", "-")
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "cxrgen", "train", "--data", str(data), "--model.base", str(model), "--out", str(out),
-           "--method", method, "--sample-every", "-1", "--val-split", "none", "--checkpoint-every", "100000",
-           "--log-every", "5", "--cache-dir", str(work / "cache"), "--peak-tflops", str(PEAK_TFLOPS), *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrgen",
+        "train",
+        "--data",
+        str(data),
+        "--model.base",
+        str(model),
+        "--out",
+        str(out),
+        "--method",
+        method,
+        "--sample-every",
+        "-1",
+        "--val-split",
+        "none",
+        "--checkpoint-every",
+        "100000",
+        "--log-every",
+        "5",
+        "--cache-dir",
+        str(work / "cache"),
+        "--peak-tflops",
+        str(PEAK_TFLOPS),
+        *flags,
+    ]
     if "adamw8bit" in " ".join(flags) or "--preset" in flags:
         try:
             import bitsandbytes  # noqa: F401
@@ -114,8 +136,12 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out/gpu_train"))
     parser.add_argument("--work", default="/tmp/cxrgen-gpu-train")
     parser.add_argument("--only", nargs="*", help="run only the runs whose names contain one of these")
-    parser.add_argument("--budget-s", type=float, default=440,
-                        help="seconds for the whole script (runs that would start later are skipped; 900 runs all)")  # fmt: skip
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=440,
+        help="seconds for the whole script (runs that would start later are skipped; 900 runs all)",
+    )
     args = parser.parse_args()
     import torch
 
@@ -142,17 +168,17 @@ def main() -> None:
             print(f"{r['name']:42s} FAILED: {r['error'][-300:]}")
             continue
         mfu = r["mfu_measured_flops"]
-        print(f"{r['name']:42s} {r['images_per_s']:7.2f} {r['peak_memory_gb']:8.2f} {mfu or float('nan'):6.1%} "
-              f"{r['mfu_anchor']:10.1%} {r['tflop_per_image_measured']:9.2f}")  # fmt: skip
+        print(
+            f"{r['name']:42s} {r['images_per_s']:7.2f} {r['peak_memory_gb']:8.2f} {mfu or float('nan'):6.1%} "
+            f"{r['mfu_anchor']:10.1%} {r['tflop_per_image_measured']:9.2f}"
+        )
     ok = {r["name"]: r for r in results if "error" not in r}
     lora8 = next((r for n, r in ok.items() if n.startswith("gpu-8gb")), None)
     full16 = next((r for n, r in ok.items() if n.startswith("gpu-16gb")), None)
     big = [r["mfu_anchor"] for r in ok.values() if r["batch"] >= 8 and r["mfu_anchor"]]
     print(f"target gpu-8gb LoRA <= 7 GB: {lora8 and lora8['peak_memory_gb'] <= 7}")
     print(f"target gpu-16gb full <= 15 GB: {full16 and full16['peak_memory_gb'] <= 15}")
-    print(
-        f"target MFU >= 35% at batch >= 8: {bool(big) and max(big) >= 0.35} (best {max(big, default=np.nan):.1%})"
-    )
+    print(f"target MFU >= 35% at batch >= 8: {bool(big) and max(big) >= 0.35} (best {max(big, default=np.nan):.1%})")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "gpu_train.json").write_text(json.dumps(results, indent=2))
 

@@ -66,11 +66,54 @@ def main() -> None:
     start = time.perf_counter()
     shutil.rmtree(OUT, ignore_errors=True)
     release, data, model, run_dir = OUT / "release", OUT / "prepared", OUT / "model", OUT / "run"
-    run(["phantom", "--out", str(release), "--n", str(args.images), "--size", "256", "--seed", "7", "--square",
-         "--findings-rate", "0.75", "--max-findings", "1", "--background", "0"])  # fmt: skip
-    run(["prepare", "--source", "padchest", "--csv", str(release / "phantom_padchest.csv.gz"), "--images", str(release),
-         "--out", str(data), "--image.size", "64", "--prompts.template", "chest x-ray, {findings}", "--qc.contact-sheet", "0", "--qc.min-side", "128", "--no-image.crop-border",
-         "--splits.train", "0.9", "--splits.val", "0.05", "--splits.test", "0.05"])  # fmt: skip
+    run(
+        [
+            "phantom",
+            "--out",
+            str(release),
+            "--n",
+            str(args.images),
+            "--size",
+            "256",
+            "--seed",
+            "7",
+            "--square",
+            "--findings-rate",
+            "0.75",
+            "--max-findings",
+            "1",
+            "--background",
+            "0",
+        ]
+    )
+    run(
+        [
+            "prepare",
+            "--source",
+            "padchest",
+            "--csv",
+            str(release / "phantom_padchest.csv.gz"),
+            "--images",
+            str(release),
+            "--out",
+            str(data),
+            "--image.size",
+            "64",
+            "--prompts.template",
+            "chest x-ray, {findings}",
+            "--qc.contact-sheet",
+            "0",
+            "--qc.min-side",
+            "128",
+            "--no-image.crop-border",
+            "--splits.train",
+            "0.9",
+            "--splits.val",
+            "0.05",
+            "--splits.test",
+            "0.05",
+        ]
+    )
     # v-prediction: its loss weighs the clean image's error fully at high noise, where the layout (which side the
     # fluid is on) is decided; epsilon loss (and min-SNR weighting) all but ignores it there.
     run(
@@ -94,22 +137,64 @@ def main() -> None:
     error = fit_vae(model, data, steps=args.vae_steps, batch=16)
     print(f"VAE fitted in {time.perf_counter() - t:.0f} s (L1 {error:.3f})", flush=True)
     t = time.perf_counter()
-    run(["train", "--data", str(data), "--model.base", str(model), "--out", str(run_dir), "--method", "full",
-         "--full.train-text-encoder", "--max-steps", str(args.steps), "--batch-size", "32", "--optim.learning-rate", "1e-3",
-         "--optim.lr-scheduler", "cosine", "--optim.warmup-steps", "100", "--sample-every", "-1", "--val-every", "-1",
-         "--checkpoint-every", str(args.steps), "--log-every", "50"])  # fmt: skip
+    run(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--model.base",
+            str(model),
+            "--out",
+            str(run_dir),
+            "--method",
+            "full",
+            "--full.train-text-encoder",
+            "--max-steps",
+            str(args.steps),
+            "--batch-size",
+            "32",
+            "--optim.learning-rate",
+            "1e-3",
+            "--optim.lr-scheduler",
+            "cosine",
+            "--optim.warmup-steps",
+            "100",
+            "--sample-every",
+            "-1",
+            "--val-every",
+            "-1",
+            "--checkpoint-every",
+            str(args.steps),
+            "--log-every",
+            "50",
+        ]
+    )
     train_seconds = time.perf_counter() - t
     prompts = sorted({p for c in CONTRASTS for p in (c.positive, c.negative)})
     for name, base in (("trained", ["--run", str(run_dir)]), ("untrained", ["--model.base", str(untrained)])):
-        run(["generate", *base, "--prompt", *prompts, "--n", str(args.per_prompt), "--steps", "25", "--guidance", args.guidance,
-             "--batch-size", "40", "--out", str(OUT / f"generated-{name}")])  # fmt: skip
+        run(
+            [
+                "generate",
+                *base,
+                "--prompt",
+                *prompts,
+                "--n",
+                str(args.per_prompt),
+                "--steps",
+                "25",
+                "--guidance",
+                args.guidance,
+                "--batch-size",
+                "40",
+                "--out",
+                str(OUT / f"generated-{name}"),
+            ]
+        )
 
     real = open_set(data, "train", "real")
     real_images = [real.load(i) for i in range(len(real))]
     generated = {m: open_set(OUT / f"generated-{m}", "train", m) for m in ("trained", "untrained")}
-    generated_images = {
-        m: [g.load(i) for i in range(len(g))] for m, g in generated.items()
-    }  # each decoded once
+    generated_images = {m: [g.load(i) for i in range(len(g))] for m, g in generated.items()}  # each decoded once
     results = []
     for contrast in CONTRASTS:
         threshold, real_accuracy = calibrate_contrast(contrast, real.rows, real_images)
@@ -130,18 +215,20 @@ def main() -> None:
     for model_name, gen in generated.items():
         save_samples(gen.rows, generated_images[model_name], OUT / f"samples-{model_name}.png")
     total = time.perf_counter() - start
-    print(f"\n{args.images} phantom images, {args.arch} model, {args.steps} steps ({train_seconds / 60:.1f} min training), "
-          f"{args.per_prompt} images per prompt; total {total / 60:.1f} min")  # fmt: skip
+    print(
+        f"\n{args.images} phantom images, {args.arch} model, {args.steps} steps "
+        f"({train_seconds / 60:.1f} min training), "
+        f"{args.per_prompt} images per prompt; total {total / 60:.1f} min"
+    )
     print(f"{'finding':34s} {'detector on real':>16s} {'trained':>8s} {'untrained':>10s} {'chance':>7s}")
     for r in results:
         print(
-            f"{r['finding']:34s} {r['detector_on_real']:16.1%} {r['trained']:8.1%} {r['untrained']:10.1%} {r['chance']:7.0%}"
+            f"{r['finding']:34s} {r['detector_on_real']:16.1%} {r['trained']:8.1%} "
+            f"{r['untrained']:10.1%} {r['chance']:7.0%}"
         )
     ok = all(r["trained"] >= 0.9 for r in results)
     print(f"target >= 90% on every binary finding: {'PASS' if ok else 'FAIL'}")
-    (OUT / "results.json").write_text(
-        json.dumps({"results": results, "seconds": total, "args": vars(args)}, indent=2)
-    )
+    (OUT / "results.json").write_text(json.dumps({"results": results, "seconds": total, "args": vars(args)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -38,8 +38,24 @@ def run() -> None:
         times = []
         for _ in range(args.repeats):  # this machine's speed varies by a tenth from run to run
             t = time.perf_counter()
-            code = main(["prepare", "--source", "padchest", "--csv", str(csv_path), "--out", str(out), "--metadata-only",
-                         "--filters.projections", "all", "--prompts.level", level, "--prompts.fit", fit])  # fmt: skip
+            code = main(
+                [
+                    "prepare",
+                    "--source",
+                    "padchest",
+                    "--csv",
+                    str(csv_path),
+                    "--out",
+                    str(out),
+                    "--metadata-only",
+                    "--filters.projections",
+                    "all",
+                    "--prompts.level",
+                    level,
+                    "--prompts.fit",
+                    fit,
+                ]
+            )
             times.append(time.perf_counter() - t)
             assert code == 0
         seconds = sorted(times)[len(times) // 2]
@@ -47,29 +63,48 @@ def run() -> None:
         parsed = s["records_parsed"] / s["rows_read"]
         tok = s["tokens"]
         spread = f" (runs: {', '.join(f'{x:.1f}' for x in times)})" if len(times) > 1 else ""
-        print(f"\nlevel={level} fit={fit}: {s['rows_read']:,} rows in {seconds:.1f} s, the median{spread} "
-              f"({s['rows_read'] / seconds:,.0f} rows/s)")  # fmt: skip
         print(
-            f"  parsed into structured findings: {s['records_parsed']:,} ({parsed:.3%})  target >= 99.9%: {'PASS' if parsed >= 0.999 else 'FAIL'}"
+            f"\nlevel={level} fit={fit}: {s['rows_read']:,} rows in {seconds:.1f} s, the median{spread} "
+            f"({s['rows_read'] / seconds:,.0f} rows/s)"
+        )
+        print(
+            f"  parsed into structured findings: {s['records_parsed']:,} ({parsed:.3%})  "
+            f"target >= 99.9%: {'PASS' if parsed >= 0.999 else 'FAIL'}"
         )
         verdict = "PASS" if max(times) < 60 else "FAIL"
         print(f"  time target < 60 s in every run: {verdict}   stages of the last: {s['timing']}")
         before, after = tok["before_fitting"], tok["after_fitting"]
-        print(f"  tokens before fitting: median {before['median']}, p90 {before['p90']}, max {before['max']}, "
-              f"{before['over_limit_fraction']:.1%} over 77")  # fmt: skip
-        print(f"  tokens after fitting:  median {after['median']}, p90 {after['p90']}, max {after['max']}, "
-              f"{after['over_limit_fraction']:.1%} over 77; dropped {tok['dropped_items']}")  # fmt: skip
+        print(
+            f"  tokens before fitting: median {before['median']}, p90 {before['p90']}, max {before['max']}, "
+            f"{before['over_limit_fraction']:.1%} over 77"
+        )
+        print(
+            f"  tokens after fitting:  median {after['median']}, p90 {after['p90']}, max {after['max']}, "
+            f"{after['over_limit_fraction']:.1%} over 77; dropped {tok['dropped_items']}"
+        )
     audit = s["label_audit"]
     n = audit["images"]
     print(f"\nlabel audit of the {n:,} images kept (all projections):")
-    print(f"  as the image-level Labels column says: {audit['as_image_level_labels']:,} ({audit['as_image_level_labels'] / n:.2%}); "
-          f"labelled from sentences (Labels names none): {audit['labelled_from_sentences']:,}")  # fmt: skip
-    print(f"  the sentence column alone agrees on {audit['sentence_labels_agree']:,} ({audit['sentence_labels_agree'] / n:.1%}); "
-          f"'normal' only in its sentences: {audit['sentence_only_labels'].get('normal', 0):,}")  # fmt: skip
-    print(f"  repeats merged: {audit['repeats_merged']:,} images; labels stated twice after: {audit['labels_stated_twice']} "
-          f"(target 0: {'PASS' if audit['labels_stated_twice'] == 0 else 'FAIL'})")  # fmt: skip
-    print(f"  side variants mapped: {audit['side_variants_mapped']:,} images, {len(audit['side_variant_spellings'])} spellings; "
-          f"sentence labels outside the vocabulary: {sum(audit['labels_outside_vocabulary'].values())}")  # fmt: skip
+    print(
+        f"  as the image-level Labels column says: {audit['as_image_level_labels']:,} "
+        f"({audit['as_image_level_labels'] / n:.2%}); "
+        f"labelled from sentences (Labels names none): {audit['labelled_from_sentences']:,}"
+    )
+    print(
+        f"  the sentence column alone agrees on {audit['sentence_labels_agree']:,} "
+        f"({audit['sentence_labels_agree'] / n:.1%}); "
+        f"'normal' only in its sentences: {audit['sentence_only_labels'].get('normal', 0):,}"
+    )
+    print(
+        f"  repeats merged: {audit['repeats_merged']:,} images; "
+        f"labels stated twice after: {audit['labels_stated_twice']} "
+        f"(target 0: {'PASS' if audit['labels_stated_twice'] == 0 else 'FAIL'})"
+    )
+    print(
+        f"  side variants mapped: {audit['side_variants_mapped']:,} images, "
+        f"{len(audit['side_variant_spellings'])} spellings; "
+        f"sentence labels outside the vocabulary: {sum(audit['labels_outside_vocabulary'].values())}"
+    )
     print(f"  pseudo-labels left out of prompts: {s['tokens']['pseudo_labels_left_out']}")
     _filter_check(csv_path, out)
 
@@ -84,8 +119,20 @@ def _filter_check(csv_path: Path, out: Path, label: str = "pleural effusion") ->
             for row in csv.DictReader(fh)
         )
     t = time.perf_counter()
-    code = main(["prepare", "--source", "padchest", "--csv", str(csv_path), "--out", str(out), "--metadata-only",
-                 "--filters.include-labels", label])  # fmt: skip
+    code = main(
+        [
+            "prepare",
+            "--source",
+            "padchest",
+            "--csv",
+            str(csv_path),
+            "--out",
+            str(out),
+            "--metadata-only",
+            "--filters.include-labels",
+            label,
+        ]
+    )
     assert code == 0
     kept = json.loads((out / "prepare.json").read_text())["kept"]
     verdict = "PASS" if kept == expected else "FAIL"

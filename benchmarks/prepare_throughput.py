@@ -31,9 +31,7 @@ def make_images(folder: Path, n: int) -> list[Path]:
         if not path.exists():
             h = int(rng.integers(1900, 2900))
             w = int(h * rng.uniform(0.75, 1.0))
-            Image.fromarray(
-                render(h, w, [("pleural effusion", ("left",))] if i % 3 == 0 else [], seed=i)
-            ).save(path)
+            Image.fromarray(render(h, w, [("pleural effusion", ("left",))] if i % 3 == 0 else [], seed=i)).save(path)
         paths.append(path)
     return paths
 
@@ -62,9 +60,7 @@ def rate_convert(paths: list[Path], workers: int, out: Path) -> float:
     t = time.perf_counter()
     results = run_jobs(jobs, ImageConfig(size=512), out / "journal.jsonl", workers)
     seconds = time.perf_counter() - t
-    assert all(r.status == "ok" for r in results.values()), [
-        r.reason for r in results.values() if r.status != "ok"
-    ]
+    assert all(r.status == "ok" for r in results.values()), [r.reason for r in results.values() if r.status != "ok"]
     return len(paths) / seconds
 
 
@@ -78,8 +74,10 @@ def run() -> None:
     paths = make_images(root / "source", args.images)
     sizes = [Image.open(p).size for p in paths]
     mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
-    print(f"{len(paths)} source PNGs, {np.mean([w for w, _ in sizes]):.0f}x{np.mean([h for _, h in sizes]):.0f} px mean, "
-          f"{mb:.1f} MB each (ready in {time.perf_counter() - t:.0f} s)")  # fmt: skip
+    print(
+        f"{len(paths)} source PNGs, {np.mean([w for w, _ in sizes]):.0f}x{np.mean([h for _, h in sizes]):.0f} px mean, "
+        f"{mb:.1f} MB each (ready in {time.perf_counter() - t:.0f} s)"
+    )
     rate_decode(paths[:4], 1)  # warm the page cache
     rows = []
     for workers in sorted({1, args.workers}):

@@ -34,8 +34,21 @@ PROMPT = "chest x-ray"
 def model_folder() -> Path:
     folder = Path(__file__).parent / "out" / "sd15-random"
     if not (folder / "model_index.json").is_file():
-        subprocess.run([sys.executable, "-m", "cxrgen", "make-tiny-model", "--arch", "sd15", "--image-size", "512",
-                        "--out", str(folder)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cxrgen",
+                "make-tiny-model",
+                "--arch",
+                "sd15",
+                "--image-size",
+                "512",
+                "--out",
+                str(folder),
+            ],
+            check=True,
+        )
     return folder
 
 
@@ -57,19 +70,81 @@ def data(resolution: int, n: int = 8) -> tuple[Path, Path]:
 
 
 def official(script: str, model: Path, instance: Path, out: Path, steps: int, resolution: int) -> list[str]:
-    return [sys.executable, script, "--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(instance),
-            "--instance_prompt", PROMPT, "--output_dir", str(out), "--resolution", str(resolution),
-            "--train_batch_size", "1", "--max_train_steps", str(steps), "--rank", "4", "--learning_rate", "1e-4",
-            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--seed", "0", "--mixed_precision", "no",
-            "--checkpointing_steps", "1000000", "--dataloader_num_workers", "0"]  # fmt: skip
+    return [
+        sys.executable,
+        script,
+        "--pretrained_model_name_or_path",
+        str(model),
+        "--instance_data_dir",
+        str(instance),
+        "--instance_prompt",
+        PROMPT,
+        "--output_dir",
+        str(out),
+        "--resolution",
+        str(resolution),
+        "--train_batch_size",
+        "1",
+        "--max_train_steps",
+        str(steps),
+        "--rank",
+        "4",
+        "--learning_rate",
+        "1e-4",
+        "--lr_scheduler",
+        "constant",
+        "--lr_warmup_steps",
+        "0",
+        "--seed",
+        "0",
+        "--mixed_precision",
+        "no",
+        "--checkpointing_steps",
+        "1000000",
+        "--dataloader_num_workers",
+        "0",
+    ]
 
 
 def ours(model: Path, prepared: Path, out: Path, steps: int, resolution: int, cached: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "cxrgen", "train", "--data", str(prepared), "--model.base", str(model), "--out", str(out),
-           "--max-steps", str(steps), "--resolution", str(resolution), "--batch-size", "1", "--lora.rank", "4",
-           "--optim.learning-rate", "1e-4", "--optim.lr-scheduler", "constant", "--seed", "0", "--mixed-precision", "no",
-           "--checkpoint-every", "1000000", "--sample-every", "-1", "--val-split", "none", "--workers", "1",
-           "--cache-dir", str(out / "cache")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrgen",
+        "train",
+        "--data",
+        str(prepared),
+        "--model.base",
+        str(model),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--resolution",
+        str(resolution),
+        "--batch-size",
+        "1",
+        "--lora.rank",
+        "4",
+        "--optim.learning-rate",
+        "1e-4",
+        "--optim.lr-scheduler",
+        "constant",
+        "--seed",
+        "0",
+        "--mixed-precision",
+        "no",
+        "--checkpoint-every",
+        "1000000",
+        "--sample-every",
+        "-1",
+        "--val-split",
+        "none",
+        "--workers",
+        "1",
+        "--cache-dir",
+        str(out / "cache"),
+    ]
     return cmd if cached else [*cmd, "--no-cache-latents", "--no-cache-text"]
 
 
@@ -90,9 +165,7 @@ def run() -> None:
     )
     parser.add_argument("--steps", type=int, nargs=2, default=[3, 8])
     parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument(
-        "--repeats", type=int, default=2, help="runs per trainer; the fastest estimate counts"
-    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs per trainer; the fastest estimate counts")
     args = parser.parse_args()
     model = model_folder()
     instance, prepared = data(args.resolution)
@@ -102,9 +175,7 @@ def run() -> None:
             args.script, model, instance, out, n, args.resolution
         ),
         "cxrgen, no caching": lambda out, n: ours(model, prepared, out, n, args.resolution, cached=False),
-        "cxrgen, cached latents + text": lambda out, n: ours(
-            model, prepared, out, n, args.resolution, cached=True
-        ),
+        "cxrgen, cached latents + text": lambda out, n: ours(model, prepared, out, n, args.resolution, cached=True),
     }
     per_step: dict[str, float] = {}
     for rep in range(args.repeats):  # trainers alternate, so slow spells of the machine hit all of them
@@ -115,12 +186,14 @@ def run() -> None:
             estimate = (t2 - t1) / (s2 - s1)
             per_step[name] = min(per_step.get(name, estimate), estimate)
             print(
-                f"[{rep + 1}/{args.repeats}] {name:32s} {s1} steps {t1:6.1f} s, {s2} steps {t2:6.1f} s -> {estimate:.2f} s/step",
+                f"[{rep + 1}/{args.repeats}] {name:32s} {s1} steps {t1:6.1f} s, "
+                f"{s2} steps {t2:6.1f} s -> {estimate:.2f} s/step",
                 flush=True,
             )
     base = per_step["diffusers train_dreambooth_lora.py"]
     print(
-        f"\nSD 1.5 architecture (random weights), {args.resolution} px, batch 1, LoRA rank 4, fp32, {os.cpu_count()} CPU cores"
+        f"\nSD 1.5 architecture (random weights), {args.resolution} px, batch 1, LoRA rank 4, fp32, "
+        f"{os.cpu_count()} CPU cores"
     )
     print(f"{'trainer':32s} {'s/step':>8s} {'speed-up':>9s}")
     for name, value in per_step.items():
@@ -128,7 +201,8 @@ def run() -> None:
     cached = base / per_step["cxrgen, cached latents + text"]
     uncached = base / per_step["cxrgen, no caching"]
     print(
-        f"target cached >= 1.4x: {'PASS' if cached >= 1.4 else 'FAIL'}; uncached >= 1.0x: {'PASS' if uncached >= 0.97 else 'FAIL'} (3% timing noise allowed)"
+        f"target cached >= 1.4x: {'PASS' if cached >= 1.4 else 'FAIL'}; "
+        f"uncached >= 1.0x: {'PASS' if uncached >= 0.97 else 'FAIL'} (3% timing noise allowed)"
     )
 
 

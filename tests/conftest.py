@@ -43,10 +43,19 @@ def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom")
     write_release(root / "release", n=40, seed=3, size=256)
     out = root / "prepared"
-    run_prepare(PrepareConfig(source="padchest", csv=str(root / "release" / "phantom_padchest.csv.gz"),
-                              images=str(root / "release"), out=str(out), workers=1, filters=FilterConfig(),
-                              image=ImageConfig(size=64), qc=QCConfig(min_side=64, contact_sheet=0),
-                              splits=SplitConfig(train=0.6, val=0.2, test=0.2)))  # fmt: skip
+    run_prepare(
+        PrepareConfig(
+            source="padchest",
+            csv=str(root / "release" / "phantom_padchest.csv.gz"),
+            images=str(root / "release"),
+            out=str(out),
+            workers=1,
+            filters=FilterConfig(),
+            image=ImageConfig(size=64),
+            qc=QCConfig(min_side=64, contact_sheet=0),
+            splits=SplitConfig(train=0.6, val=0.2, test=0.2),
+        )
+    )
     assert (out / "val" / "metadata.jsonl").read_text().strip(), "the fixture needs a val split"
     return out
 

@@ -40,7 +40,10 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             PatientID="p2",
             ImageDir="7",
             Labels="['pleural effusion', ' unchanged', 'COPD signs', ' heart insufficiency']",
-            LabelsLocalizationsBySentence="['pleural effusion', 'loc right', 'loc pleural', 'unchanged', 'COPD signs', ' heart insufficiency', 'loc cardiac']",
+            LabelsLocalizationsBySentence=(
+                "['pleural effusion', 'loc right', 'loc pleural', 'unchanged', "
+                "'COPD signs', ' heart insufficiency', 'loc cardiac']"
+            ),
         ),
         dict(
             findings=[
@@ -59,9 +62,7 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             Labels="['alveolar pattern', 'pleural effusion']",
             LabelsLocalizationsBySentence="[['alveolar pattern', 'pleural effusion', 'loc pleural', 'loc right']]",
         ),
-        dict(
-            findings=[("alveolar pattern", ("pleural", "right")), ("pleural effusion", ("pleural", "right"))]
-        ),
+        dict(findings=[("alveolar pattern", ("pleural", "right")), ("pleural effusion", ("pleural", "right"))]),
     ),
     (
         "bare nan item",
@@ -133,7 +134,7 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             PatientID="p15",
             LabelsLocalizationsBySentence="[nan]",
             Labels="['pacemaker']",
-        ),  # fmt: skip
+        ),
         dict(findings=[("pacemaker", ())]),
     ),
     (
@@ -147,8 +148,10 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             ImageID="device_r18.png",
             PatientID="p16",
             Labels="['pacemaker', 'dual chamber device']",
-            LabelsLocalizationsBySentence="[['pacemaker'], ['normal'], ['dual chamber device'], ['pacemaker'], ['normal']]",
-        ),  # fmt: skip
+            LabelsLocalizationsBySentence=(
+                "[['pacemaker'], ['normal'], ['dual chamber device'], ['pacemaker'], ['normal']]"
+            ),
+        ),
         dict(
             findings=[("pacemaker", ()), ("dual chamber device", ())],
             label_notes=("repeat", "sentences differ", "sentence only: normal"),
@@ -160,8 +163,10 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             ImageID="sides_s19.png",
             PatientID="p17",
             Labels="['pleural effusion', 'hypoexpansion']",
-            LabelsLocalizationsBySentence="['pleural effusion right side', 'loc costophrenic angle', 'hypoexpansion both side']",
-        ),  # fmt: skip
+            LabelsLocalizationsBySentence=(
+                "['pleural effusion right side', 'loc costophrenic angle', 'hypoexpansion both side']"
+            ),
+        ),
         dict(
             findings=[
                 ("pleural effusion", ("right", "costophrenic angle")),
@@ -211,9 +216,7 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             Labels="['']",
             LabelsLocalizationsBySentence="[['normal'], ['cardiomegaly', 'loc cardiac']]",
         ),
-        dict(
-            findings=[("cardiomegaly", ("cardiac",))], label_notes=("from sentences", "sentence only: normal")
-        ),
+        dict(findings=[("cardiomegaly", ("cardiac",))], label_notes=("from sentences", "sentence only: normal")),
     ),
     (
         "malformed sentence cell beside a good Labels cell (it only gives locations)",
@@ -239,7 +242,7 @@ QUIRK_ROWS: list[tuple[str, dict, dict]] = [
             BitsStored_DICOM="10",
             WindowCenter_DICOM="['512', '512']",
             WindowWidth_DICOM="1024.0",
-        ),  # fmt: skip
+        ),
         dict(view="PA", projection="PA"),
     ),
     (
@@ -319,19 +322,11 @@ def png_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:
     """A tiny PNG whose header claims a huge image."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
     return path
 

@@ -31,9 +31,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     html = report.read_text()
     for section in ("Fidelity", "Diversity", "Memorization", "Samples", "Training"):
         assert section.lower() in html.lower(), section
-    rows = [
-        json.loads(line) for line in (out / "synthetic" / "train" / "metadata.jsonl").read_text().splitlines()
-    ]
+    rows = [json.loads(line) for line in (out / "synthetic" / "train" / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(r["findings"] is not None for r in rows)
     assert list((out / "run" / "samples").glob("*.png"))
     # a run stopped while fitting the VAE leaves no marker: the rerun makes the model (and its run) afresh

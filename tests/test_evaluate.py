@@ -42,15 +42,11 @@ def test_fid_of_a_set_with_itself_is_zero_and_kid_is_unbiased():
     a = rng.normal(size=(500, 32))
     assert fidelity.fid(a, a) < 1e-6
     kids = [
-        fidelity.kid(
-            rng.normal(size=(200, 32)), rng.normal(size=(200, 32)), subsets=10, subset_size=200, seed=s
-        )
+        fidelity.kid(rng.normal(size=(200, 32)), rng.normal(size=(200, 32)), subsets=10, subset_size=200, seed=s)
         for s in range(20)
     ]
     assert abs(np.mean(kids)) < 3 * np.std(kids) / np.sqrt(len(kids)) + 1e-4  # unbiased: centred on zero
-    assert fidelity.kid(a, rng.normal(size=(500, 32)) + 0.5, subsets=5, subset_size=200) > 10 * abs(
-        np.mean(kids)
-    )
+    assert fidelity.kid(a, rng.normal(size=(500, 32)) + 0.5, subsets=5, subset_size=200) > 10 * abs(np.mean(kids))
 
 
 def test_prdc_on_gaussians_matches_expected_values():
@@ -68,9 +64,7 @@ def test_prdc_on_gaussians_matches_expected_values():
 
 def test_bootstrap_interval_contains_the_value():
     rng = np.random.default_rng(2)
-    b = fidelity.bootstrap(
-        fidelity.fid, rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + 0.3, rounds=20
-    )
+    b = fidelity.bootstrap(fidelity.fid, rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + 0.3, rounds=20)
     assert b["low"] <= b["value"] <= b["high"] and b["rounds"] == 20
     given = fidelity.bootstrap(fidelity.fid, *(rng.normal(size=(300, 8)) for _ in "ab"), rounds=20, value=0.5)
     assert given["value"] == 0.5 and given["low"] <= 0.5 <= given["high"]  # centred on the figure reported
@@ -84,9 +78,7 @@ def test_fid_grows_with_noise_and_blur(tmp_path):
     rng = np.random.default_rng(0)
     noise, blur = [], []
     for level in (0, 10, 25, 50):
-        noisy = [
-            np.clip(p + rng.normal(0, level, p.shape), 0, 255).astype(np.uint8) if level else p for p in base
-        ]
+        noisy = [np.clip(p + rng.normal(0, level, p.shape), 0, 255).astype(np.uint8) if level else p for p in base]
         s = open_set(folder(tmp_path / f"noise{level}", noisy), None, "n")
         noise.append(fidelity.fid(ref_f, extract(s, ex, str(tmp_path / "cache"))[0]))
     for radius in (0, 1, 2, 4):
@@ -124,8 +116,12 @@ def test_planted_copies_are_flagged_and_independent_images_are_not(tmp_path):
     planted = []
     for k in range(4):
         t = train_images[k * 7]
-        planted += [t, t[:, ::-1].copy(), np.asarray(Image.fromarray(t[10:118, 10:118]).resize((128, 128))),
-                    np.clip(t + rng.normal(0, 4, t.shape), 0, 255).astype(np.uint8)]  # fmt: skip
+        planted += [
+            t,
+            t[:, ::-1].copy(),
+            np.asarray(Image.fromarray(t[10:118, 10:118]).resize((128, 128))),
+            np.clip(t + rng.normal(0, 4, t.shape), 0, 255).astype(np.uint8),
+        ]
     independent = phantoms(20, 5000, size=128)
     generated = open_set(folder(tmp_path / "gen", planted + independent), None, "gen")
     ex = BackboneExtractor("torchvision:resnet18", "random")
@@ -160,9 +156,7 @@ def test_auroc_and_adherence():
         {"findings": [{"label": "Cardiomegaly"}], "sex": "M", "age": 70},
         {"findings": [{"label": "calcified granuloma"}], "sex": "F", "age": 50},
     ]
-    probs = np.array(
-        [[0.9, 0.1, 0.8, 60.0], [0.2, 0.2, 0.1, 35.0], [0.3, 0.95, 0.7, 66.0], [0.1, 0.3, 0.2, 52.0]]
-    )
+    probs = np.array([[0.9, 0.1, 0.8, 60.0], [0.2, 0.2, 0.1, 35.0], [0.3, 0.95, 0.7, 66.0], [0.1, 0.3, 0.2, 52.0]])
     a = adherence(rows, probs, ("Effusion", "Cardiomegaly", "sex_male", "age"))
     assert a["per_finding"]["Effusion"]["auroc"] == 1.0 and a["per_finding"]["Cardiomegaly"]["auroc"] == 1.0
     assert a["sex_accuracy"] == 1.0 and a["age_mae"] == pytest.approx(2.75)
@@ -180,9 +174,7 @@ def test_report_sections_survive_what_a_report_rerun_meets(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text(
-        '{"step": 1, "loss/train": 0.5}\n{"step": 2, "loss/tr'
-    )  # killed mid-line
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss/train": 0.5}\n{"step": 2, "loss/tr')  # killed mid-line
     assert "data:image/png" in report._training(run)
     assert "not measured: no findings" in report._adherence({"adherence": {"skipped": "no findings"}})
     moved = {"sets": {"generated": {"folder": str(tmp_path / "moved")}}}
@@ -194,8 +186,15 @@ def test_report_sections_survive_what_a_report_rerun_meets(tmp_path):
 
 def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative folders, as users give them: the report must not depend on the cwd
-    rows = [{"text": f"p{i % 4}", "findings": [{"label": "pleural effusion", "locations": ["left"]}] if i % 2 else [], "seed": i,
-             "patient_key": f"k{i}"} for i in range(16)]  # fmt: skip
+    rows = [
+        {
+            "text": f"p{i % 4}",
+            "findings": [{"label": "pleural effusion", "locations": ["left"]}] if i % 2 else [],
+            "seed": i,
+            "patient_key": f"k{i}",
+        }
+        for i in range(16)
+    ]
     gen_images = phantoms(16, 700)
     gen_images[1] = phantoms(1, 900)[0]  # a copy of a training image
     folder(tmp_path / "gen" / "train", gen_images, rows)
@@ -205,16 +204,34 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
         phantoms(20, 900),
         [{"text": "x", "patient_key": f"t{i}"} for i in range(20)],
     )
-    args = ["evaluate", "--real", "real", "--generated", "gen", "--train", "real",
-            "--out", str(tmp_path / "eval"), "--extractors", "torchvision:resnet18", "xrv", "--weights",
-            "torchvision:resnet18=random", "xrv=random", "--bootstrap", "5", "--kid-subset-size", "8", "--diversity-pairs", "10",
-            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    args = [
+        "evaluate",
+        "--real",
+        "real",
+        "--generated",
+        "gen",
+        "--train",
+        "real",
+        "--out",
+        str(tmp_path / "eval"),
+        "--extractors",
+        "torchvision:resnet18",
+        "xrv",
+        "--weights",
+        "torchvision:resnet18=random",
+        "xrv=random",
+        "--bootstrap",
+        "5",
+        "--kid-subset-size",
+        "8",
+        "--diversity-pairs",
+        "10",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert main(args) == 0
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert (
-        set(m["fidelity"]) == {"torchvision:resnet18", "xrv"}
-        and "unstable" in m["fidelity"]["xrv"]["warning"]
-    )
+    assert set(m["fidelity"]) == {"torchvision:resnet18", "xrv"} and "unstable" in m["fidelity"]["xrv"]["warning"]
     assert m["fidelity"]["xrv"]["note"].startswith("random weights")
     assert m["sets"]["real"]["images"] == 16 and m["sets"]["train"]["images"] == 20
     assert m["memorization"]["flagged_images"] == [str((tmp_path / "gen" / "train" / "001.png").resolve())]
@@ -266,9 +283,35 @@ def test_forgetting_and_training_curves(tiny_dataset, smoke_run, tmp_path):
         )
         == 0
     )
-    assert main(["evaluate", "--real", str(tiny_dataset), "--real-split", "val", "--generated", str(tmp_path / "gen"),
-                 "--out", str(tmp_path / "eval"), "--extractors", "torchvision:resnet18", "--weights", "torchvision:resnet18=random",
-                 "--bootstrap", "0", "--run", str(run), "--forgetting", "--forgetting-images", "1", "--forgetting-steps", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(tiny_dataset),
+                "--real-split",
+                "val",
+                "--generated",
+                str(tmp_path / "gen"),
+                "--out",
+                str(tmp_path / "eval"),
+                "--extractors",
+                "torchvision:resnet18",
+                "--weights",
+                "torchvision:resnet18=random",
+                "--bootstrap",
+                "0",
+                "--run",
+                str(run),
+                "--forgetting",
+                "--forgetting-images",
+                "1",
+                "--forgetting-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(m["forgetting"]["per_prompt"]) >= {"a bird sitting on a tree", "chest x-ray"}
     page = (tmp_path / "eval" / "report.html").read_text()
@@ -294,13 +337,24 @@ def test_bad_inputs(tmp_path, capsys):
     folder(tmp_path / "ds" / "train", phantoms(2, 1), [{"text": "x"}, {"text": "y"}])
     with pytest.raises(ImageSetError, match="no 'test' split; it has train"):
         open_set(tmp_path / "ds", "test", "real")
-    assert main([*base, "--real", str(tmp_path / "ok"), "--generated", str(tmp_path / "ok"), "--weights", "xrv=/no/such.pt",
-                 "--extractors", "xrv"]) == 1  # fmt: skip
-    assert "does not exist" in capsys.readouterr().err
     assert (
-        main([*base, "--real", str(tmp_path / "ok"), "--generated", str(tmp_path / "ok"), "--forgetting"])
-        == 2
+        main(
+            [
+                *base,
+                "--real",
+                str(tmp_path / "ok"),
+                "--generated",
+                str(tmp_path / "ok"),
+                "--weights",
+                "xrv=/no/such.pt",
+                "--extractors",
+                "xrv",
+            ]
+        )
+        == 1
     )
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*base, "--real", str(tmp_path / "ok"), "--generated", str(tmp_path / "ok"), "--forgetting"]) == 2
     assert "--forgetting needs --run" in capsys.readouterr().err
 
 
@@ -334,16 +388,12 @@ def test_backbone_weights_must_fit(tmp_path):
 
     state = torchvision.models.resnet18().state_dict()
     save_file({f"backbone.{k}": v for k, v in state.items()}, tmp_path / "prefixed.safetensors")
-    with pytest.raises(
-        ExtractorError, match="missing from the file"
-    ):  # loading nothing would leave it random
+    with pytest.raises(ExtractorError, match="missing from the file"):  # loading nothing would leave it random
         BackboneExtractor("torchvision:resnet18", str(tmp_path / "prefixed.safetensors"))
     save_file(torchvision.models.resnet34().state_dict(), tmp_path / "resnet34.safetensors")
     with pytest.raises(ExtractorError, match="not in the network"):
         BackboneExtractor("torchvision:resnet18", str(tmp_path / "resnet34.safetensors"))
-    torch.save(
-        {"model": state, "epoch": 3}, tmp_path / "reference-script.pth"
-    )  # torchvision's training scripts
+    torch.save({"model": state, "epoch": 3}, tmp_path / "reference-script.pth")  # torchvision's training scripts
     loaded = BackboneExtractor("torchvision:resnet18", str(tmp_path / "reference-script.pth"))
     assert torch.equal(loaded.net.conv1.weight, state["conv1.weight"])
     convnext = BackboneExtractor("torchvision:convnext_tiny", "random")  # its head holds norm and flatten
@@ -366,17 +416,50 @@ def test_16_bit_images_share_one_range_and_plain_folders_have_splits(tmp_path):
 def test_a_real_set_of_one_image(tmp_path, capsys):
     folder(tmp_path / "real", phantoms(1, 1))
     folder(tmp_path / "gen", phantoms(3, 9))
-    assert main(["evaluate", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"), "--out",
-                 str(tmp_path / "o"), "--extractors", "torchvision:resnet18", "--weights", "torchvision:resnet18=random"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(tmp_path / "real"),
+                "--generated",
+                str(tmp_path / "gen"),
+                "--out",
+                str(tmp_path / "o"),
+                "--extractors",
+                "torchvision:resnet18",
+                "--weights",
+                "torchvision:resnet18=random",
+            ]
+        )
+        == 1
+    )
     assert "real: FID and KID need at least 2 images" in capsys.readouterr().err
 
 
 def test_thinning_the_training_set_warns(tmp_path, caplog):
     for name, seed in (("real", 1), ("gen", 9), ("train", 20)):
         folder(tmp_path / name, phantoms(3 if name != "train" else 4, seed))
-    args = ["evaluate", "--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"), "--train",
-            str(tmp_path / "train"), "--out", str(tmp_path / "o"), "--extractors", "torchvision:resnet18", "--weights",
-            "torchvision:resnet18=random", "--bootstrap", "0", "--kid-subset-size", "2", "--no-report"]  # fmt: skip
+    args = [
+        "evaluate",
+        "--real",
+        str(tmp_path / "real"),
+        "--generated",
+        str(tmp_path / "gen"),
+        "--train",
+        str(tmp_path / "train"),
+        "--out",
+        str(tmp_path / "o"),
+        "--extractors",
+        "torchvision:resnet18",
+        "--weights",
+        "torchvision:resnet18=random",
+        "--bootstrap",
+        "0",
+        "--kid-subset-size",
+        "2",
+        "--no-report",
+    ]
     assert main([*args, "--max-images", "2"]) == 0  # thins real and generated only
     assert "training images" not in caplog.text
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["memorization"]["train_images"] == 4

@@ -93,10 +93,7 @@ def test_filter_values_in_other_words_and_values_no_record_has(caplog):
     assert kept and all(r.projection == "L" and r.sex == "F" for r in kept)
     kept, _ = apply_filters(records, FilterConfig(projections=["AP-horizontal"]), 0)
     assert not kept
-    assert (
-        "no record has the projection 'AP-HORIZONTAL' (the records have: AP, AP_horizontal, L, PA)"
-        in caplog.text
-    )
+    assert "no record has the projection 'AP-HORIZONTAL' (the records have: AP, AP_horizontal, L, PA)" in caplog.text
 
 
 def test_unknown_label_warns_with_closest(caplog):
@@ -129,9 +126,7 @@ def test_splits_are_patient_level_deterministic_and_stable():
 def test_official_split_wins():
     records = make(10, official_split="test")
     assert set(assign_splits(records, SplitConfig(), 0).values()) == {"test"}
-    assert set(assign_splits(records, SplitConfig(official=False, train=1, val=0, test=0), 0).values()) == {
-        "train"
-    }
+    assert set(assign_splits(records, SplitConfig(official=False, train=1, val=0, test=0), 0).values()) == {"train"}
 
 
 def test_official_split_holds_for_all_of_a_patients_images(caplog):
@@ -139,14 +134,10 @@ def test_official_split_holds_for_all_of_a_patients_images(caplog):
 
     records = make(300)  # three images per patient
     # the split file lists only each patient's first image; one patient is listed in two splits
-    records = [
-        dataclasses.replace(r, official_split="test" if i % 3 == 0 else None) for i, r in enumerate(records)
-    ]
+    records = [dataclasses.replace(r, official_split="test" if i % 3 == 0 else None) for i, r in enumerate(records)]
     records[1] = dataclasses.replace(records[1], official_split="train")
     splits = assign_splits(records, SplitConfig(train=1, val=0, test=0), 0)
-    assert set(splits.values()) == {
-        "test"
-    }  # the unlisted images follow the patient; the conflict goes held out
+    assert set(splits.values()) == {"test"}  # the unlisted images follow the patient; the conflict goes held out
     assert "1 patient(s) have images in several official splits" in caplog.text
 
 

@@ -35,12 +35,23 @@ def ieee_row(patientid: str, filename: str, **fields: str) -> dict[str, str]:
     quotes and line breaks."""
     row = dict.fromkeys(IEEE_COLUMNS, "")
     row.update(
-        patientid=patientid, offset="0", sex="M", age="65", finding="Pneumonia/Viral/COVID-19", RT_PCR_positive="Y",
-        view="PA", modality="X-ray", date="January 22, 2020", location="Cho Ray Hospital, Ho Chi Minh City, Vietnam",
-        folder="images", filename=filename, doi="10.1056/nejmc2001272", url="https://www.nejm.org/doi/full/x",
+        patientid=patientid,
+        offset="0",
+        sex="M",
+        age="65",
+        finding="Pneumonia/Viral/COVID-19",
+        RT_PCR_positive="Y",
+        view="PA",
+        modality="X-ray",
+        date="January 22, 2020",
+        location="Cho Ray Hospital, Ho Chi Minh City, Vietnam",
+        folder="images",
+        filename=filename,
+        doi="10.1056/nejmc2001272",
+        url="https://www.nejm.org/doi/full/x",
         license="CC BY-NC-SA",
         clinical_notes='On January 22, 2020, a 65-year-old man with a "history" of hypertension\npresented ...',
-    )  # fmt: skip
+    )
     row.update(fields)
     return row
 
@@ -52,18 +63,34 @@ IEEE_CASES = {
     "ap_rgb": ("images/ap_rgb.jpg", "grey rgb jpeg", {"patientid": "3", "view": "AP", "sex": "F"}, "kept"),
     "rgba": ("images/rgba.png", "grey rgba png", {"patientid": "4", "finding": "No Finding"}, "kept"),
     "palette": (
-        "images/palette.png", "grey palette png",
+        "images/palette.png",
+        "grey palette png",
         {"patientid": "5", "finding": "todo", "sex": "?", "age": "", "view": "AP semi erect", "modality": "?"},
         "kept",
     ),
-    "supine": ("images/supine.png", "grey la png", {"patientid": "6", "view": "AP Supine", "finding": "Tuberculosis"}, "kept"),
+    "supine": (
+        "images/supine.png",
+        "grey la png",
+        {"patientid": "6", "view": "AP Supine", "finding": "Tuberculosis"},
+        "kept",
+    ),
     "colour": ("images/colour.jpg", "colour jpeg", {"patientid": "7"}, "image: colour"),
     "lateral": ("images/lateral.jpg", "grey rgb jpeg", {"patientid": "2", "view": "L"}, "filter: projection L"),
-    "ct_slice": ("images/ct_slice.jpg", "grey", {"patientid": "8", "view": "Axial", "modality": "CT"}, "filter: modality CT"),
-    "ct_volume": ("volumes/ct.nii.gz", "nifti", {"patientid": "9", "view": "Coronal", "modality": "CT", "folder": "volumes"}, "filter: modality CT"),
+    "ct_slice": (
+        "images/ct_slice.jpg",
+        "grey",
+        {"patientid": "8", "view": "Axial", "modality": "CT"},
+        "filter: modality CT",
+    ),
+    "ct_volume": (
+        "volumes/ct.nii.gz",
+        "nifti",
+        {"patientid": "9", "view": "Coronal", "modality": "CT", "folder": "volumes"},
+        "filter: modality CT",
+    ),
     "moved": ("images/extra/moved.png", "grey", {"patientid": "10"}, "kept"),
     "missing": ("images/missing.png", None, {"patientid": "11"}, "image: file not found"),
-}  # fmt: skip
+}
 
 
 def write_image(path: Path, how: str | None, seed: int) -> None:
@@ -114,9 +141,7 @@ def image_id(relative: str) -> str:
 
 
 def prepare(images: Path, out: Path, *extra: str) -> int:
-    return main(
-        ["prepare", "--source", "folder", "--images", str(images), "--out", str(out), *COMMON, *extra]
-    )
+    return main(["prepare", "--source", "folder", "--images", str(images), "--out", str(out), *COMMON, *extra])
 
 
 def outputs(out: Path) -> tuple[dict[str, dict], dict[str, str]]:
@@ -125,9 +150,7 @@ def outputs(out: Path) -> tuple[dict[str, dict], dict[str, str]]:
     for split in ("train", "val", "test"):
         path = out / split / "metadata.jsonl"
         if path.exists():
-            kept.update(
-                {r["id"]: dict(r, split=split) for r in map(json.loads, path.read_text().splitlines())}
-            )
+            kept.update({r["id"]: dict(r, split=split) for r in map(json.loads, path.read_text().splitlines())})
     with open(out / "rejected.csv", newline="") as fh:
         rejected = {r["path"]: r["reason"] for r in csv.DictReader(fh)}
     return kept, rejected
@@ -174,10 +197,7 @@ def test_ieee8023_fields(ieee):
     )
     assert [f["label"] for f in pa["findings"]] == ["Pneumonia", "Viral", "COVID-19"]
     assert (pa["sex"], pa["age"], pa["view"], pa["projection"], pa["modality"]) == ("M", 65, "PA", "PA", None)
-    assert (
-        pa["patient_key"] == followup["patient_key"] == KEYER("folder", "2")
-        and pa["split"] == followup["split"]
-    )
+    assert pa["patient_key"] == followup["patient_key"] == KEYER("folder", "2") and pa["split"] == followup["split"]
     assert (rgb["sex"], rgb["view"], rgb["projection"]) == ("F", "AP", "AP")
     assert [f["label"] for f in rgba["findings"]] == ["normal"]  # "No Finding", as other releases say normal
     # placeholders: 'todo' finding, '?' sex and modality, blank age
@@ -222,8 +242,10 @@ def test_nih_table_with_images_in_subfolders(tmp_path):
     out = tmp_path / "out"
     assert prepare(root, out, "--captions", str(table)) == 0
     kept, _ = outputs(out)
-    a, b, c = (kept[image_id(f"images_00{i // 2 + 1}/images/{n}")] for i, n in
-               enumerate(("00000001_000.png", "00000001_001.png", "00000002_000.png")))  # fmt: skip
+    a, b, c = (
+        kept[image_id(f"images_00{i // 2 + 1}/images/{n}")]
+        for i, n in enumerate(("00000001_000.png", "00000001_001.png", "00000002_000.png"))
+    )
     assert [f["label"] for f in a["findings"]] == ["Cardiomegaly", "Emphysema"]
     assert (a["age"], a["sex"], a["view"], a["projection"]) == (58, "M", "PA", "PA")
     assert (b["age"], b["view"], c["age"], c["sex"]) == (58, "AP", 81, "F")
@@ -289,9 +311,7 @@ def test_findings_text_forms():
         Finding("a", ("right upper lobe",)),
         Finding("b", ("right upper lobe",)),
     ]
-    assert parse_findings('[{"label": "nodule", "locations": ["left/right"]}]') == [
-        Finding("nodule", ("left/right",))
-    ]
+    assert parse_findings('[{"label": "nodule", "locations": ["left/right"]}]') == [Finding("nodule", ("left/right",))]
     assert parse_findings(["Hernia"]) == [Finding("Hernia")] and parse_findings("?") == []
     with pytest.raises(ValueError, match="not valid JSON"):
         parse_findings("[oops")
@@ -300,9 +320,11 @@ def test_findings_text_forms():
 def test_jsonl_table_with_aliases_and_a_placeholder_file(tmp_path):
     save_png(tmp_path / "a.png", grey())
     (tmp_path / "captions.jsonl").write_text(
-        json.dumps({"Image Path": "a.png", "Gender": "female", "AGE": 47, "View": "pa", "labels": ["nodule"]}) + "\n"
-        + json.dumps({"image_path": "?", "gender": "M"}) + "\n"
-    )  # fmt: skip
+        json.dumps({"Image Path": "a.png", "Gender": "female", "AGE": 47, "View": "pa", "labels": ["nodule"]})
+        + "\n"
+        + json.dumps({"image_path": "?", "gender": "M"})
+        + "\n"
+    )
     r = read_source("folder", KEYER, images=tmp_path)
     (a,) = r.records
     assert (a.image, a.sex, a.age, a.view, a.projection, a.findings) == (
@@ -324,9 +346,7 @@ def test_dicom_age_from_birth_and_study_dates(tmp_path):
     write_dicom(tmp_path / "a.dcm", pixels, PatientBirthDate="19600615", StudyDate="20200614", PatientID="p")
     write_dicom(tmp_path / "b.dcm", pixels, PatientBirthDate="19600615", SeriesDate="20200615")
     write_dicom(tmp_path / "c.dcm", pixels, PatientBirthDate="19600615", StudyDate="", ContentDate="20000101")
-    write_dicom(
-        tmp_path / "d.dcm", pixels, PatientBirthDate="19600615", StudyDate="20200614", PatientAge="030Y"
-    )
+    write_dicom(tmp_path / "d.dcm", pixels, PatientBirthDate="19600615", StudyDate="20200614", PatientAge="030Y")
     write_dicom(tmp_path / "e.dcm", pixels, PatientBirthDate="", StudyDate="20200614")
     records = {r.image: r for r in read_source("folder", KEYER, images=tmp_path).records}
     ages = {name: records[name].age for name in ("a.dcm", "b.dcm", "c.dcm", "d.dcm", "e.dcm")}

@@ -38,8 +38,20 @@ def test_names_the_training_data_never_uses_are_refused(run_dir, tmp_path, capsy
     err = capsys.readouterr().err
     assert "unknown finding 'pacemakr'" in err and "closest known: pacemaker" in err and "cxrgen vocab" in err
     assert not (tmp_path / "train").exists()
-    assert generate(tmp_path, "--run", str(run_dir), "--finding", "Pleural Effusion right side", "pleural effusion",
-                    "--n", "1", base=("--steps", "1")) == 0  # fmt: skip
+    assert (
+        generate(
+            tmp_path,
+            "--run",
+            str(run_dir),
+            "--finding",
+            "Pleural Effusion right side",
+            "pleural effusion",
+            "--n",
+            "1",
+            base=("--steps", "1"),
+        )
+        == 0
+    )
     (row,) = rows(tmp_path)
     assert row["findings"] == [{"label": "pleural effusion", "locations": ["right"]}]  # mapped, stated once
     assert "finding 'Pleural Effusion right side' read as 'pleural effusion' at right (side)" in caplog.text
@@ -47,14 +59,30 @@ def test_names_the_training_data_never_uses_are_refused(run_dir, tmp_path, capsy
 
 def test_flags_mode_with_run(run_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    assert generate(tmp_path, "--run", str(run_dir), "--age", "60", "--sex", "F", "--projection", "PA",
-                    "--finding", "Pleural Effusion@left,costophrenic angle", "pacemakr", "--n", "4", "--dicom",
-                    "--allow-unknown-names") == 0  # fmt: skip
+    assert (
+        generate(
+            tmp_path,
+            "--run",
+            str(run_dir),
+            "--age",
+            "60",
+            "--sex",
+            "F",
+            "--projection",
+            "PA",
+            "--finding",
+            "Pleural Effusion@left,costophrenic angle",
+            "pacemakr",
+            "--n",
+            "4",
+            "--dicom",
+            "--allow-unknown-names",
+        )
+        == 0
+    )
     r = rows(tmp_path)
     assert len(r) == 4 and all(x["synthetic"] for x in r) and len({x["seed"] for x in r}) == 4
-    assert r[0]["text"].startswith(
-        "chest x-ray, age 60 female, projection PA, diagnosis pleural effusion, loc left"
-    )
+    assert r[0]["text"].startswith("chest x-ray, age 60 female, projection PA, diagnosis pleural effusion, loc left")
     assert r[0]["findings"][0] == {"label": "pleural effusion", "locations": ["left", "costophrenic angle"]}
     assert r[0]["adapters"][0]["path"].endswith("lora") and len(r[0]["adapters"][0]["sha256"]) == 16
     assert r[0]["sampler"]["name"] == "dpmsolver++" and r[0]["sampler"]["steps"] == 3
@@ -65,11 +93,7 @@ def test_flags_mode_with_run(run_dir, tmp_path, caplog):
     prov = json.loads(im.text["cxrgen:provenance"])
     assert prov["seed"] == r[0]["seed"] and prov["prompt"] == r[0]["text"]
     ds = pydicom.dcmread(tmp_path / "train" / r[0]["dicom_file"])
-    assert (
-        ds.ConversionType == "SYN"
-        and str(ds.PatientName) == "SYNTHETIC"
-        and ds.PatientIdentityRemoved == "YES"
-    )
+    assert ds.ConversionType == "SYN" and str(ds.PatientName) == "SYNTHETIC" and ds.PatientIdentityRemoved == "YES"
     assert ds.PatientAge == "060Y" and np.array_equal(ds.pixel_array, np.asarray(im))
     # Type 2 attributes present, empty where a real image would say who and when
     assert ds.PatientBirthDate == "" and ds.StudyDate == "" and ds.AccessionNumber == ""
@@ -113,9 +137,7 @@ def test_resume_skips_finished_images(run_dir, tmp_path, monkeypatch, overlap):
 
     monkeypatch.setattr(runner, "sample_images", flaky)
     assert generate(tmp_path / "r", "--run", str(run_dir), "--n", "7") == 130
-    assert len(list((tmp_path / "r" / "train").rglob("*.png"))) == 3 and not list(
-        (tmp_path / "r").rglob(".*.tmp*")
-    )
+    assert len(list((tmp_path / "r" / "train").rglob("*.png"))) == 3 and not list((tmp_path / "r").rglob(".*.tmp*"))
     stale = tmp_path / "r" / "train" / runner.image_file(5)  # what a SIGKILL mid-write leaves
     stale = stale.with_name(f".{stale.name}.tmp4242")
     stale.write_bytes(b"partial")
@@ -131,15 +153,11 @@ def test_resume_skips_finished_images(run_dir, tmp_path, monkeypatch, overlap):
 def test_resume_redoes_images_whose_plan_changed(run_dir, tmp_path, capsys):
     common = ["--run", str(run_dir), "--n", "2"]
     assert generate(tmp_path, *common, "--prompt", "chest x-ray, pleural effusion") == 0
-    assert (
-        generate(tmp_path, *common, "--prompt", "chest x-ray, pneumothorax") == 0
-    )  # same count, other prompt
+    assert generate(tmp_path, *common, "--prompt", "chest x-ray, pneumothorax") == 0  # same count, other prompt
     assert "generated 2 image(s)" in capsys.readouterr().out
     assert [r["text"] for r in rows(tmp_path)] == ["chest x-ray, pneumothorax"] * 2
     assert generate(tmp_path, *common, "--prompt", "chest x-ray, pneumothorax", "--dicom") == 0
-    assert "generated 2 image(s)" in capsys.readouterr().out and all(
-        "dicom_file" in r for r in rows(tmp_path)
-    )
+    assert "generated 2 image(s)" in capsys.readouterr().out and all("dicom_file" in r for r in rows(tmp_path))
     assert generate(tmp_path, *common, "--prompt", "chest x-ray, pneumothorax", "--dicom") == 0
     assert "generated 0 image(s)" in capsys.readouterr().out
     # a smaller plan without DICOM: the files only the earlier plan listed go with it
@@ -184,9 +202,7 @@ def test_extending_a_run_keeps_its_whole_batches(run_dir, tmp_path, capsys):
 def test_shards_add_up_whatever_each_launch_process_count(run_dir, tmp_path):
     from types import SimpleNamespace
 
-    gen = runner.Generator(
-        runner.GenerateConfig(out=str(tmp_path), run=str(run_dir), prompt=["x"], n=23, batch_size=2)
-    )
+    gen = runner.Generator(runner.GenerateConfig(out=str(tmp_path), run=str(run_dir), prompt=["x"], n=23, batch_size=2))
 
     def batches(shard: str, processes: int) -> list[list[int]]:
         gen.c.shard, made = shard, []
@@ -212,9 +228,14 @@ def test_conditions_file_csv_and_jsonl(run_dir, tmp_path):
         "label": "pleural effusion",
         "locations": "left, costophrenic angle",
     }  # a string: the text form
-    (tmp_path / "plan.jsonl").write_text(json.dumps({"prompt": "a bird sitting on a tree", "count": 2}) + "\n"
-                                         + json.dumps({"findings": [{"label": "nodule", "locations": ["left upper lobe"]}]}) + "\n"
-                                         + json.dumps({"findings": [effusion], "seed": seed}) + "\n")  # fmt: skip
+    (tmp_path / "plan.jsonl").write_text(
+        json.dumps({"prompt": "a bird sitting on a tree", "count": 2})
+        + "\n"
+        + json.dumps({"findings": [{"label": "nodule", "locations": ["left upper lobe"]}]})
+        + "\n"
+        + json.dumps({"findings": [effusion], "seed": seed})
+        + "\n"
+    )
     assert (
         generate(
             tmp_path / "jsonl",
@@ -224,7 +245,7 @@ def test_conditions_file_csv_and_jsonl(run_dir, tmp_path):
             str(tmp_path / "plan.jsonl"),
             "--allow-unknown-names",
         )
-        == 0  # fmt: skip
+        == 0
     )
     r = rows(tmp_path / "jsonl")
     assert [x["text"] for x in r[:2]] == ["a bird sitting on a tree"] * 2 and "nodule" in r[2]["text"]
@@ -264,20 +285,46 @@ def test_conditions_file_errors_name_line_and_reason(run_dir, tmp_path, capsys, 
 
 
 def test_like_dataset_keeps_and_reweights_the_distribution(run_dir, tiny_dataset, tmp_path):
-    assert generate(tmp_path / "like", "--run", str(run_dir), "--like", str(tiny_dataset), "--n", "30", "--steps", "1",
-                    base=("--batch-size", "10")) == 0  # fmt: skip
+    assert (
+        generate(
+            tmp_path / "like",
+            "--run",
+            str(run_dir),
+            "--like",
+            str(tiny_dataset),
+            "--n",
+            "30",
+            "--steps",
+            "1",
+            base=("--batch-size", "10"),
+        )
+        == 0
+    )
     real = [json.loads(x) for x in (tiny_dataset / "train" / "metadata.jsonl").read_text().splitlines()]
     real_conditions = {json.dumps([x["age"], x["sex"], x["findings"]]) for x in real}
     made = rows(tmp_path / "like")
-    assert len(made) == 30 and all(
-        json.dumps([x["age"], x["sex"], x["findings"]]) in real_conditions for x in made
-    )
+    assert len(made) == 30 and all(json.dumps([x["age"], x["sex"], x["findings"]]) in real_conditions for x in made)
     # each image names the row it was drawn from: with source_index.csv, the way back to a report
     real_ids = {x["id"] for x in real}
     assert all(x["origin"].split("#")[0] == f"like:{tiny_dataset.name}" for x in made)
     assert {x["origin"].split("#")[1] for x in made} <= real_ids
-    assert generate(tmp_path / "re", "--run", str(run_dir), "--like", str(tiny_dataset), "--n", "30", "--steps", "1",
-                    "--reweight", "pacemaker=50", base=("--batch-size", "10")) == 0  # fmt: skip
+    assert (
+        generate(
+            tmp_path / "re",
+            "--run",
+            str(run_dir),
+            "--like",
+            str(tiny_dataset),
+            "--n",
+            "30",
+            "--steps",
+            "1",
+            "--reweight",
+            "pacemaker=50",
+            base=("--batch-size", "10"),
+        )
+        == 0
+    )
 
     def share(rs):
         return np.mean([any(f["label"] == "pacemaker" for f in x["findings"]) for x in rs])
@@ -296,9 +343,11 @@ def test_reweight_counts_a_finding_once_whatever_its_locations(tmp_path):
     (tmp_path / "train").mkdir()
     both_sides = [{"label": "pleural effusion", "locations": [side]} for side in ("left", "right")]
     (tmp_path / "train" / "metadata.jsonl").write_text(
-        json.dumps({"age": 70, "findings": both_sides}) + "\n"
-        + json.dumps({"age": 40, "findings": [{"label": "pleural effusion", "locations": []}]}) + "\n"
-    )  # fmt: skip
+        json.dumps({"age": 70, "findings": both_sides})
+        + "\n"
+        + json.dumps({"age": 40, "findings": [{"label": "pleural effusion", "locations": []}]})
+        + "\n"
+    )
     drawn = cond.like_dataset(tmp_path, "train", 4000, 0, {"pleural effusion": 10.0})
     assert 0.45 < np.mean([item.conditions.age == 70 for item in drawn]) < 0.55
 
@@ -307,12 +356,20 @@ def test_keep_findings_ranks_by_the_training_counts(tiny_model, tmp_path):
     """A prompt that must drop a finding keeps the rarest one, counted in the data as prepare counted it."""
     (tmp_path / "data" / "train").mkdir(parents=True)
     heart = {"label": "cardiomegaly", "locations": []}
-    data = [{"findings": [heart]}] * 9 + [
-        {"age": 50, "findings": [heart, {"label": "pneumothorax", "locations": []}]}
-    ]
+    data = [{"findings": [heart]}] * 9 + [{"age": 50, "findings": [heart, {"label": "pneumothorax", "locations": []}]}]
     (tmp_path / "data" / "train" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-    common = ["--model.base", str(tiny_model), "--like", str(tmp_path / "data"), "--reweight", "pneumothorax=1000",
-              "--n", "1", "--prompts.max-tokens", "20"]  # fmt: skip
+    common = [
+        "--model.base",
+        str(tiny_model),
+        "--like",
+        str(tmp_path / "data"),
+        "--reweight",
+        "pneumothorax=1000",
+        "--n",
+        "1",
+        "--prompts.max-tokens",
+        "20",
+    ]
     for keep, kept in [("first", "cardiomegaly"), ("rarest", "pneumothorax"), ("commonest", "cardiomegaly")]:
         assert generate(tmp_path / keep, *common, "--prompts.keep-findings", keep) == 0
         assert rows(tmp_path / keep)[0]["text"] == f"chest x-ray, age 50, diagnosis {kept}"
@@ -327,28 +384,37 @@ def test_image_seeds_do_not_repeat_at_scale():
 
 def test_base_model_with_loras_and_raw_prompts(run_dir, tiny_model, tmp_path):
     lora = run_dir / "lora" / "lora_kohya.safetensors"
-    assert generate(tmp_path, "--model.base", str(tiny_model), "--loras", f"{lora}:0.5", "--prompt", "chest x-ray", "--n", "2",
-                    "--bits", "16", "--sampler", "ddim") == 0  # fmt: skip
+    assert (
+        generate(
+            tmp_path,
+            "--model.base",
+            str(tiny_model),
+            "--loras",
+            f"{lora}:0.5",
+            "--prompt",
+            "chest x-ray",
+            "--n",
+            "2",
+            "--bits",
+            "16",
+            "--sampler",
+            "ddim",
+        )
+        == 0
+    )
     r = rows(tmp_path)
     assert r[0]["adapters"][0]["weight"] == 0.5 and r[0]["sampler"]["name"] == "ddim"
     assert np.asarray(Image.open(tmp_path / "train" / r[0]["file_name"])).dtype == np.uint16
 
 
 def test_names_unchecked_without_training_data_say_so(tiny_model, tmp_path, caplog):
-    assert (
-        generate(
-            tmp_path, "--model.base", str(tiny_model), "--finding", "pneumothorax", base=("--steps", "1")
-        )
-        == 0
-    )
+    assert generate(tmp_path, "--model.base", str(tiny_model), "--finding", "pneumothorax", base=("--steps", "1")) == 0
     assert "finding names are not checked against the training data" in caplog.text
 
 
 def test_merged_loras_give_the_images_of_adapter_layers(tiny_model, tmp_path):
     lora = make_random_lora(tiny_model, tmp_path / "lora")
-    text = make_random_lora(
-        tiny_model, tmp_path / "text", scale=0.1, text_encoder=True
-    )  # UNet and text encoder
+    text = make_random_lora(tiny_model, tmp_path / "text", scale=0.1, text_encoder=True)  # UNet and text encoder
     loras = ["--loras", f"{lora}:0.5", f"{text}:0.7"]
     common = ["--model.base", str(tiny_model), "--prompt", "chest x-ray", "--n", "3"]
     assert generate(tmp_path / "none", *common) == 0
@@ -368,8 +434,12 @@ def test_loras_merge_at_full_precision_then_cast(tiny_model, tmp_path, monkeypat
     lora = make_random_lora(tiny_model, tmp_path / "lora", scale=0.01)
 
     def unet_weights(dtype):
-        config = runner.GenerateConfig(out=str(tmp_path / "out"), model=runner.ModelConfig(base=str(tiny_model)),
-                                       loras=[str(lora)], prompt=["chest x-ray"])  # fmt: skip
+        config = runner.GenerateConfig(
+            out=str(tmp_path / "out"),
+            model=runner.ModelConfig(base=str(tiny_model)),
+            loras=[str(lora)],
+            prompt=["chest x-ray"],
+        )
         generator = runner.Generator(config)
         monkeypatch.setattr(generator, "dtype", lambda: dtype)  # fp16 is refused on a CPU for sampling only
         generator.load()
@@ -383,14 +453,8 @@ def test_loras_merge_at_full_precision_then_cast(tiny_model, tmp_path, monkeypat
 def test_small_v_prediction_model_generates(tmp_path):
     """The learning benchmark's architecture: make-tiny-model --arch small with v-prediction, sampled as such."""
     model = tmp_path / "small"
-    assert (
-        main(["make-tiny-model", "--out", str(model), "--arch", "small", "--prediction-type", "v_prediction"])
-        == 0
-    )
-    assert (
-        json.loads((model / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
-        == "v_prediction"
-    )
+    assert main(["make-tiny-model", "--out", str(model), "--arch", "small", "--prediction-type", "v_prediction"]) == 0
+    assert json.loads((model / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
     out = tmp_path / "out"
     assert generate(out, "--model.base", str(model), "--prompt", "chest x-ray", "--n", "1") == 0
     assert Image.open(out / "train" / rows(out)[0]["file_name"]).size == (64, 64)
@@ -404,17 +468,12 @@ def test_other_samplers(run_dir, tmp_path, sampler):
 def test_long_prompt_images_do_not_depend_on_their_batch(run_dir, tmp_path):
     long = ", ".join(["diagnosis pleural effusion, loc right"] * 15)
     common = ["--run", str(run_dir), "--long-prompts", "--n", "1", "--batch-size", "2"]
-    assert (
-        generate(tmp_path / "mixed", *common, "--prompt", "chest x-ray", long, "chest x-ray, cardiomegaly")
-        == 0
-    )
+    assert generate(tmp_path / "mixed", *common, "--prompt", "chest x-ray", long, "chest x-ray, cardiomegaly") == 0
     # the same short prompts without the long one: a batch of the same size (a batch of another size may differ
     # in the last bit on a CPU, whatever the prompts)
     assert generate(tmp_path / "short", *common, "--prompt", "chest x-ray", "chest x-ray, cardiomegaly") == 0
     mixed, short = pixels(tmp_path / "mixed"), pixels(tmp_path / "short")
-    assert np.array_equal(
-        mixed["syn0000000"], short["syn0000000"]
-    )  # batched with the third, not the long one
+    assert np.array_equal(mixed["syn0000000"], short["syn0000000"])  # batched with the third, not the long one
     # a negative prompt longer than the prompts pads them to its length instead of failing
     assert generate(tmp_path / "negative", *common, "--prompt", "chest x-ray", "--negative-prompt", long) == 0
 
@@ -474,8 +533,21 @@ def test_long_prompt_warning_counts_once(run_dir, tmp_path, caplog):
         == 0
     )
     assert "exceed 77 tokens" not in caplog.text
-    assert generate(tmp_path / "n", "--run", str(run_dir), "--prompt", "short", "--negative-prompt", long, "--n", "1",
-                    base=("--steps", "1")) == 0  # fmt: skip
+    assert (
+        generate(
+            tmp_path / "n",
+            "--run",
+            str(run_dir),
+            "--prompt",
+            "short",
+            "--negative-prompt",
+            long,
+            "--n",
+            "1",
+            base=("--steps", "1"),
+        )
+        == 0
+    )
     assert "the negative prompt exceeds 77 tokens" in caplog.text
 
 
@@ -533,15 +605,30 @@ def test_two_processes_split_the_work(run_dir, tmp_path):
         "2",
     ]
     threads = torch.get_num_threads()
-    torch.set_num_threads(
-        1
-    )  # as each launched process runs: thread count changes float summation order on CPUs
+    torch.set_num_threads(1)  # as each launched process runs: thread count changes float summation order on CPUs
     try:
         assert main([*common, "--out", str(tmp_path / "one")]) == 0
     finally:
         torch.set_num_threads(threads)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxrgen", *common, "--out", str(tmp_path / "two")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "cxrgen",
+        *common,
+        "--out",
+        str(tmp_path / "two"),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "two" / ".journal").glob("*.jsonl"))) == 2
@@ -558,13 +645,19 @@ def test_compiled_model_generates_the_same_images(run_dir, tiny_model, tmp_path,
     lora = make_random_lora(tiny_model, tmp_path / "lora")
     common = ["--model.base", str(tiny_model), "--loras", str(lora), "--prompt", "chest x-ray", "--n", "7"]
     assert generate(tmp_path / "eager", *common) == 0
-    assert (
-        generate(tmp_path / "compiled", *common, "--compile") == 0
-    )  # merged, so q, k, v fuse into one product
+    assert generate(tmp_path / "compiled", *common, "--compile") == 0  # merged, so q, k, v fuse into one product
     assert "img/s" in capsys.readouterr().out
     a, b = pixels(tmp_path / "eager"), pixels(tmp_path / "compiled")
     assert a.keys() == b.keys() and all(np.abs(a[k].astype(int) - b[k]).max() <= 1 for k in a)
     assert rows(tmp_path / "compiled")[0]["sampler"]["compiled"] is True
-    summary = runner.Generator(runner.GenerateConfig(out=str(tmp_path / "again"), model=runner.ModelConfig(base=str(tiny_model)),
-                               prompt=["chest x-ray"], n=5, steps=2, batch_size=2)).run()  # fmt: skip
+    summary = runner.Generator(
+        runner.GenerateConfig(
+            out=str(tmp_path / "again"),
+            model=runner.ModelConfig(base=str(tiny_model)),
+            prompt=["chest x-ray"],
+            n=5,
+            steps=2,
+            batch_size=2,
+        )
+    ).run()
     assert summary["made"] == 5 and summary["steady_images_per_s"] > 0  # batches after the first (warm-up)

@@ -39,8 +39,9 @@ def test_killing_prepare_ends_its_workers(tmp_path, how):
     out.mkdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     log = open(tmp_path / "log.txt", "wb")  # a file, not a pipe: a full pipe would stall the progress bar
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_PREPARE, str(tmp_path / "in"), str(out), how], env=env,
-                            stdout=log, stderr=log)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PREPARE, str(tmp_path / "in"), str(out), how], env=env, stdout=log, stderr=log
+    )
     workers: list = []
     try:
         deadline = time.monotonic() + 60

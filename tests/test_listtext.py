@@ -34,10 +34,25 @@ def test_malformed(text):
 
 
 CELLS = [
-    "[nan, ['unchanged'], ['COPD signs', ' loc basal']]", "[['a'],nan,[ ]]", "[[],[]]", "[None]", "[['a'],]",
-    "[[['deep']]]", "['a', ['b']]", "[['nan']]", "[['a'], 'b']", "  [ ]  ", "[\"it's\", 'x']", "['a\\\\'b']",
-    "[['a'] ['b']]", "[naN]", "[['a'], nan nan]", "['a'] x", "[['a', 'b'", "[['a'], [1]]",
-]  # fmt: skip
+    "[nan, ['unchanged'], ['COPD signs', ' loc basal']]",
+    "[['a'],nan,[ ]]",
+    "[[],[]]",
+    "[None]",
+    "[['a'],]",
+    "[[['deep']]]",
+    "['a', ['b']]",
+    "[['nan']]",
+    "[['a'], 'b']",
+    "  [ ]  ",
+    "[\"it's\", 'x']",
+    "['a\\\\'b']",
+    "[['a'] ['b']]",
+    "[naN]",
+    "[['a'], nan nan]",
+    "['a'] x",
+    "[['a', 'b'",
+    "[['a'], [1]]",
+]
 
 
 @pytest.mark.parametrize("text", CELLS)

@@ -38,9 +38,7 @@ def test_phantom_writes_a_padchest_release(tmp_path):
     assert cli(["phantom", "--out", str(tmp_path / "b"), "--n", "12", "--size", "96", "--seed", "5"]) == 0
     assert _rows(tmp_path / "b") == rows
     first = rows[0]["ImageDir"] + "/" + rows[0]["ImageID"]
-    assert np.array_equal(
-        np.array(Image.open(tmp_path / "a" / first)), np.array(Image.open(tmp_path / "b" / first))
-    )
+    assert np.array_equal(np.array(Image.open(tmp_path / "a" / first)), np.array(Image.open(tmp_path / "b" / first)))
 
 
 def test_phantom_options_shape_the_release(tmp_path):
@@ -51,8 +49,10 @@ def test_phantom_options_shape_the_release(tmp_path):
     assert all(_labels(r) or "'normal'" in r["LabelsLocalizationsBySentence"] for r in rows)
     assert all(Image.open(tmp_path / "normal" / r["ImageDir"] / r["ImageID"]).size == (64, 64) for r in rows)
 
-    assert cli([*args, "--out", str(tmp_path / "one"), "--findings-rate", "1", "--max-findings", "1",
-                "--background", "0"]) == 0  # fmt: skip
+    assert (
+        cli([*args, "--out", str(tmp_path / "one"), "--findings-rate", "1", "--max-findings", "1", "--background", "0"])
+        == 0
+    )
     drawn = {"cardiomegaly", "pleural effusion", "pacemaker", "nodule"}
     assert all(len(set(x)) == 1 and x[0] in drawn for x in map(_labels, _rows(tmp_path / "one")))
 
@@ -68,11 +68,54 @@ def test_detectors_read_the_findings_of_prepared_phantoms(tmp_path):
     """Each detector, calibrated on prepared 64 px phantoms, tells its finding apart on those images: the
     learning benchmark relies on them to judge generated images."""
     release, data = tmp_path / "release", tmp_path / "prepared"
-    assert cli(["phantom", "--out", str(release), "--n", "160", "--size", "128", "--seed", "11", "--square",
-                "--findings-rate", "0.75", "--max-findings", "1", "--background", "0"]) == 0  # fmt: skip
-    assert cli(["prepare", "--source", "padchest", "--csv", str(release / "phantom_padchest.csv.gz"),
-                "--images", str(release), "--out", str(data), "--image.size", "64", "--no-image.crop-border",
-                "--qc.min-side", "64", "--qc.contact-sheet", "0", "--workers", "1"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "phantom",
+                "--out",
+                str(release),
+                "--n",
+                "160",
+                "--size",
+                "128",
+                "--seed",
+                "11",
+                "--square",
+                "--findings-rate",
+                "0.75",
+                "--max-findings",
+                "1",
+                "--background",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli(
+            [
+                "prepare",
+                "--source",
+                "padchest",
+                "--csv",
+                str(release / "phantom_padchest.csv.gz"),
+                "--images",
+                str(release),
+                "--out",
+                str(data),
+                "--image.size",
+                "64",
+                "--no-image.crop-border",
+                "--qc.min-side",
+                "64",
+                "--qc.contact-sheet",
+                "0",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     rows, images = [], []
     for meta in data.glob("*/metadata.jsonl"):
         for line in meta.read_text().splitlines():
@@ -95,14 +138,27 @@ def test_prepared_phantom_labels_are_the_drawn_findings(tmp_path):
     sentences = [r["LabelsLocalizationsBySentence"] for r in rows]
     assert any("'normal'" in s and _labels(r) != ["normal"] for s, r in zip(sentences, rows, strict=True))
     assert any(" side'" in s for s in sentences) and any(not _labels(r) for r in rows)
-    assert cli(["prepare", "--source", "padchest", "--csv", str(release / "phantom_padchest.csv.gz"), "--out",
-                str(data), "--metadata-only", "--filters.projections", "all"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "prepare",
+                "--source",
+                "padchest",
+                "--csv",
+                str(release / "phantom_padchest.csv.gz"),
+                "--out",
+                str(data),
+                "--metadata-only",
+                "--filters.projections",
+                "all",
+            ]
+        )
+        == 0
+    )
     truth = {s.image_id: s.findings for s in draw_studies(150, 4)}
     with open(data / "source_index.csv", newline="") as fh:
         source = {r["id"]: r["source_path"].split("/")[-1] for r in csv.DictReader(fh)}
-    prepared = [
-        json.loads(line) for meta in data.glob("*/metadata.jsonl") for line in meta.read_text().splitlines()
-    ]
+    prepared = [json.loads(line) for meta in data.glob("*/metadata.jsonl") for line in meta.read_text().splitlines()]
     assert len(prepared) == 150
     for row in prepared:
         drawn = truth[source[row["id"]]]

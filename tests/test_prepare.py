@@ -44,9 +44,7 @@ def metadata(out):
     for split in ("train", "val", "test"):
         path = Path(out) / split / "metadata.jsonl"
         if path.exists():
-            rows.update(
-                {r["id"]: dict(r, split=split) for r in map(json.loads, path.read_text().splitlines())}
-            )
+            rows.update({r["id"]: dict(r, split=split) for r in map(json.loads, path.read_text().splitlines())})
     return rows
 
 
@@ -110,10 +108,7 @@ def test_no_patient_in_two_splits(prepared):
 
 
 def test_no_identifiers_in_outputs(prepared):
-    text = (
-        "".join(p.read_text() for p in prepared.glob("*/metadata.jsonl"))
-        + (prepared / "prepare.json").read_text()
-    )
+    text = "".join(p.read_text() for p in prepared.glob("*/metadata.jsonl")) + (prepared / "prepare.json").read_text()
     for forbidden in ("20150602", "20160101", "1950.0", '"p1"', "fixed-test-salt", "nested_a1"):
         assert forbidden not in text
     assert all(len(p.stem) == 20 for p in prepared.glob("*/??/*.png"))
@@ -192,9 +187,7 @@ def test_shards_union_equals_unsharded(quirk_release, tmp_path, prepared, caplog
 def test_folder_source_with_dicom(tmp_path):
     folder = tmp_path / "in"
     pixels = xray(200, 160, bits=8).astype(np.uint16) * 16
-    write_dicom(
-        folder / "a.dcm", 4095 - pixels, monochrome1=True, PatientSex="M", PatientAge="060Y", PatientID="x1"
-    )
+    write_dicom(folder / "a.dcm", 4095 - pixels, monochrome1=True, PatientSex="M", PatientAge="060Y", PatientID="x1")
     write_dicom(folder / "b.dcm", pixels, PatientSex="F", PatientAge="030Y", PatientID="x2")
     out = tmp_path / "out"
     assert (
@@ -330,15 +323,24 @@ def test_mimic_and_chexpert_outputs_name_no_one(tmp_path):
     (tmp_path / "meta.csv").write_text(
         "dicom_id,subject_id,study_id,ViewPosition,StudyDate,StudyTime\nd1,10000032,50414267,PA,21800506,213014\n"
     )
-    (tmp_path / "labels.csv").write_text(
-        "subject_id,study_id,Cardiomegaly,No Finding\n10000032,50414267,1.0,\n"
-    )
+    (tmp_path / "labels.csv").write_text("subject_id,study_id,Cardiomegaly,No Finding\n10000032,50414267,1.0,\n")
     (tmp_path / "chexpert.csv").write_text(
-        "Path,Sex,Age,Frontal/Lateral,AP/PA,Cardiomegaly,No Finding\n"
-        f"{chexpert_image},Female,68,Frontal,PA,1.0,\n"
+        f"Path,Sex,Age,Frontal/Lateral,AP/PA,Cardiomegaly,No Finding\n{chexpert_image},Female,68,Frontal,PA,1.0,\n"
     )
-    common = ["--images", str(tmp_path / "images"), "--image.size", "64", "--qc.min-side", "64", "--splits.train",
-              "1", "--splits.val", "0", "--splits.test", "0"]  # fmt: skip
+    common = [
+        "--images",
+        str(tmp_path / "images"),
+        "--image.size",
+        "64",
+        "--qc.min-side",
+        "64",
+        "--splits.train",
+        "1",
+        "--splits.val",
+        "0",
+        "--splits.test",
+        "0",
+    ]
     sources = {
         "mimic": ["--csv", str(tmp_path / "meta.csv"), "--labels-csv", str(tmp_path / "labels.csv")],
         "chexpert": ["--csv", str(tmp_path / "chexpert.csv")],
@@ -347,9 +349,7 @@ def test_mimic_and_chexpert_outputs_name_no_one(tmp_path):
         out = tmp_path / source
         assert main(["prepare", "--source", source, *args, *common, "--out", str(out)]) == 0
         assert len(metadata(out)) == 1
-        published = (
-            "".join(p.read_text() for p in out.glob("*/metadata.jsonl")) + (out / "prepare.json").read_text()
-        )
+        published = "".join(p.read_text() for p in out.glob("*/metadata.jsonl")) + (out / "prepare.json").read_text()
         published += " ".join(p.name for p in out.rglob("*.png"))
         for forbidden in ("10000032", "50414267", "21800506", "patient00042", "d1.jpg", "view1_frontal"):
             assert forbidden not in published, (source, forbidden)
@@ -385,15 +385,15 @@ def test_labels_are_the_image_level_labels_each_once(prepared):
     assert [f["label"] for f in device["findings"]] == ["pacemaker", "dual chamber device"]
     assert "normal" not in device["text"]
     sides = by_name["sides_s19.png"]["findings"]
-    assert sides == [{"label": "pleural effusion", "locations": ["right", "costophrenic angle"]},
-                     {"label": "hypoexpansion", "locations": ["bilateral"]}]  # fmt: skip
+    assert sides == [
+        {"label": "pleural effusion", "locations": ["right", "costophrenic angle"]},
+        {"label": "hypoexpansion", "locations": ["bilateral"]},
+    ]
     for row in by_name.values():
         labels = [f["label"].lower() for f in row["findings"]]
         assert len(labels) == len(set(labels)) and row["text"].count("diagnosis COPD signs") <= 1
     assert by_name["nanlab_v22.png"]["findings"] == [{"label": "exclude", "locations": []}]
-    assert (
-        "diagnosis" not in by_name["nanlab_v22.png"]["text"]
-    )  # exclude is not a diagnosis (kept in metadata)
+    assert "diagnosis" not in by_name["nanlab_v22.png"]["text"]  # exclude is not a diagnosis (kept in metadata)
     assert by_name["blanklab_t20.png"]["text"].endswith("diagnosis normal")
     summary = json.loads((prepared / "prepare.json").read_text())
     audit = summary["label_audit"]
@@ -423,10 +423,7 @@ def test_the_audit_trail_maps_every_kept_row_back(prepared, quirk_release):
     for entry in index:
         source = source_rows[int(entry["source_row"]) - 1]
         assert entry["source_path"] == f"{source['ImageDir']}/{source['ImageID']}"
-        assert (
-            entry["split"] == rows[entry["id"]]["split"]
-            and entry["file_name"] == rows[entry["id"]]["file_name"]
-        )
+        assert entry["split"] == rows[entry["id"]]["split"] and entry["file_name"] == rows[entry["id"]]["file_name"]
     assert (prepared / "source_index.csv").stat().st_mode & 0o777 == 0o600
     assert not list(prepared.glob("*/source_index.csv"))  # never inside a split folder that gets shared
     assert "do not share" in json.loads((prepared / "prepare.json").read_text())["source_index"]["note"]
@@ -434,10 +431,7 @@ def test_the_audit_trail_maps_every_kept_row_back(prepared, quirk_release):
 
 def test_a_label_filter_finds_side_variants_and_other_spellings(quirk_release, tmp_path, caplog):
     caplog.set_level("INFO")
-    assert (
-        prepare(quirk_release, tmp_path, "--metadata-only", "--filters.include-labels", "Pleural Effusion")
-        == 0
-    )
+    assert prepare(quirk_release, tmp_path, "--metadata-only", "--filters.include-labels", "Pleural Effusion") == 0
     names = {row["text"] for row in metadata(tmp_path).values()}
     assert len(names) == 3 and all("pleural effusion" in text for text in names)
     assert "'Pleural Effusion' read as the label 'pleural effusion' (spelling)" in caplog.text
@@ -445,9 +439,7 @@ def test_a_label_filter_finds_side_variants_and_other_spellings(quirk_release, t
     side = ["--metadata-only", "--filters.include-labels"]
     assert prepare(quirk_release, right, *side, "pleural effusion right side") == 0
     assert len(metadata(right)) == 3
-    assert (
-        prepare(quirk_release, tmp_path / "left", *side, "pleural effusion left side") == 1
-    )  # none: an error
+    assert prepare(quirk_release, tmp_path / "left", *side, "pleural effusion left side") == 1  # none: an error
     assert not metadata(tmp_path / "left")
 
 

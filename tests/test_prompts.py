@@ -92,13 +92,9 @@ def test_a_label_is_stated_once_however_long_the_prompt():
 
 
 def test_pseudo_label_policies():
-    study = Conditions(
-        findings=[Finding("pacemaker"), Finding("normal"), Finding("unchanged"), Finding("exclude")]
-    )
+    study = Conditions(findings=[Finding("pacemaker"), Finding("normal"), Finding("unchanged"), Finding("exclude")])
     normal = Conditions(findings=[Finding("normal"), Finding("unchanged"), Finding("suboptimal study")])
-    assert (
-        build(study).text == "chest x-ray, diagnosis pacemaker"
-    )  # normal beside a finding is not a normal study
+    assert build(study).text == "chest x-ray, diagnosis pacemaker"  # normal beside a finding is not a normal study
     assert build(normal).text == "chest x-ray, diagnosis normal"
     assert build(study, pseudo_labels="keep").text == (
         "chest x-ray, diagnosis pacemaker, diagnosis normal, diagnosis unchanged, diagnosis exclude"
@@ -125,9 +121,7 @@ def test_keep_findings_policies():
     counts = Counter({f"finding number {i}": n for i, n in enumerate([100, 50, 40, 30, 20, 1])})
     c = Conditions(findings=[Finding(f"finding number {i}") for i in range(6)] * 3)
     rare = PromptBuilder(PromptConfig(keep_findings="rarest", max_tokens=20), label_counts=counts).build(c)
-    common = PromptBuilder(PromptConfig(keep_findings="commonest", max_tokens=20), label_counts=counts).build(
-        c
-    )
+    common = PromptBuilder(PromptConfig(keep_findings="commonest", max_tokens=20), label_counts=counts).build(c)
     first = PromptBuilder(PromptConfig(keep_findings="first", max_tokens=20)).build(c)
     assert "finding number 5" in rare.text and "finding number 0" not in rare.text
     assert "finding number 0" in common.text and "finding number 5" not in common.text
@@ -149,9 +143,7 @@ def test_truncation_never_cuts_inside_a_word():
 def test_fitting_drops_only_what_the_template_shows():
     demographic = build(LONG, level="demographic", max_tokens=8)
     assert demographic.tokens <= 8 and [d.split(":")[0] for d in demographic.dropped] == ["truncated"]
-    assert (
-        demographic.text == "chest x-ray"
-    )  # "age 70 female" does not fit whole, and "age" alone says nothing
+    assert demographic.text == "chest x-ray"  # "age 70 female" does not fit whole, and "age" alone says nothing
     labels = build(LONG, template="chest x-ray, {labels}", max_tokens=30)
     assert labels.tokens <= 30 and not any(d.startswith(("location", "repeat")) for d in labels.dropped)
     assert labels.text.startswith("chest x-ray, COPD signs")
@@ -159,7 +151,5 @@ def test_fitting_drops_only_what_the_template_shows():
 
 def test_truncation_keeps_whole_field_parts_before_a_caption():
     words = "the cardiac silhouette is enlarged with bilateral interstitial opacities " * 12
-    p = build(
-        Conditions(age=47, sex="M", caption=words), template="chest x-ray, [age {age}] [{sex}], {caption}"
-    )
+    p = build(Conditions(age=47, sex="M", caption=words), template="chest x-ray, [age {age}] [{sex}], {caption}")
     assert p.text.startswith("chest x-ray, age 47 male, the cardiac silhouette") and p.tokens <= 77

@@ -93,7 +93,10 @@ def label_values(**values):
     return ",".join(values.get(name, "") for name in LABELS.split(","))
 
 
-LABELS = "Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices"
+LABELS = (
+    "Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,"
+    "No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices"
+)
 
 
 def test_mimic(tmp_path):
@@ -107,7 +110,8 @@ def test_mimic(tmp_path):
     )
     (tmp_path / "chexpert.csv").write_text(
         f"subject_id,study_id,{LABELS}\n"
-        f"10000032,50414267,{label_values(Cardiomegaly='1.0', **{'Pleural Effusion': '-1.0', 'Support Devices': '1.0'})}\n"
+        "10000032,50414267,"
+        f"{label_values(Cardiomegaly='1.0', **{'Pleural Effusion': '-1.0', 'Support Devices': '1.0'})}\n"
         f"10000764,57375967,{label_values(**{'No Finding': '1.0'})}\n"
     )
     (tmp_path / "split.csv").write_text(
@@ -119,9 +123,15 @@ def test_mimic(tmp_path):
     (tmp_path / "patients.csv").write_text(
         "subject_id,gender,anchor_age,anchor_year,anchor_year_group\n10000032,F,52,2180,2014 - 2016\n"
     )
-    r = read_source("mimic", KEYER, csv=tmp_path / "meta.csv", labels_csv=tmp_path / "chexpert.csv",
-                    split_csv=tmp_path / "split.csv", sections_csv=tmp_path / "sections.csv",
-                    patients_csv=tmp_path / "patients.csv")  # fmt: skip
+    r = read_source(
+        "mimic",
+        KEYER,
+        csv=tmp_path / "meta.csv",
+        labels_csv=tmp_path / "chexpert.csv",
+        split_csv=tmp_path / "split.csv",
+        sections_csv=tmp_path / "sections.csv",
+        patients_csv=tmp_path / "patients.csv",
+    )
     by = {x.image.split("/")[-1]: x for x in r.records}
     d1 = by["d1.jpg"]
     assert d1.image == "files/p10/p10000032/s50414267/d1.jpg"
@@ -139,18 +149,19 @@ def test_mimic(tmp_path):
     assert Finding("pleural effusion") in positive.records[0].findings
     assert d1.labeler == "chexpert-labeler"
     (tmp_path / "mimic-cxr-2.0.0-negbio.csv").write_text((tmp_path / "chexpert.csv").read_text())
-    negbio = read_source(
-        "mimic", KEYER, csv=tmp_path / "meta.csv", labels_csv=tmp_path / "mimic-cxr-2.0.0-negbio.csv"
-    )
+    negbio = read_source("mimic", KEYER, csv=tmp_path / "meta.csv", labels_csv=tmp_path / "mimic-cxr-2.0.0-negbio.csv")
     assert {x.labeler for x in negbio.records} == {"negbio"}  # the same studies, another labeler
 
 
 def test_chexpert(tmp_path):
     (tmp_path / "train.csv").write_text(
         f"Path,Sex,Age,Frontal/Lateral,AP/PA,{LABELS}\n"
-        f"CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,{label_values(**{'No Finding': '1.0', 'Support Devices': '1.0'})}\n"
-        f"CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg,Female,68,Lateral,,{label_values(**{'No Finding': '1.0'})}\n"
-        f"CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg,Unknown,0,Frontal,PA,{label_values(Cardiomegaly='1.0', **{'Pleural Effusion': '-1.0'})}\n"
+        "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,"
+        f"{label_values(**{'No Finding': '1.0', 'Support Devices': '1.0'})}\n"
+        "CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg,Female,68,Lateral,,"
+        f"{label_values(**{'No Finding': '1.0'})}\n"
+        "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg,Unknown,0,Frontal,PA,"
+        f"{label_values(Cardiomegaly='1.0', **{'Pleural Effusion': '-1.0'})}\n"
         f"CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg,Unknown,0,Lateral,LL,{label_values(Cardiomegaly='1.0')}\n"
         f"CheXpert-v1.0-small/train/nobody/view1_frontal.jpg,Male,40,Frontal,PA,{label_values()}\n"
     )
@@ -181,9 +192,7 @@ def test_folder_with_captions(tmp_path):
             }
         )
         + "\n"
-        + json.dumps(
-            {"file_name": "sub/b.png", "findings": [{"label": "nodule", "locations": ["right upper lobe"]}]}
-        )
+        + json.dumps({"file_name": "sub/b.png", "findings": [{"label": "nodule", "locations": ["right upper lobe"]}]})
         + "\n"
         + json.dumps({"text": "no file"})
         + "\n"
@@ -207,12 +216,8 @@ def test_folder_without_captions_reads_dicom_headers(tmp_path):
         ViewPosition="PA",
         PatientID="secret-id",
     )
-    write_dicom(
-        tmp_path / "x" / "IM000002", xray(bits=8).astype("uint16"), PatientSex="M"
-    )  # a PACS export name
-    write_dicom(
-        tmp_path / "x" / "1.2.840.99.3", xray(bits=8).astype("uint16"), PatientSex="M"
-    )  # named by its UID
+    write_dicom(tmp_path / "x" / "IM000002", xray(bits=8).astype("uint16"), PatientSex="M")  # a PACS export name
+    write_dicom(tmp_path / "x" / "1.2.840.99.3", xray(bits=8).astype("uint16"), PatientSex="M")  # named by its UID
     (tmp_path / "x" / "README").write_text("not an image")
     r = read_source("folder", KEYER, images=tmp_path / "x")
     rec = next(rec for rec in r.records if rec.image == "one.dcm")
@@ -239,10 +244,18 @@ def test_record_metadata_roundtrip(padchest):
 
 @pytest.mark.parametrize(
     "raw,view,projection",
-    [("postero-anterior", "PA", "PA"), ("antero-posterior", "AP", "AP"), ("Left Lateral", "LL", "L"),
-     ("AP Supine", "AP", "AP_horizontal"), ("L", "LATERAL", "L"), ("AP semi erect", "AP", "AP"),
-     ("XTABLE LATERAL", "XTABLE LATERAL", "L"), ("?", None, None), ("GENERICA", "GENERICA", "GENERICA")],
-)  # fmt: skip
+    [
+        ("postero-anterior", "PA", "PA"),
+        ("antero-posterior", "AP", "AP"),
+        ("Left Lateral", "LL", "L"),
+        ("AP Supine", "AP", "AP_horizontal"),
+        ("L", "LATERAL", "L"),
+        ("AP semi erect", "AP", "AP"),
+        ("XTABLE LATERAL", "XTABLE LATERAL", "L"),
+        ("?", None, None),
+        ("GENERICA", "GENERICA", "GENERICA"),
+    ],
+)
 def test_views_and_projections_read_every_spelling_alike(raw, view, projection):
     """One table of view spellings: a projection read from a view agrees with the view read from it."""
     from cxrgen.records import normalize_projection, normalize_view

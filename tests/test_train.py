@@ -111,10 +111,7 @@ def test_resume_after_interruption_equals_uninterrupted(
     assert (tmp_path / "checkpoints" / "step-0000004").is_dir() and not (tmp_path / "lora").exists()
     monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
     assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6") == 2  # refuses to overwrite a run
-    assert (
-        train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6", "--resume", "latest", "--seed", "7")
-        == 2
-    )
+    assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6", "--resume", "latest", "--seed", "7") == 2
     assert "cannot continue exactly with --seed 7 (was 0)" in capsys.readouterr().err
 
     def train_steps():
@@ -132,8 +129,21 @@ def test_kill_9_leaves_a_resumable_run(tiny_dataset, tiny_model, tmp_path):
     args = ["--max-steps", "24", "--checkpoint-every", "3", "--keep-checkpoints", "2"]
     assert train(tiny_dataset, tiny_model, reference, *args) == 0
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "cxrgen", "train", "--preset", "cpu-smoke", "--data", str(tiny_dataset),
-           "--model.base", str(tiny_model), "--out", str(run), *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrgen",
+        "train",
+        "--preset",
+        "cpu-smoke",
+        "--data",
+        str(tiny_dataset),
+        "--model.base",
+        str(tiny_model),
+        "--out",
+        str(run),
+        *args,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "checkpoints" / "step-0000006" / "state.json").exists():
@@ -155,9 +165,7 @@ def test_stacked_lora_is_frozen_and_active(lora_run, tiny_dataset, tiny_model, t
     def fit_and_inspect(self):
         unet = self.accelerator.unwrap_model(self.unet)
         seen["active"] = list(unet.active_adapters())
-        seen["stack_trainable"] = [
-            n for n, p in unet.named_parameters() if ".stack0." in n and p.requires_grad
-        ]
+        seen["stack_trainable"] = [n for n, p in unet.named_parameters() if ".stack0." in n and p.requires_grad]
         seen["stack_before"] = {n: p.detach().clone() for n, p in unet.named_parameters() if ".stack0." in n}
         real_fit(self)
         seen["stack_after"] = {n: p.detach().clone() for n, p in unet.named_parameters() if ".stack0." in n}
@@ -187,8 +195,18 @@ def test_stacked_lora_is_frozen_and_active(lora_run, tiny_dataset, tiny_model, t
 
 
 def test_stack_merged_accepts_kohya_files(lora_run, tiny_dataset, tiny_model, tmp_path):
-    assert train(tiny_dataset, tiny_model, tmp_path, "--lora.stack", str(lora_run / "lora" / "lora_kohya.safetensors"),
-                 "--lora.stack-mode", "merged") == 0  # fmt: skip
+    assert (
+        train(
+            tiny_dataset,
+            tiny_model,
+            tmp_path,
+            "--lora.stack",
+            str(lora_run / "lora" / "lora_kohya.safetensors"),
+            "--lora.stack-mode",
+            "merged",
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -261,18 +279,38 @@ def test_fewer_class_images_than_a_run_before(tmp_path):
     split.mkdir()
     for name in ("class-00000.png", "class-00001.png"):
         (split / name).write_bytes(b"png")
-    write_jsonl(
-        split / "metadata.jsonl", [{"file_name": f"class-0000{i}.png", "text": "a cat"} for i in range(2)]
-    )
+    write_jsonl(split / "metadata.jsonl", [{"file_name": f"class-0000{i}.png", "text": "a cat"} for i in range(2)])
     config = PriorConfig(enabled=True, class_prompt="a cat", num_images=1)
     ensure_class_images(config, None, tmp_path, 64, 0)  # nothing to generate, so no model needed
     assert (split / "metadata.jsonl").read_text().count("class-") == 1
 
 
 def test_two_processes_under_accelerate_launch(tiny_dataset, tiny_model, tmp_path):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cxrgen", "train", "--preset", "cpu-smoke",
-           "--data", str(tiny_dataset), "--model.base", str(tiny_model), "--out", str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "cxrgen",
+        "train",
+        "--preset",
+        "cpu-smoke",
+        "--data",
+        str(tiny_dataset),
+        "--model.base",
+        str(tiny_model),
+        "--out",
+        str(tmp_path),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "run.json").read_text())
@@ -311,9 +349,7 @@ def test_model_without_safetensors(tiny_model, tiny_dataset, tmp_path, capsys):
     assert "--model.base is required" in capsys.readouterr().err
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(
-    tiny_dataset, tiny_model, tmp_path, monkeypatch, capsys
-):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tiny_model, tmp_path, monkeypatch, capsys):
     real = trainer_module.Trainer._objective
 
     def poisoned(self, step, micro, seed_stream=0):
@@ -375,8 +411,21 @@ def test_preset_layers_under_flags(tiny_dataset, tiny_model, capsys):
 
 
 def test_full_with_ema_resumes_exactly(tiny_dataset, tiny_model, tmp_path, monkeypatch):
-    args = ["--method", "full", "--full.ema", "--full.ema-decay", "0.9", "--grad-accum", "2", "--max-steps", "4",
-            "--optim.lr-scheduler", "cosine", "--optim.learning-rate", "1e-4"]  # fmt: skip
+    args = [
+        "--method",
+        "full",
+        "--full.ema",
+        "--full.ema-decay",
+        "0.9",
+        "--grad-accum",
+        "2",
+        "--max-steps",
+        "4",
+        "--optim.lr-scheduler",
+        "cosine",
+        "--optim.learning-rate",
+        "1e-4",
+    ]
     assert train(tiny_dataset, tiny_model, tmp_path / "reference", *args) == 0
     real = trainer_module.Trainer._periodic
 
@@ -390,9 +439,7 @@ def test_full_with_ema_resumes_exactly(tiny_dataset, tiny_model, tmp_path, monke
     monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
     assert train(tiny_dataset, tiny_model, tmp_path / "resumed", *args, "--resume", "latest") == 0
     unet = "pipeline/unet/diffusion_pytorch_model.safetensors"
-    assert same(
-        weights(tmp_path / "resumed" / unet), weights(tmp_path / "reference" / unet)
-    )  # the EMA weights
+    assert same(weights(tmp_path / "resumed" / unet), weights(tmp_path / "reference" / unet))  # the EMA weights
 
 
 def test_compiled_unet_trains_like_eager_and_saves_plain_names(
@@ -417,9 +464,7 @@ def test_saved_lora_keeps_its_alpha(tiny_model, tmp_path, file):
     from cxrgen.train.adapters import TRAIN, _pipeline, save_lora
 
     trained = load_components(ModelConfig(base=str(tiny_model)))
-    trained.unet.add_adapter(
-        LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"]), adapter_name=TRAIN
-    )
+    trained.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"]), adapter_name=TRAIN)
     torch.manual_seed(0)
     for name, param in trained.unet.named_parameters():
         if "lora_B" in name:
@@ -428,8 +473,11 @@ def test_saved_lora_keeps_its_alpha(tiny_model, tmp_path, file):
     loaded = load_components(ModelConfig(base=str(tiny_model)))
     _pipeline(loaded).load_lora_weights(tmp_path, weight_name=file)
     config = trained.unet.config
-    inputs = (torch.randn(1, config.in_channels, config.sample_size, config.sample_size), torch.tensor([500]),
-              torch.randn(1, 77, config.cross_attention_dim))  # fmt: skip
+    inputs = (
+        torch.randn(1, config.in_channels, config.sample_size, config.sample_size),
+        torch.tensor([500]),
+        torch.randn(1, 77, config.cross_attention_dim),
+    )
     plain = load_components(ModelConfig(base=str(tiny_model))).unet
     with torch.no_grad():
         want, got, base = (unet(*inputs).sample for unet in (trained.unet, loaded.unet, plain))
@@ -462,8 +510,7 @@ def test_model_and_lora_identities_follow_content(tmp_path, monkeypatch):
     assert lora_digest("org/absent") == "org/absent@uncached"
 
     assert (
-        ModelConfig(base="org/model", prediction_type="v_prediction").identity()
-        == f"org/model@{commit}+v_prediction"
+        ModelConfig(base="org/model", prediction_type="v_prediction").identity() == f"org/model@{commit}+v_prediction"
     )
 
     local = tmp_path / "mine.safetensors"

@@ -46,13 +46,8 @@ def test_names_are_read_through_the_vocabulary():
     assert v.resolve_label("no finding").name == "normal"
     unknown = v.resolve_label("COPD sings")
     assert unknown.name is None and unknown.closest == ["COPD signs"]
-    assert (
-        v.resolve_location("loc Right").name == "right"
-        and v.resolve_location("both sides").name == "bilateral"
-    )
-    finding, notes, missing = v.resolve_finding(
-        Finding("pleural effusion both sides", ("Costophrenic Angle", "apex"))
-    )
+    assert v.resolve_location("loc Right").name == "right" and v.resolve_location("both sides").name == "bilateral"
+    finding, notes, missing = v.resolve_finding(Finding("pleural effusion both sides", ("Costophrenic Angle", "apex")))
     assert finding == Finding("pleural effusion", ("bilateral", "Costophrenic Angle".lower(), "apex"))
     assert len(notes) == 2 and missing == ["unknown location 'apex': the training data never uses it"]
 
@@ -74,8 +69,12 @@ def test_one_spelling_per_name():
 
 
 def test_adherence_maps_labels_as_the_vocabulary_reads_them():
-    rows = [{"findings": [{"label": "pleural effusion right side"}]}, {"findings": [{"label": "Effusion"}]},
-            {"findings": []}, {"findings": [{"label": "normal"}]}]  # fmt: skip
+    rows = [
+        {"findings": [{"label": "pleural effusion right side"}]},
+        {"findings": [{"label": "Effusion"}]},
+        {"findings": []},
+        {"findings": [{"label": "normal"}]},
+    ]
     result = adherence(rows, np.array([[0.9], [0.8], [0.1], [0.2]]), ("Effusion",))
     assert result["per_finding"]["Effusion"] == {"auroc": 1.0, "positives": 2, "negatives": 2}
 
@@ -98,19 +97,13 @@ def test_vocab_command(tiny_dataset, capsys):
 def test_synonyms_work_both_ways_and_sides_are_locations_to_check():
     """A dataset written as NIH writes it (Effusion, Edema, no locations) answers to PadChest's names, and a side
     written into a name is a location the data must use too."""
-    nih = Vocabulary.from_conditions(
-        {"train": [Conditions(findings=[Finding("Effusion"), Finding("Edema")])]}
-    )
+    nih = Vocabulary.from_conditions({"train": [Conditions(findings=[Finding("Effusion"), Finding("Edema")])]})
     assert nih.resolve_label("pleural effusion").name == "Effusion"
     assert nih.resolve_label("pulmonary edema").name == "Edema"
     finding, notes, missing = nih.resolve_finding(Finding("pleural effusion right side"))
-    assert finding.label == "Effusion" and missing == [
-        "unknown location 'right': the training data never uses it"
-    ]
+    assert finding.label == "Effusion" and missing == ["unknown location 'right': the training data never uses it"]
     padchest = vocab()
-    assert padchest.resolve_finding(Finding("Effusion right side"))[0] == Finding(
-        "pleural effusion", ("right",)
-    )
+    assert padchest.resolve_finding(Finding("Effusion right side"))[0] == Finding("pleural effusion", ("right",))
 
 
 def test_every_source_states_a_label_once_with_its_side_as_a_location():
@@ -119,11 +112,12 @@ def test_every_source_states_a_label_once_with_its_side_as_a_location():
     from cxrgen.vocabulary import settle_findings
 
     r = Record(
-        findings=parse_findings(
-            "Pneumonia/Viral;pneumonia@basal;Pleural Effusion right side@costophrenic angle"
-        )
+        findings=parse_findings("Pneumonia/Viral;pneumonia@basal;Pleural Effusion right side@costophrenic angle")
     )
     settle_findings([r])
-    assert r.findings == [Finding("Pneumonia", ("basal",)), Finding("Viral"),
-                          Finding("Pleural Effusion", ("right", "costophrenic angle"))]  # fmt: skip
+    assert r.findings == [
+        Finding("Pneumonia", ("basal",)),
+        Finding("Viral"),
+        Finding("Pleural Effusion", ("right", "costophrenic angle")),
+    ]
     assert r.label_notes == ("side variant: Pleural Effusion right side", "repeat")

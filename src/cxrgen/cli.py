@@ -32,7 +32,9 @@ class Command:
 
 COMMANDS = (
     Command(
-        "prepare", "cxrgen.prepare:PrepareConfig", "cxrgen.prepare:main",
+        "prepare",
+        "cxrgen.prepare:PrepareConfig",
+        "cxrgen.prepare:main",
         "turn a raw release into image-prompt pairs with patient-level splits",
         "Read a release (PadChest, MIMIC-CXR-JPG, CheXpert or a folder), filter it, build prompts, convert images\n"
         "to 8-bit PNGs and write <out>/<split>/metadata.jsonl, prepare.json and rejected.csv.",
@@ -44,7 +46,9 @@ COMMANDS = (
         "  cxrgen prepare --config configs/prepare-padchest.yaml --shard 0/4   # then once without --shard",
     ),
     Command(
-        "train", "cxrgen.train.config:TrainConfig", "cxrgen.train.command:run_train",
+        "train",
+        "cxrgen.train.config:TrainConfig",
+        "cxrgen.train.command:run_train",
         "fine-tune Stable Diffusion on a prepared dataset (DreamBooth-LoRA or full)",
         "Train a LoRA (optionally on top of earlier LoRAs, with prior preservation) or fine-tune the UNet (and\n"
         "text encoder). Checkpoints resume exactly; sample grids, validation loss and TensorBoard logs land in\n"
@@ -58,7 +62,9 @@ COMMANDS = (
         presets="cxrgen.train.config",
     ),
     Command(
-        "generate", "cxrgen.generate.config:GenerateConfig", "cxrgen.generate.runner:run_generate",
+        "generate",
+        "cxrgen.generate.config:GenerateConfig",
+        "cxrgen.generate.runner:run_generate",
         "generate labelled synthetic chest X-rays from structured conditions",
         "Make images from condition flags, a conditions file, a prepared dataset's distribution (optionally\n"
         "re-weighted toward chosen findings) or raw prompts, with a base model, LoRAs or a training run.\n"
@@ -66,12 +72,16 @@ COMMANDS = (
         "examples:\n"
         "  cxrgen generate --run runs/cxr-lora --age 60 --sex F --projection PA \\\n"
         "      --finding 'pleural effusion@left,costophrenic angle' --n 16 --out synth/effusion\n"
-        "  cxrgen generate --run runs/cxr-lora --like data/padchest-512 --reweight 'pneumothorax=10' --n 5000 --out synth/mix\n"
-        "  cxrgen generate --model.base sd15/ --loras runs/cxr-lora runs/effusion:0.8 --conditions plan.csv --out synth/plan\n"
+        "  cxrgen generate --run runs/cxr-lora --like data/padchest-512 --reweight 'pneumothorax=10' "
+        "--n 5000 --out synth/mix\n"
+        "  cxrgen generate --model.base sd15/ --loras runs/cxr-lora runs/effusion:0.8 "
+        "--conditions plan.csv --out synth/plan\n"
         "  accelerate launch --multi_gpu --num_processes 4 -m cxrgen generate ...   # shards over GPUs",
     ),
     Command(
-        "evaluate", "cxrgen.evaluate.command:EvaluateConfig", "cxrgen.evaluate.command:main",
+        "evaluate",
+        "cxrgen.evaluate.command:EvaluateConfig",
+        "cxrgen.evaluate.command:main",
         "measure generated images: fidelity, diversity, memorization, prompt adherence, forgetting",
         "FID and KID (Inception, chest-X-ray or any backbone features) with bootstrap intervals, precision/recall/\n"
         "density/coverage, MS-SSIM diversity, nearest training images and likely copies, classifier AUROC of the\n"
@@ -82,13 +92,17 @@ COMMANDS = (
         "  cxrgen evaluate ... --run runs/cxr-lora --forgetting",
     ),
     Command(
-        "report", "cxrgen.evaluate.report:ReportConfig", "cxrgen.evaluate.report:main",
+        "report",
+        "cxrgen.evaluate.report:ReportConfig",
+        "cxrgen.evaluate.report:main",
         "write report.html for an evaluation folder",
         "One self-contained HTML page: sample grids per condition, nearest-neighbour pairs, metric tables with\n"
         "intervals, training loss curves and plots, from <folder>/metrics.json.",
     ),
     Command(
-        "vocab", "cxrgen.vocab_command:VocabConfig", "cxrgen.vocab_command:run_vocab",
+        "vocab",
+        "cxrgen.vocab_command:VocabConfig",
+        "cxrgen.vocab_command:run_vocab",
         "list a dataset's finding labels and locations, with counts per split and other spellings",
         "The vocabulary cxrgen prepare recorded for a dataset (or one counted from a generated set's metadata):\n"
         "label filters, generate's name checks and adherence read names through it.",
@@ -97,23 +111,29 @@ COMMANDS = (
         "  cxrgen vocab data/padchest-512 --name 'Pleural Effusion right side' effusion",
     ),
     Command(
-        "make-tiny-model", "cxrgen.models:TinyModelConfig", "cxrgen.models:make_tiny_model",
+        "make-tiny-model",
+        "cxrgen.models:TinyModelConfig",
+        "cxrgen.models:make_tiny_model",
         "write a random Stable Diffusion pipeline offline (tiny, or the SD 1.5 architecture)",
         "A diffusers pipeline folder with random weights and the exact CLIP tokenizer, for tests, the demo and\n"
         "speed or memory work without downloads.",
     ),
     Command(
-        "phantom", "cxrgen.phantom.command:PhantomConfig", "cxrgen.phantom.command:run_phantom",
+        "phantom",
+        "cxrgen.phantom.command:PhantomConfig",
+        "cxrgen.phantom.command:run_phantom",
         "write a PadChest-format release of phantom radiographs with known findings",
         "Phantom chest radiographs (lungs, heart, ribs, diaphragm, noise, exposure and positioning variation) with\n"
         "findings drawn where the labels say, as the real PadChest CSV and 16-bit PNGs in numbered folders.",
     ),
     Command(
-        "demo", "cxrgen.demo:DemoConfig", "cxrgen.demo:run_demo",
+        "demo",
+        "cxrgen.demo:DemoConfig",
+        "cxrgen.demo:run_demo",
         "run the pipeline end to end on phantom data (offline, CPU)",
         "Phantom release -> prepare -> train -> ... Prints where each artefact is.",
     ),
-)  # fmt: skip
+)
 
 
 def _resolve(ref: str):
@@ -136,13 +156,24 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", dest="_verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="_command", metavar="COMMAND")
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=command.description, epilog=command.epilog,
-                           formatter_class=_Formatter)  # fmt: skip
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            epilog=command.epilog,
+            formatter_class=_Formatter,
+        )
         if command.name != chosen:
             continue
         # -v also after the command; counted on top of any given before it
-        p.add_argument("-v", "--verbose", dest="_verbose", action="count", default=argparse.SUPPRESS,
-                       help="more log output (-vv: debug)")  # fmt: skip
+        p.add_argument(
+            "-v",
+            "--verbose",
+            dest="_verbose",
+            action="count",
+            default=argparse.SUPPRESS,
+            help="more log output (-vv: debug)",
+        )
         if command.presets:
             names = importlib.import_module(command.presets).PRESETS
             p.add_argument(
@@ -151,9 +182,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
                 choices=names,
                 help="settings for a hardware class (under --config and flags)",
             )
-        p.add_argument(
-            "--config", dest="_config", metavar="YAML", help="settings file; flags given here override it"
-        )
+        p.add_argument("--config", dest="_config", metavar="YAML", help="settings file; flags given here override it")
         p.add_argument(
             "--print-config",
             dest="_print_config",
@@ -207,8 +236,12 @@ def _is_user_error(exc: Exception) -> bool:
     kinds: list[type] = [OSError, ValueError]
     # each error class comes from a module that raised it, so it is imported already; importing it here would
     # cost an error message torch's start-up
-    for module, name in (("cxrgen.readers.tables", "TableError"), ("cxrgen.tokens", "TokenizerError"),
-                         ("cxrgen.models", "ModelError"), ("cxrgen.evaluate.extractors", "ExtractorError")):  # fmt: skip
+    for module, name in (
+        ("cxrgen.readers.tables", "TableError"),
+        ("cxrgen.tokens", "TokenizerError"),
+        ("cxrgen.models", "ModelError"),
+        ("cxrgen.evaluate.extractors", "ExtractorError"),
+    ):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return isinstance(exc, tuple(kinds))

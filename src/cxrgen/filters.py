@@ -80,9 +80,7 @@ def seeded_rank(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\0{key}".encode()).digest()[:8], "big")
 
 
-def apply_filters(
-    records: list[Record], config: FilterConfig, seed: int
-) -> tuple[list[Record], list[Rejection]]:
+def apply_filters(records: list[Record], config: FilterConfig, seed: int) -> tuple[list[Record], list[Rejection]]:
     rejected: list[Rejection] = []
     checks = _field_checks(records, config)
     kept = []
@@ -107,9 +105,7 @@ def apply_filters(
         ]
         kept = [r for r in kept if r.id in chosen]
     if config.subset and len(kept) > config.subset:
-        chosen = {
-            r.id for r in sorted(kept, key=lambda r: seeded_rank(seed, r.order_key or r.id))[: config.subset]
-        }
+        chosen = {r.id for r in sorted(kept, key=lambda r: seeded_rank(seed, r.order_key or r.id))[: config.subset]}
         rejected += [
             Rejection(r.row, r.image, f"filter: outside the random subset of {config.subset}")
             for r in kept
@@ -130,13 +126,17 @@ def _field_checks(records: list[Record], config: FilterConfig):
         log.warning("no record has a %s: the %s filter is not applied", name, name)
         return False
 
-    def member(name: str, allowed: list[str] | None, normalize: Callable[[str], str | None],
-               keep_unknown: bool = False) -> None:  # fmt: skip
+    def member(
+        name: str, allowed: list[str] | None, normalize: Callable[[str], str | None], keep_unknown: bool = False
+    ) -> None:
         if allowed is None:
             return
         if keep_unknown and all(getattr(r, name) is None for r in records):
-            log.warning("no record has a view or projection: the %s filter could not apply and kept every image "
-                        "(give the table a view column, or check for laterals by eye)", name)  # fmt: skip
+            log.warning(
+                "no record has a view or projection: the %s filter could not apply and kept every image "
+                "(give the table a view column, or check for laterals by eye)",
+                name,
+            )
             return
         if not keep_unknown and name != "projection" and not known(name):
             return
@@ -149,11 +149,7 @@ def _field_checks(records: list[Record], config: FilterConfig):
                 hint = f" (the records have: {', '.join(sorted(spelled.values()))})"
             else:
                 close = difflib.get_close_matches(value, sorted(spelled), n=3, cutoff=0.3)
-                hint = (
-                    f" (the closest the records have: {', '.join(spelled[c] for c in close)})"
-                    if close
-                    else ""
-                )
+                hint = f" (the closest the records have: {', '.join(spelled[c] for c in close)})" if close else ""
             log.warning("filters: no record has the %s '%s'%s", name, value, hint)
 
         def check(r: Record) -> str | None:
@@ -164,9 +160,7 @@ def _field_checks(records: list[Record], config: FilterConfig):
 
         checks.append(check)
 
-    member(
-        "projection", config.projections, normalize_projection, keep_unknown=keeps_unknown_projections(config)
-    )
+    member("projection", config.projections, normalize_projection, keep_unknown=keeps_unknown_projections(config))
     member("view", config.views, normalize_view)
     member("modality", config.modalities, lambda m: normalize_modality(m) or m)
     member("sex", config.sexes, normalize_sex)
@@ -200,8 +194,7 @@ def _hits(r: Record, wanted: Wanted) -> list[str]:
     return [
         f.label
         for f in r.findings
-        if (sides := wanted.get(name_key(f.label))) is not None
-        and (None in sides or sides & set(f.locations))
+        if (sides := wanted.get(name_key(f.label))) is not None and (None in sides or sides & set(f.locations))
     ]
 
 
@@ -219,7 +212,8 @@ def _label_set(names: list[str], vocabulary: Vocabulary, option_name: str) -> Wa
             continue
         if resolved.how != "exact":
             side = f" at {resolved.side}" if resolved.side else ""
-            log.info("filters.%s: '%s' read as the label '%s'%s (%s)", option_name, name, resolved.name, side,
-                     resolved.how)  # fmt: skip
+            log.info(
+                "filters.%s: '%s' read as the label '%s'%s (%s)", option_name, name, resolved.name, side, resolved.how
+            )
         wanted.setdefault(name_key(resolved.name), set()).add(resolved.side)
     return wanted

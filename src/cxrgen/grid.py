@@ -40,8 +40,9 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def prompt_grid(rows: list[tuple[str, list[np.ndarray]]], column_labels: list[str], cell: int = 160,
-                label_width: int = 260) -> Image.Image:  # fmt: skip
+def prompt_grid(
+    rows: list[tuple[str, list[np.ndarray]]], column_labels: list[str], cell: int = 160, label_width: int = 260
+) -> Image.Image:
     """One row per prompt (its text wrapped on the left), one column per seed (labelled on top): the layout of
     the original paper's sample figures."""
     columns = max((len(images) for _, images in rows), default=1)
@@ -56,8 +57,6 @@ def prompt_grid(rows: list[tuple[str, list[np.ndarray]]], column_labels: list[st
         lines = textwrap.wrap(prompt, chars)[: cell // CAPTION_HEIGHT]
         draw.multiline_text((4, y + 4), "\n".join(lines), fill=0, spacing=2)
         for j, pixels in enumerate(images):
-            tile = (
-                Image.fromarray(_to_uint8(pixels)).convert("L").resize((cell, cell), Image.Resampling.LANCZOS)
-            )
+            tile = Image.fromarray(_to_uint8(pixels)).convert("L").resize((cell, cell), Image.Resampling.LANCZOS)
             sheet.paste(tile, (label_width + j * cell, y))
     return sheet

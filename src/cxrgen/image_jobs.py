@@ -177,9 +177,7 @@ def run_jobs(
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         # an executor, not a Pool: a worker killed by the OOM killer breaks it with an error, where a Pool waits
         # forever for the lost task
-        pool = ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(config, os.getpid())
-        )
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(config, os.getpid()))
         try:
             chunk = max(1, min(16, len(jobs) // (workers * 8)))
             for result in pool.map(run_job, by_id.values(), chunksize=chunk):

@@ -94,9 +94,7 @@ def load_components(config: ModelConfig, dtype: torch.dtype = torch.float32) -> 
     base = str(local) if local.exists() else config.base
     try:
         tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", revision=config.revision)
-        text_encoder = CLIPTextModel.from_pretrained(
-            base, subfolder="text_encoder", torch_dtype=dtype, **kwargs
-        )
+        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", torch_dtype=dtype, **kwargs)
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs)
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs)
         scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", revision=config.revision)
@@ -173,59 +171,107 @@ SCHEDULER_CONFIG = {
 
 SD15 = {
     "unet": dict(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=768, attention_head_dim=8,
+        cross_attention_dim=768,
+        attention_head_dim=8,
     ),
     "vae": dict(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=512,
         scaling_factor=0.18215,
     ),
     "text": dict(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, bos_token_id=49406, eos_token_id=49407,
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+        bos_token_id=49406,
+        eos_token_id=49407,
         pad_token_id=49407,
     ),
-}  # fmt: skip
+}
 
 TINY = {
     "unet": dict(
-        in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=4,
+        norm_num_groups=8,
     ),
     "vae": dict(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        norm_num_groups=8,
         scaling_factor=0.18215,
     ),
     "text": dict(
-        vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=64, bos_token_id=49406, eos_token_id=49407,
+        vocab_size=49408,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=64,
+        bos_token_id=49406,
+        eos_token_id=49407,
         pad_token_id=49407,
     ),
-}  # fmt: skip
+}
 
 
 # Tiny's widths with a third level: its 4x4 bottleneck sees the whole latent, so it can place a finding on the
 # side its prompt names (the learning benchmark), at about the tiny model's cost.
 SMALL = {
     "unet": dict(
-        in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 64),
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8,
+        cross_attention_dim=64,
+        attention_head_dim=4,
+        norm_num_groups=8,
     ),
     "vae": TINY["vae"],
     "text": TINY["text"],
-}  # fmt: skip
+}
 ARCHES = {"tiny": TINY, "small": SMALL, "sd15": SD15}
 
 
-def build_pipeline(arch: Literal["tiny", "small", "sd15"] = "tiny", image_size: int = 64, seed: int = 0,
-                   prediction_type: str = "epsilon") -> Any:  # fmt: skip
+def build_pipeline(
+    arch: Literal["tiny", "small", "sd15"] = "tiny",
+    image_size: int = 64,
+    seed: int = 0,
+    prediction_type: str = "epsilon",
+) -> Any:
     """A StableDiffusionPipeline with random weights and the exact CLIP tokenizer, built without downloads."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -238,13 +284,17 @@ def build_pipeline(arch: Literal["tiny", "small", "sd15"] = "tiny", image_size: 
     unet = UNet2DConditionModel(**{**spec["unet"], "sample_size": image_size // vae_factor})
     vae = AutoencoderKL(**{**spec["vae"], "sample_size": image_size})
     text_encoder = CLIPTextModel(CLIPTextConfig(**spec["text"]))
-    scheduler = PNDMScheduler.from_config(
-        {**SCHEDULER_CONFIG, "prediction_type": prediction_type}
-    )  # as SD 1.5 ships
+    scheduler = PNDMScheduler.from_config({**SCHEDULER_CONFIG, "prediction_type": prediction_type})  # as SD 1.5 ships
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 @dataclass
@@ -294,16 +344,17 @@ def make_random_lora(
 
     def layers(module: Any, targets: list[str]) -> dict[str, torch.Tensor]:
         module.add_adapter(LoraConfig(r=rank, target_modules=targets))
-        state = convert_state_dict_to_diffusers(
-            get_peft_model_state_dict(module, save_embedding_layers=False)
-        )
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module, save_embedding_layers=False))
         return {key: torch.randn(value.shape, generator=generator) * scale for key, value in state.items()}
 
     StableDiffusionPipeline.save_lora_weights(
-        out, unet_lora_layers=layers(m.unet, ["to_q", "to_k", "to_v", "to_out.0"]),
-        text_encoder_lora_layers=layers(m.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"]) if text_encoder else None,
+        out,
+        unet_lora_layers=layers(m.unet, ["to_q", "to_k", "to_v", "to_out.0"]),
+        text_encoder_lora_layers=layers(m.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"])
+        if text_encoder
+        else None,
         safe_serialization=True,
-    )  # fmt: skip
+    )
     return Path(out) / "pytorch_lora_weights.safetensors"
 
 

@@ -49,9 +49,7 @@ SOURCE_INDEX = "source_index.csv"
 class PrepareConfig:
     source: SourceKind = option(help="release format: padchest, mimic, chexpert or folder")
     out: str = option(help="output folder of the prepared dataset")
-    csv: str | None = option(
-        None, "the release's main table: PadChest CSV(.gz), MIMIC metadata CSV or CheXpert CSV"
-    )
+    csv: str | None = option(None, "the release's main table: PadChest CSV(.gz), MIMIC metadata CSV or CheXpert CSV")
     images: str | None = option(
         None, "images root (PadChest: the folder holding 0..54/; MIMIC: the folder holding files/)"
     )
@@ -63,18 +61,12 @@ class PrepareConfig:
     uncertain: Literal["ignore", "positive"] = option(
         "ignore", "MIMIC/CheXpert uncertain (-1) labels: ignore or positive"
     )
-    report_section: Literal["impression", "findings"] = option(
-        "impression", "MIMIC report section used as caption"
-    )
+    report_section: Literal["impression", "findings"] = option("impression", "MIMIC report section used as caption")
     seed: int = option(0, "seed for splits, subsets and per-patient choices")
     workers: int = option(0, "image worker processes (0: all cores)")
-    shard: str | None = option(
-        None, "convert only shard i of n ('i/n', 0-based); run once more without it to finish"
-    )
+    shard: str | None = option(None, "convert only shard i of n ('i/n', 0-based); run once more without it to finish")
     metadata_only: bool = option(False, "write metadata and prompts without reading images")
-    patient_key_salt: str | None = option(
-        None, "secret for patient keys (else kept in <out>/.patient_key_salt)"
-    )
+    patient_key_salt: str | None = option(None, "secret for patient keys (else kept in <out>/.patient_key_salt)")
     filters: FilterConfig = option(factory=FilterConfig, help="record filters")
     prompts: PromptConfig = option(factory=PromptConfig, help="prompt building")
     image: ImageConfig = option(factory=ImageConfig, help="image conversion")
@@ -157,14 +149,20 @@ def _run_prepare(config: PrepareConfig) -> PrepareResult:
     keyer = PatientKeyer.for_output(out, config.patient_key_salt)
 
     read = read_source(
-        config.source, keyer, csv=config.csv, images=config.images, labels_csv=config.labels_csv,
-        split_csv=config.split_csv, sections_csv=config.sections_csv, patients_csv=config.patients_csv,
-        captions=config.captions, uncertain=config.uncertain, report_section=config.report_section,
-    )  # fmt: skip
-    timing["read_s"] = time.perf_counter() - clock
-    log.info(
-        "read %d rows: %d records, %d rejected", read.stats["rows"], len(read.records), len(read.rejections)
+        config.source,
+        keyer,
+        csv=config.csv,
+        images=config.images,
+        labels_csv=config.labels_csv,
+        split_csv=config.split_csv,
+        sections_csv=config.sections_csv,
+        patients_csv=config.patients_csv,
+        captions=config.captions,
+        uncertain=config.uncertain,
+        report_section=config.report_section,
     )
+    timing["read_s"] = time.perf_counter() - clock
+    log.info("read %d rows: %d records, %d rejected", read.stats["rows"], len(read.records), len(read.rejections))
     if not read.stats["rows"]:
         raise TableError(f"{_input_name(config)} has no data rows: nothing to prepare")
     spellings = unify_spellings(read.records)
@@ -179,8 +177,7 @@ def _run_prepare(config: PrepareConfig) -> PrepareResult:
     if empty:  # e.g. the caption level on records without a caption
         kept = [r for r in kept if prompts[r.id].text]
         filtered += [
-            Rejection(r.row, r.image, f"prompt: empty with template {config.prompts.template_text!r}")
-            for r in empty
+            Rejection(r.row, r.image, f"prompt: empty with template {config.prompts.template_text!r}") for r in empty
         ]
     timing["filter_prompt_s"] = time.perf_counter() - clock
     kept, escaped = _reject_escaping_paths(kept)
@@ -198,15 +195,11 @@ def _run_prepare(config: PrepareConfig) -> PrepareResult:
                 "rejected": sum(r.status != "ok" for r in results.values()),
             }
             write_json(out / "shards" / f"{shard_i}-of-{shard_n}.json", summary | {"timing": timing})
-            log.info(
-                "shard %s done; run the same command without --shard to write the metadata", config.shard
-            )
+            log.info("shard %s done; run the same command without --shard to write the metadata", config.shard)
             return PrepareResult(out, summary, finished=False)
 
     clock = time.perf_counter()
-    summary = _finish(
-        config, out, read, kept, rejections, split_of, prompts, results, builder, timing, spellings
-    )
+    summary = _finish(config, out, read, kept, rejections, split_of, prompts, results, builder, timing, spellings)
     summary["timing"]["write_s"] = round(time.perf_counter() - clock, 2)  # the copy that is written
     write_json(out / "prepare.json", summary)
     return PrepareResult(out, summary, finished=True)
@@ -242,14 +235,16 @@ def _convert_images(config, out, kept, split_of, shard_i, shard_n) -> dict[str, 
             continue
         source = resolve_image(root, r.image)
         if source is None:
-            linked_out[r.id] = JobResult(
-                r.id, digest, "rejected", "path: escapes the images root through a link"
-            )
+            linked_out[r.id] = JobResult(r.id, digest, "rejected", "path: escapes the images root through a link")
             continue
         jobs.append(Job(r.id, str(source), str(out / split_of[r.id] / image_file(r.id))))
         retries += previous is not None and previous.status == "failed"
-    log.info("images: %d to convert, %d to try again (missing or undecodable last time), %d already done",
-             len(jobs) - retries, retries, len(done) - retries)  # fmt: skip
+    log.info(
+        "images: %d to convert, %d to try again (missing or undecodable last time), %d already done",
+        len(jobs) - retries,
+        retries,
+        len(done) - retries,
+    )
     remove_stale_temps(job.target for job in jobs)
     journal = out / JOURNAL_DIR / (f"shard-{shard_i}-of-{shard_n}.jsonl" if shard_n > 1 else "main.jsonl")
     workers = config.workers or os.cpu_count() or 1
@@ -330,13 +325,13 @@ def _finish(
         if rows[split] or (out / split / "metadata.jsonl").exists():
             write_jsonl(out / split / "metadata.jsonl", rows[split])
     rejections.sort(key=lambda x: (x.row if x.row is not None else -1, x.path))
+    write_csv(out / "rejected.csv", ["row", "path", "reason"], ((x.row, x.path, x.reason) for x in rejections))
     write_csv(
-        out / "rejected.csv", ["row", "path", "reason"], ((x.row, x.path, x.reason) for x in rejections)
+        out / SOURCE_INDEX,
+        ["id", "split", "file_name", "source_row", "source_path"],
+        sorted((r.id, split_of[r.id], image_file(r.id), r.row, r.image) for r in final),
+        private=True,
     )
-    write_csv(
-        out / SOURCE_INDEX, ["id", "split", "file_name", "source_row", "source_path"],
-        sorted((r.id, split_of[r.id], image_file(r.id), r.row, r.image) for r in final), private=True,
-    )  # fmt: skip
     sheets = [] if config.metadata_only else _contact_sheets(config, out, rows, qc_rejected, split_of)
     vocabulary = _vocabulary(final, split_of, spellings)
     return _summary(config, read, final, rejections, rows, prompts, builder, timing, sheets, vocabulary)
@@ -384,17 +379,14 @@ def _contact_sheets(config, out, rows, qc_rejected, split_of) -> list[str]:
         made.append(str(contact_sheet(tiles, out / "contact_sheets" / "kept.png")))
     qc_rejected = sorted(qc_rejected, key=lambda rf: seeded_rank(config.seed, rf[0].id))[:n]
     tiles = [
-        (np.asarray(Image.open(out / REJECTED_DIR / image_file(r.id))), flag.split(" ")[0])
-        for r, flag in qc_rejected
+        (np.asarray(Image.open(out / REJECTED_DIR / image_file(r.id))), flag.split(" ")[0]) for r, flag in qc_rejected
     ]
     if tiles:
         made.append(str(contact_sheet(tiles, out / "contact_sheets" / "rejected.png")))
     return made
 
 
-def _summary(
-    config, read, final, rejections, rows, prompts, builder, timing, sheets, vocabulary
-) -> dict[str, Any]:
+def _summary(config, read, final, rejections, rows, prompts, builder, timing, sheets, vocabulary) -> dict[str, Any]:
     by_category = Counter(x.reason.split(":", 1)[0] for x in rejections)
     by_reason = Counter(re.sub(r"\s*\(.*", "", x.reason) for x in rejections)
     kept_prompts = [prompts[r.id] for r in final]
@@ -420,8 +412,7 @@ def _summary(
         "rejected_by_reason": dict(by_reason.most_common(25)),
         "reader": dict(read.stats),
         "splits": {
-            s: {"images": len(rows[s]), "patients": len({x["patient_key"] or x["id"] for x in rows[s]})}
-            for s in SPLITS
+            s: {"images": len(rows[s]), "patients": len({x["patient_key"] or x["id"] for x in rows[s]})} for s in SPLITS
         },
         "labels": dict(Counter(label for r in final for label in r.labels).most_common(40)),
         "label_audit": label_audit(
@@ -453,9 +444,7 @@ def _unknown_projections(rows: dict[str, list[dict[str, Any]]], filters: FilterC
     100; source_index.csv leads back to their source)."""
     if not keeps_unknown_projections(filters):
         return {"images": 0, "files": []}
-    files = [
-        f"{split}/{row['file_name']}" for split in SPLITS for row in rows[split] if row["projection"] is None
-    ]
+    files = [f"{split}/{row['file_name']}" for split in SPLITS for row in rows[split] if row["projection"] is None]
     return {"images": len(files), "files": files[:100]}
 
 
@@ -469,21 +458,21 @@ def _left_out_of_prompts(final: list[Record], prompts: list[Prompt]) -> dict[str
 def print_summary(result: PrepareResult) -> None:
     s = result.summary
     if not result.finished:
-        print(
-            f"shard {s['shard']}: {s['images']} images processed ({s['rejected']} rejected) in {result.out}"
-        )
+        print(f"shard {s['shard']}: {s['images']} images processed ({s['rejected']} rejected) in {result.out}")
         print("when every shard is done, run the same command without --shard to write the metadata")
         return
     print(f"prepared {s['kept']:,} of {s['rows_read']:,} rows into {result.out}")
     if s["kept"] == 0 and s["rejected_by_reason"]:
         reason, count = next(iter(s["rejected_by_reason"].items()))
         print(
-            f"  nothing was kept: the commonest reason is '{reason}' ({count:,} rows); see the --filters.* and --qc.* settings"
+            f"  nothing was kept: the commonest reason is '{reason}' ({count:,} rows); "
+            "see the --filters.* and --qc.* settings"
         )
     for split, v in s["splits"].items():
         if v["images"]:
             print(
-                f"  {split:5s} {v['images']:>8,} images  {v['patients']:>7,} patients  {result.out / split / 'metadata.jsonl'}"
+                f"  {split:5s} {v['images']:>8,} images  {v['patients']:>7,} patients  "
+                f"{result.out / split / 'metadata.jsonl'}"
             )
     if s["rejected"]:
         top = ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_category"].items())
@@ -497,18 +486,24 @@ def print_summary(result: PrepareResult) -> None:
     if s["kept"]:
         print(f"  {audit_line(s['label_audit'])}")
         vocab = s["vocabulary"]
-        print(f"  vocabulary: {len(vocab['labels']):,} labels, {len(vocab['locations']):,} locations "
-              f"(cxrgen vocab {result.out})")  # fmt: skip
+        print(
+            f"  vocabulary: {len(vocab['labels']):,} labels, {len(vocab['locations']):,} locations "
+            f"(cxrgen vocab {result.out})"
+        )
     unknown = s["unknown_projection_kept"]
     if unknown["images"]:
         shown = ", ".join(unknown["files"][:3]) + (", ..." if unknown["images"] > 3 else "")
-        print(f"  {unknown['images']:,} images of unknown view and projection kept ({shown}; all in prepare.json): the "
-              "frontal filter could not check them (--filters.strict-projection drops them)")  # fmt: skip
+        print(
+            f"  {unknown['images']:,} images of unknown view and projection kept ({shown}; all in prepare.json): the "
+            "frontal filter could not check them (--filters.strict-projection drops them)"
+        )
     for sheet in s["contact_sheets"]:
         print(f"  contact sheet: {sheet}")
     print(f"  summary: {result.out / 'prepare.json'}")
-    print(f"  local only, do not share: {result.out / SOURCE_INDEX} (each id's source row and path), "
-          f"{result.out / '.patient_key_salt'}")  # fmt: skip
+    print(
+        f"  local only, do not share: {result.out / SOURCE_INDEX} (each id's source row and path), "
+        f"{result.out / '.patient_key_salt'}"
+    )
 
 
 def main(config: PrepareConfig) -> int:

@@ -40,9 +40,7 @@ PseudoLabels = Literal["normal-studies", "keep", "drop"]
 
 @dataclass
 class PromptConfig:
-    level: Level = option(
-        "full", "prompt detail: simple, demographic, full (the original paper's format) or caption"
-    )
+    level: Level = option("full", "prompt detail: simple, demographic, full (the original paper's format) or caption")
     template: str | None = option(
         None, "a template overriding level, e.g. 'chest x-ray, [age {age}] [{sex}], {findings}'"
     )
@@ -118,9 +116,7 @@ def parse_template(template: str) -> Template:
 
 
 def _split_top_level(template: str) -> list[str]:
-    unknown = [
-        m.group(0) for m in re.finditer(r"\{[^{}]*\}|[{}]", template) if not _FIELD.fullmatch(m.group(0))
-    ]
+    unknown = [m.group(0) for m in re.finditer(r"\{[^{}]*\}|[{}]", template) if not _FIELD.fullmatch(m.group(0))]
     if unknown:
         raise ConfigError(f"prompt template {template!r}: {unknown[0]} is not a plain {{field}}")
     out, depth, current = [], 0, []
@@ -266,9 +262,7 @@ class PromptBuilder:
                 if (work.estimate <= budget or not estimated) and self._accept(work, c, prompt):
                     return
         self._accept(work, c, prompt)
-        self._truncate(
-            prompt, render_parts(self.template, dataclasses.replace(c, findings=work.findings())), c
-        )
+        self._truncate(prompt, render_parts(self.template, dataclasses.replace(c, findings=work.findings())), c)
 
     def _accept(self, work: _Shortening, c: Conditions, prompt: Prompt) -> bool:
         """Render the shortened findings and count exactly (the running estimate assumes the last part's

@@ -16,9 +16,7 @@ from .imaging import ImageStats
 class QCConfig:
     min_side: int = option(256, "flag images whose shorter side is below this many pixels")
     min_contrast: float = option(0.05, "flag when (p99 - p1) is below this share of the value range")
-    max_saturated: float = option(
-        0.25, "flag when more than this share of pixels sits at the top of the range"
-    )
+    max_saturated: float = option(0.25, "flag when more than this share of pixels sits at the top of the range")
     max_border: float = option(0.5, "flag when black borders cover more than this share of the area")
     min_std: float = option(0.005, "flag as near constant when the standard deviation is below this share")
     reject: bool = option(True, "drop flagged images (else keep them and list their flags in the metadata)")
@@ -45,8 +43,6 @@ def qc_flags(stats: ImageStats, config: QCConfig) -> list[str]:
     return flags
 
 
-def contact_sheet(
-    images: list[tuple[np.ndarray, str]], path: Path, thumb: int = 160, columns: int = 8
-) -> Path:
+def contact_sheet(images: list[tuple[np.ndarray, str]], path: Path, thumb: int = 160, columns: int = 8) -> Path:
     """A grid of thumbnails, each captioned (e.g. with its rejection reason), saved as PNG."""
     return save_grid(images, path, columns, thumb)

@@ -32,24 +32,64 @@ PLACEHOLDERS = frozenset(
 )
 # ViewPosition spellings that mean the same view ("AP Supine": an AP view taken lying down).
 _VIEW_ALIASES = {
-    "POSTEROANTERIOR": "PA", "ANTEROPOSTERIOR": "AP", "LATERAL": "LATERAL", "LAT": "LATERAL", "L": "LATERAL",
-    "AP SUPINE": "AP", "SUPINE AP": "AP", "AP ERECT": "AP", "AP SEMI ERECT": "AP", "AP SEMI-ERECT": "AP",
-    "AP UPRIGHT": "AP", "PA ERECT": "PA", "PA UPRIGHT": "PA",
+    "POSTEROANTERIOR": "PA",
+    "ANTEROPOSTERIOR": "AP",
+    "LATERAL": "LATERAL",
+    "LAT": "LATERAL",
+    "L": "LATERAL",
+    "AP SUPINE": "AP",
+    "SUPINE AP": "AP",
+    "AP ERECT": "AP",
+    "AP SEMI ERECT": "AP",
+    "AP SEMI-ERECT": "AP",
+    "AP UPRIGHT": "AP",
+    "PA ERECT": "PA",
+    "PA UPRIGHT": "PA",
     # DICOM's View Code Sequence meanings (MIMIC's ViewCodeSequence_CodeMeaning)
-    "POSTERO-ANTERIOR": "PA", "ANTERO-POSTERIOR": "AP", "LEFT LATERAL": "LL", "RIGHT LATERAL": "RL",
-}  # fmt: skip
+    "POSTERO-ANTERIOR": "PA",
+    "ANTERO-POSTERIOR": "AP",
+    "LEFT LATERAL": "LL",
+    "RIGHT LATERAL": "RL",
+}
 # View codes a prompt states: DICOM's ViewPosition terms, MIMIC's, PadChest's OBLICUA. Others (PadChest's
 # GENERICA, "generic") are kept in the metadata but say nothing about the image, so prompts leave them out.
 KNOWN_VIEWS = frozenset(
-    {"PA", "AP", "LATERAL", "LL", "RL", "LLD", "RLD", "LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "OBLICUA",
-     "AP AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "XTABLE LATERAL", "SWIMMERS"}
-)  # fmt: skip
+    {
+        "PA",
+        "AP",
+        "LATERAL",
+        "LL",
+        "RL",
+        "LLD",
+        "RLD",
+        "LLO",
+        "RLO",
+        "LAO",
+        "RAO",
+        "LPO",
+        "RPO",
+        "OBLICUA",
+        "AP AXIAL",
+        "AP LLD",
+        "AP RLD",
+        "PA LLD",
+        "PA RLD",
+        "XTABLE LATERAL",
+        "SWIMMERS",
+    }
+)
 # Projections in PadChest's reviewed vocabulary; other sources' projections and views are mapped onto it (a view
 # through _VIEW_ALIASES first, so both read every spelling alike).
 _PADCHEST_PROJECTIONS = {
-    "PA": "PA", "AP": "AP", "AP_HORIZONTAL": "AP_horizontal", "AP HORIZONTAL": "AP_horizontal", "L": "L",
-    "COSTAL": "COSTAL", "EXCLUDE": "EXCLUDE", "UNK": "UNK",
-}  # fmt: skip
+    "PA": "PA",
+    "AP": "AP",
+    "AP_HORIZONTAL": "AP_horizontal",
+    "AP HORIZONTAL": "AP_horizontal",
+    "L": "L",
+    "COSTAL": "COSTAL",
+    "EXCLUDE": "EXCLUDE",
+    "UNK": "UNK",
+}
 _SUPINE_VIEWS = frozenset({"AP SUPINE", "SUPINE AP"})  # an AP view taken lying down: PadChest's AP_horizontal
 _VIEW_PROJECTIONS = {"PA": "PA", "AP": "AP", "LATERAL": "L", "LL": "L", "RL": "L", "XTABLE LATERAL": "L"}
 # Modalities: spellings of the DICOM codes, and the ones that are not a plain radiograph.
@@ -109,9 +149,7 @@ def merge_repeats(findings: list[Finding]) -> tuple[list[Finding], bool]:
     for f in findings:
         k = name_key(f.label)
         first = merged.get(k)
-        merged[k] = (
-            f if first is None else Finding(first.label, tuple(dict.fromkeys(first.locations + f.locations)))
-        )
+        merged[k] = f if first is None else Finding(first.label, tuple(dict.fromkeys(first.locations + f.locations)))
     return list(merged.values()), len(merged) != len(findings)
 
 
@@ -134,8 +172,14 @@ class Conditions:
 
     def structured(self) -> dict[str, Any]:
         """The conditions as the structured labels a metadata row stores."""
-        return {"age": self.age, "sex": self.sex, "view": self.view, "projection": self.projection,
-                "modality": self.modality, "findings": [f.to_json() for f in self.findings]}  # fmt: skip
+        return {
+            "age": self.age,
+            "sex": self.sex,
+            "view": self.view,
+            "projection": self.projection,
+            "modality": self.modality,
+            "findings": [f.to_json() for f in self.findings],
+        }
 
     @property
     def is_normal(self) -> bool:

@@ -33,10 +33,15 @@ def make_pipeline(
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
         scheduler=make_scheduler(sampler, scheduler_config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -58,8 +63,15 @@ def sample_images(
 
     With long prompts, prompts of different window counts are sampled apart: padding a shorter prompt with empty
     windows would change its conditioning, and the image would differ from the one `generate` makes."""
-    settings = dict(steps=steps, guidance=guidance, negative_prompt=negative_prompt, long_prompts=long_prompts,
-                    size=size, autocast_dtype=autocast_dtype, grayscale=grayscale)  # fmt: skip
+    settings = dict(
+        steps=steps,
+        guidance=guidance,
+        negative_prompt=negative_prompt,
+        long_prompts=long_prompts,
+        size=size,
+        autocast_dtype=autocast_dtype,
+        grayscale=grayscale,
+    )
     if long_prompts:
         groups: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
@@ -78,14 +90,18 @@ def sample_images(
         windows = token_windows(pipe.tokenizer, prompts, long_prompts, negative.shape[1])
     embeds, negative = (encode_windows(pipe.text_encoder, w) for w in (windows, negative))
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    context = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    )
+    context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with context:
         out = pipe(
-            prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=steps, guidance_scale=guidance,
-            generator=generators, height=size, width=size, output_type="np",
-        ).images  # fmt: skip
+            prompt_embeds=embeds,
+            negative_prompt_embeds=negative,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            height=size,
+            width=size,
+            output_type="np",
+        ).images
     out = np.asarray(out, dtype=np.float32)
     return out.mean(axis=-1) if grayscale else out
 

@@ -49,17 +49,13 @@ def assign_splits(records: list[Record], config: SplitConfig, seed: int) -> dict
     when a split with a non-zero share comes out empty."""
     missing = sum(r.split_key is None and r.patient_key is None for r in records)
     if missing:
-        log.warning(
-            "%d of %d records have no patient id: they are split image by image", missing, len(records)
-        )
+        log.warning("%d of %d records have no patient id: they are split image by image", missing, len(records))
     official = _official_by_patient(records) if config.official else {}
     splits = {r.id: official.get(_patient(r)) or assign_split(r, config, seed) for r in records}
     sizes = Counter(splits.values())
     for name in SPLITS:
         if getattr(config, name) > 0 and records and sizes[name] == 0:
-            log.warning(
-                "split '%s' is empty (%d records in all): too few patients for its share", name, len(records)
-            )
+            log.warning("split '%s' is empty (%d records in all): too few patients for its share", name, len(records))
     return splits
 
 
@@ -72,6 +68,9 @@ def _official_by_patient(records: list[Record]) -> dict[str, str]:
             listed.setdefault(_patient(r), set()).add(r.official_split)
     conflicts = sum(len(names) > 1 for names in listed.values())
     if conflicts:
-        log.warning("%d patient(s) have images in several official splits: each goes to the most held-out of them "
-                    "(test, then val)", conflicts)  # fmt: skip
+        log.warning(
+            "%d patient(s) have images in several official splits: each goes to the most held-out of them "
+            "(test, then val)",
+            conflicts,
+        )
     return {key: next(s for s in ("test", "val", "train") if s in names) for key, names in listed.items()}

@@ -45,9 +45,7 @@ def window_ids(tokenizer: Any, chunk: list[int]) -> list[int]:
     return ids + [tokenizer.pad_token_id] * (length - len(ids))
 
 
-def token_windows(
-    tokenizer: Any, prompts: list[str], long: bool = False, min_chunks: int = 1
-) -> torch.Tensor:
+def token_windows(tokenizer: Any, prompts: list[str], long: bool = False, min_chunks: int = 1) -> torch.Tensor:
     """(batch, chunks, 77) token ids; prompts with fewer chunks are padded with empty windows."""
     chunked = [chunk_token_ids(tokenizer, p, long) for p in prompts]
     n = max(min_chunks, max((len(c) for c in chunked), default=1))

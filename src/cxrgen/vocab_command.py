@@ -22,9 +22,7 @@ class VocabConfig:
 
     def __post_init__(self) -> None:
         if not Path(self.dataset).is_dir():
-            raise ConfigError(
-                f"{self.dataset} is not a folder: give a prepared dataset (cxrgen prepare --out)"
-            )
+            raise ConfigError(f"{self.dataset} is not a folder: give a prepared dataset (cxrgen prepare --out)")
         if self.top < 0:
             raise ConfigError(f"--top must be 0 (all) or more, not {self.top}")
 
@@ -38,10 +36,14 @@ def run_vocab(config: VocabConfig) -> int:
         return 0
     if config.name:
         return _read_names(vocabulary, config.name)
-    splits = sorted({s for t in [*vocabulary.labels.values(), *vocabulary.locations.values()] for s in t.counts},
-                    key=lambda s: (["train", "val", "test"] + [s]).index(s))  # fmt: skip
-    print(f"{config.dataset}: {len(vocabulary.labels):,} labels, {len(vocabulary.locations):,} locations "
-          "(images that state each, per split)")  # fmt: skip
+    splits = sorted(
+        {s for t in [*vocabulary.labels.values(), *vocabulary.locations.values()] for s in t.counts},
+        key=lambda s: (["train", "val", "test"] + [s]).index(s),
+    )
+    print(
+        f"{config.dataset}: {len(vocabulary.labels):,} labels, {len(vocabulary.locations):,} locations "
+        "(images that state each, per split)"
+    )
     for kind in ("labels", "locations"):
         if config.kind in (kind, "all"):
             _table(kind, getattr(vocabulary, kind), splits, config.top)

@@ -27,10 +27,15 @@ SIDE_LOCATIONS = {"right": "right", "left": "left", "both": "bilateral"}
 
 # Names other releases and users write for a label of the PadChest vocabulary (keys as `key` spells them)
 LABEL_SYNONYMS = {
-    **dict.fromkeys(NO_FINDING, "normal"), "effusion": "pleural effusion",
-    "infiltration": "infiltrates", "edema": "pulmonary edema", "fibrosis": "pulmonary fibrosis",
-    "hiatus hernia": "hiatal hernia", "enlarged heart": "cardiomegaly", "pace maker": "pacemaker",
-}  # fmt: skip
+    **dict.fromkeys(NO_FINDING, "normal"),
+    "effusion": "pleural effusion",
+    "infiltration": "infiltrates",
+    "edema": "pulmonary edema",
+    "fibrosis": "pulmonary fibrosis",
+    "hiatus hernia": "hiatal hernia",
+    "enlarged heart": "cardiomegaly",
+    "pace maker": "pacemaker",
+}
 LOCATION_SYNONYMS = {
     "both sides": "bilateral",
     "both": "bilateral",
@@ -76,8 +81,7 @@ def unify_spellings(records: Iterable[Conditions]) -> dict[str, list[str]]:
     if chosen:
         for r in records:
             r.findings = [
-                Finding(chosen.get(f.label, f.label), tuple(chosen.get(x, x) for x in f.locations))
-                for f in r.findings
+                Finding(chosen.get(f.label, f.label), tuple(chosen.get(x, x) for x in f.locations)) for f in r.findings
             ]
     return variants
 
@@ -187,18 +191,16 @@ class Vocabulary:
     def to_json(self) -> dict[str, Any]:
         def terms(table: dict[str, Term]) -> dict[str, Any]:
             ordered = sorted(table.items(), key=lambda kv: (-kv[1].total, kv[0]))
-            return {name: {"images": t.counts, **({"synonyms": t.synonyms} if t.synonyms else {})}
-                    for name, t in ordered}  # fmt: skip
+            return {
+                name: {"images": t.counts, **({"synonyms": t.synonyms} if t.synonyms else {})} for name, t in ordered
+            }
 
         return {"labels": terms(self.labels), "locations": terms(self.locations)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Vocabulary:
         def terms(table: dict[str, Any]) -> dict[str, Term]:
-            return {
-                name: Term(dict(v.get("images") or {}), list(v.get("synonyms") or []))
-                for name, v in table.items()
-            }
+            return {name: Term(dict(v.get("images") or {}), list(v.get("synonyms") or [])) for name, v in table.items()}
 
         return cls(terms(data.get("labels") or {}), terms(data.get("locations") or {}))
 
@@ -305,8 +307,5 @@ def load_vocabulary(dataset: str | Path) -> Vocabulary:
         data = json.loads(summary.read_text())
         if isinstance(data.get("vocabulary"), dict):
             return Vocabulary.from_json(data["vocabulary"])
-    rows = {
-        meta.parent.name: [row for _, row in read_jsonl(meta)]
-        for meta in sorted(dataset.glob("*/metadata.jsonl"))
-    }
+    rows = {meta.parent.name: [row for _, row in read_jsonl(meta)] for meta in sorted(dataset.glob("*/metadata.jsonl"))}
     return Vocabulary.from_rows(rows)

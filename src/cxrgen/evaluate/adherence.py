@@ -18,16 +18,32 @@ from ..vocabulary import standard_key
 # PadChest / CheXpert label -> torchxrayvision output; other names reach these by their standard names
 # (vocabulary.standard_key: "effusion", "Edema", "pleural effusion right side")
 LABEL_TO_OUTPUT = {
-    "pleural effusion": "Effusion", "cardiomegaly": "Cardiomegaly", "pneumothorax": "Pneumothorax",
-    "nodule": "Nodule", "multiple nodules": "Nodule", "mass": "Mass", "atelectasis": "Atelectasis",
-    "laminar atelectasis": "Atelectasis", "consolidation": "Consolidation", "pneumonia": "Pneumonia",
-    "pulmonary edema": "Edema", "emphysema": "Emphysema", "pulmonary fibrosis": "Fibrosis",
-    "hernia": "Hernia", "hiatal hernia": "Hernia", "infiltrates": "Infiltration",
-    "interstitial pattern": "Infiltration", "pleural thickening": "Pleural_Thickening",
-    "apical pleural thickening": "Pleural_Thickening", "fracture": "Fracture", "rib fracture": "Fracture",
-    "lung opacity": "Lung Opacity", "alveolar pattern": "Lung Opacity", "lung lesion": "Lung Lesion",
+    "pleural effusion": "Effusion",
+    "cardiomegaly": "Cardiomegaly",
+    "pneumothorax": "Pneumothorax",
+    "nodule": "Nodule",
+    "multiple nodules": "Nodule",
+    "mass": "Mass",
+    "atelectasis": "Atelectasis",
+    "laminar atelectasis": "Atelectasis",
+    "consolidation": "Consolidation",
+    "pneumonia": "Pneumonia",
+    "pulmonary edema": "Edema",
+    "emphysema": "Emphysema",
+    "pulmonary fibrosis": "Fibrosis",
+    "hernia": "Hernia",
+    "hiatal hernia": "Hernia",
+    "infiltrates": "Infiltration",
+    "interstitial pattern": "Infiltration",
+    "pleural thickening": "Pleural_Thickening",
+    "apical pleural thickening": "Pleural_Thickening",
+    "fracture": "Fracture",
+    "rib fracture": "Fracture",
+    "lung opacity": "Lung Opacity",
+    "alveolar pattern": "Lung Opacity",
+    "lung lesion": "Lung Lesion",
     "enlarged cardiomediastinum": "Enlarged Cardiomediastinum",
-}  # fmt: skip
+}
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -50,16 +66,23 @@ def _labels(row: dict[str, Any]) -> list[str]:
     return [f.label for f in findings_from_value(row.get("findings"))]
 
 
-def adherence(rows: list[dict[str, Any]], probabilities: np.ndarray, outputs: tuple[str, ...],
-              mapping: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+def adherence(
+    rows: list[dict[str, Any]],
+    probabilities: np.ndarray,
+    outputs: tuple[str, ...],
+    mapping: dict[str, str] | None = None,
+) -> dict[str, Any]:
     mapping = {_name(k): v for k, v in (mapping or LABEL_TO_OUTPUT).items() if v in outputs}
     requested = [{mapping.get(_name(label)) for label in _labels(row)} - {None} for row in rows]
     per_output = {}
     for k, name in enumerate(outputs):
         labels = np.array([name in r for r in requested])
         if labels.any():
-            per_output[name] = {"auroc": auroc(labels, probabilities[:, k]), "positives": int(labels.sum()),
-                                "negatives": int((~labels).sum())}  # fmt: skip
+            per_output[name] = {
+                "auroc": auroc(labels, probabilities[:, k]),
+                "positives": int(labels.sum()),
+                "negatives": int((~labels).sum()),
+            }
     result: dict[str, Any] = {"per_finding": per_output}
     valid = [v["auroc"] for v in per_output.values() if v["auroc"] is not None]
     result["mean_auroc"] = float(np.mean(valid)) if valid else None

@@ -35,9 +35,7 @@ class EvaluateConfig:
     real_split: str = option("test", "split of --real")
     generated_split: str = option("train", "split of --generated")
     train_split: str = option("train", "split of --train")
-    extractors: list[str] = option(
-        ["inception"], "feature extractors: inception, xrv, torchvision:<arch>, timm:<arch>"
-    )
+    extractors: list[str] = option(["inception"], "feature extractors: inception, xrv, torchvision:<arch>, timm:<arch>")
     weights: list[str] = option([], "weights per extractor, 'name=PATH' (or name=random for smoke tests)")
     allow_pickle: bool = option(
         False, "load pickled classifier weights (torchxrayvision .pt files): only files you trust"
@@ -96,9 +94,12 @@ def fidelity_metrics(c: EvaluateConfig, real_f: np.ndarray, gen_f: np.ndarray) -
     rounds = c.bootstrap
     kid = fidelity.bootstrap(  # resamples use a fifth of the subsets: the interval needs spread, not precision
         lambda a, b: fidelity.kid(a, b, max(5, c.kid_subsets // 5), c.kid_subset_size, c.seed),
-        real_f, gen_f, rounds, c.seed,
+        real_f,
+        gen_f,
+        rounds,
+        c.seed,
         value=fidelity.kid(real_f, gen_f, c.kid_subsets, c.kid_subset_size, c.seed),
-    )  # fmt: skip
+    )
     result = {
         "fid": fidelity.bootstrap(fidelity.fid, real_f, gen_f, rounds, c.seed, floor=0.0),
         "kid": kid,
@@ -126,17 +127,23 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
         every = open_set(c.train, c.train_split, "train")
         train = _subsample(every, c.max_train_images, c.seed)
         if len(train) < len(every):
-            log.warning("memorization: compared with %d of the %d training images, chosen at random; a copy of "
-                        "any other goes unseen", len(train), len(every))  # fmt: skip
+            log.warning(
+                "memorization: compared with %d of the %d training images, chosen at random; a copy of "
+                "any other goes unseen",
+                len(train),
+                len(every),
+            )
     sets = {"real": real, "generated": generated, **({"train": train} if train else {})}
     for images in (real, generated):
         if len(images) < 2:  # a covariance needs two
             raise ImageSetError(f"{images.name}: FID and KID need at least 2 images, {images.root} has 1")
     metrics: dict[str, Any] = {
-        **provenance(), "config": to_dict(c),
+        **provenance(),
+        "config": to_dict(c),
         "sets": {k: {"folder": str(v.root), "images": len(v), "sizes": _sizes(v)} for k, v in sets.items()},
-        "fidelity": {}, "extractors": [],
-    }  # fmt: skip
+        "fidelity": {},
+        "extractors": [],
+    }
     if len({tuple(v["sizes"]) for v in metrics["sets"].values()}) > 1:
         log.info("the sets have different image sizes; every extractor resizes to its own input size")
     weights = weights_map(c.weights)
@@ -150,9 +157,7 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
             features[ex.name][name], s = extract(images, ex, c.cache_dir, c.batch_size, device)
             if name == "generated":
                 scores[ex.name] = s
-        metrics["fidelity"][ex.name] = fidelity_metrics(
-            c, features[ex.name]["real"], features[ex.name]["generated"]
-        )
+        metrics["fidelity"][ex.name] = fidelity_metrics(c, features[ex.name]["real"], features[ex.name]["generated"])
         if ex.random:
             metrics["fidelity"][ex.name]["note"] = "random weights: a smoke test, not a measurement"
     metrics["diversity"] = {
@@ -162,8 +167,14 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
     }
     if train is not None:
         primary = _primary(extractors)
-        mem = check(generated, train, features[primary.name]["generated"], features[primary.name]["train"],
-                    margin=c.memorization_margin, seed=c.seed)  # fmt: skip
+        mem = check(
+            generated,
+            train,
+            features[primary.name]["generated"],
+            features[primary.name]["train"],
+            margin=c.memorization_margin,
+            seed=c.seed,
+        )
         metrics["memorization"] = {"extractor": primary.identity, **mem.summary(generated, train)}
     classifier = next((ex for ex in extractors if ex.outputs), None)
     if classifier is not None and not generated.rows:
@@ -178,8 +189,17 @@ def run_evaluate(c: EvaluateConfig) -> dict[str, Any]:
     if c.forgetting:
         from .forgetting import forgetting
 
-        metrics["forgetting"] = forgetting(c.run, out / "forgetting", _primary(extractors), c.forgetting_images,
-                                           c.forgetting_steps, c.seed, c.cache_dir, c.batch_size, device)  # fmt: skip
+        metrics["forgetting"] = forgetting(
+            c.run,
+            out / "forgetting",
+            _primary(extractors),
+            c.forgetting_images,
+            c.forgetting_steps,
+            c.seed,
+            c.cache_dir,
+            c.batch_size,
+            device,
+        )
     if c.run:
         metrics["run"] = str(Path(c.run).resolve())
     metrics["seconds"] = round(time.perf_counter() - start, 1)
@@ -198,8 +218,10 @@ def main(c: EvaluateConfig) -> int:
     for name, f in metrics["fidelity"].items():
         fid, kid, prdc = f["fid"], f["kid"], f["prdc"]
         interval = f" [{fid['low']:.2f}, {fid['high']:.2f}]" if "low" in fid else ""
-        print(f"{name:12s} FID {fid['value']:.3f}{interval}  KID {kid['value']:.5f}  precision {prdc['precision']:.3f} "
-              f"recall {prdc['recall']:.3f} density {prdc['density']:.3f} coverage {prdc['coverage']:.3f}")  # fmt: skip
+        print(
+            f"{name:12s} FID {fid['value']:.3f}{interval}  KID {kid['value']:.5f}  precision {prdc['precision']:.3f} "
+            f"recall {prdc['recall']:.3f} density {prdc['density']:.3f} coverage {prdc['coverage']:.3f}"
+        )
     div = metrics["diversity"]
     if div["generated_within_prompt"]:
         print(f"MS-SSIM within prompt {div['generated_within_prompt']['mean']:.3f} (lower = more diverse)")
@@ -209,17 +231,20 @@ def main(c: EvaluateConfig) -> int:
     if "memorization" in metrics:
         m = metrics["memorization"]
         print(
-            f"memorization: {m['flagged']} of {metrics['sets']['generated']['images']} generated images flagged as likely copies "
+            f"memorization: {m['flagged']} of {metrics['sets']['generated']['images']} "
+            "generated images flagged as likely copies "
             f"of {m['train_images']} training images"
         )
     if "adherence" in metrics and metrics["adherence"]["mean_auroc"] is not None:
         print(
-            f"prompt adherence: mean AUROC {metrics['adherence']['mean_auroc']:.3f} over {len(metrics['adherence']['per_finding'])} findings"
+            f"prompt adherence: mean AUROC {metrics['adherence']['mean_auroc']:.3f} "
+            f"over {len(metrics['adherence']['per_finding'])} findings"
         )
     if "forgetting" in metrics:
         f = metrics["forgetting"]
         print(
-            f"forgetting: generic prompts {f['generic_feature_cosine']:.3f} cosine to the base model (control {f['control_feature_cosine']:.3f})"
+            f"forgetting: generic prompts {f['generic_feature_cosine']:.3f} cosine to the base model "
+            f"(control {f['control_feature_cosine']:.3f})"
         )
     print(f"  metrics: {out / 'metrics.json'} ({metrics['seconds']:.0f} s)")
     if c.report:

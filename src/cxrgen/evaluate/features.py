@@ -21,8 +21,14 @@ from .imagesets import ImageSet
 FEATURES_VERSION = 2
 
 
-def extract(images: ImageSet, extractor: Extractor, cache_dir: str | None, batch: int = 32,
-            device: str = "cpu", workers: int = 4) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+def extract(
+    images: ImageSet,
+    extractor: Extractor,
+    cache_dir: str | None,
+    batch: int = 32,
+    device: str = "cpu",
+    workers: int = 4,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(features (N, dim), classifier probabilities (N, outputs) or None), from the cache when present."""
     folder = cache_root(cache_dir) / "features"
     key = hashlib.sha256(json.dumps([FEATURES_VERSION, extractor.identity, list(extractor.outputs)]).encode())
@@ -36,9 +42,7 @@ def extract(images: ImageSet, extractor: Extractor, cache_dir: str | None, batch
     if net is not None:
         net.to(device)
     feats, scores_list = [], []
-    bar = tqdm(
-        total=len(images), desc=f"{extractor.name} features ({images.name})", unit="img", dynamic_ncols=True
-    )
+    bar = tqdm(total=len(images), desc=f"{extractor.name} features ({images.name})", unit="img", dynamic_ncols=True)
     with ThreadPoolExecutor(workers) as pool, torch.no_grad():
         for chunk in _prepared_batches(pool, images, extractor, batch):
             f, s = extractor.forward(torch.stack(chunk).to(device))
@@ -55,8 +59,9 @@ def extract(images: ImageSet, extractor: Extractor, cache_dir: str | None, batch
     return features, scores
 
 
-def _prepared_batches(pool: ThreadPoolExecutor, images: ImageSet, extractor: Extractor,
-                      batch: int, ahead: int = 2) -> Iterator[list[torch.Tensor]]:  # fmt: skip
+def _prepared_batches(
+    pool: ThreadPoolExecutor, images: ImageSet, extractor: Extractor, batch: int, ahead: int = 2
+) -> Iterator[list[torch.Tensor]]:
     """Batches of prepared inputs, decoded on the pool at most `ahead` batches before the network needs them
     (not all at once: at 50,000 images that would hold tens of GB while the network catches up)."""
     pending: deque[list[Future]] = deque()

@@ -21,17 +21,12 @@ def fid(a: np.ndarray, b: np.ndarray) -> float:
 def frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
     """Tr((S_a S_b)^1/2) as the sum of square roots of the eigenvalues of S_a^1/2 S_b S_a^1/2 (symmetric, so
     stable where sqrtm of the product is not)."""
-    vals, vecs = np.linalg.eigh(
-        np.atleast_2d(cov_a)
-    )  # numpy's driver is ~4x faster than scipy's default here
+    vals, vecs = np.linalg.eigh(np.atleast_2d(cov_a))  # numpy's driver is ~4x faster than scipy's default here
     root_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
     middle = np.linalg.eigvalsh(root_a @ np.atleast_2d(cov_b) @ root_a)
     trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
     value = float(
-        ((mu_a - mu_b) ** 2).sum()
-        + np.trace(np.atleast_2d(cov_a))
-        + np.trace(np.atleast_2d(cov_b))
-        - 2 * trace_root
+        ((mu_a - mu_b) ** 2).sum() + np.trace(np.atleast_2d(cov_a)) + np.trace(np.atleast_2d(cov_b)) - 2 * trace_root
     )
     return max(value, 0.0)
 
@@ -55,9 +50,7 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     kxy = (x @ y.T / d + 1) ** 3
     m = len(x)
     return float(
-        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-        + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-        - 2 * kxy.mean()
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
     )
 
 
@@ -94,9 +87,16 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     }
 
 
-def bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray, rounds: int,
-              seed: int = 0, level: float = 0.95, floor: float | None = None,
-              value: float | None = None) -> dict[str, float]:  # fmt: skip
+def bootstrap(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    a: np.ndarray,
+    b: np.ndarray,
+    rounds: int,
+    seed: int = 0,
+    level: float = 0.95,
+    floor: float | None = None,
+    value: float | None = None,
+) -> dict[str, float]:
     """The metric on the full sets, with an interval from resampling both sets with replacement. Resamples repeat
     images, which inflates FID-like metrics (fewer distinct images), so the percentile interval is shifted by
     that bias, the draws' median minus the value, and centred where the value is. `value`: the figure to report
@@ -105,9 +105,7 @@ def bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, 
     if rounds <= 0:
         return {"value": value}
     rng = np.random.default_rng(seed)
-    draws = [
-        metric(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]) for _ in range(rounds)
-    ]
+    draws = [metric(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]) for _ in range(rounds)]
     bias = float(np.median(draws)) - value
     lo, hi = np.percentile(draws, [50 * (1 - level), 50 * (1 + level)]) - bias
     if floor is not None:  # e.g. FID, never negative

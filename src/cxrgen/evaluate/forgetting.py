@@ -31,17 +31,25 @@ GENERIC_PROMPTS = (
 CONTROL_PROMPT = "chest x-ray"
 
 
-def forgetting(run: str, out: Path, extractor: Extractor, images: int, steps: int, seed: int, cache_dir: str | None,
-               batch: int = 32, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
+def forgetting(
+    run: str,
+    out: Path,
+    extractor: Extractor,
+    images: int,
+    steps: int,
+    seed: int,
+    cache_dir: str | None,
+    batch: int = 32,
+    device: str = "cpu",
+) -> dict[str, Any]:
     run_json = json.loads((Path(run) / "run.json").read_text())
     prompts = [*GENERIC_PROMPTS, CONTROL_PROMPT]
-    common = GenerateConfig(
-        out="", run=run, prompt=prompts, n=images, steps=steps, seed=seed, batch_size=images
-    )
+    common = GenerateConfig(out="", run=run, prompt=prompts, n=images, steps=steps, seed=seed, batch_size=images)
     Generator(replace(common, out=str(out / "tuned"))).run()
     base = ModelConfig(**run_json["config"]["model"])
-    Generator(replace(common, out=str(out / "base"), run=None, model=base, size=run_json.get("resolution"),
-                      prompts=None)).run()  # fmt: skip
+    Generator(
+        replace(common, out=str(out / "base"), run=None, model=base, size=run_json.get("resolution"), prompts=None)
+    ).run()
     tuned_set, base_set = open_set(out / "tuned", "train", "tuned"), open_set(out / "base", "train", "base")
     tuned_f, _ = extract(tuned_set, extractor, cache_dir, batch, device)
     base_f, _ = extract(base_set, extractor, cache_dir, batch, device)
@@ -49,17 +57,11 @@ def forgetting(run: str, out: Path, extractor: Extractor, images: int, steps: in
     for p in prompts:
         idx = [i for i, r in enumerate(tuned_set.rows) if r["text"] == p]
         cos = [
-            float(
-                np.dot(tuned_f[i], base_f[i])
-                / (np.linalg.norm(tuned_f[i]) * np.linalg.norm(base_f[i]) + 1e-9)
-            )
+            float(np.dot(tuned_f[i], base_f[i]) / (np.linalg.norm(tuned_f[i]) * np.linalg.norm(base_f[i]) + 1e-9))
             for i in idx
         ]
         det = [
-            float(
-                detail_vector(_resize(tuned_set.load(i), SIZE))
-                @ detail_vector(_resize(base_set.load(i), SIZE))
-            )
+            float(detail_vector(_resize(tuned_set.load(i), SIZE)) @ detail_vector(_resize(base_set.load(i), SIZE)))
             for i in idx
         ]
         result["per_prompt"][p] = {

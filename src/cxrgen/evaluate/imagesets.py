@@ -101,9 +101,7 @@ def _square(gray: np.ndarray, size: int | None) -> np.ndarray:
 
 def open_set(path: str | Path, split: str | None, name: str) -> ImageSet:
     """A folder with metadata.jsonl, a dataset folder (its `split` subfolder), or any folder of images."""
-    root = (
-        Path(path).expanduser().resolve()
-    )  # absolute: metrics.json names its files, the report reads them again
+    root = Path(path).expanduser().resolve()  # absolute: metrics.json names its files, the report reads them again
     if not root.is_dir():
         raise ImageSetError(f"{name} folder {root} does not exist")
     if not (root / "metadata.jsonl").is_file():
@@ -122,13 +120,9 @@ def open_set(path: str | Path, split: str | None, name: str) -> ImageSet:
         files = [root / r["file_name"] for r in rows]
         missing = [f for f in files if not f.is_file()]
         if missing:
-            raise ImageSetError(
-                f"{name}: {len(missing)} file(s) listed in {meta} are missing, e.g. {missing[0]}"
-            )
+            raise ImageSetError(f"{name}: {len(missing)} file(s) listed in {meta} are missing, e.g. {missing[0]}")
     else:
-        files = sorted(
-            p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
-        )
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
         rows = []
     if not files:
         raise ImageSetError(f"{name} folder {root} holds no images")

@@ -47,9 +47,7 @@ def _resize(gray: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
     side = min(h, w)
     keep = max(1, int(round(side * crop)))
     y, x = (h - keep) // 2, (w - keep) // 2
-    return np.asarray(
-        Image.fromarray(gray[y : y + keep, x : x + keep]).resize((size, size), Image.Resampling.BOX)
-    )
+    return np.asarray(Image.fromarray(gray[y : y + keep, x : x + keep]).resize((size, size), Image.Resampling.BOX))
 
 
 def _load_held(images: ImageSet, indices: range | np.ndarray, pool: ThreadPoolExecutor) -> list[np.ndarray]:
@@ -60,9 +58,7 @@ def variant_vectors(held: list[np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
     """(name, (N, SIZE*SIZE)) for each variant of the training images: as is, mirrored, and center crops."""
     for mirrored in (False, True):
         for crop in (1.0, *CROPS):
-            name = ("mirrored " if mirrored else "") + (
-                "as is" if crop == 1.0 else f"crop {int(round(crop * 100))}%"
-            )
+            name = ("mirrored " if mirrored else "") + ("as is" if crop == 1.0 else f"crop {int(round(crop * 100))}%")
             rows = [detail_vector(_resize(g[:, ::-1] if mirrored else g, SIZE, crop)) for g in held]
             yield name, np.asarray(rows, dtype=np.float32)
 
@@ -105,9 +101,7 @@ class Memorization:
             "pixel_nn_mean": float(self.pixel_nn.mean()),
             "feature_nn_mean": float(self.feature_nn.mean()) if self.feature_nn is not None else None,
             "pixel_nn": [round(float(v), 4) for v in self.pixel_nn],
-            "feature_nn": [round(float(v), 4) for v in self.feature_nn]
-            if self.feature_nn is not None
-            else None,
+            "feature_nn": [round(float(v), 4) for v in self.feature_nn] if self.feature_nn is not None else None,
             "flagged_images": [str(generated.files[i]) for i in self.flagged[:200]],
             "closest_pairs": [
                 {
@@ -119,7 +113,7 @@ class Memorization:
                     "flagged": i in flagged,
                 }
                 for i in order
-            ],  # fmt: skip
+            ],
         }
 
 
@@ -131,9 +125,18 @@ def _threshold(nearest: np.ndarray, quantile: float, margin: float) -> float:
     return m + margin * (1.0 - m)
 
 
-def check(generated: ImageSet, train: ImageSet, gen_features: np.ndarray | None = None,
-          train_features: np.ndarray | None = None, quantile: float = 1.0, margin: float = 0.5,
-          calibration: int = CALIBRATION, block: int = 1024, seed: int = 0, workers: int = 4) -> Memorization:  # fmt: skip
+def check(
+    generated: ImageSet,
+    train: ImageSet,
+    gen_features: np.ndarray | None = None,
+    train_features: np.ndarray | None = None,
+    quantile: float = 1.0,
+    margin: float = 0.5,
+    calibration: int = CALIBRATION,
+    block: int = 1024,
+    seed: int = 0,
+    workers: int = 4,
+) -> Memorization:
     """Compare every generated image with every training image, a block of training images at a time (memory
     stays flat however large the training set). Thresholds come from `calibration` training images (all of them
     when fewer) against every training image of another patient."""
@@ -155,9 +158,7 @@ def check(generated: ImageSet, train: ImageSet, gen_features: np.ndarray | None 
                 if lo == 0:
                     names.append(name)
                 pixel.update(gen_vectors @ vectors.T, lo, k)
-                np.maximum(
-                    cal_best, np.where(other, cal_vectors @ vectors.T, -np.inf).max(axis=1), out=cal_best
-                )
+                np.maximum(cal_best, np.where(other, cal_vectors @ vectors.T, -np.inf).max(axis=1), out=cal_best)
             bar.update(hi - lo)
         bar.close()
     pixel_threshold = _threshold(cal_best, quantile, margin)
@@ -171,21 +172,26 @@ def check(generated: ImageSet, train: ImageSet, gen_features: np.ndarray | None 
             hi = min(lo + block, n)
             feature.update(g @ t[lo:hi].T, lo)
             other = patients[cal][:, None] != patients[None, lo:hi]
-            np.maximum(
-                cal_feature, np.where(other, t[cal] @ t[lo:hi].T, -np.inf).max(axis=1), out=cal_feature
-            )
+            np.maximum(cal_feature, np.where(other, t[cal] @ t[lo:hi].T, -np.inf).max(axis=1), out=cal_feature)
         feature_threshold = _threshold(cal_feature, quantile, margin)
         feature_nn, feature_index = feature.value, feature.index
         flagged |= set(np.nonzero(feature_nn > feature_threshold)[0].tolist())
     variants = np.asarray([names[k] for k in pixel.variant])
-    return Memorization(sorted(flagged), pixel_threshold, feature_threshold, pixel.value, pixel.index, variants,
-                        feature_nn, feature_index, n)  # fmt: skip
+    return Memorization(
+        sorted(flagged),
+        pixel_threshold,
+        feature_threshold,
+        pixel.value,
+        pixel.index,
+        variants,
+        feature_nn,
+        feature_index,
+        n,
+    )
 
 
 def _plain_vectors(held: list[np.ndarray]) -> np.ndarray:
-    return np.asarray([detail_vector(_resize(g, SIZE)) for g in held], dtype=np.float32).reshape(
-        len(held), -1
-    )
+    return np.asarray([detail_vector(_resize(g, SIZE)) for g in held], dtype=np.float32).reshape(len(held), -1)
 
 
 class _Nearest:

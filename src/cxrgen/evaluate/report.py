@@ -71,20 +71,29 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _sets(m: dict[str, Any]) -> str:
-    return _table(["set", "folder", "images", "sizes (px)"],
-                  [[k, v["folder"], v["images"], ", ".join(map(str, v["sizes"]))] for k, v in m["sets"].items()])  # fmt: skip
+    return _table(
+        ["set", "folder", "images", "sizes (px)"],
+        [[k, v["folder"], v["images"], ", ".join(map(str, v["sizes"]))] for k, v in m["sets"].items()],
+    )
 
 
 def _fidelity(m: dict[str, Any]) -> str:
     rows, notes = [], []
     for name, f in m["fidelity"].items():
         p = f["prdc"]
-        rows.append([name, _value(f["fid"], 2), _value(f["kid"], 5), f"{p['precision']:.3f}", f"{p['recall']:.3f}",
-                     f"{p['density']:.3f}", f"{p['coverage']:.3f}"])  # fmt: skip
+        rows.append(
+            [
+                name,
+                _value(f["fid"], 2),
+                _value(f["kid"], 5),
+                f"{p['precision']:.3f}",
+                f"{p['recall']:.3f}",
+                f"{p['density']:.3f}",
+                f"{p['coverage']:.3f}",
+            ]
+        )
         notes += [f"{name}: {f[k]}" for k in ("note", "warning") if k in f]
-    out = _table(
-        ["extractor", "FID [95% interval]", "KID", "precision", "recall", "density", "coverage"], rows
-    )
+    out = _table(["extractor", "FID [95% interval]", "KID", "precision", "recall", "density", "coverage"], rows)
     out += "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
 
     def bars(ax):
@@ -107,9 +116,15 @@ def _fidelity(m: dict[str, Any]) -> str:
 
 def _diversity(m: dict[str, Any]) -> str:
     d = m["diversity"]
-    rows = [[label, f"{v['mean']:.3f} ± {v['std']:.3f}", v.get("pairs", "")] for label, v in
-            (("generated, within a prompt", d["generated_within_prompt"]), ("generated, across the set", d["generated_across_set"]),
-             ("real, across the set", d["real_across_set"])) if v]  # fmt: skip
+    rows = [
+        [label, f"{v['mean']:.3f} ± {v['std']:.3f}", v.get("pairs", "")]
+        for label, v in (
+            ("generated, within a prompt", d["generated_within_prompt"]),
+            ("generated, across the set", d["generated_across_set"]),
+            ("real, across the set", d["real_across_set"]),
+        )
+        if v
+    ]
     return _table(["MS-SSIM (1 = identical; lower = more diverse)", "mean ± sd", "pairs"], rows)
 
 
@@ -126,17 +141,12 @@ def _samples(m: dict[str, Any], groups: int = 8, per_group: int = 8, thumb: int 
         for i, row in enumerate(generated.rows):
             by[_group_key(row)].append(i)
         for key, idx in sorted(by.items(), key=lambda kv: -len(kv[1]))[:groups]:
-            tiles = [
-                (generated.load(i), f"seed {generated.rows[i].get('seed', '')}") for i in idx[:per_group]
-            ]
+            tiles = [(generated.load(i), f"seed {generated.rows[i].get('seed', '')}") for i in idx[:per_group]]
             out.append(
                 f"<h3>{html.escape(key)} ({len(idx)} images)</h3>{_img(image_grid(tiles, per_group, thumb), key)}"
             )
     else:
-        tiles = [
-            (generated.load(i), generated.files[i].name)
-            for i in range(min(len(generated), groups * per_group))
-        ]
+        tiles = [(generated.load(i), generated.files[i].name) for i in range(min(len(generated), groups * per_group))]
         out.append(_img(image_grid(tiles, per_group, thumb), "generated"))
     real = open_set(m["sets"]["real"]["folder"], None, "real")
     tiles = [(real.load(i), "real") for i in range(min(len(real), per_group))]
@@ -146,10 +156,12 @@ def _samples(m: dict[str, Any], groups: int = 8, per_group: int = 8, thumb: int 
 
 def _memorization(m: dict[str, Any]) -> str:
     mem = m["memorization"]
-    out = [f"<p>{mem['flagged']} of {m['sets']['generated']['images']} generated images are flagged as likely copies "
-           f"(detail correlation above {mem['pixel_threshold']:.3f}"
-           + (f" or feature cosine above {mem['feature_threshold']:.3f}" if mem["feature_threshold"] is not None else "")
-           + "). Thresholds are calibrated on how close different training patients are to each other.</p>"]  # fmt: skip
+    out = [
+        f"<p>{mem['flagged']} of {m['sets']['generated']['images']} generated images are flagged as likely copies "
+        f"(detail correlation above {mem['pixel_threshold']:.3f}"
+        + (f" or feature cosine above {mem['feature_threshold']:.3f}" if mem["feature_threshold"] is not None else "")
+        + "). Thresholds are calibrated on how close different training patients are to each other.</p>"
+    ]
     for pair in mem["closest_pairs"]:
         tiles = [
             (load_gray(Path(pair["generated"]), 128), "generated"),
@@ -185,16 +197,14 @@ def _adherence(m: dict[str, Any]) -> str:
     if extra:
         out += f"<p>{', '.join(extra)}</p>"
     if a.get("labels_without_classifier_output"):
-        out += f'<p class="note">labels the classifier has no output for: {html.escape(", ".join(a["labels_without_classifier_output"]))}</p>'
+        missing = html.escape(", ".join(a["labels_without_classifier_output"]))
+        out += f'<p class="note">labels the classifier has no output for: {missing}</p>'
     return out
 
 
 def _forgetting(m: dict[str, Any]) -> str:
     f = m["forgetting"]
-    rows = [
-        [p, f"{v['feature_cosine']:.3f}", f"{v['detail_correlation']:.3f}"]
-        for p, v in f["per_prompt"].items()
-    ]
+    rows = [[p, f"{v['feature_cosine']:.3f}", f"{v['detail_correlation']:.3f}"] for p, v in f["per_prompt"].items()]
     out = _table(["prompt (same seeds)", "feature cosine, fine-tuned vs base", "detail correlation"], rows)
     tuned, base = (
         open_set(f["files"]["tuned"], "train", "tuned"),
@@ -227,9 +237,7 @@ def _training(run: Path) -> str:
         from PIL import Image
 
         with Image.open(samples[-1]) as im:
-            out.append(
-                f"<h3>sample grid at {html.escape(samples[-1].stem)}</h3>{_img(im.convert('L'), 'samples')}"
-            )
+            out.append(f"<h3>sample grid at {html.escape(samples[-1].stem)}</h3>{_img(im.convert('L'), 'samples')}")
     return "".join(out)
 
 
@@ -257,26 +265,45 @@ def write_report(folder: str | Path) -> Path:
     # a section that was not measured says how to measure it, so every report has the same outline
     run = Path(m["run"]) if m.get("run") else None
     sections += [
-        ("Memorization: nearest training images",
-         _shown(_memorization, m) if "memorization" in m else _note("not measured: give --train (the training images)")),
-        ("Prompt adherence", _adherence(m) if "adherence" in m else _note(
-            "not measured: needs a classifier of findings, e.g. --extractors inception xrv "
-            "--weights xrv=densenet121-res224-all.pt --allow-pickle")),
-        ("Forgetting: generic prompts, fine-tuned vs base",
-         _shown(_forgetting, m) if "forgetting" in m else _note("not measured: give --run RUN --forgetting")),
-        ("Training", _training(run) if run is not None and run.is_dir() else _note(
-            f"the run {run} is not at hand" if run is not None else "no run: give --run RUN for its loss curves")),
-    ]  # fmt: skip
+        (
+            "Memorization: nearest training images",
+            _shown(_memorization, m)
+            if "memorization" in m
+            else _note("not measured: give --train (the training images)"),
+        ),
+        (
+            "Prompt adherence",
+            _adherence(m)
+            if "adherence" in m
+            else _note(
+                "not measured: needs a classifier of findings, e.g. --extractors inception xrv "
+                "--weights xrv=densenet121-res224-all.pt --allow-pickle"
+            ),
+        ),
+        (
+            "Forgetting: generic prompts, fine-tuned vs base",
+            _shown(_forgetting, m) if "forgetting" in m else _note("not measured: give --run RUN --forgetting"),
+        ),
+        (
+            "Training",
+            _training(run)
+            if run is not None and run.is_dir()
+            else _note(
+                f"the run {run} is not at hand" if run is not None else "no run: give --run RUN for its loss curves"
+            ),
+        ),
+    ]
     config = html.escape(
-        json.dumps(
-            {k: m[k] for k in ("config", "extractors", "versions", "cxrgen", "created") if k in m}, indent=2
-        )
+        json.dumps({k: m[k] for k in ("config", "extractors", "versions", "cxrgen", "created") if k in m}, indent=2)
     )
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>cxrgen evaluation</title><style>{CSS}</style></head>"
-            f"<body><h1>cxrgen evaluation</h1><p class='note'>{html.escape(m.get('created', ''))} · cxrgen {html.escape(m.get('cxrgen', ''))}"
-            f" · {m.get('seconds', '')} s</p>{body}<h2>Settings and versions</h2><details><summary>show</summary>"
-            f"<pre>{config}</pre></details></body></html>")  # fmt: skip
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>cxrgen evaluation</title><style>{CSS}</style></head>"
+        f"<body><h1>cxrgen evaluation</h1><p class='note'>{html.escape(m.get('created', ''))} · "
+        f"cxrgen {html.escape(m.get('cxrgen', ''))}"
+        f" · {m.get('seconds', '')} s</p>{body}<h2>Settings and versions</h2><details><summary>show</summary>"
+        f"<pre>{config}</pre></details></body></html>"
+    )
     path = folder / "report.html"
     path.write_text(page, encoding="utf-8")
     return path

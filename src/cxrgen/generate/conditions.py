@@ -67,13 +67,26 @@ def image_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
 
 
-def from_flags(age: int | None, sex: str | None, view: str | None, projection: str | None, modality: str | None,
-               findings: list[str], n: int) -> list[Item]:  # fmt: skip
+def from_flags(
+    age: int | None,
+    sex: str | None,
+    view: str | None,
+    projection: str | None,
+    modality: str | None,
+    findings: list[str],
+    n: int,
+) -> list[Item]:
     if age is not None and not 0 <= age <= 120:
         raise ConditionsError(f"--age {age}: give an age in years (0-120)")
     parsed = [f for text in findings for f in findings_from_value(text)]
-    c = Conditions(age=age, sex=normalize_sex(sex), view=normalize_view(view), projection=normalize_projection(projection),
-                   modality=normalize_modality(modality), findings=parsed)  # fmt: skip
+    c = Conditions(
+        age=age,
+        sex=normalize_sex(sex),
+        view=normalize_view(view),
+        projection=normalize_projection(projection),
+        modality=normalize_modality(modality),
+        findings=parsed,
+    )
     if sex is not None and c.sex is None:
         raise ConditionsError(f"--sex {sex!r}: use M, F or O")
     return [Item(c, None, "flags") for _ in range(n)]
@@ -93,9 +106,7 @@ def from_file(path: str | Path) -> list[Item]:
         where = f"{path.name} line {line + (0 if is_jsonl(path) else 1)}"  # a CSV's header is line 1
         unknown = [k for k, v in row.items() if k not in FILE_COLUMNS and v not in ("", None)]
         if unknown:
-            raise ConditionsError(
-                f"{where}: unknown column(s) {', '.join(unknown)}; use {', '.join(FILE_COLUMNS)}"
-            )
+            raise ConditionsError(f"{where}: unknown column(s) {', '.join(unknown)}; use {', '.join(FILE_COLUMNS)}")
         try:
             items += _row_items(row, f"{path.name}:{line + (0 if is_jsonl(path) else 1)}")
         except ValueError as exc:
@@ -127,8 +138,14 @@ def _row_items(row: dict[str, Any], origin: str) -> list[Item]:
     findings = findings_from_value(row.get("findings"))
     if not findings and text("labels"):
         findings = findings_from_value(text("labels").replace(",", ";"))
-    c = Conditions(age=age, sex=sex, view=normalize_view(text("view")), projection=normalize_projection(text("projection")),
-                   modality=normalize_modality(text("modality")), findings=findings)  # fmt: skip
+    c = Conditions(
+        age=age,
+        sex=sex,
+        view=normalize_view(text("view")),
+        projection=normalize_projection(text("projection")),
+        modality=normalize_modality(text("modality")),
+        findings=findings,
+    )
     return [Item(c, None, origin, seed if i == 0 else None) for i in range(count)]
 
 
@@ -180,9 +197,7 @@ def parse_reweight(specs: list[str]) -> dict[str, float]:
     return weights
 
 
-def like_dataset(
-    dataset: str | Path, split: str, n: int, seed: int, reweight: dict[str, float]
-) -> list[Item]:
+def like_dataset(dataset: str | Path, split: str, n: int, seed: int, reweight: dict[str, float]) -> list[Item]:
     """N condition sets drawn from a prepared dataset's rows, keeping the joint distribution of findings and
     demographics; `reweight` multiplies the chance of rows with the given labels (rare-finding augmentation).
     Each item's origin names the row it was drawn from (`like:<dataset>#<id>`), the way back to its source."""
@@ -203,8 +218,14 @@ def like_dataset(
     items = []
     for k in picks:
         row = rows[int(k)]
-        c = Conditions(age=row.get("age"), sex=row.get("sex"), view=row.get("view"), projection=row.get("projection"),
-                       modality=row.get("modality"), findings=findings_from_value(row.get("findings") or []))  # fmt: skip
+        c = Conditions(
+            age=row.get("age"),
+            sex=row.get("sex"),
+            view=row.get("view"),
+            projection=row.get("projection"),
+            modality=row.get("modality"),
+            findings=findings_from_value(row.get("findings") or []),
+        )
         where = f"#{row['id']}" if row.get("id") else ""
         items.append(Item(c, None, f"like:{Path(dataset).name}{where}"))
     return items

@@ -15,9 +15,7 @@ from ..sampling import Sampler
 @dataclass
 class GenerateConfig:
     out: str = option(help="output folder: <out>/<split>/metadata.jsonl + images, generate.json")
-    run: str | None = option(
-        None, "a training run folder: its base model, adapters and prompt settings are used"
-    )
+    run: str | None = option(None, "a training run folder: its base model, adapters and prompt settings are used")
     model: ModelConfig = option(
         factory=lambda: ModelConfig(base=""), help="base model (or a full fine-tune's pipeline folder)"
     )
@@ -44,12 +42,8 @@ class GenerateConfig:
     like_split: str = option("train", "split of --like to draw from")
     reweight: list[str] = option([], "with --like: 'label=factor' makes rows with that label more likely")
     prompt: list[str] = option([], "raw prompts (each makes --n images)")
-    prompts: PromptConfig | None = option(
-        None, "prompt settings (default: the training run's, else the full level)"
-    )
-    long_prompts: bool | None = option(
-        None, "encode prompts beyond 77 tokens in windows (default: as the run trained)"
-    )
+    prompts: PromptConfig | None = option(None, "prompt settings (default: the training run's, else the full level)")
+    long_prompts: bool | None = option(None, "encode prompts beyond 77 tokens in windows (default: as the run trained)")
     sampler: Sampler = option("dpmsolver++", "dpmsolver++ (DPM-Solver++ 2M), ddim, euler or pndm")
     steps: int = option(25, "sampling steps")
     guidance: float = option(7.5, "classifier-free guidance scale")
@@ -81,12 +75,13 @@ class GenerateConfig:
         if self.run is None and not self.model.base:
             raise ConfigError("give --run RUN_FOLDER or --model.base MODEL")
         modes = [bool(self.conditions), bool(self.like), bool(self.prompt)]
-        flags = any(
-            v is not None for v in (self.age, self.sex, self.view, self.projection, self.modality)
-        ) or bool(self.finding)
+        flags = any(v is not None for v in (self.age, self.sex, self.view, self.projection, self.modality)) or bool(
+            self.finding
+        )
         if sum(modes) + flags > 1:
             raise ConfigError(
-                "choose one of: condition flags (--age, --finding, ...), --conditions FILE, --like DATASET, --prompt TEXT"
+                "choose one of: condition flags (--age, --finding, ...), --conditions FILE, --like DATASET, "
+                "--prompt TEXT"
             )
         if self.reweight and not self.like:
             raise ConfigError("--reweight re-weights the rows of --like DATASET: give --like too")

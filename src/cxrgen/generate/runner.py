@@ -54,9 +54,7 @@ def resolve_source(config: GenerateConfig) -> Source:
     prompts = config.prompts
     if config.run is None:
         adapters = [_lora_spec(spec) for spec in config.loras]
-        return Source(
-            config.model, adapters, prompts or PromptConfig(), bool(config.long_prompts), config.size, None
-        )
+        return Source(config.model, adapters, prompts or PromptConfig(), bool(config.long_prompts), config.size, None)
     run_dir = Path(config.run)
     run_file = run_dir / "run.json"
     if not run_file.is_file():
@@ -75,11 +73,7 @@ def resolve_source(config: GenerateConfig) -> Source:
     adapters += [_lora_spec(spec) for spec in config.loras]
     if prompts is None:
         # a run prepared before the pseudo-label policy existed stated every label
-        prompts = (
-            PromptConfig(**{"pseudo_labels": "keep", **run["prompts"]})
-            if run.get("prompts")
-            else PromptConfig()
-        )
+        prompts = PromptConfig(**{"pseudo_labels": "keep", **run["prompts"]}) if run.get("prompts") else PromptConfig()
     long = run.get("long_prompts", False) if config.long_prompts is None else config.long_prompts
     data = Path(run["data"]["folder"]) if run.get("data") else None
     return Source(base, adapters, prompts, long, config.size or run.get("resolution"), data)
@@ -246,8 +240,7 @@ class Generator:
 
     def identities(self) -> dict[str, Any]:
         adapters = [
-            {"path": path, "weight": weight, "sha256": lora_digest(path)}
-            for path, weight in self.source.adapters
+            {"path": path, "weight": weight, "sha256": lora_digest(path)} for path, weight in self.source.adapters
         ]
         return {
             "model": self.source.base.identity(),
@@ -264,37 +257,48 @@ class Generator:
         vocabulary = load_vocabulary(reference) if reference else Vocabulary()
         labels = vocabulary.label_counts()
         if self.source.prompts.keep_findings != "first" and not labels:
-            log.warning("keep_findings %s ranks findings by their counts in the training data, which is not at "
-                        "hand: findings are dropped last first", self.source.prompts.keep_findings)  # fmt: skip
+            log.warning(
+                "keep_findings %s ranks findings by their counts in the training data, which is not at "
+                "hand: findings are dropped last first",
+                self.source.prompts.keep_findings,
+            )
         if vocabulary.labels:  # before the prompts: names are spelled as training spelled them
             cond.check_names(self.items, vocabulary, c.allow_unknown_names)
         elif any(item.conditions is not None and item.conditions.findings for item in self.items):
-            log.warning("finding names are not checked against the training data (%s): give --like DATASET to "
-                        "check them", self.source.data or "not recorded")  # fmt: skip
+            log.warning(
+                "finding names are not checked against the training data (%s): give --like DATASET to check them",
+                self.source.data or "not recorded",
+            )
         builder = PromptBuilder(self.source.prompts, tokenizer=self.tokenizer, label_counts=labels)
         self.prompts = prompts = [
-            item.prompt if item.prompt is not None else builder.build(item.conditions).text
-            for item in self.items
+            item.prompt if item.prompt is not None else builder.build(item.conditions).text for item in self.items
         ]
         if not all(prompts):
             raise ConfigError(
-                f"the prompt template {builder.config.template_text!r} makes no words from these conditions (a model trained "
+                f"the prompt template {builder.config.template_text!r} makes no words "
+                "from these conditions (a model trained "
                 "on captions?): give --prompt, a conditions file with a prompt column, or --prompts.level"
             )
         self.seeds = seeds = [
-            item.seed if item.seed is not None else cond.image_seed(c.seed, i)
-            for i, item in enumerate(self.items)
+            item.seed if item.seed is not None else cond.image_seed(c.seed, i) for i, item in enumerate(self.items)
         ]
         self._warn_long(prompts)
         ids = self.identities()
-        sampler = {"name": c.sampler, "steps": c.steps, "guidance": c.guidance, "negative_prompt": c.negative_prompt,
-                   "size": self.size, "batch_size": c.batch_size, "bits": c.bits, "dtype": str(self.dtype()).replace("torch.", ""),
-                   "long_prompts": self.source.long_prompts, "compiled": c.compile,
-                   "loras_merged": self.loras_merged}  # fmt: skip
+        sampler = {
+            "name": c.sampler,
+            "steps": c.steps,
+            "guidance": c.guidance,
+            "negative_prompt": c.negative_prompt,
+            "size": self.size,
+            "batch_size": c.batch_size,
+            "bits": c.bits,
+            "dtype": str(self.dtype()).replace("torch.", ""),
+            "long_prompts": self.source.long_prompts,
+            "compiled": c.compile,
+            "loras_merged": self.loras_merged,
+        }
         settings = json.dumps([sampler, ids, to_dict(self.source.prompts), c.seed], sort_keys=True)
-        self.settings_digest = hashlib.sha256(settings.encode()).hexdigest()[
-            :16
-        ]  # a journal row counts only for these
+        self.settings_digest = hashlib.sha256(settings.encode()).hexdigest()[:16]  # a journal row counts only for these
         batches = self.batches()
         self.batch_of = {i: batch for batch in batches for i in batch}
         done = self.done()
@@ -307,8 +311,13 @@ class Generator:
         remove_stale_temps(targets + [t.with_suffix(".dcm") for t in targets])
         journal = self.out / JOURNAL / f"{c.shard_index()[0]}-{self.state.process_index}.jsonl"
         journal.parent.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=sum(len(b) for b in todo), desc="generate", unit="img", dynamic_ncols=True,
-                   disable=not self.state.is_local_main_process)  # fmt: skip
+        bar = tqdm(
+            total=sum(len(b) for b in todo),
+            desc="generate",
+            unit="img",
+            dynamic_ncols=True,
+            disable=not self.state.is_local_main_process,
+        )
         start = time.perf_counter()
 
         def write_batch(batch: list[int], images: Any) -> None:
@@ -326,8 +335,16 @@ class Generator:
             writing: Future | None = None
             sampled: list[float] = []  # when each batch finished sampling
             for batch in todo:
-                images = sample_images(self.pipe, [prompts[i] for i in batch], [seeds[i] for i in batch], c.steps, c.guidance,
-                                       c.negative_prompt, self.source.long_prompts, self.size)  # fmt: skip
+                images = sample_images(
+                    self.pipe,
+                    [prompts[i] for i in batch],
+                    [seeds[i] for i in batch],
+                    c.steps,
+                    c.guidance,
+                    c.negative_prompt,
+                    self.source.long_prompts,
+                    self.size,
+                )
                 sampled.append(time.perf_counter())
                 if writing is not None:
                     writing.result()  # a failed write stops the run here; at most one batch waits in memory
@@ -347,9 +364,7 @@ class Generator:
             "images_per_s": round(made / seconds, 3) if made else None,
             # after the first batch (which warms up, or compiles): the rate a long run settles at
             "steady_images_per_s": (
-                round(sum(len(b) for b in todo[1:]) / (sampled[-1] - sampled[0]), 3)
-                if len(todo) > 1
-                else None
+                round(sum(len(b) for b in todo[1:]) / (sampled[-1] - sampled[0]), 3) if len(todo) > 1 else None
             ),
         }
         if self.state.is_main_process:
@@ -360,23 +375,43 @@ class Generator:
         if not self.source.long_prompts:
             over = count_over_window(self.tokenizer, list(dict.fromkeys(prompts)))
             if over:
-                log.warning("%d prompt(s) exceed %d tokens and will be cut; use --long-prompts (or a model trained with it)",
-                            over, self.tokenizer.model_max_length)  # fmt: skip
-            if count_over_window(self.tokenizer, [self.c.negative_prompt]):
                 log.warning(
-                    "the negative prompt exceeds %d tokens and will be cut", self.tokenizer.model_max_length
+                    "%d prompt(s) exceed %d tokens and will be cut; use --long-prompts (or a model trained with it)",
+                    over,
+                    self.tokenizer.model_max_length,
                 )
+            if count_over_window(self.tokenizer, [self.c.negative_prompt]):
+                log.warning("the negative prompt exceeds %d tokens and will be cut", self.tokenizer.model_max_length)
 
-    def _write(self, i: int, batch: list[int], pixels: Any, prompt: str, seed: int, ids: dict[str, Any],
-               sampler: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    def _write(
+        self,
+        i: int,
+        batch: list[int],
+        pixels: Any,
+        prompt: str,
+        seed: int,
+        ids: dict[str, Any],
+        sampler: dict[str, Any],
+    ) -> dict[str, Any]:
         item = self.items[i]
         labels = self._labels(i)
         prov = {"prompt": prompt, "seed": seed, "index": i, **ids, "sampler": sampler}
         target = self.out / self.c.split / image_file(i)
         save_png(target, pixels, prov)
-        row = {"file_name": image_file(i), "text": prompt, "id": image_id(i), "index": i, "seed": seed, "synthetic": True,
-               **labels, "origin": item.origin, **ids, "sampler": sampler, "settings": self.settings_digest,
-               "batch": batch}  # fmt: skip
+        row = {
+            "file_name": image_file(i),
+            "text": prompt,
+            "id": image_id(i),
+            "index": i,
+            "seed": seed,
+            "synthetic": True,
+            **labels,
+            "origin": item.origin,
+            **ids,
+            "sampler": sampler,
+            "settings": self.settings_digest,
+            "batch": batch,
+        }
         if self.c.dicom:
             save_dicom(target.with_suffix(".dcm"), pixels, prov, labels)
             row["dicom_file"] = image_file(i)[:-4] + ".dcm"
@@ -392,10 +427,18 @@ class Generator:
         rows = [{k: v for k, v in done[i].items() if k not in journal_only} for i in range(len(self.items))]
         write_jsonl(self.out / self.c.split / "metadata.jsonl", rows)
         self._remove_strays(rows)
-        write_json(self.out / "generate.json", {
-            **provenance(), "config": to_dict(self.c), **ids, "sampler": sampler, "images": len(rows),
-            "prompt_settings": to_dict(self.source.prompts), "synthetic": True,
-        })  # fmt: skip
+        write_json(
+            self.out / "generate.json",
+            {
+                **provenance(),
+                "config": to_dict(self.c),
+                **ids,
+                "sampler": sampler,
+                "images": len(rows),
+                "prompt_settings": to_dict(self.source.prompts),
+                "synthetic": True,
+            },
+        )
         return {"complete": True, "images": len(rows)}
 
     def _remove_strays(self, rows: list[dict[str, Any]]) -> None:
@@ -425,7 +468,5 @@ def run_generate(config: GenerateConfig) -> int:
             print(f"  {summary['images']} synthetic images: {out / config.split / 'metadata.jsonl'}")
             print(f"  provenance: {out / 'generate.json'}")
         else:
-            print(
-                f"  {summary['remaining']} image(s) remain for other shards; rerun without --shard when all are done"
-            )
+            print(f"  {summary['remaining']} image(s) remain for other shards; rerun without --shard when all are done")
     return 0

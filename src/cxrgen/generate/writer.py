@@ -31,9 +31,7 @@ def save_png(path: Path, pixels: np.ndarray, provenance: dict[str, Any]) -> Path
     return write_png(path, pixels, png_text(provenance))
 
 
-def save_dicom(
-    path: Path, pixels: np.ndarray, provenance: dict[str, Any], conditions: dict[str, Any]
-) -> Path:
+def save_dicom(path: Path, pixels: np.ndarray, provenance: dict[str, Any], conditions: dict[str, Any]) -> Path:
     """A DICOM Secondary Capture object marked synthetic (ConversionType SYN) with no patient identity: the
     patient name and id say SYNTHETIC, dates are the creation date, and the conditions appear only as what they
     are (age, sex, view) plus the provenance in ImageComments."""
@@ -62,8 +60,15 @@ def save_dicom(
         ds.PatientAge = f"{int(conditions['age']):03d}Y"
     ds.PatientSex = conditions["sex"] if conditions.get("sex") in ("M", "F", "O") else ""
     # the other Type 2 attributes of these modules must be present: empty, as nothing real stands behind them
-    for keyword in ("PatientBirthDate", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-                    "ReferringPhysicianName", "PatientOrientation"):  # fmt: skip
+    for keyword in (
+        "PatientBirthDate",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "PatientOrientation",
+    ):
         setattr(ds, keyword, "")
     ds.SeriesNumber = 1
     ds.InstanceNumber = int(provenance.get("index", 0)) + 1

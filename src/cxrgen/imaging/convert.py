@@ -22,9 +22,7 @@ from .decode import Decoded, bits_range, decode
 @dataclass
 class ImageConfig:
     size: int = option(512, "output side in pixels (512 for SD 1.x/2.x base, 768 for SD 2 768-v)")
-    aspect: Literal["pad", "crop"] = option(
-        "pad", "keep the aspect ratio by padding (black) or center-cropping"
-    )
+    aspect: Literal["pad", "crop"] = option("pad", "keep the aspect ratio by padding (black) or center-cropping")
     window_low: float = option(0.5, "lower percentile of the intensity window")
     window_high: float = option(99.5, "upper percentile of the intensity window")
     crop_border: bool = option(True, "crop black borders before resizing")

@@ -122,9 +122,7 @@ def _decode_pillow(path: Path, max_pixels: int) -> Decoded:
     with im:
         w, h = im.size
         if w * h > max_pixels:
-            raise ImageRejected(
-                f"image: {w}x{h} exceeds the {max_pixels:,}-pixel limit (possible decompression bomb)"
-            )
+            raise ImageRejected(f"image: {w}x{h} exceeds the {max_pixels:,}-pixel limit (possible decompression bomb)")
         mode, kind = im.mode, (im.format or path.suffix.lstrip(".")).lower()
         if mode not in _GREY_MODES + _COLOUR_MODES:
             raise ImageRejected(f"image: unsupported mode {mode}; save it as 8- or 16-bit grayscale")
@@ -231,13 +229,9 @@ def _decode_dicom(path: Path, max_pixels: int, dicom_voi: bool) -> Decoded:
             if syntax is not None and syntax.is_compressed
             else ""
         )
-        raise ImageRejected(
-            f"image: DICOM pixel data cannot be decoded{hint}: {exc}", lasting=not hint
-        ) from exc
+        raise ImageRejected(f"image: DICOM pixel data cannot be decoded{hint}: {exc}", lasting=not hint) from exc
     if arr.ndim != 2:
-        raise ImageRejected(
-            f"image: DICOM with {arr.ndim}-D pixel data (multi-frame or colour) is not supported"
-        )
+        raise ImageRejected(f"image: DICOM with {arr.ndim}-D pixel data (multi-frame or colour) is not supported")
     bits = int(ds.get("BitsStored", 16))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     # the nominal range, through the same LUTs as the pixels; stored values are integers, which a LUT sequence

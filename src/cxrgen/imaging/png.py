@@ -19,25 +19,17 @@ _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
 def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
     """PNG bytes of a (H, W) grayscale or (H, W, 3) RGB array, uint8 or uint16; `text` becomes iTXt chunks."""
     rgb = pixels.ndim == 3 and pixels.shape[2] == 3
     if not (pixels.ndim == 2 or rgb) or pixels.dtype not in (np.uint8, np.uint16):
-        raise ValueError(
-            f"encode_png takes a 2-D (or RGB) uint8 or uint16 array, not {pixels.dtype} {pixels.shape}"
-        )
+        raise ValueError(f"encode_png takes a 2-D (or RGB) uint8 or uint16 array, not {pixels.dtype} {pixels.shape}")
     height, width = pixels.shape[:2]
     depth = 8 if pixels.dtype == np.uint8 else 16
-    rows = (
-        np.ascontiguousarray(pixels.astype(">u2") if depth == 16 else pixels)
-        .view(np.uint8)
-        .reshape(height, -1)
-    )
+    rows = np.ascontiguousarray(pixels.astype(">u2") if depth == 16 else pixels).view(np.uint8).reshape(height, -1)
     up = rows.copy()
     up[1:] -= rows[:-1]  # Up filter: each byte minus the byte above (mod 256)
     raw = np.hstack([np.full((height, 1), 2, np.uint8), up]).tobytes()

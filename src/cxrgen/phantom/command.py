@@ -16,9 +16,7 @@ class PhantomConfig:
     size: int = option(512, "image height in pixels (widths vary, as in real releases)")
     seed: int = option(0, "seed: the same seed writes the same release")
     findings_rate: float = option(0.6, "share of images with findings (the rest are labelled normal)")
-    max_findings: int = option(
-        2, "most drawn findings per image (cardiomegaly, pleural effusion, pacemaker, nodule)"
-    )
+    max_findings: int = option(2, "most drawn findings per image (cardiomegaly, pleural effusion, pacemaker, nodule)")
     background: float = option(0.3, "chance of an extra label the renderer does not draw (COPD signs, ...)")
     square: bool = option(False, "square images (else widths vary from 0.8 to 1.0 of the height)")
 
@@ -28,8 +26,15 @@ class PhantomConfig:
 
 
 def run_phantom(config: PhantomConfig) -> Path:
-    out = write_release(config.out, n=config.n, seed=config.seed, size=config.size, findings_rate=config.findings_rate,
-                        max_findings=config.max_findings, background=config.background,
-                        aspect=(1.0, 1.0) if config.square else (0.8, 1.0))  # fmt: skip
+    out = write_release(
+        config.out,
+        n=config.n,
+        seed=config.seed,
+        size=config.size,
+        findings_rate=config.findings_rate,
+        max_findings=config.max_findings,
+        background=config.background,
+        aspect=(1.0, 1.0) if config.square else (0.8, 1.0),
+    )
     print(f"wrote {config.n} phantom images and {out / 'phantom_padchest.csv.gz'}")
     return out

@@ -72,13 +72,28 @@ class Contrast:
 
 
 CONTRASTS = [
-    Contrast("effusion left (vs right)", effusion_side, "chest x-ray, diagnosis pleural effusion, loc left",
-             "chest x-ray, diagnosis pleural effusion, loc right", _effusion_side),
-    Contrast("pacemaker (vs none)", pacemaker, "chest x-ray, diagnosis pacemaker", "chest x-ray, diagnosis normal",
-             lambda r: 1 if _has(r, "pacemaker") else 0 if _normal(r) else None),
-    Contrast("cardiomegaly (vs normal heart)", heart_size, "chest x-ray, diagnosis cardiomegaly, loc cardiac",
-             "chest x-ray, diagnosis normal", lambda r: 1 if _has(r, "cardiomegaly") else 0 if _normal(r) else None),
-]  # fmt: skip
+    Contrast(
+        "effusion left (vs right)",
+        effusion_side,
+        "chest x-ray, diagnosis pleural effusion, loc left",
+        "chest x-ray, diagnosis pleural effusion, loc right",
+        _effusion_side,
+    ),
+    Contrast(
+        "pacemaker (vs none)",
+        pacemaker,
+        "chest x-ray, diagnosis pacemaker",
+        "chest x-ray, diagnosis normal",
+        lambda r: 1 if _has(r, "pacemaker") else 0 if _normal(r) else None,
+    ),
+    Contrast(
+        "cardiomegaly (vs normal heart)",
+        heart_size,
+        "chest x-ray, diagnosis cardiomegaly, loc cardiac",
+        "chest x-ray, diagnosis normal",
+        lambda r: 1 if _has(r, "cardiomegaly") else 0 if _normal(r) else None,
+    ),
+]
 
 
 def calibrate(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

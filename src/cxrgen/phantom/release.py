@@ -20,14 +20,43 @@ from tqdm import tqdm
 from .render import render
 
 PADCHEST_COLUMNS = [
-    "", "ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
-    "ViewPosition_DICOM", "Projection", "MethodProjection", "Pediatric", "Modality_DICOM", "Manufacturer_DICOM",
-    "PhotometricInterpretation_DICOM", "PixelRepresentation_DICOM", "PixelAspectRatio_DICOM",
-    "SpatialResolution_DICOM", "BitsStored_DICOM", "WindowCenter_DICOM", "WindowWidth_DICOM", "Rows_DICOM",
-    "Columns_DICOM", "XRayTubeCurrent_DICOM", "Exposure_DICOM", "ExposureInuAs_DICOM", "ExposureTime",
-    "RelativeXRayExposure_DICOM", "ReportID", "Report", "MethodLabel", "Labels", "Localizations",
-    "LabelsLocalizationsBySentence", "labelCUIS", "LocalizationsCUIS",
-]  # fmt: skip
+    "",
+    "ImageID",
+    "ImageDir",
+    "StudyDate_DICOM",
+    "StudyID",
+    "PatientID",
+    "PatientBirth",
+    "PatientSex_DICOM",
+    "ViewPosition_DICOM",
+    "Projection",
+    "MethodProjection",
+    "Pediatric",
+    "Modality_DICOM",
+    "Manufacturer_DICOM",
+    "PhotometricInterpretation_DICOM",
+    "PixelRepresentation_DICOM",
+    "PixelAspectRatio_DICOM",
+    "SpatialResolution_DICOM",
+    "BitsStored_DICOM",
+    "WindowCenter_DICOM",
+    "WindowWidth_DICOM",
+    "Rows_DICOM",
+    "Columns_DICOM",
+    "XRayTubeCurrent_DICOM",
+    "Exposure_DICOM",
+    "ExposureInuAs_DICOM",
+    "ExposureTime",
+    "RelativeXRayExposure_DICOM",
+    "ReportID",
+    "Report",
+    "MethodLabel",
+    "Labels",
+    "Localizations",
+    "LabelsLocalizationsBySentence",
+    "labelCUIS",
+    "LocalizationsCUIS",
+]
 
 # Findings a phantom can show, with the locations PadChest writes for them.
 _FINDING_LOCATIONS = {
@@ -44,14 +73,27 @@ def padchest_row(**fields: Any) -> dict[str, str]:
     row = {c: "" for c in PADCHEST_COLUMNS}
     row.update(
         {
-            "ImageDir": "0", "StudyDate_DICOM": "20150602", "PatientBirth": "1950.0", "PatientSex_DICOM": "M",
-            "ViewPosition_DICOM": "POSTEROANTERIOR", "Projection": "PA", "MethodProjection": "Manual review of DICOM fields",
-            "Pediatric": "No", "Modality_DICOM": "CR", "PhotometricInterpretation_DICOM": "MONOCHROME2",
-            "PixelRepresentation_DICOM": "0", "BitsStored_DICOM": "12", "WindowCenter_DICOM": "2048",
-            "WindowWidth_DICOM": "4096", "MethodLabel": "Physician", "Report": "informe sin hallazgos",
-            "Labels": "['normal']", "Localizations": "[]", "LabelsLocalizationsBySentence": "[['normal']]",
+            "ImageDir": "0",
+            "StudyDate_DICOM": "20150602",
+            "PatientBirth": "1950.0",
+            "PatientSex_DICOM": "M",
+            "ViewPosition_DICOM": "POSTEROANTERIOR",
+            "Projection": "PA",
+            "MethodProjection": "Manual review of DICOM fields",
+            "Pediatric": "No",
+            "Modality_DICOM": "CR",
+            "PhotometricInterpretation_DICOM": "MONOCHROME2",
+            "PixelRepresentation_DICOM": "0",
+            "BitsStored_DICOM": "12",
+            "WindowCenter_DICOM": "2048",
+            "WindowWidth_DICOM": "4096",
+            "MethodLabel": "Physician",
+            "Report": "informe sin hallazgos",
+            "Labels": "['normal']",
+            "Localizations": "[]",
+            "LabelsLocalizationsBySentence": "[['normal']]",
         }
-    )  # fmt: skip
+    )
     row.update({k: str(v) for k, v in fields.items()})
     return row
 
@@ -130,9 +172,7 @@ def draw_studies(
             patient += 1
         findings: list[tuple[str, tuple[str, ...]]] = []
         if rng.random() < findings_rate:
-            for label in rng.choice(
-                list(_FINDING_LOCATIONS), size=rng.integers(1, max_findings + 1), replace=False
-            ):
+            for label in rng.choice(list(_FINDING_LOCATIONS), size=rng.integers(1, max_findings + 1), replace=False):
                 places = _FINDING_LOCATIONS[str(label)]
                 locs = (str(rng.choice(places)),) if places else ()
                 findings.append((str(label), locs))
@@ -153,9 +193,17 @@ def draw_studies(
     return studies
 
 
-def write_release(out: str | Path, n: int = 64, seed: int = 0, size: int = 256, gz: bool = True,
-                  findings_rate: float = 0.6, max_findings: int = 2, background: float = 0.3,
-                  aspect: tuple[float, float] = (0.8, 1.0)) -> Path:  # fmt: skip
+def write_release(
+    out: str | Path,
+    n: int = 64,
+    seed: int = 0,
+    size: int = 256,
+    gz: bool = True,
+    findings_rate: float = 0.6,
+    max_findings: int = 2,
+    background: float = 0.3,
+    aspect: tuple[float, float] = (0.8, 1.0),
+) -> Path:
     """A phantom PadChest release under `out`: the CSV and `<ImageDir>/<ImageID>` 16-bit PNGs."""
     out = Path(out)
     rng = np.random.default_rng(seed + 1)
@@ -171,11 +219,19 @@ def write_release(out: str | Path, n: int = 64, seed: int = 0, size: int = 256, 
         view = {"PA": "POSTEROANTERIOR", "L": "LATERAL", "AP": "AP", "AP_horizontal": ""}[s.projection]
         rows.append(
             padchest_row(
-                ImageID=s.image_id, ImageDir=s.image_dir, StudyID=f"st{i}", PatientID=f"pt{s.patient}",
-                StudyDate_DICOM=20150602, PatientBirth=f"{2015 - s.age}.0", PatientSex_DICOM=s.sex,
-                ViewPosition_DICOM=view if rng.random() > 0.4 else "", Projection=s.projection,
-                Rows_DICOM=height, Columns_DICOM=width, **_label_cells(s.findings, rng),
+                ImageID=s.image_id,
+                ImageDir=s.image_dir,
+                StudyID=f"st{i}",
+                PatientID=f"pt{s.patient}",
+                StudyDate_DICOM=20150602,
+                PatientBirth=f"{2015 - s.age}.0",
+                PatientSex_DICOM=s.sex,
+                ViewPosition_DICOM=view if rng.random() > 0.4 else "",
+                Projection=s.projection,
+                Rows_DICOM=height,
+                Columns_DICOM=width,
+                **_label_cells(s.findings, rng),
             )
-        )  # fmt: skip
+        )
     write_padchest_csv(out / ("phantom_padchest.csv.gz" if gz else "phantom_padchest.csv"), rows)
     return out

@@ -47,6 +47,4 @@ def read_source(
         return read_padchest(csv, keyer)
     if kind == "chexpert":
         return read_chexpert(csv, keyer, uncertain)
-    return read_mimic(
-        csv, keyer, labels_csv, split_csv, sections_csv, patients_csv, uncertain, report_section
-    )
+    return read_mimic(csv, keyer, labels_csv, split_csv, sections_csv, patients_csv, uncertain, report_section)

@@ -56,9 +56,7 @@ def findings_from_label_columns(row: dict[str, str], uncertain: UncertainPolicy)
     return findings
 
 
-def read_chexpert(
-    csv_path: str | Path, keyer: PatientKeyer, uncertain: UncertainPolicy = "ignore"
-) -> ReadResult:
+def read_chexpert(csv_path: str | Path, keyer: PatientKeyer, uncertain: UncertainPolicy = "ignore") -> ReadResult:
     header, rows = read_csv(csv_path, required=("Path", "Sex", "Age", "Frontal/Lateral"))
     missing_labels = [c for c in CHEXPERT_LABELS if c not in header]
     if len(missing_labels) == len(CHEXPERT_LABELS):

@@ -129,9 +129,7 @@ def _from_table(root: Path, table: Path, keyer: PatientKeyer) -> ReadResult:
         fields = _fields(row)
         file_columns.update(dict.fromkeys(match_columns(tuple(row)).get("file", ())))
         if "file" not in fields:
-            result.rejections.append(
-                Rejection(row_no, "", f"metadata: no {' / '.join(COLUMNS['file'])} value")
-            )
+            result.rejections.append(Rejection(row_no, "", f"metadata: no {' / '.join(COLUMNS['file'])} value"))
             continue
         example = example or str(fields["file"])
         name, how = files.find(str(fields["file"]), fields.get("folder"))
@@ -169,9 +167,7 @@ def _check_found(
     if sum(stats[k] for k in stats if k.startswith("files found")):
         lost = stats["files not found"] + stats["files with an ambiguous base name"]
         if lost:
-            log.warning(
-                "%s: %d rows name an image not found under %s (rejected as such)", table.name, lost, root
-            )
+            log.warning("%s: %d rows name an image not found under %s (rejected as such)", table.name, lost, root)
         return
     accepted = ", ".join(COLUMNS["file"])
     names = ", ".join(c for c in columns if c)
@@ -319,9 +315,7 @@ def _is_image(path: Path) -> bool:
     """By suffix, or for a file without one (PACS and CD exports: IM000001, a UID) by its DICOM header."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
-    return (
-        not path.name.startswith(".") and (path.suffix == "" or path.suffix[1:].isdigit()) and is_dicom(path)
-    )
+    return not path.name.startswith(".") and (path.suffix == "" or path.suffix[1:].isdigit()) and is_dicom(path)
 
 
 def dicom_fields(path: Path) -> dict[str, Any]:

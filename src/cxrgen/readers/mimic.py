@@ -36,11 +36,7 @@ def read_mimic(
 ) -> ReadResult:
     labels = _by_study(labels_csv) if labels_csv else None
     # the release labels the same studies twice, with the CheXpert labeler and with NegBio: say which one
-    labeler = (
-        ("negbio" if "negbio" in Path(labels_csv).name.lower() else "chexpert-labeler")
-        if labels_csv
-        else None
-    )
+    labeler = ("negbio" if "negbio" in Path(labels_csv).name.lower() else "chexpert-labeler") if labels_csv else None
     splits = (
         {r["dicom_id"].strip(): r["split"].strip() for _, r in read_csv(split_csv, ("dicom_id", "split"))[1]}
         if split_csv
@@ -48,9 +44,7 @@ def read_mimic(
     )
     sections = _sections(sections_csv, report_section) if sections_csv else {}
     patients = (
-        {r["subject_id"].strip(): r for _, r in read_csv(patients_csv, ("subject_id",))[1]}
-        if patients_csv
-        else {}
+        {r["subject_id"].strip(): r for _, r in read_csv(patients_csv, ("subject_id",))[1]} if patients_csv else {}
     )
 
     _, rows = read_csv(metadata_csv, required=("dicom_id", "subject_id", "study_id", "ViewPosition"))
@@ -59,9 +53,7 @@ def read_mimic(
         result.stats["rows"] += 1
         dicom, subject, study = row["dicom_id"].strip(), row["subject_id"].strip(), row["study_id"].strip()
         if not (dicom and subject.isdigit() and study.isdigit()):
-            result.rejections.append(
-                Rejection(row_no, dicom, "metadata: blank or non-numeric dicom/subject/study id")
-            )
+            result.rejections.append(Rejection(row_no, dicom, "metadata: blank or non-numeric dicom/subject/study id"))
             continue
         image = f"files/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg"
         findings = []

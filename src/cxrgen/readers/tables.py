@@ -28,17 +28,13 @@ def _open_text(path: Path, strict: bool) -> io.TextIOBase:
     with open(path, "rb") as fh:
         start = fh.read(2)
     if start in (b"\xff\xfe", b"\xfe\xff"):
-        raise TableError(
-            f"{path} is UTF-16 text (as spreadsheet programs save 'Unicode text'): save it as UTF-8"
-        )
+        raise TableError(f"{path} is UTF-16 text (as spreadsheet programs save 'Unicode text'): save it as UTF-8")
     raw = gzip.open(path, "rb") if start == b"\x1f\x8b" else open(path, "rb")
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict" if strict else "replace", newline="")
 
 
 def _not_utf8(path: Path, where: str, exc: UnicodeDecodeError) -> TableError:
-    return TableError(
-        f"{path} {where}: byte 0x{exc.object[exc.start]:02x} is not UTF-8: save the file as UTF-8"
-    )
+    return TableError(f"{path} {where}: byte 0x{exc.object[exc.start]:02x} is not UTF-8: save the file as UTF-8")
 
 
 def read_csv(

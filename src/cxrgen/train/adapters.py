@@ -27,9 +27,15 @@ def _pipeline(components: Any) -> Any:
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
-        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer, unet=components.unet,
-        scheduler=components.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=components.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def lora_source(path: str) -> tuple[str, str | None]:
@@ -46,11 +52,7 @@ def lora_source(path: str) -> tuple[str, str | None]:
         if len(files) == 1:
             return str(p), files[0].name
         raise ConfigError(f"{p} holds no single LoRA .safetensors file; name the file")
-    if (
-        p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")
-        or path.startswith(("/", ".", "~"))
-        or path.count("/") > 1
-    ):
+    if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt") or path.startswith(("/", ".", "~")) or path.count("/") > 1:
         raise ConfigError(f"LoRA {path}: no such file or folder")  # not a hub id ('name' or 'namespace/name')
     return path, None  # a hub id
 
@@ -103,16 +105,22 @@ def add_trainable_lora(components: Any, config: LoraConfig, frozen: dict[str, fl
     from peft import LoraConfig as PeftLoraConfig
 
     unet_cfg = PeftLoraConfig(
-        r=config.rank, lora_alpha=config.alpha or config.rank, lora_dropout=config.dropout,
-        init_lora_weights="gaussian", target_modules=config.targets,
-    )  # fmt: skip
+        r=config.rank,
+        lora_alpha=config.alpha or config.rank,
+        lora_dropout=config.dropout,
+        init_lora_weights="gaussian",
+        target_modules=config.targets,
+    )
     components.unet.add_adapter(unet_cfg, adapter_name=TRAIN)
     if config.text_encoder:
         rank = config.text_encoder_rank or config.rank
         te_cfg = PeftLoraConfig(
-            r=rank, lora_alpha=rank if config.alpha is None else config.alpha, lora_dropout=config.dropout,
-            init_lora_weights="gaussian", target_modules=config.text_encoder_targets,
-        )  # fmt: skip
+            r=rank,
+            lora_alpha=rank if config.alpha is None else config.alpha,
+            lora_dropout=config.dropout,
+            init_lora_weights="gaussian",
+            target_modules=config.text_encoder_targets,
+        )
         components.text_encoder.add_adapter(te_cfg, adapter_name=TRAIN)
     _pipeline(components).set_adapters([*frozen, TRAIN], adapter_weights=[*frozen.values(), 1.0])
     for model in (components.unet, components.text_encoder):  # activating adapters marks them all trainable

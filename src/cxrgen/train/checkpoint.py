@@ -53,8 +53,15 @@ class CheckpointStore:
                 if p.name.startswith(".tmp-"):
                     shutil.rmtree(p, ignore_errors=True)
 
-    def save(self, step: int, trainable: dict[str, torch.Tensor], optimizer: Any, scheduler: Any,
-             ema: dict[str, torch.Tensor] | None, state: dict[str, Any]) -> Path:  # fmt: skip
+    def save(
+        self,
+        step: int,
+        trainable: dict[str, torch.Tensor],
+        optimizer: Any,
+        scheduler: Any,
+        ema: dict[str, torch.Tensor] | None,
+        state: dict[str, Any],
+    ) -> Path:
         target = self.folder / checkpoint_name(step)
         tmp = self.folder / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)

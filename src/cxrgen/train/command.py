@@ -40,9 +40,7 @@ def export(trainer: Trainer) -> dict[str, str]:
         meta = {
             "cxrgen_base_model": trainer.identity,
             "cxrgen_steps": str(trainer.step),
-            "ss_base_model_version": kohya_base_version(
-                unet.config.cross_attention_dim, trainer.m.prediction_type
-            ),
+            "ss_base_model_version": kohya_base_version(unet.config.cross_attention_dim, trainer.m.prediction_type),
         }
         files = save_lora(out / "lora", unet, text_encoder, c.lora.text_encoder, meta)
         outputs = {k: str(v) for k, v in files.items()}
@@ -54,9 +52,15 @@ def export(trainer: Trainer) -> dict[str, str]:
         m = trainer.m
         vae, text_encoder, unet = (_float32(x) for x in (m.vae, text_encoder, unet))
         pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=m.tokenizer, unet=unet, scheduler=m.scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )  # fmt: skip
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=m.tokenizer,
+            unet=unet,
+            scheduler=m.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
         pipe.save_pretrained(out / "pipeline", safe_serialization=True)
         outputs = {"pipeline": str(out / "pipeline")}
     return outputs
@@ -126,9 +130,7 @@ def run_summary(trainer: Trainer, outputs: dict[str, str], seconds: float) -> di
             "identity": trainer.identity,
             "prediction_type": trainer.m.prediction_type,
         },
-        "stack": [
-            {"path": p, "identity": i} for p, i in zip(c.lora.stack, trainer.stack_identity, strict=True)
-        ],
+        "stack": [{"path": p, "identity": i} for p, i in zip(c.lora.stack, trainer.stack_identity, strict=True)],
         "resolution": trainer.resolution,
         "processes": trainer.world,
         "outputs": outputs,
@@ -154,7 +156,8 @@ def _peak_memory(trainer: Trainer) -> float | None:
 def print_summary(trainer: Trainer, summary: dict[str, Any]) -> None:
     f = summary["figures"]
     print(
-        f"trained {f['steps']} steps in {f['seconds']:.0f} s: train loss {f['train_loss_last50']}, val loss {f['val_loss']}"
+        f"trained {f['steps']} steps in {f['seconds']:.0f} s: "
+        f"train loss {f['train_loss_last50']}, val loss {f['val_loss']}"
     )
     for name, path in summary["outputs"].items():
         print(f"  {name:10s} {path}")

@@ -24,9 +24,7 @@ class LoraConfig:
     text_encoder_targets: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "out_proj"], "text-encoder modules with adapters"
     )
-    stack: list[str] = option(
-        [], "existing LoRAs (folders or .safetensors in diffusers format) to train on top of"
-    )
+    stack: list[str] = option([], "existing LoRAs (folders or .safetensors in diffusers format) to train on top of")
     stack_weights: list[float] = option([], "weight of each stacked LoRA (default 1.0 each)")
     stack_mode: Literal["frozen", "merged"] = option(
         "frozen", "stacked LoRAs stay separate frozen adapters, or are merged into the base weights first"
@@ -46,9 +44,7 @@ class LoraConfig:
 @dataclass
 class FullConfig:
     train_text_encoder: bool = option(False, "also fine-tune the text encoder (RoentGen found this best)")
-    ema: bool = option(
-        False, "keep an exponential moving average of the UNet weights (saved as the final model)"
-    )
+    ema: bool = option(False, "keep an exponential moving average of the UNet weights (saved as the final model)")
     ema_decay: float = option(0.9999, "EMA decay")
 
 
@@ -60,9 +56,7 @@ class PriorConfig:
     loss_weight: float = option(1.0, "weight of the prior-preservation loss")
     steps: int = option(25, "sampling steps for class images")
     guidance: float = option(7.5, "guidance scale for class images")
-    folder: str | None = option(
-        None, "where class images live (default: a cache folder keyed by model and prompt)"
-    )
+    folder: str | None = option(None, "where class images live (default: a cache folder keyed by model and prompt)")
 
 
 @dataclass
@@ -113,9 +107,7 @@ class TrainConfig:
     snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (5.0 is common; none: off)")
     noise_offset: float = option(0.0, "noise offset (helps very dark or bright images)")
     sample_every: int = option(250, "write a sample grid every N steps (0: only at the end; -1: never)")
-    sample_prompts: list[str] = option(
-        [], "prompts for sample grids (default: four from the val split + a bird)"
-    )
+    sample_prompts: list[str] = option([], "prompts for sample grids (default: four from the val split + a bird)")
     sample_seeds: list[int] = option([0, 1], "seeds: one grid column per seed")
     sample_steps: int = option(25, "sampling steps for sample grids")
     guidance: float = option(7.5, "guidance scale for sample grids")

@@ -14,8 +14,21 @@ import torch
 from ..fileio import read_jsonl_lines, write_jsonl
 
 # Dense bf16/fp16 matrix throughput people actually reach on each card (TFLOP/s); MFU is relative to this.
-PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "4090": 165.0,
-               "3090": 71.0, "3080": 59.0, "3070": 43.0, "A6000": 155.0, "V100": 125.0, "T4": 65.0}  # fmt: skip
+PEAK_TFLOPS = {
+    "H100": 790.0,
+    "H200": 790.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 125.0,
+    "L4": 121.0,
+    "4090": 165.0,
+    "3090": 71.0,
+    "3080": 59.0,
+    "3070": 43.0,
+    "A6000": 155.0,
+    "V100": 125.0,
+    "T4": 65.0,
+}
 
 
 def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:

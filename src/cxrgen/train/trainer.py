@@ -61,9 +61,7 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.cache_writer = cache_key(self.out.resolve())[:12]  # this run's name for the cache files it fills
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-            c.mixed_precision, torch.float32
-        )
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision, torch.float32)
         self.store = ckpt.CheckpointStore(self.out / "checkpoints", c.keep_checkpoints)
         if self.store.latest() is not None and not c.resume:
             raise ConfigError(
@@ -87,9 +85,7 @@ class Trainer:
         self._choose_trainable()
         self._place_on_device()
         self.latents = (
-            {name: self._latent_cache(split) for name, split in self._splits().items()}
-            if c.cache_latents
-            else {}
+            {name: self._latent_cache(split) for name, split in self._splits().items()} if c.cache_latents else {}
         )
         self.text = self._text_cache() if c.cache_text and not c.trains_text_encoder else None
         self._build_optimizer()
@@ -158,9 +154,7 @@ class Trainer:
     def _choose_trainable(self) -> None:
         c, m = self.c, self.m
         m.vae.requires_grad_(False)
-        torch.manual_seed(
-            c.seed
-        )  # new adapters start from the same random weights in every run with this seed
+        torch.manual_seed(c.seed)  # new adapters start from the same random weights in every run with this seed
         if c.method == "lora":
             m.unet.requires_grad_(False)
             m.text_encoder.requires_grad_(False)
@@ -223,9 +217,7 @@ class Trainer:
             cache.fill(encode, mine, 8, desc=f"latents {split.folder.name}")
             self.accelerator.wait_for_everyone()
             if self.is_main:
-                cache.mark_complete(
-                    {"images": len(split), "resolution": self.resolution, "model": self.identity}
-                )
+                cache.mark_complete({"images": len(split), "resolution": self.resolution, "model": self.identity})
         return cache.open()
 
     def _text_cache(self) -> TextCache:
@@ -294,9 +286,7 @@ class Trainer:
             self.ema.to(self.device)
 
     # -- one micro-step ----------------------------------------------------------------------------------------
-    def _latents_for(
-        self, name: str, split: PreparedSplit, indices: list[int], g: torch.Generator
-    ) -> torch.Tensor:
+    def _latents_for(self, name: str, split: PreparedSplit, indices: list[int], g: torch.Generator) -> torch.Tensor:
         scale = self.m.vae.config.scaling_factor
         if name in self.latents:
             order = np.argsort(indices)
@@ -335,17 +325,13 @@ class Trainer:
         embeds = self._embeddings(prompts)
         noise = torch.randn(latents.shape, generator=g).to(self.device)
         if self.c.noise_offset:
-            noise += self.c.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g).to(
-                self.device
-            )
+            noise += self.c.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g).to(self.device)
         sched = self.m.scheduler
         if timesteps is None:
             timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=g)
         timesteps = timesteps.to(self.device)
         noisy = sched.add_noise(latents, noise, timesteps)
-        target = (
-            noise if self.m.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
-        )
+        target = noise if self.m.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
         noisy = noisy.to(self.weight_dtype)
         if self.c.channels_last and noisy.is_cuda:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
@@ -361,9 +347,7 @@ class Trainer:
             weights = clipped / (snr + 1 if self.m.prediction_type == "v_prediction" else snr)
         return per_image, weights
 
-    def _objective(
-        self, step: int, micro: int, seed_stream: int = 0
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _objective(self, step: int, micro: int, seed_stream: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss and its parts, as device tensors: reading them waits for the GPU, so that happens once a step."""
         parts, b = self._batch(step, micro)
         per_image, w = self._loss(parts, step_seed(self.c.seed, step, micro, self.rank, seed_stream))
@@ -380,8 +364,7 @@ class Trainer:
     def fit(self) -> None:
         c = self.c
         self.streams = {
-            name: IndexStream(len(split), c.seed + i)
-            for i, (name, split) in enumerate(self._splits().items())
+            name: IndexStream(len(split), c.seed + i) for i, (name, split) in enumerate(self._splits().items())
         }
         images_per_step = c.batch_size * c.grad_accum * self.world * (2 if self.classes is not None else 1)
         speed = Throughput()
@@ -405,15 +388,11 @@ class Trainer:
                     self.accelerator.backward(loss)
                     grad_norm = None
                     if self.accelerator.sync_gradients:
-                        grad_norm = self.accelerator.clip_grad_norm_(
-                            self.params, c.optim.max_grad_norm or math.inf
-                        )
+                        grad_norm = self.accelerator.clip_grad_norm_(self.params, c.optim.max_grad_norm or math.inf)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 # the mean over processes: one process's NaN stops them all (else the others wait for it forever)
-                losses.append(
-                    (self.accelerator.reduce(loss.detach(), "mean") if self.world > 1 else loss).item()
-                )
+                losses.append((self.accelerator.reduce(loss.detach(), "mean") if self.world > 1 else loss).item())
                 if not math.isfinite(losses[-1]):
                     # weights in memory took this step, but nothing is saved: the last checkpoint stays good
                     raise TrainingDiverged(self._diverged_message(losses[-1]))
@@ -448,11 +427,18 @@ class Trainer:
             if rate and self.peak and self.flops_per_image
             else None
         )
-        self.log.scalars(self.step, {
-            "loss/train": loss, **extra, "lr": self.lr_scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "perf/images_per_s": rate, "perf/mfu": mfu, "perf/memory_gb": memory_gb(self.device),
-        })  # fmt: skip
+        self.log.scalars(
+            self.step,
+            {
+                "loss/train": loss,
+                **extra,
+                "lr": self.lr_scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "perf/images_per_s": rate,
+                "perf/mfu": mfu,
+                "perf/memory_gb": memory_gb(self.device),
+            },
+        )
         self.rate, self.mfu = rate, mfu
 
     def _diverged_message(self, loss: float) -> str:
@@ -511,13 +497,19 @@ class Trainer:
             prompts = self.sample_prompts()
             pairs = [(p, s) for p in prompts for s in c.sample_seeds]
             dtype = self.weight_dtype if self.weight_dtype != torch.float32 else None
-            images = sample_images(pipe, [p for p, _ in pairs], [s for _, s in pairs], c.sample_steps, c.guidance,
-                                   long_prompts=c.long_prompts, size=self.resolution, autocast_dtype=dtype)  # fmt: skip
+            images = sample_images(
+                pipe,
+                [p for p, _ in pairs],
+                [s for _, s in pairs],
+                c.sample_steps,
+                c.guidance,
+                long_prompts=c.long_prompts,
+                size=self.resolution,
+                autocast_dtype=dtype,
+            )
             n = len(c.sample_seeds)
             rows = [(p, list(images[i * n : (i + 1) * n])) for i, p in enumerate(prompts)]
-            grid = prompt_grid(
-                rows, [f"seed {s}" for s in c.sample_seeds], cell=max(128, min(256, self.resolution))
-            )
+            grid = prompt_grid(rows, [f"seed {s}" for s in c.sample_seeds], cell=max(128, min(256, self.resolution)))
             path = self.out / "samples" / f"{ckpt.checkpoint_name(self.step)}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             grid.save(path)
@@ -536,12 +528,17 @@ class Trainer:
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
-            "data_digest": self.data.digest, "method": self.c.method, "model": self.identity, "seed": self.c.seed,
-            "max_steps": self.c.max_steps, "loss_history": self.history[-1000:], "val_loss": self.val_loss,
+            "data_digest": self.data.digest,
+            "method": self.c.method,
+            "model": self.identity,
+            "seed": self.c.seed,
+            "max_steps": self.c.max_steps,
+            "loss_history": self.history[-1000:],
+            "val_loss": self.val_loss,
             "ema_step": self.ema.optimization_step if self.ema is not None else None,
             "grad_scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
             "order": self._order_settings(),
-        }  # fmt: skip
+        }
 
     def _order_settings(self) -> dict[str, Any]:
         """What a resumed run must share with the saved one to continue it exactly, by flag name."""
@@ -579,8 +576,11 @@ class Trainer:
             raise ConfigError(
                 f"{path} was made with other data or another method; resume it with the same --data and --method"
             )
-        changed = [f"{k} {v} (was {state['order'][k]})" for k, v in self._order_settings().items()
-                   if k in state.get("order", {}) and state["order"][k] != v]  # fmt: skip
+        changed = [
+            f"{k} {v} (was {state['order'][k]})"
+            for k, v in self._order_settings().items()
+            if k in state.get("order", {}) and state["order"][k] != v
+        ]
         if changed:
             raise ConfigError(
                 f"{path} cannot continue exactly with {', '.join(changed)}; resume with the saved settings"
@@ -598,7 +598,8 @@ class Trainer:
         missing |= {n for n in set(params) - missing if params[n].shape != saved["trainable"][n].shape}
         if missing:
             raise ConfigError(
-                f"{path} does not match this run's trainable weights (e.g. {sorted(missing)[0]}); use the run's own settings"
+                f"{path} does not match this run's trainable weights (e.g. {sorted(missing)[0]}); "
+                "use the run's own settings"
             )
         with torch.no_grad():
             for name, p in params.items():
@@ -623,8 +624,7 @@ class Trainer:
         if self.device.type != "cuda" and self.c.peak_tflops is None:
             return None
         self.streams = {
-            name: IndexStream(len(split), self.c.seed + i)
-            for i, (name, split) in enumerate(self._splits().items())
+            name: IndexStream(len(split), self.c.seed + i) for i, (name, split) in enumerate(self._splits().items())
         }
         unet = self.accelerator.unwrap_model(self.unet)
         checkpointing = self.c.gradient_checkpointing

@@ -15,8 +15,15 @@ from .data import IndexStream, PreparedSplit
 log = logging.getLogger(__name__)
 
 
-def fit_vae(model: str | Path, data: str | Path, steps: int = 600, batch: int = 16, lr: float = 1e-3,
-            kl_weight: float = 1e-6, seed: int = 0) -> float:  # fmt: skip
+def fit_vae(
+    model: str | Path,
+    data: str | Path,
+    steps: int = 600,
+    batch: int = 16,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-6,
+    seed: int = 0,
+) -> float:
     """Train `<model>/vae` on `<data>/train` (L1 + MSE reconstruction, a light KL term) and save it in place.
     Sets the latent scaling factor from the fitted latents (as SD's 0.18215 was chosen). Returns the final
     reconstruction error (mean absolute, in [-1, 1] units)."""
@@ -35,9 +42,7 @@ def fit_vae(model: str | Path, data: str | Path, steps: int = 600, batch: int = 
     for step in bar:
         x = images[order.take(step * batch, batch)]
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(
-            posterior.sample(generator=torch.Generator().manual_seed(seed * 1000 + step))
-        ).sample
+        recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(seed * 1000 + step))).sample
         l1 = F.l1_loss(recon, x)
         loss = l1 + F.mse_loss(recon, x) + kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -47,9 +52,7 @@ def fit_vae(model: str | Path, data: str | Path, steps: int = 600, batch: int = 
         bar.set_postfix(l1=f"{error:.4f}")
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat(
-            [vae.encode(images[i : i + 64]).latent_dist.mean for i in range(0, len(images), 64)]
-        )
+        latents = torch.cat([vae.encode(images[i : i + 64]).latent_dist.mean for i in range(0, len(images), 64)])
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     vae.save_pretrained(Path(model) / "vae", safe_serialization=True)
     log.info("fitted the VAE of %s: L1 %.4f, scaling factor %.4f", model, error, vae.config.scaling_factor)
