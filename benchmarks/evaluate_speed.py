@@ -10,11 +10,11 @@ Run: .venv/bin/python benchmarks/evaluate_speed.py [--images 2000]
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from cxrgen.cli import main as cli
+from cxrgen.contracts import MetricsDocument
 
 OUT = Path(__file__).parent / "out" / "evaluate_speed"
 
@@ -42,7 +42,7 @@ def dataset(name: str, n: int, seed: int) -> Path:
                 str(release),
                 "--out",
                 str(data),
-                "--image.size",
+                "--image.resolution",
                 "256",
                 "--qc.contact-sheet",
                 "0",
@@ -88,8 +88,8 @@ def main() -> None:
             ]
         )
         times.append((attempt, time.perf_counter() - start))
-    metrics = json.loads((OUT / "evaluation" / "metrics.json").read_text())
-    sizes = {k: (v["images"], v["sizes"]) for k, v in metrics["sets"].items()}
+    metrics = MetricsDocument.read(OUT / "evaluation")
+    sizes = {k: (v["images"], v["sizes"]) for k, v in metrics.sets.items()}
     print(f"\nsets (images, sizes): {sizes}")
     for attempt, seconds in times:
         print(f"evaluate, {attempt}: {seconds:.0f} s ({seconds / 60:.1f} min)")

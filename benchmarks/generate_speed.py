@@ -21,8 +21,9 @@ import torch
 
 from cxrgen.generate.config import GenerateConfig
 from cxrgen.generate.runner import Generator
-from cxrgen.models import ModelConfig, make_random_lora
-from cxrgen.sampling import make_scheduler
+from cxrgen.model.loading import ModelConfig
+from cxrgen.model.random_weights import make_random_lora
+from cxrgen.model.sampling import make_scheduler
 
 OUT = Path(__file__).parent / "out" / "generate_speed"
 PROMPTS = [
@@ -96,13 +97,13 @@ def cxrgen_rate(model: Path, n: int, batch: int, steps: int, size: int, lora: Pa
             n=count // len(PROMPTS),
             batch_size=batch,
             steps=steps,
-            size=size,
+            resolution=size,
             loras=[str(lora)] if lora else [],
         )
 
     Generator(config(OUT / "cxrgen-warm", batch * len(PROMPTS))).run()  # warm-up
     summary = Generator(config(OUT / "cxrgen", n)).run()
-    return summary["made"] / summary["seconds"]
+    return summary.made / summary.seconds
 
 
 def run() -> None:

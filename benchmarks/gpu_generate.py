@@ -72,8 +72,9 @@ def main() -> None:
 
     from cxrgen.generate.config import GenerateConfig
     from cxrgen.generate.runner import Generator
-    from cxrgen.models import ModelConfig, TinyModelConfig, make_tiny_model
-    from cxrgen.sampling import make_scheduler
+    from cxrgen.model.loading import ModelConfig
+    from cxrgen.model.random_weights import TinyModelConfig, make_tiny_model
+    from cxrgen.model.sampling import make_scheduler
 
     work = Path(args.work)
     model = work / arch
@@ -112,7 +113,7 @@ def main() -> None:
             n=count,
             batch_size=batch,
             steps=steps,
-            size=size,
+            resolution=size,
             dtype=precision,
             compile=compiled,
         )
@@ -124,8 +125,8 @@ def main() -> None:
 
         layouts = (False, False)
 
-        def load(self) -> None:
-            super().load()  # compiling happens at the first call, so the layout set here is what compiles
+        def __init__(self, config: GenerateConfig) -> None:
+            super().__init__(config)  # compiling happens at the first call, so the layout set here is what compiles
             for module, wanted in zip((self.pipe.unet, self.pipe.vae), self.layouts, strict=True):
                 if wanted:
                     module.to(memory_format=torch.channels_last)
@@ -151,9 +152,9 @@ def main() -> None:
             {
                 "tool": tool,
                 "batch": batch,
-                "images_per_s": summary["steady_images_per_s"],
-                "whole_run_images_per_s": summary["images_per_s"],
-                "seconds": summary["seconds"],
+                "images_per_s": summary.steady_images_per_s,
+                "whole_run_images_per_s": summary.images_per_s,
+                "seconds": summary.seconds,
                 "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
             }
         )

@@ -104,7 +104,7 @@ def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from cxrgen.models import SD15, TINY
+    from cxrgen.model.random_weights import SD15, TINY
 
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("gpu_profile.py needs a CUDA GPU (or --smoke)")

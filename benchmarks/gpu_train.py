@@ -46,7 +46,7 @@ RUNS = [
 def prepare_inputs(work: Path) -> tuple[Path, Path]:
     from cxrgen.fileio import write_jsonl
     from cxrgen.imaging.png import write_png
-    from cxrgen.models import TinyModelConfig, make_tiny_model
+    from cxrgen.model.random_weights import TinyModelConfig, make_tiny_model
     from cxrgen.phantom import render
 
     model = work / "sd15"

@@ -97,7 +97,7 @@ def main() -> None:
             str(release),
             "--out",
             str(data),
-            "--image.size",
+            "--image.resolution",
             "64",
             "--prompts.template",
             "chest x-ray, {findings}",

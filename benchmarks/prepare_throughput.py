@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxrgen.image_jobs import Job, run_jobs
 from cxrgen.imaging import ImageConfig
 from cxrgen.phantom import render
+from cxrgen.prepare.jobs import Job, run_jobs
 
 
 def make_images(folder: Path, n: int) -> list[Path]:
@@ -58,7 +58,7 @@ def rate_convert(paths: list[Path], workers: int, out: Path) -> float:
     shutil.rmtree(out, ignore_errors=True)
     jobs = [Job(p.stem, str(p), str(out / "train" / f"{p.stem}.png")) for p in paths]
     t = time.perf_counter()
-    results = run_jobs(jobs, ImageConfig(size=512), out / "journal.jsonl", workers)
+    results = run_jobs(jobs, ImageConfig(resolution=512), out / "journal.jsonl", workers)
     seconds = time.perf_counter() - t
     assert all(r.status == "ok" for r in results.values()), [r.reason for r in results.values() if r.status != "ok"]
     return len(paths) / seconds

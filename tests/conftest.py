@@ -25,7 +25,7 @@ def quirk_release(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A random tiny Stable Diffusion pipeline (64 px) with the exact CLIP tokenizer."""
-    from cxrgen.models import TinyModelConfig, make_tiny_model
+    from cxrgen.model.random_weights import TinyModelConfig, make_tiny_model
 
     return make_tiny_model(TinyModelConfig(out=str(tmp_path_factory.mktemp("models") / "tiny")))
 
@@ -33,17 +33,17 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A prepared dataset of 64 px phantom radiographs with train/val/test splits."""
-    from cxrgen.filters import FilterConfig
     from cxrgen.imaging import ImageConfig
     from cxrgen.phantom import write_release
-    from cxrgen.prepare import PrepareConfig, run_prepare
-    from cxrgen.qc import QCConfig
-    from cxrgen.splits import SplitConfig
+    from cxrgen.prepare.command import PrepareConfig, run
+    from cxrgen.prepare.filters import FilterConfig
+    from cxrgen.prepare.qc import QCConfig
+    from cxrgen.prepare.splits import SplitConfig
 
     root = tmp_path_factory.mktemp("phantom")
     write_release(root / "release", n=40, seed=3, size=256)
     out = root / "prepared"
-    run_prepare(
+    run(
         PrepareConfig(
             source="padchest",
             csv=str(root / "release" / "phantom_padchest.csv.gz"),
@@ -51,7 +51,7 @@ def tiny_dataset(tmp_path_factory):
             out=str(out),
             workers=1,
             filters=FilterConfig(),
-            image=ImageConfig(size=64),
+            image=ImageConfig(resolution=64),
             qc=QCConfig(min_side=64, contact_sheet=0),
             splits=SplitConfig(train=0.6, val=0.2, test=0.2),
         )

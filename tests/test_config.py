@@ -99,7 +99,7 @@ def test_prepare_never_pays_for_torch(tmp_path):
 
 def test_verbose_after_the_command_shows_the_traceback(tmp_path):
     from cxrgen.cli import main
-    from cxrgen.readers.tables import TableError
+    from cxrgen.tables import TableError
 
     args = ["--source", "padchest", "--csv", str(tmp_path), "--out", str(tmp_path / "o"), "--metadata-only"]
     assert main(["prepare", *args]) == 1  # one line

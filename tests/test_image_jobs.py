@@ -11,7 +11,7 @@ from helpers import save_png, xray
 
 KILLED_PREPARE = """
 import os, sys, time
-from cxrgen import image_jobs
+from cxrgen.prepare import jobs as image_jobs
 from cxrgen.cli import main
 
 images, out, how = sys.argv[1:4]
@@ -24,7 +24,7 @@ image_jobs.convert_file = slow
 if how == "poll":  # the portable fallback, as on a system without prctl
     image_jobs._parent_death_signal = lambda: False
 sys.exit(main(["prepare", "--source", "folder", "--images", images, "--out", out, "--workers", "2",
-               "--image.size", "64", "--qc.min-side", "64", "--patient-key-salt", "x"]))
+               "--image.resolution", "64", "--qc.min-side", "64", "--patient-key-salt", "x"]))
 """
 
 

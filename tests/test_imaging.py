@@ -18,8 +18,8 @@ def test_16bit_png_uses_the_full_depth(tmp_path):
     pixels = gradient()  # 12-bit values: dropping the low byte would leave ~16 gray levels
     d = decode(save_png(tmp_path / "g.png", pixels))
     assert d.image.mode == "I" and d.pixels.max() == 5000
-    assert measure(d, ImageConfig(size=64))[0].contrast > 0.4  # against 13 bits (5000), not 16
-    out = convert(d, ImageConfig(size=128, crop_border=False)).image
+    assert measure(d, ImageConfig(resolution=64))[0].contrast > 0.4  # against 13 bits (5000), not 16
+    out = convert(d, ImageConfig(resolution=128, crop_border=False)).image
     row = out[64, 16:-16]  # inside the side padding
     assert len(np.unique(row)) > 60 and np.all(np.diff(row.astype(int)) >= 0)
     assert out.dtype == np.uint8 and out.shape == (128, 128)
@@ -52,8 +52,8 @@ def test_dicom_monochrome1_rescale_and_window(tmp_path):
     plain = decode(write_dicom(tmp_path / "m2.dcm", pixels))
     inverted = decode(write_dicom(tmp_path / "m1.dcm", pixels, monochrome1=True))
     assert plain.pixels[0, 0] < plain.pixels[0, -1] and inverted.pixels[0, 0] > inverted.pixels[0, -1]
-    a = convert(plain, ImageConfig(size=64, aspect="crop", crop_border=False)).image
-    b = convert(inverted, ImageConfig(size=64, aspect="crop", crop_border=False)).image
+    a = convert(plain, ImageConfig(resolution=64, aspect="crop", crop_border=False)).image
+    b = convert(inverted, ImageConfig(resolution=64, aspect="crop", crop_border=False)).image
     assert np.abs(a.astype(int) + b.astype(int) - 255).max() <= 2  # mirror images
     rescaled = decode(write_dicom(tmp_path / "r.dcm", pixels, slope=2.0, intercept=-1024.0))
     assert rescaled.pixels.min() == -1024 and rescaled.pixels.max() == 2 * 4095 - 1024
@@ -127,7 +127,7 @@ def test_border_crop_in_conversion():
     img = np.zeros((800, 600), np.uint16)
     img[100:700, 100:500] = 20000
     img[100:700, 100:300] = 40000  # the left half of the content is bright
-    out = convert(decode_array(img), ImageConfig(size=64, aspect="crop")).image
+    out = convert(decode_array(img), ImageConfig(resolution=64, aspect="crop")).image
     assert out[:, 2:30].mean() > 250 and out[:, 34:62].mean() < 5  # the bright and dark halves, no border
 
 
@@ -135,9 +135,9 @@ def test_pad_and_crop_keep_aspect():
     img = np.zeros((400, 200), np.uint16)
     img[:, :] = 1000
     img[:, 100:] = 3000  # left half dark, right half bright
-    padded = convert(decode_array(img), ImageConfig(size=64, aspect="pad", crop_border=False)).image
+    padded = convert(decode_array(img), ImageConfig(resolution=64, aspect="pad", crop_border=False)).image
     assert padded.shape == (64, 64) and padded[:, :15].max() == 0 and padded[:, -15:].max() == 0  # side bars
-    cropped = convert(decode_array(img), ImageConfig(size=64, aspect="crop", crop_border=False)).image
+    cropped = convert(decode_array(img), ImageConfig(resolution=64, aspect="crop", crop_border=False)).image
     assert cropped[:, :30].mean() < 10 and cropped[:, 34:].mean() > 245  # the centered square of both halves
 
 
@@ -157,8 +157,8 @@ def test_window_and_pad_helpers():
 
 def test_convert_file_is_deterministic(tmp_path):
     path = save_png(tmp_path / "x.png", xray(300, 240, seed=3))
-    a = convert_file(path, ImageConfig(size=128))
-    b = convert_file(path, ImageConfig(size=128))
+    a = convert_file(path, ImageConfig(resolution=128))
+    b = convert_file(path, ImageConfig(resolution=128))
     assert np.array_equal(a.image, b.image) and a.stats == b.stats
 
 
@@ -166,10 +166,10 @@ def test_image_config_validation():
     from cxrgen.config import ConfigError
 
     with pytest.raises(ConfigError, match="multiple of 8"):
-        ImageConfig(size=500)
+        ImageConfig(resolution=500)
     with pytest.raises(ConfigError, match="low < high"):
         ImageConfig(window_low=99, window_high=1)
-    assert ImageConfig(size=256).digest() != ImageConfig(size=512).digest()
+    assert ImageConfig(resolution=256).digest() != ImageConfig(resolution=512).digest()
 
 
 def test_png_writer_roundtrip_with_text(tmp_path):

@@ -2,7 +2,7 @@ import ast
 
 import pytest
 
-from cxrgen.readers.listtext import ListTextError, parse_list_text
+from cxrgen.prepare.readers.listtext import ListTextError, parse_list_text
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ CELLS = [
 def test_fast_paths_read_as_the_scanner_does(text, monkeypatch):
     """PadChest's two cell shapes are matched by regular expressions; everything else by the scanner. Both
     must read (or refuse) every cell alike."""
-    from cxrgen.readers import listtext
+    from cxrgen.prepare.readers import listtext
 
     def read(t):
         try:

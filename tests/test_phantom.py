@@ -103,7 +103,7 @@ def test_detectors_read_the_findings_of_prepared_phantoms(tmp_path):
                 str(release),
                 "--out",
                 str(data),
-                "--image.size",
+                "--image.resolution",
                 "64",
                 "--no-image.crop-border",
                 "--qc.min-side",

@@ -7,8 +7,8 @@ import pytest
 from helpers import BAD_IMAGE_ROWS, QUIRK_ROWS, REJECTED_ROWS, write_dicom, xray
 from PIL import Image
 
-from cxrgen import image_jobs
 from cxrgen.cli import main
+from cxrgen.prepare import jobs as image_jobs
 from cxrgen.records import FRONTAL_PROJECTIONS
 
 SALT = ["--patient-key-salt", "fixed-test-salt"]
@@ -27,7 +27,7 @@ def prepare(release, out, *extra):
         str(root),
         "--out",
         str(out),
-        "--image.size",
+        "--image.resolution",
         "64",
         "--workers",
         "1",
@@ -200,7 +200,7 @@ def test_folder_source_with_dicom(tmp_path):
                 str(folder),
                 "--out",
                 str(out),
-                "--image.size",
+                "--image.resolution",
                 "64",
                 "--qc.min-side",
                 "64",
@@ -288,7 +288,7 @@ def test_missing_images_are_tried_again_and_old_copies_go(quirk_release, tmp_pat
     assert len([r for r in rejected(out) if r["reason"] == "image: file not found"]) == len(missing) - 1
     reject_all = ["--qc.min-contrast", "0.9"]
     assert prepare(release, out, *reject_all) == 1  # every image moves to rejected/: an empty dataset fails
-    assert prepare(release, out, "--image.size", "96", *reject_all) == 1  # converted again, rejected again
+    assert prepare(release, out, "--image.resolution", "96", *reject_all) == 1  # converted again, rejected again
     names = [p.name for p in out.glob("*/??/*.png")]
     assert len(names) == len(set(names)) and all(Image.open(p).size[0] == 96 for p in out.glob("*/??/*.png"))
     # back to the first settings: their journal entries stand only for their own PNGs, which are 96 px now
@@ -330,7 +330,7 @@ def test_mimic_and_chexpert_outputs_name_no_one(tmp_path):
     common = [
         "--images",
         str(tmp_path / "images"),
-        "--image.size",
+        "--image.resolution",
         "64",
         "--qc.min-side",
         "64",
@@ -342,7 +342,7 @@ def test_mimic_and_chexpert_outputs_name_no_one(tmp_path):
         "0",
     ]
     sources = {
-        "mimic": ["--csv", str(tmp_path / "meta.csv"), "--labels-csv", str(tmp_path / "labels.csv")],
+        "mimic": ["--csv", str(tmp_path / "meta.csv"), "--mimic.labels-csv", str(tmp_path / "labels.csv")],
         "chexpert": ["--csv", str(tmp_path / "chexpert.csv")],
     }
     for source, args in sources.items():

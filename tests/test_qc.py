@@ -2,7 +2,7 @@ import numpy as np
 from helpers import xray
 
 from cxrgen.imaging import Decoded, ImageConfig, measure
-from cxrgen.qc import QCConfig, contact_sheet, qc_flags
+from cxrgen.prepare.qc import QCConfig, contact_sheet, qc_flags
 
 
 def flags_of(pixels, high=65535.0):

@@ -5,9 +5,11 @@ import pytest
 from helpers import QUIRK_ROWS, REJECTED_ROWS, write_dicom, xray
 
 from cxrgen.phantom import padchest_row, write_padchest_csv
-from cxrgen.readers import TableError, read_source
-from cxrgen.readers.padchest import read_padchest
+from cxrgen.prepare.readers import read_source
+from cxrgen.prepare.readers.mimic import MimicOptions
+from cxrgen.prepare.readers.padchest import read_padchest
 from cxrgen.records import Finding, PatientKeyer, Record
+from cxrgen.tables import TableError
 
 KEYER = PatientKeyer("test-salt")
 
@@ -127,10 +129,12 @@ def test_mimic(tmp_path):
         "mimic",
         KEYER,
         csv=tmp_path / "meta.csv",
-        labels_csv=tmp_path / "chexpert.csv",
-        split_csv=tmp_path / "split.csv",
-        sections_csv=tmp_path / "sections.csv",
-        patients_csv=tmp_path / "patients.csv",
+        options=MimicOptions(
+            labels_csv=str(tmp_path / "chexpert.csv"),
+            split_csv=str(tmp_path / "split.csv"),
+            sections_csv=str(tmp_path / "sections.csv"),
+            patients_csv=str(tmp_path / "patients.csv"),
+        ),
     )
     by = {x.image.split("/")[-1]: x for x in r.records}
     d1 = by["d1.jpg"]
@@ -143,13 +147,13 @@ def test_mimic(tmp_path):
     assert by["d3.jpg"].findings == [Finding("normal")] and by["d3.jpg"].caption == "Small effusion."
     assert by["d3.jpg"].age is None
     assert [x.reason for x in r.rejections] == ["labels: study not in the label file"]
-    positive = read_source(
-        "mimic", KEYER, csv=tmp_path / "meta.csv", labels_csv=tmp_path / "chexpert.csv", uncertain="positive"
-    )
+    options = MimicOptions(labels_csv=str(tmp_path / "chexpert.csv"), uncertain="positive")
+    positive = read_source("mimic", KEYER, csv=tmp_path / "meta.csv", options=options)
     assert Finding("pleural effusion") in positive.records[0].findings
     assert d1.labeler == "chexpert-labeler"
     (tmp_path / "mimic-cxr-2.0.0-negbio.csv").write_text((tmp_path / "chexpert.csv").read_text())
-    negbio = read_source("mimic", KEYER, csv=tmp_path / "meta.csv", labels_csv=tmp_path / "mimic-cxr-2.0.0-negbio.csv")
+    options = MimicOptions(labels_csv=str(tmp_path / "mimic-cxr-2.0.0-negbio.csv"))
+    negbio = read_source("mimic", KEYER, csv=tmp_path / "meta.csv", options=options)
     assert {x.labeler for x in negbio.records} == {"negbio"}  # the same studies, another labeler
 
 

@@ -88,7 +88,7 @@ def test_lora_loads_in_plain_diffusers_and_changes_images(lora_run, tiny_model):
     assert np.abs(tuned - kohya).max() < 1e-4  # the kohya file holds the same adapter
     from safetensors import safe_open
 
-    from cxrgen.train.adapters import kohya_base_version
+    from cxrgen.model.lora import kohya_base_version
 
     with safe_open(str(lora_run / "lora" / "lora_kohya.safetensors"), "pt") as fh:
         assert fh.metadata()["ss_base_model_version"] == "sd_v1"  # what UIs match the base model by
@@ -460,8 +460,8 @@ def test_saved_lora_keeps_its_alpha(tiny_model, tmp_path, file):
     """A LoRA trained with alpha != rank acts the same once saved and loaded by diffusers, from either file."""
     from peft import LoraConfig
 
-    from cxrgen.models import ModelConfig, load_components
-    from cxrgen.train.adapters import TRAIN, _pipeline, save_lora
+    from cxrgen.model.loading import ModelConfig, load_components
+    from cxrgen.train.methods.lora import TRAIN, save_lora
 
     trained = load_components(ModelConfig(base=str(tiny_model)))
     trained.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"]), adapter_name=TRAIN)
@@ -471,7 +471,7 @@ def test_saved_lora_keeps_its_alpha(tiny_model, tmp_path, file):
             param.data.normal_(0, 0.1)  # trained B is not zero
     save_lora(tmp_path, trained.unet, trained.text_encoder, False, {})
     loaded = load_components(ModelConfig(base=str(tiny_model)))
-    _pipeline(loaded).load_lora_weights(tmp_path, weight_name=file)
+    loaded.pipeline().load_lora_weights(tmp_path, weight_name=file)
     config = trained.unet.config
     inputs = (
         torch.randn(1, config.in_channels, config.sample_size, config.sample_size),
@@ -491,8 +491,8 @@ def test_model_and_lora_identities_follow_content(tmp_path, monkeypatch):
 
     import huggingface_hub.constants
 
-    from cxrgen.models import ModelConfig, model_identity
-    from cxrgen.train.adapters import lora_digest
+    from cxrgen.model.loading import ModelConfig, model_identity
+    from cxrgen.model.lora import lora_digest
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     for repo, file in (("org--model", "model_index.json"), ("org--lora", "pytorch_lora_weights.safetensors")):
@@ -523,8 +523,8 @@ def test_model_and_lora_identities_follow_content(tmp_path, monkeypatch):
 def test_text_cache_stores_each_window_once_and_pads_like_the_encoder(tiny_model, tmp_path):
     import torch
 
-    from cxrgen.models import ModelConfig, load_components
-    from cxrgen.text_encoding import encode_prompts
+    from cxrgen.model.loading import ModelConfig, load_components
+    from cxrgen.model.text_encoding import encode_prompts
     from cxrgen.train.cache import ArrayCache, TextCache
 
     m = load_components(ModelConfig(base=str(tiny_model)), torch.float32)
@@ -544,7 +544,7 @@ def test_text_cache_stores_each_window_once_and_pads_like_the_encoder(tiny_model
 def test_local_model_digest_is_remembered_until_a_file_changes(tmp_path, monkeypatch):
     import os
 
-    from cxrgen.models import weights_digest
+    from cxrgen.model.loading import weights_digest
 
     monkeypatch.setenv("CXRGEN_CACHE", str(tmp_path / "cache"))
     model = tmp_path / "model"

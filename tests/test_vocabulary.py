@@ -107,7 +107,7 @@ def test_synonyms_work_both_ways_and_sides_are_locations_to_check():
 
 
 def test_every_source_states_a_label_once_with_its_side_as_a_location():
-    from cxrgen.readers.folder import parse_findings
+    from cxrgen.prepare.readers.folder import parse_findings
     from cxrgen.records import Record
     from cxrgen.vocabulary import settle_findings
 

@@ -1,5 +1,7 @@
-"""The `cxrgen` command: one subcommand per stage, each a typed config and a library function.
+"""The `cxrgen` command: a thin layer over each command module's `Config`, `run` and `summarize`.
 
+Every command module has one shape: `Config` (a settings dataclass), `run(config)` (the library function, which
+returns a typed result: what `cxrgen.api` returns too) and `summarize(result)` (prints it, returns the exit code).
 Modules are imported only for the command that runs, so `cxrgen prepare` never pays for torch's start-up.
 """
 
@@ -10,11 +12,13 @@ import importlib
 import logging
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
 from . import __version__
 from .config import ConfigError, add_arguments, load, namespace_to_overrides, to_dict
+from .errors import UserError
 
 EXIT_USAGE = 2
 
@@ -22,8 +26,7 @@ EXIT_USAGE = 2
 @dataclass(frozen=True)
 class Command:
     name: str
-    config: str  # "module:Class"
-    run: str  # "module:function", called with the config, returning an exit code (or None for 0)
+    module: str  # holds Config, run(config) -> result and summarize(result) -> exit code
     help: str
     description: str
     epilog: str = ""
@@ -33,8 +36,7 @@ class Command:
 COMMANDS = (
     Command(
         "prepare",
-        "cxrgen.prepare:PrepareConfig",
-        "cxrgen.prepare:main",
+        "cxrgen.prepare.command",
         "turn a raw release into image-prompt pairs with patient-level splits",
         "Read a release (PadChest, MIMIC-CXR-JPG, CheXpert or a folder), filter it, build prompts, convert images\n"
         "to 8-bit PNGs and write <out>/<split>/metadata.jsonl, prepare.json and rejected.csv.",
@@ -47,8 +49,7 @@ COMMANDS = (
     ),
     Command(
         "train",
-        "cxrgen.train.config:TrainConfig",
-        "cxrgen.train.command:run_train",
+        "cxrgen.train.command",
         "fine-tune Stable Diffusion on a prepared dataset (DreamBooth-LoRA or full)",
         "Train a LoRA (optionally on top of earlier LoRAs, with prior preservation) or fine-tune the UNet (and\n"
         "text encoder). Checkpoints resume exactly; sample grids, validation loss and TensorBoard logs land in\n"
@@ -63,8 +64,7 @@ COMMANDS = (
     ),
     Command(
         "generate",
-        "cxrgen.generate.config:GenerateConfig",
-        "cxrgen.generate.runner:run_generate",
+        "cxrgen.generate.command",
         "generate labelled synthetic chest X-rays from structured conditions",
         "Make images from condition flags, a conditions file, a prepared dataset's distribution (optionally\n"
         "re-weighted toward chosen findings) or raw prompts, with a base model, LoRAs or a training run.\n"
@@ -80,8 +80,7 @@ COMMANDS = (
     ),
     Command(
         "evaluate",
-        "cxrgen.evaluate.command:EvaluateConfig",
-        "cxrgen.evaluate.command:main",
+        "cxrgen.evaluate.command",
         "measure generated images: fidelity, diversity, memorization, prompt adherence, forgetting",
         "FID and KID (Inception, chest-X-ray or any backbone features) with bootstrap intervals, precision/recall/\n"
         "density/coverage, MS-SSIM diversity, nearest training images and likely copies, classifier AUROC of the\n"
@@ -89,20 +88,18 @@ COMMANDS = (
         "examples:\n"
         "  cxrgen evaluate --real data/padchest-512 --generated synth/mix --train data/padchest-512 --out eval/mix\n"
         "  cxrgen evaluate ... --extractors inception xrv --weights xrv=densenet121-res224-all.pt --allow-pickle\n"
-        "  cxrgen evaluate ... --run runs/cxr-lora --forgetting",
+        "  cxrgen evaluate ... --run runs/cxr-lora --forgetting.enabled",
     ),
     Command(
         "report",
-        "cxrgen.evaluate.report:ReportConfig",
-        "cxrgen.evaluate.report:main",
+        "cxrgen.evaluate.report",
         "write report.html for an evaluation folder",
         "One self-contained HTML page: sample grids per condition, nearest-neighbour pairs, metric tables with\n"
         "intervals, training loss curves and plots, from <folder>/metrics.json.",
     ),
     Command(
         "vocab",
-        "cxrgen.vocab_command:VocabConfig",
-        "cxrgen.vocab_command:run_vocab",
+        "cxrgen.prepare.vocab",
         "list a dataset's finding labels and locations, with counts per split and other spellings",
         "The vocabulary cxrgen prepare recorded for a dataset (or one counted from a generated set's metadata):\n"
         "label filters, generate's name checks and adherence read names through it.",
@@ -112,33 +109,29 @@ COMMANDS = (
     ),
     Command(
         "make-tiny-model",
-        "cxrgen.models:TinyModelConfig",
-        "cxrgen.models:make_tiny_model",
+        "cxrgen.model.random_weights",
         "write a random Stable Diffusion pipeline offline (tiny, or the SD 1.5 architecture)",
         "A diffusers pipeline folder with random weights and the exact CLIP tokenizer, for tests, the demo and\n"
         "speed or memory work without downloads.",
     ),
     Command(
         "phantom",
-        "cxrgen.phantom.command:PhantomConfig",
-        "cxrgen.phantom.command:run_phantom",
+        "cxrgen.phantom.command",
         "write a PadChest-format release of phantom radiographs with known findings",
         "Phantom chest radiographs (lungs, heart, ribs, diaphragm, noise, exposure and positioning variation) with\n"
         "findings drawn where the labels say, as the real PadChest CSV and 16-bit PNGs in numbered folders.",
     ),
     Command(
         "demo",
-        "cxrgen.demo:DemoConfig",
-        "cxrgen.demo:run_demo",
+        "cxrgen.demo",
         "run the pipeline end to end on phantom data (offline, CPU)",
         "Phantom release -> prepare -> train -> ... Prints where each artefact is.",
     ),
 )
 
 
-def _resolve(ref: str):
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
+def command_module(command: Command) -> Any:
+    return importlib.import_module(command.module)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -189,7 +182,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
             action="store_true",
             help="print the resolved settings and exit",
         )
-        add_arguments(p, _resolve(command.config))
+        add_arguments(p, command_module(command).Config)
         p.set_defaults(_spec=command)
     return parser
 
@@ -211,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = getattr(args, "_preset", None)
         base = importlib.import_module(spec.presets).preset_values(preset) if preset else None
-        config = load(_resolve(spec.config), args._config, namespace_to_overrides(args), base)
+        module = command_module(spec)
+        config = load(module.Config, args._config, namespace_to_overrides(args), base)
         if args._print_config:
             print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
             return 0
-        code = _resolve(spec.run)(config)
-        return code if isinstance(code, int) else 0
+        return module.summarize(module.run(config))
     except ConfigError as exc:
         print(f"cxrgen {spec.name}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -231,17 +224,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
-    """Errors about the user's inputs or machine (a missing or unwritable path, a full disk), shown as one line
-    (run with -v for the traceback)."""
-    kinds: list[type] = [OSError, ValueError]
-    # each error class comes from a module that raised it, so it is imported already; importing it here would
-    # cost an error message torch's start-up
-    for module, name in (
-        ("cxrgen.readers.tables", "TableError"),
-        ("cxrgen.tokens", "TokenizerError"),
-        ("cxrgen.models", "ModelError"),
-        ("cxrgen.evaluate.extractors", "ExtractorError"),
-    ):
-        if module in sys.modules:
-            kinds.append(getattr(sys.modules[module], name))
-    return isinstance(exc, tuple(kinds))
+    """Errors about the user's inputs or machine (a missing or unwritable path, a full disk, a model that does not
+    load), shown as one line (run with -v for the traceback)."""
+    return isinstance(exc, OSError | ValueError | UserError)

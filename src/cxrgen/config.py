@@ -11,6 +11,7 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -244,6 +245,24 @@ def load(
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain, YAML/JSON-ready copy of a config."""
     return dataclasses.asdict(config)
+
+
+def with_groups(cls: type[T], groups: dict[str, tuple[type, str]]) -> type[T]:
+    """`cls` with one nested settings group per entry (name -> (dataclass, help)): how registered parts (release
+    readers, training methods, metrics) bring their own options, as `--<name>.<option>` flags and YAML mappings."""
+    fields = [(name, tp, option(factory=tp, help=help)) for name, (tp, help) in groups.items()]
+    made = dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
+    made.__module__, made.__qualname__ = cls.__module__, cls.__qualname__
+    made.__doc__ = cls.__doc__
+    return made
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/n' (0-based shard i of n) as (i, n); None is the whole job, (0, 1)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "0/1")
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise ConfigError(f"--shard must be 'i/n' with 0 <= i < n (e.g. 0/4), not {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 def check_fraction(value: float, name: str) -> None:

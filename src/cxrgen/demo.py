@@ -13,22 +13,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import api
 from .config import option
-from .evaluate.command import EvaluateConfig, run_evaluate
+from .contracts import MetricsDocument, metadata_path
 from .evaluate.extractors import fid_inception_file
-from .evaluate.report import write_report
 from .fileio import write_json
-from .filters import FilterConfig
-from .generate.config import GenerateConfig
-from .generate.runner import Generator
-from .imaging import ImageConfig
-from .models import ModelConfig, TinyModelConfig, make_tiny_model
+from .model.random_weights import TinyModelConfig, make_tiny_model
 from .phantom import write_release
-from .prepare import PrepareConfig, print_summary, run_prepare
-from .qc import QCConfig
-from .train.command import print_summary as print_train_summary
-from .train.command import run_train_config
-from .train.config import OptimConfig, TrainConfig
+from .prepare import command as prepare_command
+from .train import command as train_command
 from .train.vae import fit_vae
 
 STAGES = 6
@@ -38,7 +31,7 @@ STAGES = 6
 class DemoConfig:
     out: str = option("demo-output", "folder for everything the demo writes")
     n: int = option(240, "phantom images")
-    size: int = option(64, "training image size (the tiny demo model works at 64 px)")
+    resolution: int = option(64, "training image side in pixels (the tiny demo model works at 64 px)")
     seed: int = option(0, "seed for the phantom release and every later stage")
     workers: int = option(0, "worker processes (0: all cores)")
     vae_steps: int = option(200, "steps fitting the tiny model's VAE to the phantoms")
@@ -50,7 +43,11 @@ def _stage(k: int, text: str) -> None:
     print(f"\n[{k}/{STAGES}] {text}", flush=True)
 
 
-def run_demo(config: DemoConfig) -> int:
+Config = DemoConfig
+
+
+def run(config: DemoConfig) -> Path:
+    """Every stage through the Python API, with small settings; returns the report's path."""
     start = time.perf_counter()
     out = Path(config.out)
     release, data, model, run_dir, synth, evaluation = (
@@ -61,89 +58,79 @@ def run_demo(config: DemoConfig) -> int:
     write_release(release, n=config.n, seed=config.seed, size=256, aspect=(1.0, 1.0))
 
     _stage(2, "prepare: label parsing, filters, prompts, image conversion, QC, patient-level splits")
-    print_summary(
-        run_prepare(
-            PrepareConfig(
-                source="padchest",
-                csv=str(release / "phantom_padchest.csv.gz"),
-                images=str(release),
-                out=str(data),
-                seed=config.seed,
-                workers=config.workers,
-                filters=FilterConfig(),
-                image=ImageConfig(size=config.size),
-                qc=QCConfig(min_side=128),
-            )
-        )
+    prepared = api.prepare(
+        source="padchest",
+        csv=str(release / "phantom_padchest.csv.gz"),
+        images=str(release),
+        out=str(data),
+        seed=config.seed,
+        workers=config.workers,
+        image={"resolution": config.resolution},
+        qc={"min_side": 128},
     )
+    prepare_command.summarize(prepared)
 
     _stage(3, f"a tiny random Stable Diffusion model, its VAE fitted to the phantoms, in {model}")
     # made once per settings; the marker is written last, so a run stopped while fitting the VAE fits it again
     made = model / "demo-model.json"
-    settings = {"size": config.size, "seed": config.seed, "vae_steps": config.vae_steps}
+    settings = {"resolution": config.resolution, "seed": config.seed, "vae_steps": config.vae_steps}
     if not made.is_file() or json.loads(made.read_text()) != settings:
         shutil.rmtree(model, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoints belong to the model being replaced
-        make_tiny_model(TinyModelConfig(out=str(model), image_size=config.size, seed=config.seed))
+        make_tiny_model(TinyModelConfig(out=str(model), image_size=config.resolution, seed=config.seed))
         fit_vae(model, data, steps=config.vae_steps, batch=16, seed=config.seed)
         write_json(made, settings)
 
     _stage(4, f"LoRA training, {config.steps} steps, with sample grids and validation loss")
-    trainer, summary = run_train_config(
-        TrainConfig(
-            data=str(data),
-            out=str(run_dir),
-            model=ModelConfig(base=str(model)),
-            seed=config.seed,
-            max_steps=config.steps,
-            batch_size=8,
-            sample_every=max(1, config.steps // 2),
-            sample_steps=15,
-            sample_seeds=[0, 1, 2],
-            val_every=max(1, config.steps // 4),
-            checkpoint_every=max(1, config.steps // 2),
-            log_every=5,
-            cache_dir=str(out / "cache"),
-            optim=OptimConfig(learning_rate=1e-3),
-            resume="latest" if (run_dir / "checkpoints").is_dir() else None,
-        )
+    trained = api.train(
+        data=str(data),
+        out=str(run_dir),
+        model={"base": str(model)},
+        seed=config.seed,
+        max_steps=config.steps,
+        batch_size=8,
+        sample_every=max(1, config.steps // 2),
+        sample_steps=15,
+        sample_seeds=[0, 1, 2],
+        val_every=max(1, config.steps // 4),
+        checkpoint_every=max(1, config.steps // 2),
+        log_every=5,
+        cache_dir=str(out / "cache"),
+        optim={"learning_rate": 1e-3},
+        resume="latest" if (run_dir / "checkpoints").is_dir() else None,
     )
-    print_train_summary(trainer, summary)
+    if train_command.summarize(trained):
+        raise RuntimeError(f"the demo's training stopped: {trained.message}")
 
     _stage(5, f"a labelled synthetic set: {config.images} images drawn like the prepared training split")
-    made = Generator(
-        GenerateConfig(
-            out=str(synth), run=str(run_dir), like=str(data), n=config.images, steps=15, batch_size=16, seed=config.seed
-        )
-    ).run()
-    print(f"  {made.get('images', made['made'])} images with their conditions in {synth / 'train' / 'metadata.jsonl'}")
+    synthetic = api.generate(
+        out=str(synth), run=str(run_dir), like=str(data), n=config.images, steps=15, batch_size=16, seed=config.seed
+    )
+    images = synthetic.manifest.images if synthetic.manifest else synthetic.made
+    print(f"  {images} images with their conditions in {metadata_path(synth, 'train')}")
 
     _stage(6, "evaluation (fidelity, diversity, memorization, forgetting) and the report")
     inception = fid_inception_file() is not None  # the standard FID network when its wheel is installed
     extractors = ["inception"] if inception else ["torchvision:resnet18"]
-    metrics = run_evaluate(
-        EvaluateConfig(
-            real=str(data),
-            real_split="test",
-            generated=str(synth),
-            train=str(data),
-            out=str(evaluation),
-            run=str(run_dir),
-            extractors=extractors,
-            weights=[] if inception else ["torchvision:resnet18=random"],
-            bootstrap=10,
-            forgetting=True,
-            forgetting_images=2,
-            forgetting_steps=10,
-            cache_dir=str(out / "cache"),
-            seed=config.seed,
-        )
+    evaluated = api.evaluate(
+        real=str(data),
+        real_split="test",
+        generated=str(synth),
+        train=str(data),
+        out=str(evaluation),
+        run=str(run_dir),
+        extractors=extractors,
+        weights=[] if inception else ["torchvision:resnet18=random"],
+        fidelity={"bootstrap": 10},
+        forgetting={"enabled": True, "images": 2, "steps": 10},
+        cache_dir=str(out / "cache"),
+        seed=config.seed,
     )
-    fid = next(iter(metrics["fidelity"].values()))["fid"]
-    print(
-        f"  FID ({extractors[0]}) {fid['value']:.1f}; memorization: {metrics['memorization']['flagged']} likely copies"
-    )
-    report = write_report(evaluation)
+    sections = evaluated.document.sections
+    fid = next(iter(sections["fidelity"].values()))["fid"]
+    copies = sections["memorization"]["flagged"]
+    print(f"  FID ({extractors[0]}) {fid['value']:.1f}; memorization: {copies} likely copies")
+    report = evaluated.report
 
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s. Artefacts:")
     for label, path in (
@@ -153,7 +140,7 @@ def run_demo(config: DemoConfig) -> int:
         ("training run", run_dir),
         ("sample grids", run_dir / "samples"),
         ("synthetic set", synth),
-        ("metrics", evaluation / "metrics.json"),
+        ("metrics", MetricsDocument.path(evaluation)),
         ("report", report),
     ):
         print(f"  {label:17s} {path}")
@@ -173,4 +160,8 @@ def run_demo(config: DemoConfig) -> int:
         "  cxrgen evaluate --real data/padchest-512 --generated synth/cxr --train data/padchest-512 "
         "--run runs/cxr --out eval/cxr"
     )
+    return report
+
+
+def summarize(report: Path) -> int:
     return 0

@@ -136,18 +136,18 @@ def _split_top_level(template: str) -> list[str]:
     return out
 
 
-def field_values(c: Conditions) -> dict[str, str | None]:
+def field_values(conditions: Conditions) -> dict[str, str | None]:
     def text(v: Any) -> str | None:
         return None if v is None or str(v).strip() == "" else str(v)
 
     return {
-        "age": text(c.age),
-        "sex": SEX_WORDS.get(c.sex or ""),
-        "view": text(c.view) if is_known_view(c.view) else None,
-        "projection": text(c.projection),
-        "modality": text(c.modality),
-        "labels": ", ".join(c.labels) or None,
-        "caption": text(c.caption),
+        "age": text(conditions.age),
+        "sex": SEX_WORDS.get(conditions.sex or ""),
+        "view": text(conditions.view) if is_known_view(conditions.view) else None,
+        "projection": text(conditions.projection),
+        "modality": text(conditions.modality),
+        "labels": ", ".join(conditions.labels) or None,
+        "caption": text(conditions.caption),
     }
 
 
@@ -170,13 +170,13 @@ def prompt_findings(findings: list[Finding], pseudo_labels: PseudoLabels) -> lis
     return [f for f in findings if name_key(f.label) == "normal"]
 
 
-def render_parts(template: Template, c: Conditions) -> list[str]:
+def render_parts(template: Template, conditions: Conditions) -> list[str]:
     """The comma-separated parts of a prompt."""
-    values = field_values(c)
+    values = field_values(conditions)
     parts: list[str] = []
     for segments in template:
         if segments is None:
-            parts += finding_parts(c.findings)
+            parts += finding_parts(conditions.findings)
             continue
         rendered = []
         for seg in segments:
@@ -209,42 +209,50 @@ class PromptBuilder:
             self._counter = TokenCounter(self._tokenizer or load_tokenizer(self.config.tokenizer))
         return self._counter
 
-    def text(self, c: Conditions) -> str:
+    def text(self, conditions: Conditions) -> str:
         """The whole prompt, unfitted."""
-        return ", ".join(render_parts(self.template, self._stated(c)))
+        return ", ".join(render_parts(self.template, self._stated(conditions)))
 
-    def _stated(self, c: Conditions) -> Conditions:
+    def _stated(self, conditions: Conditions) -> Conditions:
         """The conditions with the findings a prompt states."""
-        findings = prompt_findings(c.findings, self.config.pseudo_labels)
-        return c if findings == c.findings else dataclasses.replace(c, findings=findings)
+        findings = prompt_findings(conditions.findings, self.config.pseudo_labels)
+        return conditions if findings == conditions.findings else dataclasses.replace(conditions, findings=findings)
 
-    def build(self, c: Conditions) -> Prompt:
-        """The prompt of `c`. Conditions met before give the same (shared, not to be changed) Prompt: a release
+    def build(self, conditions: Conditions) -> Prompt:
+        """The prompt of `conditions`. Conditions met before give the same (shared, not to be changed) Prompt: a release
         holds thousands of normal studies of one age and sex, a --like plan draws rows again and again."""
-        key = (c.age, c.sex, c.view, c.projection, c.modality, c.caption, tuple(c.findings))
+        key = (
+            conditions.age,
+            conditions.sex,
+            conditions.view,
+            conditions.projection,
+            conditions.modality,
+            conditions.caption,
+            tuple(conditions.findings),
+        )
         prompt = self._memo.get(key)
         if prompt is None:
-            prompt = self._memo[key] = self._build(c)
+            prompt = self._memo[key] = self._build(conditions)
         return prompt
 
-    def _build(self, c: Conditions) -> Prompt:
-        stated = self._stated(c)
+    def _build(self, conditions: Conditions) -> Prompt:
+        stated = self._stated(conditions)
         left_out = []
-        if stated is not c:
+        if stated is not conditions:
             said = {name_key(f.label) for f in stated.findings}
-            left_out = [x for x in dict.fromkeys(f.label for f in c.findings) if name_key(x) not in said]
-        c = stated
-        parts = render_parts(self.template, c)
+            left_out = [x for x in dict.fromkeys(f.label for f in conditions.findings) if name_key(x) not in said]
+        conditions = stated
+        parts = render_parts(self.template, conditions)
         text = ", ".join(parts)
         tokens = self.counter.count_parts(parts)
         prompt = Prompt(text, tokens, tokens, left_out=left_out)
         if self.config.fit == "fit" and tokens > self.config.max_tokens:
-            self._fit(c, prompt)
+            self._fit(conditions, prompt)
         return prompt
 
     # -- fitting -------------------------------------------------------------------------------------------
-    def _fit(self, c: Conditions, prompt: Prompt) -> None:
-        work = _Shortening(self, c)
+    def _fit(self, conditions: Conditions, prompt: Prompt) -> None:
+        work = _Shortening(self, conditions)
         budget = self.config.max_tokens
         # only what the template shows is dropped (and recorded): {labels} shows distinct labels, no locations
         if any(part is None for part in self.template):
@@ -259,15 +267,17 @@ class PromptBuilder:
         for step in steps:
             for note in step():
                 prompt.dropped.append(note)
-                if (work.estimate <= budget or not estimated) and self._accept(work, c, prompt):
+                if (work.estimate <= budget or not estimated) and self._accept(work, conditions, prompt):
                     return
-        self._accept(work, c, prompt)
-        self._truncate(prompt, render_parts(self.template, dataclasses.replace(c, findings=work.findings())), c)
+        self._accept(work, conditions, prompt)
+        self._truncate(
+            prompt, render_parts(self.template, dataclasses.replace(conditions, findings=work.findings())), conditions
+        )
 
-    def _accept(self, work: _Shortening, c: Conditions, prompt: Prompt) -> bool:
+    def _accept(self, work: _Shortening, conditions: Conditions, prompt: Prompt) -> bool:
         """Render the shortened findings and count exactly (the running estimate assumes the last part's
         missing comma is one token, which is off by one when that part ends in punctuation)."""
-        parts = render_parts(self.template, dataclasses.replace(c, findings=work.findings()))
+        parts = render_parts(self.template, dataclasses.replace(conditions, findings=work.findings()))
         prompt.text = ", ".join(parts)
         prompt.tokens = self.counter.count_parts(parts)
         return prompt.tokens <= self.config.max_tokens
@@ -282,7 +292,7 @@ class PromptBuilder:
             return sorted(idx, key=lambda i: (-count[i], -i))
         return sorted(idx, key=lambda i: (count[i], -i))
 
-    def _truncate(self, prompt: Prompt, parts: list[str], c: Conditions) -> None:
+    def _truncate(self, prompt: Prompt, parts: list[str], conditions: Conditions) -> None:
         """Keep the whole parts that fit. Only free text (a caption, or a first part too long on its own) is cut
         between words: a field part cut short would say "age" without the age."""
         budget = self.config.max_tokens
@@ -293,7 +303,7 @@ class PromptBuilder:
                 break
             kept.append(part)
             cost += self.counter.part_cost(part)
-        caption = " ".join((c.caption or "").split())  # as rendered
+        caption = " ".join((conditions.caption or "").split())  # as rendered
         if len(kept) < len(parts) and (not kept or (caption and caption in parts[len(kept)])):
             words = parts[len(kept)].split(" ")
             lo, hi = 0, len(words)  # the most words of the part that still fit
@@ -315,13 +325,13 @@ class _Shortening:
     """Findings being shortened one drop at a time, with a running token estimate so that each drop costs O(1)
     instead of a recount of the whole prompt (long PadChest reports have hundreds of parts)."""
 
-    def __init__(self, builder: PromptBuilder, c: Conditions):
+    def __init__(self, builder: PromptBuilder, conditions: Conditions):
         self.builder = builder
         self.cost = builder.counter.part_cost
-        self.labels = [f.label for f in c.findings]
-        self.locations = [list(f.locations) for f in c.findings]
-        self.alive = [True] * len(c.findings)
-        parts = render_parts(builder.template, c)
+        self.labels = [f.label for f in conditions.findings]
+        self.locations = [list(f.locations) for f in conditions.findings]
+        self.alive = [True] * len(conditions.findings)
+        parts = render_parts(builder.template, conditions)
         self.estimate = 2 + sum(map(self.cost, parts)) - 1  # the last part has no comma after it
 
     def findings(self) -> list[Finding]:

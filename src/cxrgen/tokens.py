@@ -21,6 +21,7 @@ from typing import Any
 
 import regex
 
+from .errors import UserError
 from .fileio import cache_root
 
 CLIP_WINDOW = 77  # tokens per text-encoder window, start and end tokens included
@@ -30,7 +31,7 @@ _MERGE_COUNT = 49152 - 256 - 2  # merges CLIP uses from the file
 _PRETOKEN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(UserError):
     """The tokenizer or its vocabulary file cannot be found."""
 
 

@@ -9,7 +9,6 @@ finds the label the data uses, and a filter on a label finds every image with it
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -299,13 +298,15 @@ def _unknown(kind: str, name: str, closest: list[str]) -> str:
 
 def load_vocabulary(dataset: str | Path) -> Vocabulary:
     """A prepared dataset's vocabulary: from prepare.json, else counted from its metadata rows."""
-    from .readers.tables import read_jsonl
+    from .contracts import METADATA_FILE, PrepareManifest
+    from .tables import read_jsonl
 
     dataset = Path(dataset)
-    summary = dataset / "prepare.json"
-    if summary.is_file():
-        data = json.loads(summary.read_text())
-        if isinstance(data.get("vocabulary"), dict):
-            return Vocabulary.from_json(data["vocabulary"])
-    rows = {meta.parent.name: [row for _, row in read_jsonl(meta)] for meta in sorted(dataset.glob("*/metadata.jsonl"))}
+    if PrepareManifest.path(dataset).is_file():
+        vocabulary = PrepareManifest.read(dataset).vocabulary
+        if vocabulary:  # prepare.json files from before vocabularies have none
+            return Vocabulary.from_json(vocabulary)
+    rows = {
+        meta.parent.name: [row for _, row in read_jsonl(meta)] for meta in sorted(dataset.glob(f"*/{METADATA_FILE}"))
+    }
     return Vocabulary.from_rows(rows)

@@ -7,13 +7,18 @@ reported when the classifier has such heads (outputs named "sex_male" and "age")
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 
+from ..contracts import MetricsDocument
 from ..records import findings_from_value
 from ..vocabulary import standard_key
+from .extractors import Extractor
+from .html import escape, table
+from .metric import METRICS, EvaluationContext, Metric
 
 # PadChest / CheXpert label -> torchxrayvision output; other names reach these by their standard names
 # (vocabulary.standard_key: "effusion", "Edema", "pleural effusion right side")
@@ -101,3 +106,56 @@ def adherence(
         if known.any():
             result["age_mae"] = float(np.abs(probabilities[known, outputs.index("age")] - ages[known]).mean())
     return result
+
+
+def _classifier(ctx: EvaluationContext) -> Extractor | None:
+    """The first extractor with classifier outputs."""
+    return next((ex for ex in ctx.extractors if ex.outputs), None)
+
+
+@METRICS.register
+class AdherenceMetric(Metric):
+    """Whether a classifier finds in the generated images what their conditions asked for."""
+
+    name = "adherence"
+    title = "Prompt adherence"
+    not_measured = (
+        "needs a classifier of findings, e.g. --extractors inception xrv "
+        "--weights xrv=densenet121-res224-all.pt --allow-pickle"
+    )
+
+    def asked_for(self, ctx: EvaluationContext) -> bool:
+        return _classifier(ctx) is not None
+
+    def applies(self, ctx: EvaluationContext) -> str | None:
+        if not ctx.generated.rows:
+            return f"{ctx.generated.root} has no metadata.jsonl: no conditions to check"
+        if not any(row.get("findings") for row in ctx.generated.rows):
+            return "no generated image asked for a finding (raw prompts?)"
+        return None
+
+    def compute(self, ctx: EvaluationContext) -> dict[str, Any]:
+        classifier = _classifier(ctx)
+        assert classifier is not None  # asked for only with a classifier
+        probabilities = ctx.scores[classifier.name]
+        return {"classifier": classifier.identity, **adherence(ctx.generated.rows, probabilities, classifier.outputs)}
+
+    def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
+        if section["mean_auroc"] is None:
+            return ["prompt adherence: no AUROC: no classifier output had images asking for its finding and others not"]
+        return [f"prompt adherence: mean AUROC {section['mean_auroc']:.3f} over {len(section['per_finding'])} findings"]
+
+    def report_html(self, section: dict[str, Any], doc: MetricsDocument, folder: Path) -> str:
+        rows = [
+            [k, f"{v['auroc']:.3f}" if v["auroc"] is not None else "-", v["positives"], v["negatives"]]
+            for k, v in section["per_finding"].items()
+        ]
+        out = table(["finding (classifier output)", "AUROC", "images asking for it", "other images"], rows)
+        extra = [f"sex accuracy {section['sex_accuracy']:.3f}"] if "sex_accuracy" in section else []
+        extra += [f"age error {section['age_mae']:.1f} years"] if "age_mae" in section else []
+        if extra:
+            out += f"<p>{', '.join(extra)}</p>"
+        if section.get("labels_without_classifier_output"):
+            missing = escape(", ".join(section["labels_without_classifier_output"]))
+            out += f'<p class="note">labels the classifier has no output for: {missing}</p>'
+        return out

@@ -4,12 +4,19 @@ prompt) and between random pairs across the set. Identical images score 1."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..config import option
+from ..contracts import MetricsDocument
+from .html import table
 from .imagesets import ImageSet
+from .metric import METRICS, EvaluationContext, Metric
 
 BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
 
@@ -70,3 +77,50 @@ def across_set(images: ImageSet, pairs: int = 200, size: int = 256, seed: int = 
                 cache[k] = images.load(int(k), size)
         scores.append(ms_ssim(cache[i], cache[j]))
     return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "pairs": pairs}
+
+
+@dataclass
+class DiversityOptions:
+    per_prompt: int = option(4, "images per prompt for within-prompt MS-SSIM (RoentGen used 4)")
+    pairs: int = option(200, "random pairs for across-set MS-SSIM")
+
+
+@METRICS.register
+class DiversityMetric(Metric):
+    """How alike the generated images are, within a prompt and across the set (the real set for scale)."""
+
+    name = "diversity"
+    title = "Diversity"
+    Options = DiversityOptions
+    not_measured = "run cxrgen evaluate on --real and --generated images"
+
+    def compute(self, ctx: EvaluationContext) -> dict[str, Any]:
+        o, seed = ctx.options(self), ctx.config.seed
+        return {
+            "generated_within_prompt": within_prompt(ctx.generated, o.per_prompt, seed=seed),
+            "generated_across_set": across_set(ctx.generated, o.pairs, seed=seed),
+            "real_across_set": across_set(ctx.real, o.pairs, seed=seed),
+        }
+
+    def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
+        lines = []
+        if section["generated_within_prompt"]:
+            lines.append(
+                f"MS-SSIM within prompt {section['generated_within_prompt']['mean']:.3f} (lower = more diverse)"
+            )
+        across = {k: section[f"{k}_across_set"] for k in ("generated", "real")}
+        if any(across.values()):  # None for a set of one image
+            lines.append("MS-SSIM across set: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in across.items() if v))
+        return lines
+
+    def report_html(self, section: dict[str, Any], doc: MetricsDocument, folder: Path) -> str:
+        rows = [
+            [label, f"{v['mean']:.3f} ± {v['std']:.3f}", v.get("pairs", "")]
+            for label, v in (
+                ("generated, within a prompt", section["generated_within_prompt"]),
+                ("generated, across the set", section["generated_across_set"]),
+                ("real, across the set", section["real_across_set"]),
+            )
+            if v
+        ]
+        return table(["MS-SSIM (1 = identical; lower = more diverse)", "mean ± sd", "pairs"], rows)

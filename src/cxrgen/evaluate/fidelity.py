@@ -3,13 +3,27 @@
 Formulas: FID (Heusel et al. 2017) = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2); KID (Binkowski et al.
 2018) = unbiased MMD^2 with the cubic polynomial kernel, averaged over subsets; PRDC (Naeem et al. 2020) with k
 nearest neighbours in the real set.
+
+The `fidelity` metric reports them for the real and generated sets in each extractor's features.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from ..config import option
+from ..contracts import MetricsDocument
+from .html import escape, figure, table, with_interval
+from .metric import METRICS, EvaluationContext, Metric
+
+log = logging.getLogger(__name__)
+STABLE_FID_IMAGES = 2000  # below this, FID moves with the sample: say so, with its interval
 
 
 def fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -111,3 +125,91 @@ def bootstrap(
     if floor is not None:  # e.g. FID, never negative
         lo, hi = max(lo, floor), max(hi, floor)
     return {"value": value, "low": float(lo), "high": float(hi), "rounds": rounds, "resampling_bias": bias}
+
+
+@dataclass
+class FidelityOptions:
+    bootstrap: int = option(20, "bootstrap rounds for confidence intervals (0: none)")
+    kid_subsets: int = option(50, "KID subsets")
+    kid_subset_size: int = option(1000, "KID subset size")
+    prdc_k: int = option(5, "neighbours for precision/recall/density/coverage")
+
+
+def distances(real: np.ndarray, generated: np.ndarray, o: FidelityOptions, seed: int) -> dict[str, Any]:
+    """FID and KID with intervals, and PRDC, between two feature sets; a warning when FID is unstable."""
+
+    def kid_draw(a: np.ndarray, b: np.ndarray) -> float:
+        # resamples use a fifth of the subsets: the interval needs spread, not precision
+        return kid(a, b, max(5, o.kid_subsets // 5), o.kid_subset_size, seed)
+
+    kid_value = kid(real, generated, o.kid_subsets, o.kid_subset_size, seed)
+    result: dict[str, Any] = {
+        "fid": bootstrap(fid, real, generated, o.bootstrap, seed, floor=0.0),
+        "kid": bootstrap(kid_draw, real, generated, o.bootstrap, seed, value=kid_value),
+        "prdc": prdc(real, generated, o.prdc_k),
+    }
+    n = min(len(real), len(generated))
+    if n < STABLE_FID_IMAGES:
+        f = result["fid"]
+        interval = f" (95% interval {f['low']:.2f}-{f['high']:.2f})" if "low" in f else ""
+        message = f"FID from {n} images per set is unstable{interval}; {STABLE_FID_IMAGES}+ per set is usual"
+        log.warning(message)
+        result["warning"] = message
+    return result
+
+
+@METRICS.register
+class FidelityMetric(Metric):
+    """How close the generated images lie to the real ones, per extractor."""
+
+    name = "fidelity"
+    title = "Fidelity"
+    Options = FidelityOptions
+    not_measured = "run cxrgen evaluate on --real and --generated images"
+
+    def compute(self, ctx: EvaluationContext) -> dict[str, Any]:
+        section = {}
+        for ex in ctx.extractors:
+            features = ctx.features[ex.name]
+            section[ex.name] = distances(features["real"], features["generated"], ctx.options(self), ctx.config.seed)
+            if ex.random:
+                section[ex.name]["note"] = "random weights: a smoke test, not a measurement"
+        return section
+
+    def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
+        lines = []
+        for name, f in section.items():
+            fid_, kid_, p = f["fid"], f["kid"], f["prdc"]
+            interval = f" [{fid_['low']:.2f}, {fid_['high']:.2f}]" if "low" in fid_ else ""
+            lines.append(
+                f"{name:12s} FID {fid_['value']:.3f}{interval}  KID {kid_['value']:.5f}  precision "
+                f"{p['precision']:.3f} recall {p['recall']:.3f} density {p['density']:.3f} coverage {p['coverage']:.3f}"
+            )
+        return lines
+
+    def report_html(self, section: dict[str, Any], doc: MetricsDocument, folder: Path) -> str:
+        rows, notes = [], []
+        for name, f in section.items():
+            p = f["prdc"]
+            rows.append(
+                [
+                    name,
+                    with_interval(f["fid"], 2),
+                    with_interval(f["kid"], 5),
+                    *(f"{p[key]:.3f}" for key in ("precision", "recall", "density", "coverage")),
+                ]
+            )
+            notes += [f"{name}: {f[k]}" for k in ("note", "warning") if k in f]
+        out = table(["extractor", "FID [95% interval]", "KID", "precision", "recall", "density", "coverage"], rows)
+        out += "".join(f'<p class="note">{escape(n)}</p>' for n in notes)
+
+        def bars(ax: Any) -> None:
+            names = list(section)
+            for i, key in enumerate(("precision", "recall", "density", "coverage")):
+                ax.bar(np.arange(len(names)) + i * 0.2, [section[n]["prdc"][key] for n in names], 0.2, label=key)
+            ax.set_xticks(np.arange(len(names)) + 0.3, names)
+            ax.set_ylim(0, max(1.2, max(section[n]["prdc"]["density"] for n in names) * 1.1))
+            ax.legend(ncol=4, fontsize=8)
+            ax.set_title("precision, recall, density, coverage (k-NN, Naeem et al. 2020)")
+
+        return out + figure(bars)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,12 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
-from .imagesets import ImageSet
+from ..config import option
+from ..contracts import MetricsDocument
+from ..grid import image_grid
+from .html import escape, figure, img
+from .imagesets import ImageSet, load_gray
+from .metric import METRICS, EvaluationContext, Metric
 
 SIZE = 64
 CROPS = tuple(round(1.0 - 0.01 * k, 2) for k in range(1, 26))  # center crops down to 75%, in 1% steps
@@ -213,3 +219,67 @@ class _Nearest:
             offset + j[better],
             variant,
         )
+
+
+@dataclass
+class MemorizationOptions:
+    margin: float = option(0.5, "flag when closer than m + margin * (1 - m), m the closest pair of training patients")
+
+
+@METRICS.register
+class MemorizationMetric(Metric):
+    """Which generated images are likely copies of training images, with the closest pairs to look at."""
+
+    name = "memorization"
+    title = "Memorization: nearest training images"
+    Options = MemorizationOptions
+    not_measured = "give --train (the training images)"
+
+    def asked_for(self, ctx: EvaluationContext) -> bool:
+        return ctx.train is not None
+
+    def compute(self, ctx: EvaluationContext) -> dict[str, Any]:
+        assert ctx.train is not None  # asked for only with a training set
+        features = ctx.features[ctx.primary.name]
+        found = check(
+            ctx.generated,
+            ctx.train,
+            features["generated"],
+            features["train"],
+            margin=ctx.options(self).margin,
+            seed=ctx.config.seed,
+        )
+        return {"extractor": ctx.primary.identity, **found.summary(ctx.generated, ctx.train)}
+
+    def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
+        return [
+            f"memorization: {section['flagged']} of {doc.sets['generated']['images']} generated images flagged as "
+            f"likely copies of {section['train_images']} training images"
+        ]
+
+    def report_html(self, section: dict[str, Any], doc: MetricsDocument, folder: Path) -> str:
+        feature = section["feature_threshold"]
+        out = [
+            f"<p>{section['flagged']} of {doc.sets['generated']['images']} generated images are flagged as likely "
+            f"copies (detail correlation above {section['pixel_threshold']:.3f}"
+            + (f" or feature cosine above {feature:.3f}" if feature is not None else "")
+            + "). Thresholds are calibrated on how close different training patients are to each other.</p>"
+        ]
+        for pair in section["closest_pairs"]:
+            tiles = [
+                (load_gray(Path(pair["generated"]), 128), "generated"),
+                (load_gray(Path(pair["train"]), 128), "training"),
+            ]
+            flag = '<span class="flag">FLAGGED</span> ' if pair["flagged"] else ""
+            caption = f"{flag}r={pair['pixel_correlation']:.3f} ({escape(pair['variant'])})"
+            if pair["feature_cosine"] is not None:
+                caption += f", cos={pair['feature_cosine']:.3f}"
+            out.append(f'<div class="pair">{img(image_grid(tiles, 2, 128), "pair")}<br>{caption}</div>')
+
+        def histogram(ax: Any) -> None:
+            ax.hist(section["pixel_nn"], bins=40, color="#4a7")
+            ax.axvline(section["pixel_threshold"], color="#b00", ls="--", label="flag threshold")
+            ax.set_xlabel("detail correlation of each generated image with its nearest training image")
+            ax.legend()
+
+        return "".join(out) + figure(histogram)

@@ -4,7 +4,6 @@ prompts. Each becomes a list of `Item`s (one per image) in a fixed order, so ima
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..readers.tables import TableError, is_jsonl, read_jsonl, read_table
+from ..contracts import metadata_path
 from ..records import (
     Conditions,
     Finding,
@@ -26,6 +25,7 @@ from ..records import (
     normalize_view,
     parse_age,
 )
+from ..tables import TableError, is_jsonl, read_jsonl, read_table
 from ..vocabulary import Vocabulary, load_vocabulary
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,6 @@ class Item:
     prompt: str | None  # a raw prompt; else built from the conditions
     origin: str  # "flags", "<file>:<line>", "like:<dataset>", "prompt"
     seed: int | None = None  # an explicit seed from a conditions file
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The seed of image `index` in a run seeded with `seed` (recorded in its metadata). 63 bits: with 32, a run of
-    a million images would repeat about a hundred seeds, and with one prompt those are the same image."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
 
 
 def from_flags(
@@ -172,7 +166,7 @@ def _integer(value: Any, name: str, default: int | None) -> int | None:
 
 
 def load_rows(dataset: str | Path, split: str) -> list[dict[str, Any]]:
-    meta = Path(dataset) / split / "metadata.jsonl"
+    meta = metadata_path(dataset, split)
     if not meta.is_file():
         raise ConditionsError(f"{meta} does not exist: give a prepared dataset folder (cxrgen prepare)")
     try:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import ConfigError, option
-from ..models import ModelConfig
+from ..config import ConfigError, option, parse_shard
+from ..model.loading import ModelConfig
+from ..model.sampling import Sampler
 from ..prompts import PromptConfig
-from ..sampling import Sampler
 
 
 @dataclass
@@ -48,7 +47,7 @@ class GenerateConfig:
     steps: int = option(25, "sampling steps")
     guidance: float = option(7.5, "classifier-free guidance scale")
     negative_prompt: str = option("", "negative prompt")
-    size: int | None = option(None, "image side in pixels (default: the run's resolution, else the model's)")
+    resolution: int | None = option(None, "image side in pixels (default: the run's resolution, else the model's)")
     batch_size: int = option(4, "images per forward pass (recorded: exact regeneration uses the same)")
     seed: int = option(0, "run seed; image i gets its own seed derived from it (recorded per image)")
     bits: Literal[8, 16] = option(8, "PNG bit depth")
@@ -96,7 +95,4 @@ class GenerateConfig:
             self.shard_index()
 
     def shard_index(self) -> tuple[int, int]:
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", self.shard or "0/1")
-        if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
-            raise ConfigError(f"--shard must be 'i/n' with 0 <= i < n, not {self.shard!r}")
-        return int(m.group(1)), int(m.group(2))
+        return parse_shard(self.shard)

@@ -12,23 +12,23 @@ import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.utils import logging as diffusers_logging
 from tqdm import tqdm
 
 from ..config import ConfigError, to_dict
+from ..contracts import GenerateManifest, metadata_path, write_metadata
 from ..distributed import cpu_processes
-from ..fileio import read_jsonl_lines, remove_stale_temps, stat_digest, write_json, write_jsonl
-from ..models import ModelConfig, ModelError, load_components, set_offline_if_local
+from ..fileio import read_jsonl_lines, remove_stale_temps, stat_digest
+from ..model.loading import set_offline_if_local
+from ..model.lora import lora_digest
+from ..model.sampling import image_seed, sample_images, to_uint
+from ..model.source import ModelSource, load_sampling_pipeline
+from ..model.text_encoding import chunk_token_ids, count_over_window
 from ..prompts import PromptBuilder, PromptConfig
-from ..provenance import provenance
-from ..sampling import make_pipeline, sample_images, to_uint
-from ..text_encoding import chunk_token_ids, count_over_window
-from ..train.adapters import lora_digest, lora_source
 from ..vocabulary import Vocabulary, load_vocabulary
 from . import conditions as cond
 from .config import GenerateConfig
@@ -38,45 +38,19 @@ log = logging.getLogger(__name__)
 JOURNAL = ".journal"
 
 
-@dataclass
-class Source:
-    """Where the model comes from and how it was trained."""
-
-    base: ModelConfig
-    adapters: list[tuple[str, float]]
-    prompts: PromptConfig
-    long_prompts: bool
-    size: int | None
-    data: Path | None  # the training data, for the vocabulary check
-
-
-def resolve_source(config: GenerateConfig) -> Source:
-    prompts = config.prompts
+def resolve_source(config: GenerateConfig) -> ModelSource:
+    """The model to sample from: a training run's (its base, LoRAs and prompt settings) or the flags', with any
+    further --loras on top and the flags' prompt settings, prompt encoding and resolution where given."""
     if config.run is None:
-        adapters = [_lora_spec(spec) for spec in config.loras]
-        return Source(config.model, adapters, prompts or PromptConfig(), bool(config.long_prompts), config.size, None)
-    run_dir = Path(config.run)
-    run_file = run_dir / "run.json"
-    if not run_file.is_file():
-        raise ConfigError(f"--run {run_dir}: no run.json (is it a finished cxrgen train run?)")
-    run = json.loads(run_file.read_text())
-    trained = run["config"]
-    base = ModelConfig(**{**trained["model"], **({"base": config.model.base} if config.model.base else {})})
-    stack = trained["lora"]["stack"]
-    weights = trained["lora"]["stack_weights"] or [1.0] * len(stack)
-    if trained["method"] == "full":
-        # the exported pipeline has no variant files (fp16 and the like), whatever training loaded
-        base = replace(base, base=str(run_dir / "pipeline"), variant=None)
-        adapters = []
+        source = ModelSource(config.model, [], None, bool(config.long_prompts), config.resolution)
     else:
-        adapters = [*zip(stack, weights, strict=True), (str(run_dir / "lora"), 1.0)]
-    adapters += [_lora_spec(spec) for spec in config.loras]
-    if prompts is None:
-        # a run prepared before the pseudo-label policy existed stated every label
-        prompts = PromptConfig(**{"pseudo_labels": "keep", **run["prompts"]}) if run.get("prompts") else PromptConfig()
-    long = run.get("long_prompts", False) if config.long_prompts is None else config.long_prompts
-    data = Path(run["data"]["folder"]) if run.get("data") else None
-    return Source(base, adapters, prompts, long, config.size or run.get("resolution"), data)
+        source = ModelSource.from_run(config.run, config.model.base or None)
+        if config.long_prompts is not None:
+            source.long_prompts = config.long_prompts
+        source.resolution = config.resolution or source.resolution
+    source.adapters += [_lora_spec(spec) for spec in config.loras]
+    source.prompts = config.prompts or source.prompts or PromptConfig()
+    return source
 
 
 def _lora_spec(spec: str) -> tuple[str, float]:
@@ -111,7 +85,39 @@ def image_file(index: int) -> str:
     return f"{index // 1000:04d}/{image_id(index)}.png"
 
 
+@dataclass
+class GenerateResult:
+    out: Path
+    split: str
+    made: int  # images this process made in this call
+    seconds: float
+    images_per_s: float | None
+    steady_images_per_s: float | None  # after the first batch, which warms up (or compiles)
+    is_main: bool = True  # only the main process writes the metadata and manifest
+    manifest: GenerateManifest | None = None  # None until every shard's images are done
+    remaining: int = 0  # images left for other shards
+
+
+def assign_batches(batches: list[list[int]], shard: tuple[int, int], process: int, processes: int) -> list[list[int]]:
+    """The batches one process makes: batches go to shards first, then to a launch's processes, so shards launched
+    with different process counts still add up to the whole."""
+    shard_i, shard_n = shard
+    mine = [batch for k, batch in enumerate(batches) if k % shard_n == shard_i]
+    return mine[process::processes]
+
+
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name in ("fp16", "bf16") and device.type != "cuda":
+        raise ConfigError(f"--dtype {name} needs a CUDA GPU; use fp32 (or auto) here")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
 class Generator:
+    """A generation run, complete when built: the plan (prompts, seeds, batches), the loaded model and the settings
+    that identify its images are all set here; `run` samples what is not done yet and writes it."""
+
     # On a GPU, files are written on a thread while the next batch samples; on a CPU every core is busy sampling
     # and the thread would only contend for the GIL. None: decide by the device.
     overlap_writes: bool | None = None
@@ -119,7 +125,7 @@ class Generator:
     def __init__(self, config: GenerateConfig):
         from accelerate import PartialState
 
-        self.c = config
+        self.config = config
         self.out = Path(config.out)
         self.state = PartialState(cpu=cpu_processes())
         if not self.state.is_main_process:  # every process plans the same images: one copy of each warning
@@ -129,10 +135,80 @@ class Generator:
         if not self.items:
             raise ConfigError("nothing to generate")
         set_offline_if_local(self.source.base.base)
+        self.dtype = compute_dtype(config.dtype, self.state.device)
+        self.pipe, components, self.loras_merged = load_sampling_pipeline(
+            self.source, config.sampler, self.dtype, self.state.device, config.merge_loras
+        )
+        if config.compile:
+            if not self.source.adapters or self.loras_merged:
+                self.pipe.fuse_qkv_projections()  # one matrix product for q, k and v (not with LoRA layers in place)
+            self.pipe.unet = torch.compile(self.pipe.unet)
+            self.pipe.vae.decoder = torch.compile(self.pipe.vae.decoder)
+        self.tokenizer = components.tokenizer
+        self.resolution = self.source.resolution or components.unet.config.sample_size * components.vae_scale
+        self.prompts = self._prompts()
+        self.seeds = [
+            item.seed if item.seed is not None else image_seed(config.seed, i) for i, item in enumerate(self.items)
+        ]
+        self._warn_long(self.prompts)
+        self.identities = {
+            "model": self.source.base.identity(),
+            "adapters": [{"path": p, "weight": w, "sha256": lora_digest(p)} for p, w in self.source.adapters],
+        }
+        self.sampler = {
+            "name": config.sampler,
+            "steps": config.steps,
+            "guidance": config.guidance,
+            "negative_prompt": config.negative_prompt,
+            "resolution": self.resolution,
+            "batch_size": config.batch_size,
+            "bits": config.bits,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "long_prompts": self.source.long_prompts,
+            "compiled": config.compile,
+            "loras_merged": self.loras_merged,
+        }
+        settings = json.dumps(
+            [self.sampler, self.identities, to_dict(self.source.prompts), config.seed], sort_keys=True
+        )
+        self.settings_digest = hashlib.sha256(settings.encode()).hexdigest()[:16]  # a journal row counts only for these
+        self.batches = self._batches()
+        self.batch_of = {i: batch for batch in self.batches for i in batch}
 
     # -- planning ----------------------------------------------------------------------------------------------
-    def batches(self) -> list[list[int]]:
-        n, b = len(self.items), self.c.batch_size
+    def _prompts(self) -> list[str]:
+        # the data the model was trained on (else --like's): known names for the warnings, and the finding counts
+        # that rank findings when a prompt must drop some (keep_findings rarest/commonest), as prepare ranked them
+        data = self.source.data
+        reference = data if data is not None and data.is_dir() else self.config.like
+        vocabulary = load_vocabulary(reference) if reference else Vocabulary()
+        labels = vocabulary.label_counts()
+        prompts = self.source.prompts
+        assert prompts is not None  # resolve_source always settles them
+        if prompts.keep_findings != "first" and not labels:
+            log.warning(
+                "keep_findings %s ranks findings by their counts in the training data, which is not at "
+                "hand: findings are dropped last first",
+                prompts.keep_findings,
+            )
+        if vocabulary.labels:  # before the prompts: names are spelled as training spelled them
+            cond.check_names(self.items, vocabulary, self.config.allow_unknown_names)
+        elif any(item.conditions is not None and item.conditions.findings for item in self.items):
+            log.warning(
+                "finding names are not checked against the training data (%s): give --like DATASET to check them",
+                data or "not recorded",
+            )
+        builder = PromptBuilder(prompts, tokenizer=self.tokenizer, label_counts=labels)
+        texts = [item.prompt if item.prompt is not None else builder.build(item.conditions).text for item in self.items]
+        if not all(texts):
+            raise ConfigError(
+                f"the prompt template {builder.config.template_text!r} makes no words from these conditions (a model "
+                "trained on captions?): give --prompt, a conditions file with a prompt column, or --prompts.level"
+            )
+        return texts
+
+    def _batches(self) -> list[list[int]]:
+        n, b = len(self.items), self.config.batch_size
         if not self.source.long_prompts:
             return [list(range(i, min(n, i + b))) for i in range(0, n, b)]
         # a batch pads its prompts to one number of encoder windows, which changes the conditioning of the shorter
@@ -142,12 +218,10 @@ class Generator:
             groups.setdefault(len(chunk_token_ids(self.tokenizer, prompt, long=True)), []).append(i)
         return [group[k : k + b] for group in groups.values() for k in range(0, len(group), b)]
 
-    def my_batches(self, batches: list[list[int]] | None = None) -> list[list[int]]:
-        # batches go to shards first, then to this launch's processes: shards launched with different process
-        # counts still add up to the whole
-        shard_i, shard_n = self.c.shard_index()
-        mine = [batch for k, batch in enumerate(batches or self.batches()) if k % shard_n == shard_i]
-        return mine[self.state.process_index :: self.state.num_processes]
+    def my_batches(self) -> list[list[int]]:
+        return assign_batches(
+            self.batches, self.config.shard_index(), self.state.process_index, self.state.num_processes
+        )
 
     def done(self) -> dict[int, dict[str, Any]]:
         rows: dict[int, dict[str, Any]] = {}
@@ -169,7 +243,7 @@ class Generator:
             not isinstance(i, int)
             or not 0 <= i < len(self.items)
             or row.get("settings") != self.settings_digest
-            or (self.c.dicom and "dicom_file" not in row)
+            or (self.config.dicom and "dicom_file" not in row)
         ):
             return False
         planned = {
@@ -187,126 +261,23 @@ class Generator:
 
     def _files_identity(self, i: int) -> str:
         """Size and modification time of image i's files: cheap to check for every image on each rerun."""
-        png = self.out / self.c.split / image_file(i)
-        return stat_digest([png, png.with_suffix(".dcm")] if self.c.dicom else [png], root=png.parent)
+        png = self.out / self.config.split / image_file(i)
+        return stat_digest([png, png.with_suffix(".dcm")] if self.config.dicom else [png], root=png.parent)
 
     def _labels(self, i: int) -> dict[str, Any]:
         conditions = self.items[i].conditions
         return conditions.structured() if conditions is not None else {}
 
-    # -- model -------------------------------------------------------------------------------------------------
-    def dtype(self) -> torch.dtype:
-        device = self.state.device
-        if self.c.dtype == "auto":
-            return torch.float16 if device.type == "cuda" else torch.float32
-        if self.c.dtype in ("fp16", "bf16") and device.type != "cuda":
-            raise ConfigError(f"--dtype {self.c.dtype} needs a CUDA GPU; use fp32 (or auto) here")
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.c.dtype]
-
-    def load(self) -> None:
-        dtype = self.dtype()
-        self.loras_merged = merge = self.c.merge_loras and bool(self.source.adapters)
-        # merging in the sampling precision would round each LoRA update onto the base weights' bf16/fp16 grid
-        # on top of the one rounding of the cast: merge at full precision, then cast once
-        m = load_components(self.source.base, torch.float32 if merge else dtype)
-        self.tokenizer = m.tokenizer
-        pipe = make_pipeline(m.tokenizer, m.text_encoder, m.vae, m.unet, m.scheduler.config, self.c.sampler)
-        names = [f"lora{i}" for i in range(len(self.source.adapters))]
-        quiet = diffusers_logging.get_verbosity()
-        # quiet: "no text-encoder keys" for UNet-only LoRAs, and a cast warning that lists no modules
-        diffusers_logging.set_verbosity_error()
-        try:
-            for name, (path, _) in zip(names, self.source.adapters, strict=True):
-                folder, weight_name = lora_source(path)
-                try:
-                    pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=name)
-                except (OSError, ValueError) as exc:
-                    raise ModelError(f"cannot load LoRA {path}: {exc}") from exc
-            if names:
-                pipe.set_adapters(names, adapter_weights=[w for _, w in self.source.adapters])
-            if merge:  # no adapter layers left to run at each step
-                pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
-                pipe.unload_lora_weights()  # drops the adapter layers, keeps the merged weights
-                pipe.to(dtype=dtype)
-        finally:
-            diffusers_logging.set_verbosity(quiet)
-        self.pipe = pipe.to(self.state.device)
-        if self.c.compile:
-            if not names or merge:
-                pipe.fuse_qkv_projections()  # one matrix product for q, k and v (not with LoRA layers in place)
-            pipe.unet = torch.compile(pipe.unet)
-            pipe.vae.decoder = torch.compile(pipe.vae.decoder)
-        self.size = self.source.size or m.unet.config.sample_size * m.vae_scale
-
-    def identities(self) -> dict[str, Any]:
-        adapters = [
-            {"path": path, "weight": weight, "sha256": lora_digest(path)} for path, weight in self.source.adapters
-        ]
-        return {
-            "model": self.source.base.identity(),
-            "adapters": adapters,
-        }
-
     # -- run ---------------------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        c = self.c
-        self.load()
-        # the data the model was trained on (else --like's): known names for the warnings, and the finding counts
-        # that rank findings when a prompt must drop some (keep_findings rarest/commonest), as prepare ranked them
-        reference = self.source.data if self.source.data is not None and self.source.data.is_dir() else c.like
-        vocabulary = load_vocabulary(reference) if reference else Vocabulary()
-        labels = vocabulary.label_counts()
-        if self.source.prompts.keep_findings != "first" and not labels:
-            log.warning(
-                "keep_findings %s ranks findings by their counts in the training data, which is not at "
-                "hand: findings are dropped last first",
-                self.source.prompts.keep_findings,
-            )
-        if vocabulary.labels:  # before the prompts: names are spelled as training spelled them
-            cond.check_names(self.items, vocabulary, c.allow_unknown_names)
-        elif any(item.conditions is not None and item.conditions.findings for item in self.items):
-            log.warning(
-                "finding names are not checked against the training data (%s): give --like DATASET to check them",
-                self.source.data or "not recorded",
-            )
-        builder = PromptBuilder(self.source.prompts, tokenizer=self.tokenizer, label_counts=labels)
-        self.prompts = prompts = [
-            item.prompt if item.prompt is not None else builder.build(item.conditions).text for item in self.items
-        ]
-        if not all(prompts):
-            raise ConfigError(
-                f"the prompt template {builder.config.template_text!r} makes no words "
-                "from these conditions (a model trained "
-                "on captions?): give --prompt, a conditions file with a prompt column, or --prompts.level"
-            )
-        self.seeds = seeds = [
-            item.seed if item.seed is not None else cond.image_seed(c.seed, i) for i, item in enumerate(self.items)
-        ]
-        self._warn_long(prompts)
-        ids = self.identities()
-        sampler = {
-            "name": c.sampler,
-            "steps": c.steps,
-            "guidance": c.guidance,
-            "negative_prompt": c.negative_prompt,
-            "size": self.size,
-            "batch_size": c.batch_size,
-            "bits": c.bits,
-            "dtype": str(self.dtype()).replace("torch.", ""),
-            "long_prompts": self.source.long_prompts,
-            "compiled": c.compile,
-            "loras_merged": self.loras_merged,
-        }
-        settings = json.dumps([sampler, ids, to_dict(self.source.prompts), c.seed], sort_keys=True)
-        self.settings_digest = hashlib.sha256(settings.encode()).hexdigest()[:16]  # a journal row counts only for these
-        batches = self.batches()
-        self.batch_of = {i: batch for batch in batches for i in batch}
+    def run(self) -> GenerateResult:
+        c = self.config
+        prompts, seeds, ids, sampler = self.prompts, self.seeds, self.identities, self.sampler
         done = self.done()
         if len(done) < len(self.items) and self.state.is_main_process:
             # they describe a finished run, and this one is another or is not finished: images change under them
-            (self.out / c.split / "metadata.jsonl").unlink(missing_ok=True)
-            (self.out / "generate.json").unlink(missing_ok=True)
-        todo = [b for b in self.my_batches(batches) if not all(i in done for i in b)]
+            metadata_path(self.out, c.split).unlink(missing_ok=True)
+            GenerateManifest.path(self.out).unlink(missing_ok=True)
+        todo = [b for b in self.my_batches() if not all(i in done for i in b)]
         targets = [self.out / c.split / image_file(i) for b in todo for i in b]
         remove_stale_temps(targets + [t.with_suffix(".dcm") for t in targets])
         journal = self.out / JOURNAL / f"{c.shard_index()[0]}-{self.state.process_index}.jsonl"
@@ -343,7 +314,7 @@ class Generator:
                     c.guidance,
                     c.negative_prompt,
                     self.source.long_prompts,
-                    self.size,
+                    self.resolution,
                 )
                 sampled.append(time.perf_counter())
                 if writing is not None:
@@ -358,18 +329,21 @@ class Generator:
         seconds = time.perf_counter() - start
         made = sum(len(b) for b in todo)
         self.state.wait_for_everyone()
-        summary = {
-            "made": made,
-            "seconds": round(seconds, 2),
-            "images_per_s": round(made / seconds, 3) if made else None,
+        result = GenerateResult(
+            out=self.out,
+            split=c.split,
+            made=made,
+            seconds=round(seconds, 2),
+            images_per_s=round(made / seconds, 3) if made else None,
             # after the first batch (which warms up, or compiles): the rate a long run settles at
-            "steady_images_per_s": (
+            steady_images_per_s=(
                 round(sum(len(b) for b in todo[1:]) / (sampled[-1] - sampled[0]), 3) if len(todo) > 1 else None
             ),
-        }
+            is_main=self.state.is_main_process,
+        )
         if self.state.is_main_process:
-            summary |= self._finish(ids, sampler)
-        return summary
+            result.manifest, result.remaining = self._finish()
+        return result
 
     def _warn_long(self, prompts: list[str]) -> None:
         if not self.source.long_prompts:
@@ -380,7 +354,7 @@ class Generator:
                     over,
                     self.tokenizer.model_max_length,
                 )
-            if count_over_window(self.tokenizer, [self.c.negative_prompt]):
+            if count_over_window(self.tokenizer, [self.config.negative_prompt]):
                 log.warning("the negative prompt exceeds %d tokens and will be cut", self.tokenizer.model_max_length)
 
     def _write(
@@ -396,7 +370,7 @@ class Generator:
         item = self.items[i]
         labels = self._labels(i)
         prov = {"prompt": prompt, "seed": seed, "index": i, **ids, "sampler": sampler}
-        target = self.out / self.c.split / image_file(i)
+        target = self.out / self.config.split / image_file(i)
         save_png(target, pixels, prov)
         row = {
             "file_name": image_file(i),
@@ -412,39 +386,37 @@ class Generator:
             "settings": self.settings_digest,
             "batch": batch,
         }
-        if self.c.dicom:
+        if self.config.dicom:
             save_dicom(target.with_suffix(".dcm"), pixels, prov, labels)
             row["dicom_file"] = image_file(i)[:-4] + ".dcm"
         row["files"] = self._files_identity(i)
         return row
 
-    def _finish(self, ids: dict[str, Any], sampler: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self) -> tuple[GenerateManifest | None, int]:
+        """When every image of the plan is done (by any shard): the metadata and the manifest; else what remains."""
         done = self.done()
         missing = len(self.items) - len(done)
         if missing:
-            return {"complete": False, "remaining": missing}
+            return None, missing
         journal_only = ("settings", "files", "batch")
         rows = [{k: v for k, v in done[i].items() if k not in journal_only} for i in range(len(self.items))]
-        write_jsonl(self.out / self.c.split / "metadata.jsonl", rows)
+        write_metadata(self.out, self.config.split, rows)  # type: ignore[arg-type]
         self._remove_strays(rows)
-        write_json(
-            self.out / "generate.json",
-            {
-                **provenance(),
-                "config": to_dict(self.c),
-                **ids,
-                "sampler": sampler,
-                "images": len(rows),
-                "prompt_settings": to_dict(self.source.prompts),
-                "synthetic": True,
-            },
+        manifest = GenerateManifest(
+            config=to_dict(self.config),
+            model=self.identities["model"],
+            adapters=self.identities["adapters"],
+            sampler=self.sampler,
+            images=len(rows),
+            prompt_settings=to_dict(self.source.prompts),
         )
-        return {"complete": True, "images": len(rows)}
+        manifest.write(self.out)
+        return manifest, 0
 
     def _remove_strays(self, rows: list[dict[str, Any]]) -> None:
         """Files of an earlier plan in this folder (a larger --n, or --dicom since dropped): not in the metadata,
         and their provenance describes another run. Only names this command writes are touched."""
-        split = self.out / self.c.split
+        split = self.out / self.config.split
         keep = {r["file_name"] for r in rows} | {r["dicom_file"] for r in rows if "dicom_file" in r}
         strays = [
             path
@@ -455,18 +427,3 @@ class Generator:
             path.unlink()
         if strays:
             log.info("removed %d file(s) an earlier plan left in %s", len(strays), split)
-
-
-def run_generate(config: GenerateConfig) -> int:
-    gen = Generator(config)
-    summary = gen.run()
-    if gen.state.is_main_process:
-        out = Path(config.out)
-        rate = f" at {summary['images_per_s']:.2f} img/s" if summary.get("images_per_s") else ""
-        print(f"generated {summary['made']} image(s) in {summary['seconds']:.1f} s{rate}")
-        if summary.get("complete"):
-            print(f"  {summary['images']} synthetic images: {out / config.split / 'metadata.jsonl'}")
-            print(f"  provenance: {out / 'generate.json'}")
-        else:
-            print(f"  {summary['remaining']} image(s) remain for other shards; rerun without --shard when all are done")
-    return 0

@@ -21,7 +21,7 @@ from .decode import Decoded, bits_range, decode
 
 @dataclass
 class ImageConfig:
-    size: int = option(512, "output side in pixels (512 for SD 1.x/2.x base, 768 for SD 2 768-v)")
+    resolution: int = option(512, "output side in pixels (512 for SD 1.x/2.x base, 768 for SD 2 768-v)")
     aspect: Literal["pad", "crop"] = option("pad", "keep the aspect ratio by padding (black) or center-cropping")
     window_low: float = option(0.5, "lower percentile of the intensity window")
     window_high: float = option(99.5, "upper percentile of the intensity window")
@@ -35,8 +35,8 @@ class ImageConfig:
     max_pixels: int = option(100_000_000, "reject larger images (decompression-bomb guard)")
 
     def __post_init__(self) -> None:
-        if not 64 <= self.size <= 4096 or self.size % 8:
-            raise ConfigError(f"image.size must be a multiple of 8 between 64 and 4096, not {self.size}")
+        if not 64 <= self.resolution <= 4096 or self.resolution % 8:
+            raise ConfigError(f"image.resolution must be a multiple of 8 between 64 and 4096, not {self.resolution}")
         if not 0 <= self.window_low < self.window_high <= 100:
             raise ConfigError(
                 f"image.window_low ({self.window_low}) and image.window_high ({self.window_high}) must be "
@@ -45,7 +45,9 @@ class ImageConfig:
 
     def digest(self) -> str:
         """Changes whenever a setting that changes the output pixels changes (used to resume safely)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        values = asdict(self)
+        values["size"] = values.pop("resolution")  # the name earlier versions hashed: their conversions stay valid
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -68,7 +70,7 @@ class Converted:
 
 def measure(decoded: Decoded, config: ImageConfig) -> tuple[ImageStats, T.Box, Image.Image, int]:
     """QC statistics and the content box, from a block-averaged preview (returned with its factor)."""
-    factor = T.reduction_factor(decoded.width, decoded.height, config.size)
+    factor = T.reduction_factor(decoded.width, decoded.height, config.resolution)
     preview = decoded.image.reduce(factor) if factor > 1 else decoded.image
     pixels = np.asarray(preview)
     sample = pixels[::2, ::2]  # plenty for percentiles and spread, at a quarter of the cost
@@ -98,9 +100,9 @@ def convert(decoded: Decoded, config: ImageConfig) -> Converted:
     low, high = T.percentiles(np.asarray(preview)[y0:y1:2, x0:x1:2], (config.window_low, config.window_high))
     if config.aspect == "crop":
         box = T.center_square(box)
-        out_size = (config.size, config.size)
+        out_size = (config.resolution, config.resolution)
     else:
-        out_size = T.fit_inside(x1 - x0, y1 - y0, config.size)
+        out_size = T.fit_inside(x1 - x0, y1 - y0, config.resolution)
     # Resample from the preview while it has (nearly) the output's resolution: a border trimmed off a 4x-reduced
     # preview may leave it a few percent short, and a <10% upscale of block-averaged pixels is invisible. A small
     # crop of a large image goes back to full resolution.
@@ -110,7 +112,7 @@ def convert(decoded: Decoded, config: ImageConfig) -> Converted:
         resized = T.resize(
             decoded.image, out_size, T.scale_box(box, factor, decoded.width, decoded.height), config.resample
         )
-    image = T.pad_square(T.window(resized, low, high), config.size)
+    image = T.pad_square(T.window(resized, low, high), config.resolution)
     return Converted(image, stats)
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops
 
+from ..errors import UserError
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _GREY_MODES = ("L", "I;16", "I;16B", "I;16L", "I;16N", "I")
 # Containers that may hold a grey picture: RGB (JPEGs are often saved so), with alpha, grey with alpha
@@ -31,7 +33,7 @@ _COLOUR_MODES = ("RGB", "RGBA", "LA", "La", "P", "PA")
 GREY_SPREAD_P99 = 12
 
 
-class ImageRejected(Exception):
+class ImageRejected(UserError):
     """The file cannot become a training image; `reason` says why. `lasting` is False where a rerun may succeed
     (the file is not there yet, a decoder is not installed yet): such images are tried again."""
 

@@ -25,7 +25,11 @@ class PhantomConfig:
             raise ConfigError("phantom needs --n >= 1 and --size >= 32")
 
 
-def run_phantom(config: PhantomConfig) -> Path:
+Config = PhantomConfig
+
+
+def run(config: PhantomConfig) -> Path:
+    """Write the release; returns its folder."""
     out = write_release(
         config.out,
         n=config.n,
@@ -36,5 +40,10 @@ def run_phantom(config: PhantomConfig) -> Path:
         background=config.background,
         aspect=(1.0, 1.0) if config.square else (0.8, 1.0),
     )
-    print(f"wrote {config.n} phantom images and {out / 'phantom_padchest.csv.gz'}")
     return out
+
+
+def summarize(out: Path) -> int:
+    images = sum(1 for _ in out.glob("*/*.png"))
+    print(f"wrote {images} phantom images and {out / 'phantom_padchest.csv.gz'}")
+    return 0

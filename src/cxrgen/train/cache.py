@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..fileio import write_json
-from ..text_encoding import chunk_token_ids, encode_windows, window_ids
+from ..model.text_encoding import chunk_token_ids, encode_windows, window_ids
 
 
 def cache_key(*parts: object) -> str:

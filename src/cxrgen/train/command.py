@@ -1,25 +1,24 @@
-"""`cxrgen train`: run the trainer, export the weights, write run.json, print a summary."""
+"""`cxrgen train`: build the trainer, fit, export the weights through the method, write run.json."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ..config import to_dict
-from ..fileio import write_json
-from ..provenance import provenance
-from .adapters import kohya_base_version, save_lora
-from .config import TrainConfig
+from ..contracts import PrepareManifest, RunManifest
+from .config import PRESETS, TrainConfig, preset_values  # noqa: F401  (the CLI offers the presets)
+from .methods import Exported
 from .trainer import Trainer, TrainingDiverged
 
 log = logging.getLogger(__name__)
-EXIT_DIVERGED = 3
-EXIT_OOM = 4
+Config = TrainConfig
+EXIT_CODES = {"finished": 0, "diverged": 3, "out of memory": 4}
 OOM_HINT = (
     "the GPU ran out of memory. Lower it with a smaller preset (--preset gpu-8gb or gpu-16gb), or with "
     "--gradient-checkpointing, --mixed-precision fp16 (or bf16), --batch-size 1 with --grad-accum N, "
@@ -27,124 +26,99 @@ OOM_HINT = (
 )
 
 
-def export(trainer: Trainer) -> dict[str, str]:
-    """Final weights: a LoRA (diffusers + kohya files) or a full diffusers pipeline folder."""
-    c, acc, out = trainer.c, trainer.accelerator, trainer.out
-    outputs: dict[str, str] = {}
+@dataclass
+class TrainResult:
+    out: Path
+    status: Literal["finished", "diverged", "out of memory"]
+    manifest: RunManifest | None  # None unless finished (and on processes other than the main one)
+    message: str = ""  # why it stopped, and what to do
+
+
+def run(config: TrainConfig) -> TrainResult:
+    """Train as `config` says. A run that diverges or runs out of GPU memory returns its status and what to do;
+    the last good checkpoint is kept for `--resume latest`."""
+    start = time.perf_counter()
+    out = Path(config.out)
+    try:
+        trainer = Trainer(config)
+    except torch.cuda.OutOfMemoryError:
+        return TrainResult(out, "out of memory", None, OOM_HINT)
+    try:
+        trainer.fit()
+        exported = export(trainer)
+    except TrainingDiverged as exc:
+        return TrainResult(out, "diverged", None, str(exc))
+    except torch.cuda.OutOfMemoryError:
+        return TrainResult(out, "out of memory", None, OOM_HINT)
+    finally:
+        trainer.close()
+    if not trainer.is_main:
+        return TrainResult(out, "finished", None)
+    manifest = run_manifest(trainer, exported, time.perf_counter() - start)
+    manifest.write(out)
+    return TrainResult(out, "finished", manifest)
+
+
+def export(trainer: Trainer) -> Exported:
+    """The method writes the final weights (on the main process) and says how to sample from them."""
+    acc = trainer.accelerator
     acc.wait_for_everyone()
     if not trainer.is_main:
-        return outputs
-    unet = acc.unwrap_model(trainer.unet)
-    text_encoder = acc.unwrap_model(trainer.text_encoder)
-    if c.method == "lora":
-        meta = {
-            "cxrgen_base_model": trainer.identity,
-            "cxrgen_steps": str(trainer.step),
-            "ss_base_model_version": kohya_base_version(unet.config.cross_attention_dim, trainer.m.prediction_type),
-        }
-        files = save_lora(out / "lora", unet, text_encoder, c.lora.text_encoder, meta)
-        outputs = {k: str(v) for k, v in files.items()}
-    else:
-        from diffusers import StableDiffusionPipeline
-
-        if trainer.ema is not None:
-            trainer.ema.copy_to([p for p in unet.parameters() if p.requires_grad])
-        m = trainer.m
-        vae, text_encoder, unet = (_float32(x) for x in (m.vae, text_encoder, unet))
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=m.tokenizer,
-            unet=unet,
-            scheduler=m.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.save_pretrained(out / "pipeline", safe_serialization=True)
-        outputs = {"pipeline": str(out / "pipeline")}
-    return outputs
-
-
-def _float32(model: Any) -> Any:
-    """Saved pipelines are float32 whatever the training precision."""
-    return model if next(model.parameters()).dtype == torch.float32 else model.to(torch.float32)
+        return Exported({})
+    return trainer.method.export(
+        trainer.out,
+        trainer.components,
+        acc.unwrap_model(trainer.unet),
+        acc.unwrap_model(trainer.text_encoder),
+        trainer.ema,
+        {"identity": trainer.identity, "step": trainer.step},
+    )
 
 
 def prompt_settings(data: str) -> dict[str, Any] | None:
-    """The prepared dataset's prompt settings, so generation asks in the words training used."""
-    path = Path(data) / "prepare.json"
-    if not path.is_file():
+    """The prepared dataset's prompt settings, so generation asks in the words training used (None for a folder
+    prepared by other means)."""
+    if not PrepareManifest.path(data).is_file():
         return None
-    return json.loads(path.read_text()).get("tokens", {}).get("prompt")
+    return PrepareManifest.read(data).prompt_settings
 
 
-def run_train(config: TrainConfig) -> int:
-    """The command: train, then print the summary. Exit codes: 3 diverged, 4 out of memory."""
-    try:
-        trainer, summary = run_train_config(config)
-    except TrainingDiverged as exc:
-        print(f"cxrgen train: stopped: {exc}")
-        return EXIT_DIVERGED
-    except torch.cuda.OutOfMemoryError:
-        print(f"cxrgen train: {OOM_HINT}")
-        return EXIT_OOM
-    if trainer.is_main:
-        print_summary(trainer, summary)
-    return 0
-
-
-def run_train_config(config: TrainConfig) -> tuple[Trainer, dict[str, Any]]:
-    """Set up, fit, export; write run.json. Returns the trainer and the summary."""
-    start = time.perf_counter()
-    trainer = Trainer(config)
-    try:
-        trainer.setup()
-        trainer.fit()
-        outputs = export(trainer)
-    finally:
-        if hasattr(trainer, "log"):
-            trainer.close()
-    summary = run_summary(trainer, outputs, time.perf_counter() - start)
-    if trainer.is_main:
-        write_json(trainer.out / "run.json", summary)
-    return trainer, summary
-
-
-def run_summary(trainer: Trainer, outputs: dict[str, str], seconds: float) -> dict[str, Any]:
-    c = trainer.c
+def run_manifest(trainer: Trainer, exported: Exported, seconds: float) -> RunManifest:
+    c = trainer.config
     recent = trainer.history[-50:]
-    return {
-        **provenance(),
-        "config": to_dict(c),
-        "data": {
+    return RunManifest(
+        config=to_dict(c),
+        method=c.method,
+        model=to_dict(c.model),
+        base_model={
+            "source": c.model.base,
+            "identity": trainer.identity,
+            "prediction_type": trainer.components.prediction_type,
+        },
+        stack=trainer.method.stacked(),
+        data={
             "folder": c.data,
             "split": c.split,
             "metadata_sha256": trainer.data.digest,
             "images": len(trainer.data),
         },
-        "prompts": prompt_settings(c.data),
-        "long_prompts": c.long_prompts,
-        "base_model": {
-            "source": c.model.base,
-            "identity": trainer.identity,
-            "prediction_type": trainer.m.prediction_type,
-        },
-        "stack": [{"path": p, "identity": i} for p, i in zip(c.lora.stack, trainer.stack_identity, strict=True)],
-        "resolution": trainer.resolution,
-        "processes": trainer.world,
-        "outputs": outputs,
-        "figures": {
+        prompts=prompt_settings(c.data),
+        long_prompts=c.long_prompts,
+        resolution=trainer.resolution,
+        processes=trainer.world,
+        outputs=exported.outputs,
+        sample_with={"base": exported.base, "adapters": [[p, w] for p, w in exported.adapters]},
+        figures={
             "steps": trainer.step,
             "train_loss_last50": round(sum(recent) / len(recent), 6) if recent else None,
             "val_loss": trainer.val_loss,
-            "images_per_s": getattr(trainer, "rate", None),
-            "mfu": getattr(trainer, "mfu", None),
+            "images_per_s": trainer.rate,
+            "mfu": trainer.mfu,
             "flops_per_image": trainer.flops_per_image,
             "peak_memory_gb": _peak_memory(trainer),
             "seconds": round(seconds, 1),
         },
-    }
+    )
 
 
 def _peak_memory(trainer: Trainer) -> float | None:
@@ -153,14 +127,19 @@ def _peak_memory(trainer: Trainer) -> float | None:
     return None
 
 
-def print_summary(trainer: Trainer, summary: dict[str, Any]) -> None:
-    f = summary["figures"]
-    print(
-        f"trained {f['steps']} steps in {f['seconds']:.0f} s: "
-        f"train loss {f['train_loss_last50']}, val loss {f['val_loss']}"
-    )
-    for name, path in summary["outputs"].items():
+def summarize(result: TrainResult) -> int:
+    """Print what was trained and where it is. Exit codes: 3 diverged, 4 out of memory."""
+    if result.status != "finished":
+        print(f"cxrgen train: {'stopped: ' if result.status == 'diverged' else ''}{result.message}")
+        return EXIT_CODES[result.status]
+    if result.manifest is None:  # not the main process
+        return 0
+    f, out = result.manifest.figures, result.out
+    losses = f"train loss {f['train_loss_last50']}, val loss {f['val_loss']}"
+    print(f"trained {f['steps']} steps in {f['seconds']:.0f} s: {losses}")
+    for name, path in result.manifest.outputs.items():
         print(f"  {name:10s} {path}")
-    print(f"  samples    {trainer.out / 'samples'}")
-    print(f"  logs       tensorboard --logdir {trainer.out / 'logs'}")
-    print(f"  run        {trainer.out / 'run.json'}")
+    print(f"  samples    {out / 'samples'}")
+    print(f"  logs       tensorboard --logdir {out / 'logs'}")
+    print(f"  run        {RunManifest.path(out)}")
+    return 0

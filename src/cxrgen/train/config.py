@@ -6,46 +6,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
-from ..config import ConfigError, merge, option, read_yaml
-from ..models import ModelConfig
+from ..config import ConfigError, merge, option, read_yaml, with_groups
+from ..model.loading import ModelConfig
+from .methods import METHODS
 
 PRESETS = ("cpu-smoke", "gpu-8gb", "gpu-16gb", "gpu-24gb", "gpu-80gb")
 BIRD_PROMPT = "a bird sitting on a tree"  # the original paper's test for forgetting
-
-
-@dataclass
-class LoraConfig:
-    rank: int = option(16, "LoRA rank of the UNet adapter")
-    alpha: float | None = option(None, "LoRA alpha (default: the rank, i.e. scale 1)")
-    dropout: float = option(0.0, "dropout on the LoRA path")
-    targets: list[str] = option(["to_q", "to_k", "to_v", "to_out.0"], "UNet modules that get adapters")
-    text_encoder: bool = option(False, "also train a LoRA on the text encoder")
-    text_encoder_rank: int | None = option(None, "rank of the text-encoder adapter (default: rank)")
-    text_encoder_targets: list[str] = option(
-        ["q_proj", "k_proj", "v_proj", "out_proj"], "text-encoder modules with adapters"
-    )
-    stack: list[str] = option([], "existing LoRAs (folders or .safetensors in diffusers format) to train on top of")
-    stack_weights: list[float] = option([], "weight of each stacked LoRA (default 1.0 each)")
-    stack_mode: Literal["frozen", "merged"] = option(
-        "frozen", "stacked LoRAs stay separate frozen adapters, or are merged into the base weights first"
-    )
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ConfigError(f"lora.rank must be at least 1, not {self.rank}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"lora.dropout must be in [0, 1), not {self.dropout}")
-        if self.stack_weights and len(self.stack_weights) != len(self.stack):
-            raise ConfigError(
-                f"lora.stack_weights has {len(self.stack_weights)} values for {len(self.stack)} stacked LoRAs"
-            )
-
-
-@dataclass
-class FullConfig:
-    train_text_encoder: bool = option(False, "also fine-tune the text encoder (RoentGen found this best)")
-    ema: bool = option(False, "keep an exponential moving average of the UNet weights (saved as the final model)")
-    ema_decay: float = option(0.9999, "EMA decay")
 
 
 @dataclass
@@ -76,13 +42,11 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainSettings:
     data: str = option(help="prepared dataset folder (<data>/<split>/metadata.jsonl)")
     out: str = option(help="run folder: checkpoints, samples, logs, final weights")
     model: ModelConfig = option(factory=lambda: ModelConfig(base=""), help="base model")
-    method: Literal["lora", "full"] = option("lora", "DreamBooth-LoRA or full fine-tuning")
-    lora: LoraConfig = option(factory=LoraConfig, help="LoRA adapters and stacking")
-    full: FullConfig = option(factory=FullConfig, help="full fine-tuning")
+    method: str = option("lora", f"training method, a registered one: {', '.join(METHODS)}")
     prior: PriorConfig = option(factory=PriorConfig, help="prior preservation")
     optim: OptimConfig = option(factory=OptimConfig, help="optimizer and schedule")
     split: str = option("train", "split to train on")
@@ -137,14 +101,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.resolution is not None and self.resolution % 8:
             raise ConfigError(f"resolution must be a multiple of 8, not {self.resolution}")
-        if self.method == "full" and (self.lora.stack or self.lora.text_encoder):
-            raise ConfigError(
-                "lora.stack and lora.text_encoder apply to --method lora; use --full.train-text-encoder for full"
-            )
+        if self.method not in METHODS:
+            raise ConfigError(f"--method {self.method!r} is not a training method; choose one of {', '.join(METHODS)}")
+        METHODS[self.method].check_config(self)
 
-    @property
-    def trains_text_encoder(self) -> bool:
-        return self.lora.text_encoder if self.method == "lora" else self.full.train_text_encoder
+
+# each training method's options are a group of their own: --lora.rank, --full.ema, ...
+TrainConfig = with_groups(TrainSettings, METHODS.option_groups(lambda method: method.help))
 
 
 def preset_values(name: str) -> dict:

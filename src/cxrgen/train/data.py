@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..contracts import metadata_path
 from ..fileio import stat_digest
 
 
@@ -36,7 +37,7 @@ class PreparedSplit:
     @classmethod
     def load(cls, data: str | Path, split: str, text_column: str = "text") -> PreparedSplit:
         folder = Path(data) / split
-        meta = folder / "metadata.jsonl"
+        meta = metadata_path(data, split)
         if not meta.is_file():
             hint = " (run `cxrgen prepare` first)" if not Path(data).exists() else ""
             raise DataError(f"no {split} split: {meta} does not exist{hint}")

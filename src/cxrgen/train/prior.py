@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..contracts import metadata_path
 from ..fileio import cache_root, read_jsonl_lines, write_jsonl
 from ..imaging.png import write_png
-from ..sampling import make_pipeline, sample_images
+from ..model.sampling import make_pipeline, sample_images
 from .cache import cache_key
 from .config import PriorConfig
 
@@ -38,7 +39,7 @@ def ensure_class_images(
     names = [f"class-{i:05d}.png" for i in range(config.num_images)]
     rows = [{"file_name": n, "text": config.class_prompt} for n in names]
     todo = [i for i, n in enumerate(names) if not (split / n).is_file()]
-    listed = split / "metadata.jsonl"
+    listed = metadata_path(folder, "train")
     if not todo and listed.is_file() and list(read_jsonl_lines(listed)) == rows:  # not more from a larger run
         return folder
     if not is_main:
@@ -61,7 +62,7 @@ def ensure_class_images(
             [seed * 100_003 + i for i in ids],
             config.steps,
             config.guidance,
-            size=resolution,
+            resolution=resolution,
             grayscale=False,
         )
         for i, image in zip(ids, images, strict=True):

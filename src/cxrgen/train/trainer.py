@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import ConfigError, to_dict
+from ..contracts import metadata_path
 from ..distributed import cpu_processes
 from ..fileio import cache_root
-from ..models import load_components, set_offline_if_local
-from ..sampling import make_pipeline, sample_images
-from ..text_encoding import encode_prompts
+from ..model.loading import load_components, set_offline_if_local
+from ..model.sampling import make_pipeline, sample_images
+from ..model.text_encoding import encode_prompts
 from . import checkpoint as ckpt
-from .adapters import add_trainable_lora, lora_digest, stack_loras, trainable_parameters
 from .cache import ArrayCache, TextCache, cache_key, sample_latents
 from .config import BIRD_PROMPT, TrainConfig
 from .data import DataError, IndexStream, PreparedSplit, step_seed
+from .methods import METHODS
 from .metrics import RunLog, Throughput, measure_flops, memory_gb, peak_flops
 from .prior import class_image_folder, ensure_class_images
 
@@ -40,20 +40,26 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+def _trainable(model: Any) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 class Trainer:
+    """A training run, complete when built: data, model, method, caches, optimizer and resumed state are all set
+    here; `fit` trains, `close` releases the worker threads and the logs."""
+
     def __init__(self, config: TrainConfig):
-        self.c = config
+        from accelerate import Accelerator
+
+        c = self.config = config
         self.out = Path(config.out)
         self.step = 0
         self.history: list[float] = []
         self.val_loss: float | None = None
         self.last_checkpoint: Path | None = None
-
-    # -- setup -------------------------------------------------------------------------------------------------
-    def setup(self) -> None:
-        from accelerate import Accelerator
-
-        c = self.c
+        self.rate: float | None = None  # images per second and MFU at the last logged step
+        self.mfu: float | None = None
+        self.method = METHODS[c.method](c)
         self.accelerator = Accelerator(
             mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.grad_accum, cpu=cpu_processes()
         )
@@ -72,14 +78,14 @@ class Trainer:
         self.resolution = c.resolution or self.data.native_resolution()
         self.val = self._optional_split(c.val_split)
         set_offline_if_local(c.model.base)
-        self.m = load_components(c.model)
+        self.components = load_components(c.model)
         self.identity = c.model.identity()
-        if self.resolution % (self.m.vae_scale * 4):
+        if self.resolution % (self.components.vae_scale * 4):
             raise ConfigError(
-                f"resolution {self.resolution} must be a multiple of {self.m.vae_scale * 4} for this model"
+                f"resolution {self.resolution} must be a multiple of {self.components.vae_scale * 4} for this model"
             )
-        self.frozen = stack_loras(self.m, c.lora) if c.method == "lora" else {}
-        self.stack_identity = [lora_digest(p) for p in c.lora.stack]
+        self.method.load_stack(self.components)
+        self.stack_identity = self.method.stack_identity()
         self.classes = self._class_images() if c.prior.enabled else None
 
         self._choose_trainable()
@@ -87,17 +93,22 @@ class Trainer:
         self.latents = (
             {name: self._latent_cache(split) for name, split in self._splits().items()} if c.cache_latents else {}
         )
-        self.text = self._text_cache() if c.cache_text and not c.trains_text_encoder else None
-        self._build_optimizer()
-        models = [self.m.unet] + ([self.m.text_encoder] if c.trains_text_encoder else [])
-        prepared = self.accelerator.prepare(*models, self.optimizer)
+        trains_text = self.method.trains_text_encoder  # a frozen text encoder's embeddings can be cached
+        self.text = self._text_cache() if c.cache_text and not trains_text else None
+        optimizer = self._build_optimizer()
+        models = [self.components.unet] + ([self.components.text_encoder] if trains_text else [])
+        prepared = self.accelerator.prepare(*models, optimizer)
         self.unet = prepared[0]
-        self.text_encoder = prepared[1] if c.trains_text_encoder else self.m.text_encoder
+        self.text_encoder = prepared[1] if trains_text else self.components.text_encoder
         self.optimizer = prepared[-1]
         self.models = prepared[:-1]
         if c.resume:
             self._resume(ckpt.resolve(self.out / "checkpoints", c.resume))
         self.store.clean_partial()
+        # the order of images of each split: a function of (seed, position), so a resumed run continues it
+        self.streams = {
+            name: IndexStream(len(split), c.seed + i) for i, (name, split) in enumerate(self._splits().items())
+        }
         self.pool = ThreadPoolExecutor(max(1, c.workers)) if not c.cache_latents else None
         self.unet_forward = self.unet  # the loss calls this; state, checkpoints and sampling use self.unet
         # FLOPs are counted on the eager model: the counter cannot see inside compiled code
@@ -116,9 +127,9 @@ class Trainer:
         if not split:
             return None
         try:
-            return PreparedSplit.load(self.c.data, split, self.c.text_column)
+            return PreparedSplit.load(self.config.data, split, self.config.text_column)
         except DataError:
-            log.warning("no usable '%s' split in %s: validation loss is skipped", split, self.c.data)
+            log.warning("no usable '%s' split in %s: validation loss is skipped", split, self.config.data)
             return None
 
     def _splits(self) -> dict[str, PreparedSplit]:
@@ -130,16 +141,16 @@ class Trainer:
         return splits
 
     def _class_images(self) -> PreparedSplit:
-        c = self.c
-        identity = [self.identity, *self.stack_identity, c.lora.stack_weights, c.lora.stack_mode]
+        c = self.config
+        identity = [self.identity, *self.stack_identity]
         folder = class_image_folder(c.prior, identity, self.resolution, c.seed, c.cache_dir)
         if self.is_main:
-            self.m.unet.to(self.device)
-            self.m.vae.to(self.device)
-            self.m.text_encoder.to(self.device)
-            ensure_class_images(c.prior, self.m, folder, self.resolution, c.seed)
+            self.components.unet.to(self.device)
+            self.components.vae.to(self.device)
+            self.components.text_encoder.to(self.device)
+            ensure_class_images(c.prior, self.components, folder, self.resolution, c.seed)
         self.accelerator.wait_for_everyone()
-        self._require_shared(folder / "train" / "metadata.jsonl")
+        self._require_shared(metadata_path(folder, "train"))
         return PreparedSplit.load(folder, "train")
 
     def _require_shared(self, path: Path) -> None:
@@ -152,16 +163,10 @@ class Trainer:
             )
 
     def _choose_trainable(self) -> None:
-        c, m = self.c, self.m
+        c, m = self.config, self.components
         m.vae.requires_grad_(False)
         torch.manual_seed(c.seed)  # new adapters start from the same random weights in every run with this seed
-        if c.method == "lora":
-            m.unet.requires_grad_(False)
-            m.text_encoder.requires_grad_(False)
-            add_trainable_lora(m, c.lora, self.frozen)
-        else:
-            m.unet.requires_grad_(True)
-            m.text_encoder.requires_grad_(c.full.train_text_encoder)
+        self.method.prepare(m)
         if c.attention == "xformers":
             try:
                 m.unet.enable_xformers_memory_efficient_attention()
@@ -171,32 +176,27 @@ class Trainer:
                 ) from exc
         if c.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
-            if c.trains_text_encoder:
+            if self.method.trains_text_encoder:
                 m.text_encoder.gradient_checkpointing_enable()
 
     def _place_on_device(self) -> None:
-        """Frozen weights in the compute dtype; trainable ones stay float32 (master weights)."""
-        c, m, dtype = self.c, self.m, self.weight_dtype
-
-        def place(model: Any, trained: bool) -> None:
+        """Frozen weights in the compute dtype; trained ones stay float32 (master weights)."""
+        m, dtype = self.components, self.weight_dtype
+        wholly = self.method.wholly_trained(m)
+        for model in (m.vae, m.text_encoder, m.unet):
             model.to(self.device)
-            if not trained and dtype != torch.float32:
+            if dtype != torch.float32 and not any(model is w for w in wholly):
                 model.to(dtype=dtype)
-
-        place(m.vae, False)
-        place(m.text_encoder, c.method == "full" and c.trains_text_encoder)
-        place(m.unet, c.method == "full")
-        if self.device.type == "cuda" and c.channels_last:
+        if self.device.type == "cuda" and self.config.channels_last:
             m.unet.to(memory_format=torch.channels_last)
-        if c.method == "lora":
-            for model in (m.unet, m.text_encoder):
-                for p in model.parameters():
-                    if p.requires_grad:
-                        p.data = p.data.float()
+        for model in (m.unet, m.text_encoder):  # adapters in a cast module
+            for p in model.parameters():
+                if p.requires_grad and p.dtype != torch.float32:
+                    p.data = p.data.float()
 
     # -- caches ------------------------------------------------------------------------------------------------
     def _latent_cache(self, split: PreparedSplit) -> np.ndarray:
-        c, m = self.c, self.m
+        c, m = self.config, self.components
         key = cache_key("latents", split.digest, split.files_digest(), self.resolution, self.identity, "vae")
         cache = ArrayCache(cache_root(c.cache_dir) / "latents", key, self.cache_writer)
         if not cache.complete:
@@ -222,15 +222,9 @@ class Trainer:
 
     def _text_cache(self) -> TextCache:
         """Embeddings of every distinct prompt (train, val, class, samples), window by window."""
-        c, m = self.c, self.m
+        c, m = self.config, self.components
         prompts = sorted({p for split in self._splits().values() for p in split.prompts})
-        identity = [
-            self.identity,
-            *self.stack_identity,
-            c.lora.stack_weights,
-            c.lora.stack_mode,
-            c.long_prompts,
-        ]
+        identity = [self.identity, *self.stack_identity, c.long_prompts]
         store = ArrayCache(
             cache_root(c.cache_dir) / "text", cache_key("text-windows", prompts, identity), self.cache_writer
         )
@@ -244,15 +238,16 @@ class Trainer:
         return text
 
     # -- optimizer ---------------------------------------------------------------------------------------------
-    def _build_optimizer(self) -> None:
+    def _build_optimizer(self) -> Any:
+        """The optimizer over whatever the method made trainable, its schedule, and the method's EMA."""
         from diffusers.optimization import get_scheduler
 
-        c, o = self.c, self.c.optim
-        groups = [{"params": trainable_parameters(self.m.unet), "lr": o.learning_rate}]
-        if c.trains_text_encoder:
+        c, o = self.config, self.config.optim
+        groups = [{"params": _trainable(self.components.unet), "lr": o.learning_rate}]
+        if self.method.trains_text_encoder:
             groups.append(
                 {
-                    "params": trainable_parameters(self.m.text_encoder),
+                    "params": _trainable(self.components.text_encoder),
                     "lr": o.text_encoder_lr or o.learning_rate,
                 }
             )
@@ -272,39 +267,33 @@ class Trainer:
         extra = {}
         if optimizer_cls is torch.optim.AdamW and self.device.type == "cuda":
             extra["fused"] = True  # one kernel for all parameters instead of several per tensor group
-        self.optimizer = optimizer_cls(
-            groups, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, eps=o.eps, **extra
-        )
+        optimizer = optimizer_cls(groups, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, eps=o.eps, **extra)
         self.lr_scheduler = get_scheduler(
-            o.lr_scheduler, self.optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=c.max_steps
+            o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=c.max_steps
         )
-        self.ema = None
-        if c.method == "full" and c.full.ema:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(trainable_parameters(self.m.unet), decay=c.full.ema_decay, foreach=True)
-            self.ema.to(self.device)
+        self.ema = self.method.ema(self.components, self.device)
+        return optimizer
 
     # -- one micro-step ----------------------------------------------------------------------------------------
     def _latents_for(self, name: str, split: PreparedSplit, indices: list[int], g: torch.Generator) -> torch.Tensor:
-        scale = self.m.vae.config.scaling_factor
+        scale = self.components.vae.config.scaling_factor
         if name in self.latents:
             order = np.argsort(indices)
             params = np.asarray(self.latents[name][np.asarray(indices)[order]])[np.argsort(order)]
             return sample_latents(torch.from_numpy(params.astype(np.float32)), g, scale).to(self.device)
         images = list(self.pool.map(lambda i: split.image(i, self.resolution), indices))
         with torch.no_grad():
-            dist = self.m.vae.encode(torch.stack(images).to(self.device, self.weight_dtype)).latent_dist
+            dist = self.components.vae.encode(torch.stack(images).to(self.device, self.weight_dtype)).latent_dist
         params = dist.parameters.float().cpu()
         return sample_latents(params, g, scale).to(self.device)
 
     def _embeddings(self, prompts: list[str]) -> torch.Tensor:
         if self.text is None:
-            return encode_prompts(self.m.tokenizer, self.text_encoder, prompts, self.c.long_prompts)
+            return encode_prompts(self.components.tokenizer, self.text_encoder, prompts, self.config.long_prompts)
         return torch.from_numpy(self.text.embeddings(prompts)).to(self.device, self.weight_dtype)
 
     def _batch(self, step: int, micro: int) -> tuple[list[tuple[str, PreparedSplit, list[int]]], int]:
-        c = self.c
+        c = self.config
         position = (step * c.grad_accum + micro) * c.batch_size * self.world + self.rank * c.batch_size
         parts = [("train", self.data, self.streams["train"].take(position, c.batch_size))]
         if self.classes is not None:
@@ -324,48 +313,47 @@ class Trainer:
         prompts = [split.prompts[i] for _, split, idx in parts for i in idx]
         embeds = self._embeddings(prompts)
         noise = torch.randn(latents.shape, generator=g).to(self.device)
-        if self.c.noise_offset:
-            noise += self.c.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g).to(self.device)
-        sched = self.m.scheduler
+        if self.config.noise_offset:
+            noise += self.config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g).to(self.device)
+        sched = self.components.scheduler
         if timesteps is None:
             timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=g)
         timesteps = timesteps.to(self.device)
         noisy = sched.add_noise(latents, noise, timesteps)
-        target = noise if self.m.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
+        target = (
+            noise if self.components.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
+        )
         noisy = noisy.to(self.weight_dtype)
-        if self.c.channels_last and noisy.is_cuda:
+        if self.config.channels_last and noisy.is_cuda:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         with self.accelerator.autocast():
             pred = self.unet_forward(noisy, timesteps, embeds.to(self.weight_dtype)).sample
         per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         weights = torch.ones_like(per_image)
-        if self.c.snr_gamma:
+        if self.config.snr_gamma:
             from diffusers.training_utils import compute_snr
 
             snr = compute_snr(sched, timesteps)
-            clipped = torch.clamp(snr, max=self.c.snr_gamma)
-            weights = clipped / (snr + 1 if self.m.prediction_type == "v_prediction" else snr)
+            clipped = torch.clamp(snr, max=self.config.snr_gamma)
+            weights = clipped / (snr + 1 if self.components.prediction_type == "v_prediction" else snr)
         return per_image, weights
 
     def _objective(self, step: int, micro: int, seed_stream: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss and its parts, as device tensors: reading them waits for the GPU, so that happens once a step."""
         parts, b = self._batch(step, micro)
-        per_image, w = self._loss(parts, step_seed(self.c.seed, step, micro, self.rank, seed_stream))
+        per_image, w = self._loss(parts, step_seed(self.config.seed, step, micro, self.rank, seed_stream))
         instance = (per_image[:b] * w[:b]).mean()
         loss = instance
         logs = {"loss/instance": instance.detach()}
         if self.classes is not None:
             prior = (per_image[b:] * w[b:]).mean()
-            loss = instance + self.c.prior.loss_weight * prior
+            loss = instance + self.config.prior.loss_weight * prior
             logs["loss/prior"] = prior.detach()
         return loss, logs
 
     # -- fit ---------------------------------------------------------------------------------------------------
     def fit(self) -> None:
-        c = self.c
-        self.streams = {
-            name: IndexStream(len(split), c.seed + i) for i, (name, split) in enumerate(self._splits().items())
-        }
+        c = self.config
         images_per_step = c.batch_size * c.grad_accum * self.world * (2 if self.classes is not None else 1)
         speed = Throughput()
         bar = tqdm(
@@ -376,7 +364,6 @@ class Trainer:
             dynamic_ncols=True,
             disable=not self.is_main,
         )
-        self.started = time.perf_counter()
         while self.step < c.max_steps:
             for model in self.models:
                 model.train()
@@ -398,7 +385,7 @@ class Trainer:
                     raise TrainingDiverged(self._diverged_message(losses[-1]))
             self.lr_scheduler.step()
             if self.ema is not None:
-                self.ema.step(trainable_parameters(self.accelerator.unwrap_model(self.unet)))
+                self.ema.step(_trainable(self.accelerator.unwrap_model(self.unet)))
             self.step += 1
             step_loss = float(np.mean(losses))
             self.history.append(step_loss)
@@ -411,7 +398,7 @@ class Trainer:
         bar.close()
 
     def _periodic(self) -> None:
-        c, s = self.c, self.step
+        c, s = self.config, self.step
         last = s == c.max_steps
         if self.val is not None and c.val_every >= 0 and ((c.val_every and s % c.val_every == 0) or last):
             self.validate()
@@ -454,12 +441,12 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> float:
         """Loss on the first `val_images` val images at fixed timesteps and noise: comparable across steps."""
-        c = self.c
+        c = self.config
         for model in self.models:
             model.eval()
         count = min(c.val_images, len(self.val))
         total = torch.zeros(2, device=self.device)
-        steps = self.m.scheduler.config.num_train_timesteps
+        steps = self.components.scheduler.config.num_train_timesteps
         for j in range(self.rank, count, self.world):
             for k, fraction in enumerate(VAL_TIMESTEPS):
                 per_image, _ = self._loss(
@@ -474,8 +461,8 @@ class Trainer:
         return self.val_loss
 
     def sample_prompts(self) -> list[str]:
-        if self.c.sample_prompts:
-            return list(self.c.sample_prompts)
+        if self.config.sample_prompts:
+            return list(self.config.sample_prompts)
         source = self.val if self.val is not None else self.data
         distinct = list(dict.fromkeys(source.prompts))
         return distinct[:4] + [BIRD_PROMPT]
@@ -484,7 +471,7 @@ class Trainer:
         """A grid: one row per prompt, one column per seed."""
         from ..grid import prompt_grid
 
-        c = self.c
+        c = self.config
         path = None
         if self.is_main:
             unet = self.accelerator.unwrap_model(self.unet)
@@ -492,7 +479,12 @@ class Trainer:
             unet.eval()
             text_encoder.eval()
             pipe = make_pipeline(
-                self.m.tokenizer, text_encoder, self.m.vae, unet, self.m.scheduler.config, "dpmsolver++"
+                self.components.tokenizer,
+                text_encoder,
+                self.components.vae,
+                unet,
+                self.components.scheduler.config,
+                "dpmsolver++",
             )
             prompts = self.sample_prompts()
             pairs = [(p, s) for p in prompts for s in c.sample_seeds]
@@ -504,7 +496,7 @@ class Trainer:
                 c.sample_steps,
                 c.guidance,
                 long_prompts=c.long_prompts,
-                size=self.resolution,
+                resolution=self.resolution,
                 autocast_dtype=dtype,
             )
             n = len(c.sample_seeds)
@@ -529,10 +521,10 @@ class Trainer:
     def checkpoint_state(self) -> dict[str, Any]:
         return {
             "data_digest": self.data.digest,
-            "method": self.c.method,
+            "method": self.config.method,
             "model": self.identity,
-            "seed": self.c.seed,
-            "max_steps": self.c.max_steps,
+            "seed": self.config.seed,
+            "max_steps": self.config.max_steps,
             "loss_history": self.history[-1000:],
             "val_loss": self.val_loss,
             "ema_step": self.ema.optimization_step if self.ema is not None else None,
@@ -542,16 +534,14 @@ class Trainer:
 
     def _order_settings(self) -> dict[str, Any]:
         """What a resumed run must share with the saved one to continue it exactly, by flag name."""
-        c = self.c
+        c = self.config
         settings = {
             "--seed": c.seed,
             "--batch-size": c.batch_size,
             "--grad-accum": c.grad_accum,
             "processes": self.world,
         }
-        if c.method == "lora":
-            settings |= {"--lora.alpha": c.lora.alpha or c.lora.rank}
-        return settings
+        return settings | self.method.resume_settings()
 
     def save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -572,7 +562,7 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         saved = ckpt.load(path)
         state = saved["state"]
-        if state["data_digest"] != self.data.digest or state["method"] != self.c.method:
+        if state["data_digest"] != self.data.digest or state["method"] != self.config.method:
             raise ConfigError(
                 f"{path} was made with other data or another method; resume it with the same --data and --method"
             )
@@ -621,20 +611,17 @@ class Trainer:
     # -- FLOPs -------------------------------------------------------------------------------------------------
     def _measure_flops(self) -> float | None:
         """Model FLOPs per training image, counted once on a real micro-step (without recomputation)."""
-        if self.device.type != "cuda" and self.c.peak_tflops is None:
+        if self.device.type != "cuda" and self.config.peak_tflops is None:
             return None
-        self.streams = {
-            name: IndexStream(len(split), self.c.seed + i) for i, (name, split) in enumerate(self._splits().items())
-        }
         unet = self.accelerator.unwrap_model(self.unet)
-        checkpointing = self.c.gradient_checkpointing
+        checkpointing = self.config.gradient_checkpointing
         if checkpointing:
             unet.disable_gradient_checkpointing()
         flops = measure_flops(lambda: self._objective(0, 0, seed_stream=99)[0])
         if checkpointing:
             unet.enable_gradient_checkpointing()
         self.optimizer.zero_grad(set_to_none=True)
-        images = self.c.batch_size * (2 if self.classes is not None else 1)
+        images = self.config.batch_size * (2 if self.classes is not None else 1)
         return flops / images
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .records import Record, merge_repeats, name_key
+from ..records import Record, merge_repeats, name_key
 
 
 def label_audit(records: list[Record], sentence_column: bool) -> dict[str, Any]:

@@ -12,9 +12,9 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from .config import ConfigError, option
+from ..config import ConfigError, option
+from ..records import Record
 from .filters import seeded_rank
-from .records import Record
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

@@ -17,26 +17,28 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .config import ConfigError, option, to_dict
-from .fileio import remove_stale_temps, write_csv, write_json, write_jsonl
+from ..config import ConfigError, option, parse_shard, to_dict, with_groups
+from ..contracts import MetadataRow, PrepareManifest, metadata_path, write_metadata
+from ..fileio import remove_stale_temps, write_csv, write_json
+from ..imaging import ImageConfig, ImageStats
+from ..prompts import Prompt, PromptBuilder, PromptConfig
+from ..provenance import file_sha256
+from ..records import PatientKeyer, Record, Rejection, is_known_view
+from ..tables import TableError
+from ..tokens import describe, token_stats
+from ..vocabulary import Vocabulary, split_side, unify_spellings
 from .filters import FilterConfig, apply_filters, keeps_unknown_projections, seeded_rank
-from .image_jobs import JOURNAL_DIR, Job, JobResult, load_journals, png_identity, run_jobs
-from .imaging import ImageConfig, ImageStats
+from .jobs import JOURNAL_DIR, Job, JobResult, load_journals, png_identity, run_jobs
 from .label_audit import audit_line, label_audit
-from .prompts import Prompt, PromptBuilder, PromptConfig
-from .provenance import file_sha256, provenance
 from .qc import QCConfig, contact_sheet, qc_flags
-from .readers import SourceKind, TableError, read_source
+from .readers import READERS, read_source
 from .readers.base import resolve_image
-from .records import PatientKeyer, Record, Rejection, is_known_view
 from .splits import SPLITS, SplitConfig, assign_splits
-from .tokens import describe, token_stats
-from .vocabulary import Vocabulary, split_side, unify_spellings
 
 log = logging.getLogger(__name__)
 REJECTED_DIR = "rejected"  # QC-rejected PNGs, kept for inspection and contact sheets
@@ -46,22 +48,13 @@ SOURCE_INDEX = "source_index.csv"
 
 
 @dataclass
-class PrepareConfig:
-    source: SourceKind = option(help="release format: padchest, mimic, chexpert or folder")
+class PrepareSettings:
+    source: str = option(help=f"release format, a registered reader: {', '.join(READERS)}")
     out: str = option(help="output folder of the prepared dataset")
     csv: str | None = option(None, "the release's main table: PadChest CSV(.gz), MIMIC metadata CSV or CheXpert CSV")
     images: str | None = option(
         None, "images root (PadChest: the folder holding 0..54/; MIMIC: the folder holding files/)"
     )
-    labels_csv: str | None = option(None, "MIMIC: mimic-cxr-2.0.0-chexpert.csv or -negbio.csv")
-    split_csv: str | None = option(None, "MIMIC: mimic-cxr-2.0.0-split.csv (the official split)")
-    sections_csv: str | None = option(None, "MIMIC: report sections CSV (study, impression, findings)")
-    patients_csv: str | None = option(None, "MIMIC: MIMIC-IV patients.csv for age and sex")
-    captions: str | None = option(None, "folder: CSV/JSONL with file_name and captions or fields")
-    uncertain: Literal["ignore", "positive"] = option(
-        "ignore", "MIMIC/CheXpert uncertain (-1) labels: ignore or positive"
-    )
-    report_section: Literal["impression", "findings"] = option("impression", "MIMIC report section used as caption")
     seed: int = option(0, "seed for splits, subsets and per-patient choices")
     workers: int = option(0, "image worker processes (0: all cores)")
     shard: str | None = option(None, "convert only shard i of n ('i/n', 0-based); run once more without it to finish")
@@ -74,23 +67,35 @@ class PrepareConfig:
     splits: SplitConfig = option(factory=SplitConfig, help="patient-level splits")
 
     def __post_init__(self) -> None:
+        if self.source not in READERS:
+            raise ConfigError(f"--source {self.source!r} is not a release reader; choose one of {', '.join(READERS)}")
         if self.shard is not None:
             self.shard_index()
         if not self.metadata_only and self.images is None:
             raise ConfigError("--images is required to convert images (or pass --metadata-only)")
 
     def shard_index(self) -> tuple[int, int]:
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", self.shard or "0/1")
-        if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
-            raise ConfigError(f"--shard must be 'i/n' with 0 <= i < n (e.g. 0/4), not {self.shard!r}")
-        return int(m.group(1)), int(m.group(2))
+        return parse_shard(self.shard)
+
+    @property
+    def source_options(self) -> Any:
+        """The chosen reader's own settings (`--<source>.*`), or None when it has none."""
+        return getattr(self, self.source, None)
+
+
+# each release reader's options are a group of their own: --mimic.labels-csv, --folder.captions, ...
+PrepareConfig = Config = with_groups(PrepareSettings, READERS.option_groups(lambda reader: reader.help))
 
 
 @dataclass
 class PrepareResult:
     out: Path
-    summary: dict[str, Any]
-    finished: bool  # False for a shard run: metadata is written by the final unsharded run
+    manifest: PrepareManifest | None  # None for a shard run: the final unsharded run writes the metadata
+    shard: dict[str, Any] | None = None  # a shard run's counts: shard, images, rejected
+
+    @property
+    def finished(self) -> bool:
+        return self.manifest is not None
 
 
 def image_file(record_id: str) -> str:
@@ -111,7 +116,8 @@ def escapes_root(relative: str) -> bool:
     return False
 
 
-def run_prepare(config: PrepareConfig) -> PrepareResult:
+def run(config: PrepareSettings) -> PrepareResult:
+    """Prepare a release as `config` says; the result names the manifest written (None for a shard run)."""
     with _cyclic_gc_paused():
         return _run_prepare(config)
 
@@ -131,7 +137,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _run_prepare(config: PrepareConfig) -> PrepareResult:
+def _run_prepare(config: PrepareSettings) -> PrepareResult:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked after the tokenizer ran
     if not config.metadata_only and config.images and not Path(config.images).is_dir():
         # said now, not after minutes of reading and filtering a large release
@@ -148,19 +154,7 @@ def _run_prepare(config: PrepareConfig) -> PrepareResult:
         )
     keyer = PatientKeyer.for_output(out, config.patient_key_salt)
 
-    read = read_source(
-        config.source,
-        keyer,
-        csv=config.csv,
-        images=config.images,
-        labels_csv=config.labels_csv,
-        split_csv=config.split_csv,
-        sections_csv=config.sections_csv,
-        patients_csv=config.patients_csv,
-        captions=config.captions,
-        uncertain=config.uncertain,
-        report_section=config.report_section,
-    )
+    read = read_source(config.source, keyer, csv=config.csv, images=config.images, options=config.source_options)
     timing["read_s"] = time.perf_counter() - clock
     log.info("read %d rows: %d records, %d rejected", read.stats["rows"], len(read.records), len(read.rejections))
     if not read.stats["rows"]:
@@ -196,19 +190,18 @@ def _run_prepare(config: PrepareConfig) -> PrepareResult:
             }
             write_json(out / "shards" / f"{shard_i}-of-{shard_n}.json", summary | {"timing": timing})
             log.info("shard %s done; run the same command without --shard to write the metadata", config.shard)
-            return PrepareResult(out, summary, finished=False)
+            return PrepareResult(out, None, summary)
 
     clock = time.perf_counter()
-    summary = _finish(config, out, read, kept, rejections, split_of, prompts, results, builder, timing, spellings)
-    summary["timing"]["write_s"] = round(time.perf_counter() - clock, 2)  # the copy that is written
-    write_json(out / "prepare.json", summary)
-    return PrepareResult(out, summary, finished=True)
+    manifest = _finish(config, out, read, kept, rejections, split_of, prompts, results, builder, timing, spellings)
+    manifest.timing["write_s"] = round(time.perf_counter() - clock, 2)
+    manifest.write(out)
+    return PrepareResult(out, manifest)
 
 
-def _input_name(config: PrepareConfig) -> str:
-    if config.source == "folder":
-        return str(config.captions) if config.captions else f"the image folder {config.images}"
-    return str(config.csv)
+def _input_name(config: PrepareSettings) -> str:
+    csv, images = (Path(p) if p else None for p in (config.csv, config.images))
+    return READERS[config.source]().input_name(csv, images, config.source_options)
 
 
 def _reject_escaping_paths(records: list[Record]) -> tuple[list[Record], list[Rejection]]:
@@ -290,8 +283,8 @@ def _place(out: Path, record_id: str, folder: str) -> None:
 
 def _finish(
     config, out, read, kept, rejections, split_of, prompts, results, builder, timing, spellings
-) -> dict[str, Any]:
-    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+) -> PrepareManifest:
+    rows: dict[str, list[MetadataRow]] = {s: [] for s in SPLITS}
     qc_rejected: list[tuple[Record, str]] = []
     final: list[Record] = []
     for r in kept:
@@ -310,7 +303,7 @@ def _finish(
             _place(out, r.id, split_of[r.id])
         final.append(r)
         prompt = prompts[r.id]
-        row = {"file_name": image_file(r.id), "text": prompt.text, **r.metadata(), "tokens": prompt.tokens}
+        row: MetadataRow = {"file_name": image_file(r.id), "text": prompt.text, **r.metadata(), "tokens": prompt.tokens}
         if r.caption is not None:
             row["caption"] = r.caption
         if prompt.dropped:
@@ -322,8 +315,8 @@ def _finish(
         _remove_stale(out, {r.id for r in final} | {r.id for r, _ in qc_rejected})
     for split in SPLITS:
         rows[split].sort(key=lambda x: x["id"])
-        if rows[split] or (out / split / "metadata.jsonl").exists():
-            write_jsonl(out / split / "metadata.jsonl", rows[split])
+        if rows[split] or metadata_path(out, split).exists():
+            write_metadata(out, split, rows[split])
     rejections.sort(key=lambda x: (x.row if x.row is not None else -1, x.path))
     write_csv(out / "rejected.csv", ["row", "path", "reason"], ((x.row, x.path, x.reason) for x in rejections))
     write_csv(
@@ -386,7 +379,7 @@ def _contact_sheets(config, out, rows, qc_rejected, split_of) -> list[str]:
     return made
 
 
-def _summary(config, read, final, rejections, rows, prompts, builder, timing, sheets, vocabulary) -> dict[str, Any]:
+def _summary(config, read, final, rejections, rows, prompts, builder, timing, sheets, vocabulary) -> PrepareManifest:
     by_category = Counter(x.reason.split(":", 1)[0] for x in rejections)
     by_reason = Counter(re.sub(r"\s*\(.*", "", x.reason) for x in rejections)
     kept_prompts = [prompts[r.id] for r in final]
@@ -394,37 +387,34 @@ def _summary(config, read, final, rejections, rows, prompts, builder, timing, sh
     config_dict = to_dict(config)
     config_dict["patient_key_salt"] = "<redacted>" if config.patient_key_salt else None
     inputs = {}
-    for name in ("csv", "labels_csv", "split_csv", "sections_csv", "patients_csv", "captions"):
-        path = getattr(config, name)
-        if path and Path(path).is_file():
+    options = to_dict(config.source_options) if config.source_options is not None else {}
+    for name, path in {"csv": config.csv, **options}.items():
+        if isinstance(path, str) and Path(path).is_file():
             inputs[name] = {"file": Path(path).name, "sha256": file_sha256(path)}
-    metadata_hashes = {s: file_sha256(Path(config.out) / s / "metadata.jsonl") for s in SPLITS if rows[s]}
-    return {
-        **provenance(),
-        "config": config_dict,
-        "inputs": inputs,
-        "data_hash": metadata_hashes,
-        "rows_read": read.stats["rows"],
-        "records_parsed": len(read.records),
-        "kept": len(final),
-        "rejected": sum(by_category.values()),
-        "rejected_by_category": dict(by_category.most_common()),
-        "rejected_by_reason": dict(by_reason.most_common(25)),
-        "reader": dict(read.stats),
-        "splits": {
+    metadata_hashes = {s: file_sha256(metadata_path(config.out, s)) for s in SPLITS if rows[s]}
+    return PrepareManifest(
+        config=config_dict,
+        inputs=inputs,
+        data_hash=metadata_hashes,
+        rows_read=read.stats["rows"],
+        records_parsed=len(read.records),
+        kept=len(final),
+        rejected=sum(by_category.values()),
+        rejected_by_category=dict(by_category.most_common()),
+        rejected_by_reason=dict(by_reason.most_common(25)),
+        reader=dict(read.stats),
+        splits={
             s: {"images": len(rows[s]), "patients": len({x["patient_key"] or x["id"] for x in rows[s]})} for s in SPLITS
         },
-        "labels": dict(Counter(label for r in final for label in r.labels).most_common(40)),
-        "label_audit": label_audit(
-            final, sentence_column=bool(read.stats["layout nested"] + read.stats["layout flat"])
-        ),
-        "vocabulary": vocabulary.to_json(),
-        "unknown_projection_kept": _unknown_projections(rows, config.filters),
-        "source_index": {
+        labels=dict(Counter(label for r in final for label in r.labels).most_common(40)),
+        label_audit=label_audit(final, sentence_column=bool(read.stats["layout nested"] + read.stats["layout flat"])),
+        vocabulary=vocabulary.to_json(),
+        unknown_projection_kept=_unknown_projections(rows, config.filters),
+        source_index={
             "file": SOURCE_INDEX,
             "note": "local only, like .patient_key_salt: maps each output id to its source row and path; do not share",
         },
-        "tokens": {
+        tokens={
             "tokenizer": describe(builder.counter.tokenizer),
             "prompt": to_dict(config.prompts),
             "before_fitting": token_stats([p.tokens_full for p in kept_prompts], config.prompts.max_tokens),
@@ -433,10 +423,10 @@ def _summary(config, read, final, rejections, rows, prompts, builder, timing, sh
             "dropped_items": dict(dropped),
             **_left_out_of_prompts(final, kept_prompts),
         },
-        "contact_sheets": sheets,
-        "metadata_only": config.metadata_only,
-        "timing": {k: round(v, 2) for k, v in timing.items()},
-    }
+        contact_sheets=sheets,
+        metadata_only=config.metadata_only,
+        timing={k: round(v, 2) for k, v in timing.items()},
+    )
 
 
 def _unknown_projections(rows: dict[str, list[dict[str, Any]]], filters: FilterConfig) -> dict[str, Any]:
@@ -455,58 +445,56 @@ def _left_out_of_prompts(final: list[Record], prompts: list[Prompt]) -> dict[str
     return {"pseudo_labels_left_out": dict(pseudo.most_common()), "views_left_out": dict(views.most_common())}
 
 
-def print_summary(result: PrepareResult) -> None:
-    s = result.summary
-    if not result.finished:
-        print(f"shard {s['shard']}: {s['images']} images processed ({s['rejected']} rejected) in {result.out}")
+def summarize(result: PrepareResult) -> int:
+    """Print what was written; the exit code is 1 when nothing was kept."""
+    s = result.manifest
+    if s is None:
+        shard = result.shard or {}
+        done = f"{shard['images']} images processed ({shard['rejected']} rejected)"
+        print(f"shard {shard['shard']}: {done} in {result.out}")
         print("when every shard is done, run the same command without --shard to write the metadata")
-        return
-    print(f"prepared {s['kept']:,} of {s['rows_read']:,} rows into {result.out}")
-    if s["kept"] == 0 and s["rejected_by_reason"]:
-        reason, count = next(iter(s["rejected_by_reason"].items()))
+        return 0
+    print(f"prepared {s.kept:,} of {s.rows_read:,} rows into {result.out}")
+    if s.kept == 0 and s.rejected_by_reason:
+        reason, count = next(iter(s.rejected_by_reason.items()))
         print(
             f"  nothing was kept: the commonest reason is '{reason}' ({count:,} rows); "
             "see the --filters.* and --qc.* settings"
         )
-    for split, v in s["splits"].items():
+    for split, v in s.splits.items():
         if v["images"]:
             print(
                 f"  {split:5s} {v['images']:>8,} images  {v['patients']:>7,} patients  "
-                f"{result.out / split / 'metadata.jsonl'}"
+                f"{metadata_path(result.out, split)}"
             )
-    if s["rejected"]:
-        top = ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_category"].items())
-        print(f"  rejected {s['rejected']:,} ({top}): {result.out / 'rejected.csv'}")
-    t = s["tokens"]["before_fitting"]
+    if s.rejected:
+        top = ", ".join(f"{k} {v:,}" for k, v in s.rejected_by_category.items())
+        print(f"  rejected {s.rejected:,} ({top}): {result.out / 'rejected.csv'}")
+    t = s.tokens["before_fitting"]
     if t.get("prompts"):
         print(
             f"  prompts: median {t['median']} tokens, p90 {t['p90']}, max {t['max']}; "
-            f"{t['over_limit_fraction']:.1%} over {t['limit']}, {s['tokens']['prompts_shortened']:,} shortened"
+            f"{t['over_limit_fraction']:.1%} over {t['limit']}, {s.tokens['prompts_shortened']:,} shortened"
         )
-    if s["kept"]:
-        print(f"  {audit_line(s['label_audit'])}")
-        vocab = s["vocabulary"]
+    if s.kept:
+        print(f"  {audit_line(s.label_audit)}")
+        vocab = s.vocabulary
         print(
             f"  vocabulary: {len(vocab['labels']):,} labels, {len(vocab['locations']):,} locations "
             f"(cxrgen vocab {result.out})"
         )
-    unknown = s["unknown_projection_kept"]
+    unknown = s.unknown_projection_kept
     if unknown["images"]:
         shown = ", ".join(unknown["files"][:3]) + (", ..." if unknown["images"] > 3 else "")
         print(
             f"  {unknown['images']:,} images of unknown view and projection kept ({shown}; all in prepare.json): the "
             "frontal filter could not check them (--filters.strict-projection drops them)"
         )
-    for sheet in s["contact_sheets"]:
+    for sheet in s.contact_sheets:
         print(f"  contact sheet: {sheet}")
-    print(f"  summary: {result.out / 'prepare.json'}")
+    print(f"  summary: {PrepareManifest.path(result.out)}")
     print(
         f"  local only, do not share: {result.out / SOURCE_INDEX} (each id's source row and path), "
         f"{result.out / '.patient_key_salt'}"
     )
-
-
-def main(config: PrepareConfig) -> int:
-    result = run_prepare(config)
-    print_summary(result)
-    return 0 if result.summary.get("kept", 1) else 1
+    return 0 if s.kept else 1

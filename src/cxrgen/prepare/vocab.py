@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .config import ConfigError, option
-from .vocabulary import Term, Vocabulary, load_vocabulary
+from ..config import ConfigError, option
+from ..vocabulary import Term, Vocabulary, load_vocabulary
 
 
 @dataclass
@@ -27,10 +27,25 @@ class VocabConfig:
             raise ConfigError(f"--top must be 0 (all) or more, not {self.top}")
 
 
-def run_vocab(config: VocabConfig) -> int:
+Config = VocabConfig
+
+
+@dataclass
+class VocabResult:
+    config: VocabConfig  # what to show
+    vocabulary: Vocabulary
+
+
+def run(config: VocabConfig) -> VocabResult:
     vocabulary = load_vocabulary(config.dataset)
     if not vocabulary.labels and not vocabulary.locations:
         raise ConfigError(f"{config.dataset} has no metadata.jsonl with findings: is it a prepared dataset?")
+    return VocabResult(config, vocabulary)
+
+
+def summarize(result: VocabResult) -> int:
+    """Print the vocabulary (or how the asked names read through it: exit code 1 when one is unknown)."""
+    config, vocabulary = result.config, result.vocabulary
     if config.json:
         print(json.dumps(vocabulary.to_json(), indent=2))
         return 0

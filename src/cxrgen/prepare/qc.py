@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import check_fraction, option
-from .grid import save_grid
-from .imaging import ImageStats
+from ..config import check_fraction, option
+from ..grid import save_grid
+from ..imaging import ImageStats
 
 
 @dataclass

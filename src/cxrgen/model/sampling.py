@@ -7,15 +7,23 @@ so any image can be regenerated exactly from its seed and settings.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from .pipeline import sd_pipeline
 from .text_encoding import chunk_token_ids, encode_windows, token_windows
 
 Sampler = Literal["dpmsolver++", "ddim", "euler", "pndm"]
 SAMPLERS: tuple[str, ...] = ("dpmsolver++", "ddim", "euler", "pndm")
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index` in a run seeded with `seed` (recorded in its metadata). 63 bits: with 32, a run of
+    a million images would repeat about a hundred seeds, and with one prompt those are the same image."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
 
 
 def make_scheduler(name: Sampler, config: Any) -> Any:
@@ -30,18 +38,7 @@ def make_scheduler(name: Sampler, config: Any) -> Any:
 def make_pipeline(
     tokenizer: Any, text_encoder: Any, vae: Any, unet: Any, scheduler_config: Any, sampler: Sampler
 ) -> Any:
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=make_scheduler(sampler, scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = sd_pipeline(tokenizer, text_encoder, vae, unet, make_scheduler(sampler, scheduler_config))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -55,11 +52,12 @@ def sample_images(
     guidance: float = 7.5,
     negative_prompt: str = "",
     long_prompts: bool = False,
-    size: int = 512,
+    resolution: int = 512,
     autocast_dtype: torch.dtype | None = None,
     grayscale: bool = True,
 ) -> np.ndarray:
-    """Float32 in [0, 1], one image per (prompt, seed) pair: (n, size, size) grayscale, or (n, size, size, 3).
+    """Float32 in [0, 1], one image per (prompt, seed) pair, `resolution` pixels a side: (n, h, w) grayscale, or
+    (n, h, w, 3).
 
     With long prompts, prompts of different window counts are sampled apart: padding a shorter prompt with empty
     windows would change its conditioning, and the image would differ from the one `generate` makes."""
@@ -68,7 +66,7 @@ def sample_images(
         guidance=guidance,
         negative_prompt=negative_prompt,
         long_prompts=long_prompts,
-        size=size,
+        resolution=resolution,
         autocast_dtype=autocast_dtype,
         grayscale=grayscale,
     )
@@ -98,8 +96,8 @@ def sample_images(
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=generators,
-            height=size,
-            width=size,
+            height=resolution,
+            width=resolution,
             output_type="np",
         ).images
     out = np.asarray(out, dtype=np.float32)

@@ -7,12 +7,14 @@ MIMIC-CXR's label files, so its decoding lives here too.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..records import Finding, PatientKeyer, Record, Rejection, normalize_sex, parse_age, study_label
-from .base import ReadResult
-from .tables import read_csv
+from ...config import option
+from ...records import Finding, PatientKeyer, Record, Rejection, normalize_sex, parse_age, study_label
+from ...tables import read_csv
+from .base import READERS, ReadResult, ReleaseReader
 
 SOURCE = "chexpert"
 CHEXPERT_LABELS = (
@@ -88,3 +90,19 @@ def read_chexpert(csv_path: str | Path, keyer: PatientKeyer, uncertain: Uncertai
             )
         )
     return result
+
+
+@dataclass
+class CheXpertOptions:
+    uncertain: UncertainPolicy = option("ignore", "uncertain (-1) labels: ignore or positive")
+
+
+@READERS.register
+class CheXpertReader(ReleaseReader):
+    name = "chexpert"
+    help = "CheXpert: train.csv or valid.csv with its 14 label columns"
+    Options = CheXpertOptions
+    main_table = "CheXpert's train.csv or valid.csv"
+
+    def read(self, csv: Path | None, images: Path | None, options: CheXpertOptions, keyer: PatientKeyer) -> ReadResult:
+        return read_chexpert(csv, keyer, options.uncertain)  # type: ignore[arg-type]

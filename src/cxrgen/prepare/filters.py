@@ -9,8 +9,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import ConfigError, option
-from .records import (
+from ..config import ConfigError, option
+from ..records import (
     FRONTAL_PROJECTIONS,
     Record,
     Rejection,
@@ -21,7 +21,7 @@ from .records import (
     normalize_sex,
     normalize_view,
 )
-from .vocabulary import Vocabulary
+from ..vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..records import (
+from ...records import (
     LOCATION_PREFIX,
     Finding,
     PatientKeyer,
@@ -25,10 +25,10 @@ from ..records import (
     normalize_sex,
     normalize_view,
 )
-from ..vocabulary import split_side
-from .base import ReadResult
+from ...tables import read_csv
+from ...vocabulary import split_side
+from .base import READERS, ReadResult, ReleaseReader
 from .listtext import ListTextError, ListValue, parse_list_text
-from .tables import read_csv
 
 SOURCE = "padchest"
 REQUIRED = ("ImageID", "ImageDir", "PatientID", "Projection", "Labels")
@@ -237,3 +237,13 @@ def _flatten(items: list[ListValue]) -> list[str]:
         elif isinstance(item, str):
             out.append(item)
     return out
+
+
+@READERS.register
+class PadChestReader(ReleaseReader):
+    name = "padchest"
+    help = "PadChest (BIMCV): the labels CSV, 16-bit PNGs in numbered folders"
+    main_table = "the PadChest labels CSV"
+
+    def read(self, csv: Path | None, images: Path | None, options: None, keyer: PatientKeyer) -> ReadResult:
+        return read_padchest(csv, keyer)  # type: ignore[arg-type]

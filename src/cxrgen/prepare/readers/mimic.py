@@ -4,10 +4,12 @@ MIMIC-IV patients (the only place age and sex live). Images at `files/p<2 digits
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..records import (
+from ...config import option
+from ...records import (
     PatientKeyer,
     Record,
     Rejection,
@@ -15,9 +17,9 @@ from ..records import (
     normalize_sex,
     normalize_view,
 )
-from .base import ReadResult
+from ...tables import read_csv
+from .base import READERS, ReadResult, ReleaseReader
 from .chexpert import UncertainPolicy, findings_from_label_columns
-from .tables import read_csv
 
 SOURCE = "mimic"
 _SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
@@ -114,3 +116,34 @@ def _age(patient: dict[str, str], study_date: str) -> int | None:
         return None
     age = anchor_age + study_year - anchor_year
     return age if 0 <= age <= 120 else None
+
+
+@dataclass
+class MimicOptions:
+    labels_csv: str | None = option(None, "mimic-cxr-2.0.0-chexpert.csv or -negbio.csv")
+    split_csv: str | None = option(None, "mimic-cxr-2.0.0-split.csv (the official split)")
+    sections_csv: str | None = option(None, "report sections CSV (study, impression, findings)")
+    patients_csv: str | None = option(None, "MIMIC-IV patients.csv for age and sex")
+    uncertain: UncertainPolicy = option("ignore", "uncertain (-1) labels: ignore or positive")
+    report_section: ReportSection = option("impression", "report section used as caption")
+
+
+@READERS.register
+class MimicReader(ReleaseReader):
+    name = "mimic"
+    help = "MIMIC-CXR-JPG: the metadata CSV, with its label, split, section and patient tables"
+    Options = MimicOptions
+    main_table = "mimic-cxr-2.0.0-metadata.csv"
+
+    def read(self, csv: Path | None, images: Path | None, options: MimicOptions, keyer: PatientKeyer) -> ReadResult:
+        o = options
+        return read_mimic(
+            csv,  # type: ignore[arg-type]
+            keyer,
+            o.labels_csv,
+            o.split_csv,
+            o.sections_csv,
+            o.patients_csv,
+            o.uncertain,
+            o.report_section,
+        )

@@ -29,9 +29,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .fileio import read_jsonl_lines, stat_digest
-from .imaging import ImageConfig, ImageRejected, convert_file
-from .imaging.png import write_png
+from ..fileio import read_jsonl_lines, stat_digest
+from ..imaging import ImageConfig, ImageRejected, convert_file
+from ..imaging.png import write_png
 
 log = logging.getLogger(__name__)
 JOURNAL_DIR = ".journal"

@@ -29,13 +29,15 @@ import logging
 import posixpath
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..imaging.decode import is_dicom
-from ..records import (
+from ...config import option
+from ...imaging.decode import is_dicom
+from ...records import (
     Finding,
     PatientKeyer,
     Record,
@@ -52,9 +54,9 @@ from ..records import (
     parse_finding_text,
     study_label,
 )
-from ..vocabulary import settle_findings
-from .base import ReadResult, resolve_image
-from .tables import TableError, is_jsonl, read_csv, read_jsonl
+from ...tables import TableError, is_jsonl, read_csv, read_jsonl
+from ...vocabulary import settle_findings
+from .base import READERS, ReadResult, ReleaseReader, resolve_image
 
 log = logging.getLogger(__name__)
 
@@ -363,3 +365,25 @@ def _dicom_date(raw: Any) -> date | None:
         return date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
     except ValueError:
         return None
+
+
+@dataclass
+class FolderOptions:
+    captions: str | None = option(
+        None, "CSV/JSONL of file_name and captions or fields (default: one found in the folder)"
+    )
+
+
+@READERS.register
+class FolderReader(ReleaseReader):
+    name = "folder"
+    help = "a folder of PNG/JPEG/DICOM images, with an optional table of captions or fields"
+    Options = FolderOptions
+
+    def read(self, csv: Path | None, images: Path | None, options: FolderOptions, keyer: PatientKeyer) -> ReadResult:
+        if images is None:
+            raise TableError("a folder source needs --images DIR")
+        return read_folder(images, keyer, options.captions)
+
+    def input_name(self, csv: Path | None, images: Path | None, options: FolderOptions) -> str:
+        return str(options.captions) if options.captions else f"the image folder {images}"

@@ -1,0 +1,26 @@
+"""`cxrgen generate`: plan, load, sample and write through the `Generator`; print what was made."""
+
+from __future__ import annotations
+
+from ..contracts import GenerateManifest, metadata_path
+from .config import GenerateConfig
+from .runner import GenerateResult, Generator
+
+Config = GenerateConfig
+
+
+def run(config: GenerateConfig) -> GenerateResult:
+    return Generator(config).run()
+
+
+def summarize(result: GenerateResult) -> int:
+    if not result.is_main:
+        return 0
+    rate = f" at {result.images_per_s:.2f} img/s" if result.images_per_s else ""
+    print(f"generated {result.made} image(s) in {result.seconds:.1f} s{rate}")
+    if result.manifest is not None:
+        print(f"  {result.manifest.images} synthetic images: {metadata_path(result.out, result.split)}")
+        print(f"  provenance: {GenerateManifest.path(result.out)}")
+    else:
+        print(f"  {result.remaining} image(s) remain for other shards; rerun without --shard when all are done")
+    return 0

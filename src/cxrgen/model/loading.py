@@ -1,0 +1,171 @@
+"""Loading Stable Diffusion components (hub id or local folder, safetensors only by default), and building
+models offline: a tiny random pipeline for tests and the demo, or the real SD 1.5 architecture with random weights
+for speed and memory work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..config import option
+from ..errors import UserError
+from ..fileio import cache_root, stat_digest, write_text
+from ..tokens import CLIP_WINDOW
+from .pipeline import sd_pipeline
+
+log = logging.getLogger(__name__)
+COMPONENTS = ("unet", "vae", "text_encoder")
+
+
+class ModelError(UserError):
+    """A base model cannot be loaded; the message says why and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    base: str = option(
+        help="base model: hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or local diffusers folder"
+    )
+    revision: str | None = option(None, "hub revision (branch, tag or commit)")
+    variant: str | None = option(None, "weight variant to load, e.g. fp16")
+    allow_pickle: bool = option(False, "also load .bin/.ckpt weights (pickles: only for files you trust)")
+    prediction_type: Literal["epsilon", "v_prediction"] | None = option(
+        None, "override the scheduler's prediction type (default: read from the model's scheduler config)"
+    )
+
+    def identity(self) -> str:
+        """The base model's identity (see model_identity) with the overrides that change what it computes."""
+        overrides = "".join(f"+{v}" for v in (self.variant, self.prediction_type) if v)
+        return model_identity(self.base, self.revision) + overrides
+
+
+@dataclass
+class Components:
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    scheduler: Any  # the training (DDPM) noise scheduler
+    source: str
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def pipeline(self, scheduler: Any = None) -> Any:
+        """A pipeline over these very modules (adapters added to it are added to them)."""
+        return sd_pipeline(self.tokenizer, self.text_encoder, self.vae, self.unet, scheduler or self.scheduler)
+
+
+def _check_local(folder: Path, allow_pickle: bool) -> None:
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(f"{folder} is not a diffusers model folder (no model_index.json)")
+    for name in COMPONENTS:
+        sub = folder / name
+        if not sub.is_dir():
+            raise ModelError(f"{folder} has no {name}/ folder")
+        if not allow_pickle and not any(sub.glob("*.safetensors")):
+            pickles = [p.name for p in sub.iterdir() if p.suffix in (".bin", ".ckpt", ".pt")]
+            what = f" (it has {', '.join(pickles)})" if pickles else ""
+            raise ModelError(
+                f"{sub} has no .safetensors weights{what}. Convert them to safetensors, or pass "
+                "--model.allow-pickle to load pickled weights you trust."
+            )
+
+
+def load_components(config: ModelConfig, dtype: torch.dtype = torch.float32) -> Components:
+    """Tokenizer, text encoder, VAE, UNet and DDPM scheduler of a Stable Diffusion 1.x/2.x model."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    local = Path(config.base).expanduser()
+    if local.exists():
+        _check_local(local, config.allow_pickle)
+    kwargs: dict[str, Any] = {"revision": config.revision, "use_safetensors": not config.allow_pickle}
+    if config.variant:
+        kwargs["variant"] = config.variant
+    base = str(local) if local.exists() else config.base
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", revision=config.revision)
+        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", torch_dtype=dtype, **kwargs)
+        vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs)
+        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs)
+        scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", revision=config.revision)
+    except (OSError, ValueError) as exc:
+        hint = (
+            ""
+            if local.exists()
+            else " For offline use give a local folder (`cxrgen make-tiny-model --out DIR` writes one)."
+        )
+        raise ModelError(f"cannot load base model {config.base}: {exc}{hint}") from exc
+    if config.prediction_type:
+        scheduler.register_to_config(prediction_type=config.prediction_type)
+    return Components(tokenizer, text_encoder, vae, unet, scheduler, base)
+
+
+def weights_digest(folder: str | Path) -> str:
+    """A short content hash of a model folder's weights and configs. Hashing an SD folder (several GB, with its
+    variants) takes seconds in every process of every run, so the digest is remembered in the cache folder under
+    the files' names, sizes and modification times, and recomputed when any of them changes."""
+    folder = Path(folder)
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".bin", ".txt")
+    )
+    memo = cache_root() / "model-digests" / f"{stat_digest(files, root=folder)}.txt"
+    with contextlib.suppress(OSError):
+        known = memo.read_text().strip()
+        if len(known) == 16:
+            return known
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode())
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 22):
+                digest.update(block)
+    value = digest.hexdigest()[:16]
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next run the hashing
+        write_text(memo, value)
+    return value
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The local hub-cache folder of a repo at a revision, named by its commit hash; None when it is not cached
+    (never a download)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (OSError, ValueError):  # not cached, or not a valid repo id
+        return None
+
+
+def model_identity(base: str, revision: str | None = None) -> str:
+    """What identifies a base model in cache keys and provenance: a content hash for a local folder; for a hub id,
+    the commit its cached files came from (a branch such as 'main' moves, a commit does not)."""
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return f"{path.name}@{weights_digest(path)}"
+    snapshot = hub_snapshot(base, revision)
+    return f"{base}@{snapshot.name if snapshot is not None else revision or 'main'}"
+
+
+def tokenizer_window(tokenizer: Any) -> int:
+    return int(getattr(tokenizer, "model_max_length", CLIP_WINDOW) or CLIP_WINDOW)
+
+
+def set_offline_if_local(base: str) -> None:
+    """Loading a local folder should never touch the network."""
+    if Path(base).expanduser().exists():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,97 @@
+"""LoRA files: where a LoRA's weights are, what identifies them, loading them into a pipeline, and writing them
+in diffusers' and kohya's formats. Loading goes through diffusers' own loader (`load_lora_weights`), so anything
+diffusers reads can be used: our outputs, kohya/A1111 files, hub LoRAs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from ..provenance import file_sha256
+from .loading import ModelError, hub_snapshot
+
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+KOHYA_FILE = "lora_kohya.safetensors"
+
+
+def lora_source(path: str) -> tuple[str, str | None]:
+    """(folder or file, weight_name) for diffusers' loader from a folder or a .safetensors file."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return str(p.parent), p.name
+    if p.is_dir():
+        if (p / DIFFUSERS_FILE).is_file():
+            return str(p), DIFFUSERS_FILE
+        if (p / "lora" / DIFFUSERS_FILE).is_file():  # a cxrgen run folder
+            return str(p / "lora"), DIFFUSERS_FILE
+        files = sorted(p.glob("*.safetensors"))
+        if len(files) == 1:
+            return str(p), files[0].name
+        raise ConfigError(f"{p} holds no single LoRA .safetensors file; name the file")
+    if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt") or path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        raise ConfigError(f"LoRA {path}: no such file or folder")  # not a hub id ('name' or 'namespace/name')
+    return path, None  # a hub id
+
+
+def lora_file(path: str) -> Path | None:
+    """The weights file that loading `path` reads: the local file, or for a hub id the one diffusers picks from
+    the local hub cache (None when the repo is not cached there)."""
+    folder, name = lora_source(path)
+    if name is not None:
+        return Path(folder) / name
+    snapshot = hub_snapshot(folder)
+    files = sorted(snapshot.glob("*.safetensors")) if snapshot is not None else []
+    chosen = [f for f in files if f.name == DIFFUSERS_FILE] or files
+    return chosen[0] if len(chosen) == 1 else None
+
+
+def lora_digest(path: str) -> str:
+    """What identifies a LoRA in cache keys and provenance: the first 16 hex digits of its file's sha256."""
+    file = lora_file(path)
+    return file_sha256(file)[:16] if file is not None else f"{path}@uncached"
+
+
+def load_loras(pipe: Any, adapters: list[tuple[str, float]], prefix: str) -> list[str]:
+    """Load each (path, weight) as adapter `<prefix><i>` and activate them all with their weights."""
+    names = [f"{prefix}{i}" for i in range(len(adapters))]
+    for name, (path, _) in zip(names, adapters, strict=True):
+        folder, weight_name = lora_source(path)
+        try:
+            pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=name)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load LoRA {path}: {exc}") from exc
+    if names:
+        pipe.set_adapters(names, adapter_weights=[weight for _, weight in adapters])
+    return names
+
+
+def kohya_base_version(cross_attention_dim: int, prediction_type: str) -> str:
+    """kohya's `ss_base_model_version`, which UIs read to match a LoRA to its base: SD 2.x has a 1024-wide text
+    encoder (SD 1.x 768), and its 768 px models predict v."""
+    if cross_attention_dim != 1024:
+        return "sd_v1"
+    return "sd_v2_768_v" if prediction_type == "v_prediction" else "sd_v2_512"
+
+
+def save_lora_files(
+    folder: Path, unet_sd: dict[str, Any], te_sd: dict[str, Any] | None, metadata: dict[str, str]
+) -> dict[str, Path]:
+    """Write LoRA weights in diffusers' key format as the diffusers file (loads with `load_lora_weights`) and a
+    kohya/A1111-style file."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=unet_sd, text_encoder_lora_layers=te_sd, safe_serialization=True
+    )
+    kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(folder / DIFFUSERS_FILE)))
+    save_file(
+        {k: v.contiguous() for k, v in kohya.items()},
+        folder / KOHYA_FILE,
+        metadata={"ss_network_module": "networks.lora", **metadata},
+    )
+    return {"diffusers": folder / DIFFUSERS_FILE, "kohya": folder / KOHYA_FILE}

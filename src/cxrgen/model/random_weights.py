@@ -1,0 +1,220 @@
+"""Models built offline, for tests, the demo and benchmarks: a tiny random Stable Diffusion pipeline, a small one
+that learns phantom findings on a CPU, or the real SD 1.5 architecture with random weights for speed and memory work;
+and random LoRA files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..config import ConfigError, option
+from ..tokens import clip_tokenizer
+from .loading import ModelConfig, load_components
+from .pipeline import sd_pipeline
+
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "skip_prk_steps": True,
+}
+
+SD15 = {
+    "unet": dict(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    ),
+    "vae": dict(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=512,
+        scaling_factor=0.18215,
+    ),
+    "text": dict(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    ),
+}
+
+TINY = {
+    "unet": dict(
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ),
+    "vae": dict(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        norm_num_groups=8,
+        scaling_factor=0.18215,
+    ),
+    "text": dict(
+        vocab_size=49408,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=64,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    ),
+}
+
+
+# Tiny's widths with a third level: its 4x4 bottleneck sees the whole latent, so it can place a finding on the
+# side its prompt names (the learning benchmark), at about the tiny model's cost.
+SMALL = {
+    "unet": dict(
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ),
+    "vae": TINY["vae"],
+    "text": TINY["text"],
+}
+ARCHES = {"tiny": TINY, "small": SMALL, "sd15": SD15}
+
+
+def build_pipeline(
+    arch: Literal["tiny", "small", "sd15"] = "tiny",
+    image_size: int = 64,
+    seed: int = 0,
+    prediction_type: str = "epsilon",
+) -> Any:
+    """A StableDiffusionPipeline with random weights and the exact CLIP tokenizer, built without downloads."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    spec = ARCHES[arch]
+    vae_factor = 2 ** (len(spec["vae"]["block_out_channels"]) - 1)
+    if image_size % (vae_factor * 4):
+        raise ConfigError(f"--image-size must be a multiple of {vae_factor * 4} for the {arch} model")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**{**spec["unet"], "sample_size": image_size // vae_factor})
+    vae = AutoencoderKL(**{**spec["vae"], "sample_size": image_size})
+    text_encoder = CLIPTextModel(CLIPTextConfig(**spec["text"]))
+    scheduler = PNDMScheduler.from_config({**SCHEDULER_CONFIG, "prediction_type": prediction_type})  # as SD 1.5 ships
+    return sd_pipeline(clip_tokenizer(), text_encoder, vae, unet, scheduler)
+
+
+@dataclass
+class TinyModelConfig:
+    out: str = option(help="folder to write the diffusers pipeline to")
+    arch: Literal["tiny", "small", "sd15"] = option(
+        "tiny",
+        "tiny (seconds on a CPU), small (learns phantom findings on a CPU), or sd15 (the SD 1.5 architecture)",
+    )
+    image_size: int = option(64, "training resolution the model is sized for (512 for sd15)")
+    prediction_type: Literal["epsilon", "v_prediction"] = option("epsilon", "what the UNet predicts")
+    seed: int = option(0, "seed of the random weights")
+
+
+Config = TinyModelConfig
+
+
+def make_tiny_model(config: TinyModelConfig) -> Path:
+    """Write the pipeline folder; returns it."""
+    out = Path(config.out)
+    pipe = build_pipeline(config.arch, config.image_size, config.seed, config.prediction_type)
+    pipe.save_pretrained(out, safe_serialization=True)
+    (out / "cxrgen_model.json").write_text(
+        json.dumps(
+            {
+                "arch": config.arch,
+                "image_size": config.image_size,
+                "seed": config.seed,
+                "random_weights": True,
+            },
+            indent=2,
+        )
+    )
+    return out
+
+
+run = make_tiny_model
+
+
+def summarize(out: Path) -> int:
+    arch = json.loads((out / "cxrgen_model.json").read_text())["arch"]
+    unet = json.loads((out / "unet" / "config.json").read_text())
+    print(f"wrote a random {arch} Stable Diffusion pipeline (UNet widths {unet['block_out_channels']}) to {out}")
+    return 0
+
+
+def make_random_lora(
+    model: str | Path, out: str | Path, rank: int = 4, scale: float = 0.3, text_encoder: bool = False
+) -> Path:
+    """A LoRA file for `model`'s UNet attention (and text encoder) with random A and B (a trained one starts
+    from B = 0), so that applying it visibly changes the images: for tests and benchmarks."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    m = load_components(ModelConfig(base=str(model)))
+    generator = torch.Generator().manual_seed(0)
+
+    def layers(module: Any, targets: list[str]) -> dict[str, torch.Tensor]:
+        module.add_adapter(LoraConfig(r=rank, target_modules=targets))
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module, save_embedding_layers=False))
+        return {key: torch.randn(value.shape, generator=generator) * scale for key, value in state.items()}
+
+    StableDiffusionPipeline.save_lora_weights(
+        out,
+        unet_lora_layers=layers(m.unet, ["to_q", "to_k", "to_v", "to_out.0"]),
+        text_encoder_lora_layers=layers(m.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"])
+        if text_encoder
+        else None,
+        safe_serialization=True,
+    )
+    return Path(out) / "pytorch_lora_weights.safetensors"

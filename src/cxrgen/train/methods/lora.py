@@ -1,0 +1,163 @@
+"""DreamBooth-LoRA: a trainable adapter ("cxrgen") on the UNet's attention (and the text encoder if asked), on
+top of earlier LoRAs that stay frozen adapters or are merged into the base weights; exported as diffusers and kohya
+LoRA files. LoRA files themselves (loading, digests, formats) are the model package's (`model/lora.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ...config import ConfigError, option
+from ...model.lora import kohya_base_version, load_loras, lora_digest, save_lora_files
+from .base import METHODS, Exported, TrainingMethod
+
+log = logging.getLogger(__name__)
+TRAIN = "cxrgen"  # the trained adapter's name; not "train": peft stores adapters as submodules, and Module.train exists
+
+
+@dataclass
+class LoraOptions:
+    rank: int = option(16, "LoRA rank of the UNet adapter")
+    alpha: float | None = option(None, "LoRA alpha (default: the rank, i.e. scale 1)")
+    dropout: float = option(0.0, "dropout on the LoRA path")
+    targets: list[str] = option(["to_q", "to_k", "to_v", "to_out.0"], "UNet modules that get adapters")
+    text_encoder: bool = option(False, "also train a LoRA on the text encoder")
+    text_encoder_rank: int | None = option(None, "rank of the text-encoder adapter (default: rank)")
+    text_encoder_targets: list[str] = option(
+        ["q_proj", "k_proj", "v_proj", "out_proj"], "text-encoder modules with adapters"
+    )
+    stack: list[str] = option([], "existing LoRAs (folders or .safetensors in diffusers format) to train on top of")
+    stack_weights: list[float] = option([], "weight of each stacked LoRA (default 1.0 each)")
+    stack_mode: Literal["frozen", "merged"] = option(
+        "frozen", "stacked LoRAs stay separate frozen adapters, or are merged into the base weights first"
+    )
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"lora.rank must be at least 1, not {self.rank}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), not {self.dropout}")
+        if self.stack_weights and len(self.stack_weights) != len(self.stack):
+            raise ConfigError(
+                f"lora.stack_weights has {len(self.stack_weights)} values for {len(self.stack)} stacked LoRAs"
+            )
+
+
+@METHODS.register
+class LoraMethod(TrainingMethod):
+    name = "lora"
+    help = "DreamBooth-LoRA: adapters, stacking on earlier LoRAs"
+    Options = LoraOptions
+    options: LoraOptions
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.frozen: dict[str, float] = {}  # stacked adapters kept beside the trained one, with their weights
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.options.text_encoder
+
+    def stacked(self) -> list[dict[str, Any]]:
+        o = self.options
+        weights = o.stack_weights or [1.0] * len(o.stack)
+        return [{"path": p, "weight": w, "identity": lora_digest(p)} for p, w in zip(o.stack, weights, strict=True)]
+
+    def stack_identity(self) -> list[Any]:
+        o = self.options
+        return [*(s["identity"] for s in self.stacked()), o.stack_weights, o.stack_mode]
+
+    def load_stack(self, components: Any) -> None:
+        self.frozen = stack_loras(components, self.options)
+
+    def prepare(self, components: Any) -> None:
+        components.unet.requires_grad_(False)
+        components.text_encoder.requires_grad_(False)
+        add_trainable_lora(components, self.options, self.frozen)
+
+    def resume_settings(self) -> dict[str, Any]:
+        return {"--lora.alpha": self.options.alpha or self.options.rank}
+
+    def export(self, out: Path, components: Any, unet: Any, text_encoder: Any, ema: Any, info: dict) -> Exported:
+        meta = {
+            "cxrgen_base_model": info["identity"],
+            "cxrgen_steps": str(info["step"]),
+            "ss_base_model_version": kohya_base_version(unet.config.cross_attention_dim, components.prediction_type),
+        }
+        files = save_lora(out / "lora", unet, text_encoder, self.options.text_encoder, meta)
+        stack = [(s["path"], s["weight"]) for s in self.stacked()]
+        return Exported({k: str(v) for k, v in files.items()}, None, [*stack, ("lora", 1.0)])
+
+
+def stack_loras(components: Any, config: LoraOptions) -> dict[str, float]:
+    """Load the stacked LoRAs. 'merged' folds them into the base weights; 'frozen' keeps them as adapters that
+    stay active and untrained. Returns the frozen adapters with their weights."""
+    if not config.stack:
+        return {}
+    pipe = components.pipeline()
+    weights = config.stack_weights or [1.0] * len(config.stack)
+    names = load_loras(pipe, list(zip(config.stack, weights, strict=True)), "stack")
+    if config.stack_mode == "merged":
+        pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+        pipe.unload_lora_weights()
+        log.info("merged %d stacked LoRA(s) into the base weights", len(names))
+        return {}
+    log.info("stacked %d frozen LoRA(s): %s", len(names), ", ".join(config.stack))
+    return dict(zip(names, weights, strict=True))
+
+
+def add_trainable_lora(components: Any, config: LoraOptions, frozen: dict[str, float]) -> None:
+    """Add the "cxrgen" adapter to the UNet (and the text encoder if asked), active beside any frozen ones,
+    and make its parameters, and only them, trainable."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    unet_cfg = PeftLoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha or config.rank,
+        lora_dropout=config.dropout,
+        init_lora_weights="gaussian",
+        target_modules=config.targets,
+    )
+    components.unet.add_adapter(unet_cfg, adapter_name=TRAIN)
+    if config.text_encoder:
+        rank = config.text_encoder_rank or config.rank
+        te_cfg = PeftLoraConfig(
+            r=rank,
+            lora_alpha=rank if config.alpha is None else config.alpha,
+            lora_dropout=config.dropout,
+            init_lora_weights="gaussian",
+            target_modules=config.text_encoder_targets,
+        )
+        components.text_encoder.add_adapter(te_cfg, adapter_name=TRAIN)
+    components.pipeline().set_adapters([*frozen, TRAIN], adapter_weights=[*frozen.values(), 1.0])
+    for model in (components.unet, components.text_encoder):  # activating adapters marks them all trainable
+        for name, param in model.named_parameters():
+            param.requires_grad_(f".{TRAIN}." in name and "lora_" in name)
+
+
+def lora_state_dicts(unet: Any, text_encoder: Any, with_text_encoder: bool) -> tuple[dict, dict | None]:
+    """The trained adapter in diffusers' key format, with alpha / rank folded into the up (B) matrices: loaders
+    of both file formats assume alpha = rank when the file does not say, and the kohya export says alpha = rank."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    def state(model: Any) -> dict:
+        # one rank and alpha for every module, as add_trainable_lora sets them
+        config = model.peft_config[TRAIN]
+        scale = config.lora_alpha / config.r
+        weights = get_peft_model_state_dict(model, adapter_name=TRAIN, save_embedding_layers=False)
+        weights = {k: v * scale if ".lora_B." in k and scale != 1 else v for k, v in weights.items()}
+        return convert_state_dict_to_diffusers(weights)
+
+    return state(unet), state(text_encoder) if with_text_encoder else None
+
+
+def save_lora(
+    folder: Path, unet: Any, text_encoder: Any, with_text_encoder: bool, metadata: dict[str, str]
+) -> dict[str, Path]:
+    """Write the trained adapter as the diffusers and kohya files."""
+    unet_sd, te_sd = lora_state_dicts(unet, text_encoder, with_text_encoder)
+    return save_lora_files(folder, unet_sd, te_sd, metadata)
