@@ -358,3 +358,15 @@ def test_dicom_age_from_birth_and_study_dates(tmp_path):
     (tmp_path / "metadata.csv").write_text("file,age,sex\na.dcm,,F\n")
     (one,) = read_source("folder", KEYER, images=tmp_path).records
     assert (one.age, one.sex, one.patient_key) == (59, "F", KEYER("folder", "p"))
+
+
+def test_one_rule_for_findings_text_in_every_table(tmp_path):
+    """A folder's table and a conditions file read the same cell the same way."""
+    from cxrgen.generate.conditions import from_file
+
+    cells = ["Cardiomegaly|Effusion", "Pneumonia/Viral/COVID-19", "cardiomegaly, pacemaker", "nodule@left,apical; ?"]
+    (tmp_path / "plan.jsonl").write_text("".join(json.dumps({"labels": cell}) + "\n" for cell in cells))
+    planned = [item.conditions.findings for item in from_file(tmp_path / "plan.jsonl")]
+    assert planned == [parse_findings(cell) for cell in cells]
+    assert planned[2] == [Finding("cardiomegaly"), Finding("pacemaker")]
+    assert planned[3] == [Finding("nodule", ("left", "apical"))]  # '?' is a placeholder

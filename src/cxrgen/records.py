@@ -374,22 +374,24 @@ def clean_text(raw: Any) -> str:
 
 
 def parse_finding_text(text: str) -> list[Finding]:
-    """Findings written by hand: `label@location,location` items separated by ';' or '|'.
+    """Findings written by hand or in a table cell, one rule for every table: items separated by ';' or '|', each
+    one or more labels (separated by '/' or ',') with optional '@location,location' for all of them.
 
-    `pleural effusion@left,costophrenic angle; pacemaker` gives two findings. A leading "loc " on a location is
-    accepted and dropped, so PadChest spellings work too."""
+    `pleural effusion@left,costophrenic angle; pacemaker` gives two findings, `Pneumonia/Viral/COVID-19` three and
+    `cardiomegaly, pacemaker` two. A leading "loc " on a location is accepted and dropped, so PadChest spellings
+    work too."""
     findings = []
     for item in text.replace("|", ";").split(";"):
-        label, _, where = item.partition("@")
-        label = clean_text(label)
-        if not label:
-            continue
-        locations = []
+        labels, _, where = item.partition("@")
+        locations: list[str] = []
         for raw in where.split(","):
             location = location_name(clean_text(raw))
             if location and location not in locations:
                 locations.append(location)
-        findings.append(Finding(label, tuple(locations)))
+        for raw in labels.replace("/", ",").split(","):
+            label = clean_text(raw)
+            if label and not is_missing(label):  # '?', 'todo': a placeholder names nothing
+                findings.append(Finding(label, tuple(locations)))
     return findings
 
 

@@ -131,7 +131,7 @@ def _row_items(row: dict[str, Any], origin: str) -> list[Item]:
         raise ValueError(f"sex {row.get('sex')!r}: use M, F or O")
     findings = findings_from_value(row.get("findings"))
     if not findings and text("labels"):
-        findings = findings_from_value(text("labels").replace(",", ";"))
+        findings = findings_from_value(text("labels"))
     c = Conditions(
         age=age,
         sex=sex,

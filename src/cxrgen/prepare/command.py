@@ -1,4 +1,4 @@
-"""`cxrgen prepare`: a raw release becomes a prepared dataset (the format is in the README).
+"""`cxrgen prepare`: a raw release becomes a prepared dataset (its layout and files: docs/data-format.md).
 
 read records -> one spelling per label -> filter -> split by patient -> build and fit prompts -> convert images
 (workers, resumable, shardable) -> quality control -> `<out>/<split>/metadata.jsonl` + PNGs, `prepare.json` (with

@@ -51,7 +51,6 @@ from ...records import (
     normalize_sex,
     normalize_view,
     parse_age,
-    parse_finding_text,
     study_label,
 )
 from ...tables import TableError, is_jsonl, read_csv, read_jsonl
@@ -279,19 +278,12 @@ def projection_of_view(raw: Any) -> str | None:
 
 
 def parse_findings(value: Any) -> list[Finding]:
-    """Findings from a JSON list (or its text), or from text of names separated by '/', ';' or '|', each with
-    optional `@location,location`. Placeholder names ('todo', '?') are left out."""
+    """Findings from a JSON list (or its text), or from text in `records.parse_finding_text`'s form (names
+    separated by ';', '|', '/' or ',', with optional `@location,location`). Placeholder names ('todo', '?') are
+    left out."""
     if value is None:
         return []
-    if not isinstance(value, str) or value.strip().startswith("["):
-        findings = findings_from_value(value)
-    else:
-        findings = []
-        for item in re.split(r"[;|]", value):
-            labels, at, where = item.partition("@")
-            for label in labels.split("/"):
-                if not is_missing(label):
-                    findings += parse_finding_text(label + at + where)
+    findings = [f for f in findings_from_value(value) if not is_missing(f.label)]
     # "No Finding" (NIH, ieee8023, CheXpert) is the study-level label the other releases call normal
     return [f._replace(label=study_label(f.label)) for f in findings]
 
