@@ -79,3 +79,11 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert not cycles, cycles[:5]
+
+
+def test_every_folder_of_modules_is_a_package_an_install_ships():
+    """setuptools' package finder skips a folder without __init__.py: a plain `pip install .` would lack it."""
+    from setuptools import find_packages
+
+    folders = {module_name(path.parent / "__init__.py") for path in PACKAGE.rglob("*.py")}
+    assert folders <= set(find_packages(PACKAGE.parent))
