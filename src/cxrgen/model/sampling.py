@@ -17,7 +17,6 @@ from .pipeline import sd_pipeline
 from .text_encoding import chunk_token_ids, encode_windows, token_windows
 
 Sampler = Literal["dpmsolver++", "ddim", "euler", "pndm"]
-SAMPLERS: tuple[str, ...] = ("dpmsolver++", "ddim", "euler", "pndm")
 
 
 def image_seed(seed: int, index: int) -> int:
