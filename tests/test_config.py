@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from cxrgen.config import ConfigError, add_arguments, load, namespace_to_overrides, option
+from cxrgen.config import ConfigError, add_arguments, build, load, namespace_to_overrides, option
 
 
 @dataclass
@@ -105,3 +105,20 @@ def test_verbose_after_the_command_shows_the_traceback(tmp_path):
     assert main(["prepare", *args]) == 1  # one line
     with pytest.raises(TableError, match="is a folder: give the table file in it"):
         main(["prepare", "-v", *args])
+
+
+def test_settings_moved_by_the_restructuring_name_their_new_place():
+    """A YAML file or script from before the option groups gets the new name, not a guess."""
+    from cxrgen.evaluate.command import EvaluateConfig
+    from cxrgen.generate.config import GenerateConfig
+    from cxrgen.prepare.command import PrepareConfig
+
+    base = {"source": "padchest", "out": "o", "metadata_only": True}
+    with pytest.raises(ConfigError, match=r"'image.size' is now 'image.resolution' \(--image.resolution\)"):
+        build(PrepareConfig, {**base, "image": {"size": 256}})
+    with pytest.raises(ConfigError, match=r"'labels_csv' is now 'mimic.labels_csv' \(--mimic.labels-csv\)"):
+        build(PrepareConfig, {**base, "labels_csv": "x.csv"})
+    with pytest.raises(ConfigError, match="'size' is now 'resolution'"):
+        build(GenerateConfig, {"out": "o", "model": {"base": "m"}, "size": 64})
+    with pytest.raises(ConfigError, match="'forgetting' is now 'forgetting.enabled'"):
+        build(EvaluateConfig, {"real": "r", "generated": "g", "out": "o", "run": "r", "forgetting": True})

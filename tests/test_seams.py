@@ -155,3 +155,10 @@ def test_an_unknown_method_or_source_names_the_registered_ones(tmp_path, capsys)
     assert main(["prepare", "--source", "nope", "--out", str(tmp_path), "--metadata-only"]) == 2
     err = capsys.readouterr().err
     assert "not a release reader" in err and all(name in err for name in ("padchest", "mimic", "chexpert", "folder"))
+
+
+def test_a_part_is_named_as_its_settings_group_can_be():
+    bad = type("HyphenReader", (ReleaseReader,), {"name": "tiny-list", "help": "x"})
+    with pytest.raises(ValueError, match="must be a Python identifier, not 'tiny-list'"):
+        READERS.register(bad)
+    assert "tiny-list" not in READERS

@@ -162,6 +162,30 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# settings that moved in 0.2 (issue 14): a YAML file or script written before gets the new name, not a guess
+RENAMED = {
+    "image.size": "image.resolution",
+    "size": "resolution",
+    "captions": "folder.captions",
+    "labels_csv": "mimic.labels_csv",
+    "split_csv": "mimic.split_csv",
+    "sections_csv": "mimic.sections_csv",
+    "patients_csv": "mimic.patients_csv",
+    "report_section": "mimic.report_section",
+    "uncertain": "mimic.uncertain (or chexpert.uncertain)",
+    "bootstrap": "fidelity.bootstrap",
+    "kid_subsets": "fidelity.kid_subsets",
+    "kid_subset_size": "fidelity.kid_subset_size",
+    "prdc_k": "fidelity.prdc_k",
+    "per_prompt": "diversity.per_prompt",
+    "diversity_pairs": "diversity.pairs",
+    "memorization_margin": "memorization.margin",
+    "forgetting_images": "forgetting.images",
+    "forgetting_steps": "forgetting.steps",
+    "forgetting": "forgetting.enabled",  # was a switch, now a group
+}
+
+
 def build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     """Construct `cls` from nested plain values, checking names and types with messages that name the fix."""
     hints = _hints(cls)
@@ -170,13 +194,17 @@ def build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in fields:
+            if where + name in RENAMED:
+                new = RENAMED[where + name]
+                raise ConfigError(f"setting '{where}{key}' is now '{new}' (--{new.split(' ')[0].replace('_', '-')})")
             close = difflib.get_close_matches(name, list(fields), n=3)
             hint = f"; did you mean {', '.join(where + c for c in close)}?" if close else ""
             raise ConfigError(f"unknown setting '{where}{key}'{hint}")
         tp, optional = _strip_optional(hints[name])
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise ConfigError(f"setting '{where}{name}' must be a mapping of settings")
+                moved = f" ('{where}{name}' is now '{RENAMED[where + name]}')" if where + name in RENAMED else ""
+                raise ConfigError(f"setting '{where}{name}' must be a mapping of settings{moved}")
             kwargs[name] = build(tp, value, where + name + ".")
         else:
             kwargs[name] = _coerce(value, tp, optional, where + name)
