@@ -478,7 +478,7 @@ def test_sampling_keeps_long_and_short_prompts_apart(tiny_model):
     from cxrgen.model.sampling import make_pipeline, sample_images
 
     m = load_components(ModelConfig(base=str(tiny_model)), torch.float32)
-    pipe = make_pipeline(m.tokenizer, m.text_encoder, m.vae, m.unet, m.scheduler.config, "dpmsolver++")
+    pipe = make_pipeline(m, "dpmsolver++")
     long = ", ".join(["diagnosis pleural effusion, loc right"] * 15)
 
     def sample(prompts, seeds):

@@ -34,10 +34,13 @@ def make_scheduler(name: Sampler, config: Any) -> Any:
     return cls.from_config(config)
 
 
-def make_pipeline(
-    tokenizer: Any, text_encoder: Any, vae: Any, unet: Any, scheduler_config: Any, sampler: Sampler
-) -> Any:
-    pipe = sd_pipeline(tokenizer, text_encoder, vae, unet, make_scheduler(sampler, scheduler_config))
+def make_pipeline(components: Any, sampler: Sampler, unet: Any = None, text_encoder: Any = None) -> Any:
+    """A sampling pipeline over loaded `Components` (or, for training's samples, the UNet and text encoder being
+    trained), with the named sampler and no progress bar of its own."""
+    scheduler = make_scheduler(sampler, components.scheduler.config)
+    unet = components.unet if unet is None else unet
+    text_encoder = components.text_encoder if text_encoder is None else text_encoder
+    pipe = sd_pipeline(components.tokenizer, text_encoder, components.vae, unet, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -70,14 +70,7 @@ def load_sampling_pipeline(
     # merging in the sampling precision would round each LoRA update onto the base weights' bf16/fp16 grid
     # on top of the one rounding of the cast: merge at full precision, then cast once
     components = load_components(source.base, torch.float32 if merge else dtype)
-    pipe = make_pipeline(
-        components.tokenizer,
-        components.text_encoder,
-        components.vae,
-        components.unet,
-        components.scheduler.config,
-        sampler,
-    )
+    pipe = make_pipeline(components, sampler)
     quiet = diffusers_logging.get_verbosity()
     # quiet: "no text-encoder keys" for UNet-only LoRAs, and a cast warning that lists no modules
     diffusers_logging.set_verbosity_error()

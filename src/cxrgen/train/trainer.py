@@ -478,14 +478,7 @@ class Trainer:
             text_encoder = self.accelerator.unwrap_model(self.text_encoder)
             unet.eval()
             text_encoder.eval()
-            pipe = make_pipeline(
-                self.components.tokenizer,
-                text_encoder,
-                self.components.vae,
-                unet,
-                self.components.scheduler.config,
-                "dpmsolver++",
-            )
+            pipe = make_pipeline(self.components, "dpmsolver++", unet=unet, text_encoder=text_encoder)
             prompts = self.sample_prompts()
             pairs = [(p, s) for p in prompts for s in c.sample_seeds]
             dtype = self.weight_dtype if self.weight_dtype != torch.float32 else None
