@@ -157,8 +157,8 @@ def test_an_unknown_method_or_source_names_the_registered_ones(tmp_path, capsys)
     assert "not a release reader" in err and all(name in err for name in ("padchest", "mimic", "chexpert", "folder"))
 
 
-def test_a_part_is_named_as_its_settings_group_can_be():
-    bad = type("HyphenReader", (ReleaseReader,), {"name": "tiny-list", "help": "x"})
-    with pytest.raises(ValueError, match="must be a Python identifier, not 'tiny-list'"):
+def test_a_part_with_options_is_named_as_its_settings_group_can_be():
+    bad = type("HyphenReader", (ReleaseReader,), {"name": "tiny-list", "help": "x", "Options": TinyOptions})
+    with pytest.raises(ValueError, match="with options must be named as a Python identifier, not 'tiny-list'"):
         READERS.register(bad)
     assert "tiny-list" not in READERS

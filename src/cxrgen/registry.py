@@ -19,8 +19,9 @@ class Registry(Generic[T]):
     def register(self, part: T) -> T:
         """Decorator: list `part` under its `name` attribute."""
         name = part.name  # type: ignore[attr-defined]
-        if not name.isidentifier():  # it names a settings group (--<name>.<option>, a YAML mapping)
-            raise ValueError(f"a {self.what}'s name must be a Python identifier, not {name!r}")
+        if getattr(part, "Options", None) is not None and not name.isidentifier():
+            # its options are a settings group named after it (--<name>.<option>, a YAML mapping)
+            raise ValueError(f"a {self.what} with options must be named as a Python identifier, not {name!r}")
         if name in self._parts and self._parts[name] is not part:
             raise ValueError(f"two {self.what}s are named {name!r}")
         self._parts[name] = part

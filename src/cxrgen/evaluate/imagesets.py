@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..contracts import METADATA_FILE
 from ..fileio import stat_digest
 from ..imaging import ImageRejected, decode
 from ..imaging import transforms as T
@@ -104,8 +105,8 @@ def open_set(path: str | Path, split: str | None, name: str) -> ImageSet:
     root = Path(path).expanduser().resolve()  # absolute: metrics.json names its files, the report reads them again
     if not root.is_dir():
         raise ImageSetError(f"{name} folder {root} does not exist")
-    if not (root / "metadata.jsonl").is_file():
-        splits = sorted(p.name for p in root.iterdir() if (p / "metadata.jsonl").is_file())
+    if not (root / METADATA_FILE).is_file():
+        splits = sorted(p.name for p in root.iterdir() if (p / METADATA_FILE).is_file())
         if split in splits:
             root = root / split
         elif splits:
@@ -114,7 +115,7 @@ def open_set(path: str | Path, split: str | None, name: str) -> ImageSet:
             )
         elif split and (root / split).is_dir():  # a plain folder split into train/, test/, ... (no metadata)
             root = root / split
-    meta = root / "metadata.jsonl"
+    meta = root / METADATA_FILE
     if meta.is_file():
         rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
         files = [root / r["file_name"] for r in rows]

@@ -197,7 +197,7 @@ def like_dataset(dataset: str | Path, split: str, n: int, seed: int, reweight: d
     Each item's origin names the row it was drawn from (`like:<dataset>#<id>`), the way back to its source."""
     rows = load_rows(dataset, split)
     if not rows:
-        raise ConditionsError(f"{Path(dataset) / split / 'metadata.jsonl'} has no rows to draw from")
+        raise ConditionsError(f"{metadata_path(dataset, split)} has no rows to draw from")
     reweight = _in_dataset_names(reweight, dataset)
     weights = np.ones(len(rows))
     labels = [row_labels(row) for row in rows]

@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ...config import option
+from ...contracts import METADATA_FILE
 from ...imaging.decode import is_dicom
 from ...records import (
     Finding,
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "folder"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
-DEFAULT_CAPTION_FILES = ("metadata.jsonl", "metadata.csv", "captions.jsonl", "captions.csv")
+DEFAULT_CAPTION_FILES = (METADATA_FILE, "metadata.csv", "captions.jsonl", "captions.csv")  # an imagefolder too
 # The table's column names for each field, in order of preference: a row's value is the first one filled.
 COLUMNS: dict[str, tuple[str, ...]] = {
     "file": ("file_name", "filename", "file", "path", "image", "image_path", "Image Index"),
