@@ -40,8 +40,9 @@ def prepare(config: PrepareConfig | None = None, /, **settings: Any) -> PrepareR
 def train(config: TrainConfig | None = None, /, preset: str | None = None, **settings: Any) -> TrainResult:
     """A prepared dataset -> a training run (`cxrgen train`); `preset` as `--preset`, under the settings given."""
     from .train import command
+    from .train.config import preset_values
 
-    base = command.preset_values(preset) if preset else {}
+    base = preset_values(preset) if preset else {}
     return command.run(_config(command.Config, config, settings, base))
 
 

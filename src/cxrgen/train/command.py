@@ -12,7 +12,7 @@ import torch
 
 from ..config import to_dict
 from ..contracts import PrepareManifest, RunManifest
-from .config import PRESETS, TrainConfig, preset_values  # noqa: F401  (the CLI offers the presets)
+from .config import TrainConfig
 from .methods import Exported
 from .trainer import Trainer, TrainingDiverged
 

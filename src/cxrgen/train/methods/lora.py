@@ -56,15 +56,19 @@ class LoraMethod(TrainingMethod):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.frozen: dict[str, float] = {}  # stacked adapters kept beside the trained one, with their weights
+        o = self.options
+        weights = o.stack_weights or [1.0] * len(o.stack)
+        # each stacked file hashed once: cache keys and run.json both name it by this digest
+        self._stacked = [
+            {"path": p, "weight": w, "identity": lora_digest(p)} for p, w in zip(o.stack, weights, strict=True)
+        ]
 
     @property
     def trains_text_encoder(self) -> bool:
         return self.options.text_encoder
 
     def stacked(self) -> list[dict[str, Any]]:
-        o = self.options
-        weights = o.stack_weights or [1.0] * len(o.stack)
-        return [{"path": p, "weight": w, "identity": lora_digest(p)} for p, w in zip(o.stack, weights, strict=True)]
+        return self._stacked
 
     def stack_identity(self) -> list[Any]:
         o = self.options
