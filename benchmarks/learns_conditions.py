@@ -32,7 +32,7 @@ from cxrgen.cli import main as cli
 from cxrgen.evaluate.imagesets import open_set
 from cxrgen.evaluate.intervals import clustered_rate, wilson
 from cxrgen.grid import prompt_grid
-from cxrgen.phantom.detect import CONTRASTS, Contrast, calibrate_contrast, pacemaker
+from cxrgen.phantom.detect import CONTRASTS, Contrast, calibrate_contrast, darkened, pacemaker
 
 OUT = Path(__file__).parent / "out" / "learns_conditions"
 TARGET = 0.90  # issue 6's target, judged on the interval's lower bound (see the docstring)
@@ -165,29 +165,6 @@ def labelled_accuracy(contrast: Contrast, threshold: float, rows: list[dict], im
     """Whether the detector's call agrees with the real image's labels (rows outside the contrast skipped)."""
     pairs = [(contrast.label(r), image) for r, image in zip(rows, images, strict=True)]
     return np.array([(contrast.detector(image) > threshold) == bool(y) for y, image in pairs if y is not None])
-
-
-def darkened(image: np.ndarray, mean: float, how: str) -> np.ndarray:
-    """The image darkened to a mean brightness: scaled, gamma-curved, or re-windowed (shifted down and clipped, as
-    a percentile window that lands on a bright device does)."""
-    x = image.astype(np.float64)
-
-    def curve(k: float) -> np.ndarray:
-        if how == "scale":
-            return x * k
-        if how == "gamma":
-            return 255 * (x / 255) ** k
-        return np.clip((x - k) * 255 / (255 - k), 0, 255)
-
-    lo, hi = {"scale": (0.0, 1.0), "gamma": (1.0, 20.0), "window": (0.0, 254.0)}[how]
-    for _ in range(50):  # bisect the curve's parameter to the target mean
-        k = (lo + hi) / 2
-        darker = curve(k).mean() < mean
-        if how == "scale":
-            lo, hi = (k, hi) if darker else (lo, k)
-        else:
-            lo, hi = (lo, k) if darker else (k, hi)
-    return np.clip(curve(k), 0, 255).astype(np.uint8)
 
 
 def judge(args: argparse.Namespace) -> dict:

@@ -122,3 +122,15 @@ def test_settings_moved_by_the_restructuring_name_their_new_place():
         build(GenerateConfig, {"out": "o", "model": {"base": "m"}, "size": 64})
     with pytest.raises(ConfigError, match="'forgetting' is now 'forgetting.enabled'"):
         build(EvaluateConfig, {"real": "r", "generated": "g", "out": "o", "run": "r", "forgetting": True})
+
+
+def test_fidelity_settings_retired_by_the_jackknife_say_why():
+    from cxrgen.evaluate.command import EvaluateConfig
+
+    base = {"real": "r", "generated": "g", "out": "o"}
+    with pytest.raises(ConfigError, match=r"'fidelity.bootstrap' is now 'fidelity.groups' \(--fidelity.groups\)"):
+        build(EvaluateConfig, {**base, "fidelity": {"bootstrap": 20}})
+    with pytest.raises(ConfigError, match="'fidelity.kid_subsets' is gone: KID is now computed over all pairs"):
+        build(EvaluateConfig, {**base, "fidelity": {"kid_subsets": 50}})
+    with pytest.raises(ConfigError, match="'kid_subset_size' is gone"):
+        build(EvaluateConfig, {**base, "kid_subset_size": 1000})

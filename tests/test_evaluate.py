@@ -46,12 +46,9 @@ def test_fid_of_a_set_with_itself_is_zero_and_kid_is_unbiased():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(500, 32))
     assert fidelity.fid(a, a) < 1e-6
-    kids = [
-        fidelity.kid(rng.normal(size=(200, 32)), rng.normal(size=(200, 32)), subsets=10, subset_size=200, seed=s)
-        for s in range(20)
-    ]
+    kids = [fidelity.kid(rng.normal(size=(100, 32)), rng.normal(size=(100, 32))) for _ in range(20)]
     assert abs(np.mean(kids)) < 3 * np.std(kids) / np.sqrt(len(kids)) + 1e-4  # unbiased: centred on zero
-    assert fidelity.kid(a, rng.normal(size=(500, 32)) + 0.5, subsets=5, subset_size=200) > 10 * abs(np.mean(kids))
+    assert fidelity.kid(a, rng.normal(size=(500, 32)) + 0.5) > 10 * abs(np.mean(kids))
 
 
 def test_prdc_on_gaussians_matches_expected_values():
@@ -67,12 +64,18 @@ def test_prdc_on_gaussians_matches_expected_values():
     assert collapsed["precision"] > 0.95 and collapsed["recall"] < 0.3
 
 
-def test_bootstrap_interval_contains_the_value():
+def test_distances_report_the_headline_and_intervals():
     rng = np.random.default_rng(2)
-    b = fidelity.bootstrap(fidelity.fid, rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + 0.3, rounds=20)
-    assert b["low"] <= b["value"] <= b["high"] and b["rounds"] == 20
-    given = fidelity.bootstrap(fidelity.fid, *(rng.normal(size=(300, 8)) for _ in "ab"), rounds=20, value=0.5)
-    assert given["value"] == 0.5 and given["low"] <= 0.5 <= given["high"]  # centred on the figure reported
+    real, generated = rng.normal(size=(120, 8)), rng.normal(size=(100, 8)) + 0.3
+    result = fidelity.distances(real, generated, fidelity.FidelityOptions(groups=10), seed=0)
+    assert result["images"] == 100 and result["headline"] == "kid" and "unstable" not in result["warning"]
+    assert "biased upward" in result["warning"]
+    for figure in (result["fid"], result["fid_corrected"], result["kid"], result["prdc"]["precision"]):
+        assert figure["low"] < figure["high"] and figure["method"] == "delete-a-group jackknife, 10 + 10 groups"
+    assert result["fid_corrected"]["value"] < result["fid"]["value"]  # the small-sample bias is upward
+    assert result["fid_corrected"]["plain"] == result["fid"]["value"]
+    bare = fidelity.distances(real, generated, fidelity.FidelityOptions(groups=0), seed=0)
+    assert set(bare["fid"]) == {"value"} and set(bare["prdc"]["coverage"]) == {"value"}
 
 
 def test_fid_grows_with_noise_and_blur(tmp_path):
@@ -172,6 +175,28 @@ def test_auroc_and_adherence():
     a = adherence(rows, probs, ("Effusion", "Cardiomegaly", "sex_male", "age"))
     assert a["per_finding"]["Effusion"]["positives"] == 2
     assert a["labels_without_classifier_output"] == ["calcified granuloma", "pneumothorax"]
+    # negatives exclude the finding: the image that states no findings is neither positive nor negative
+    assert a["per_finding"]["Effusion"]["negatives"] == 3
+
+
+def test_adherence_has_intervals_and_the_real_image_ceiling():
+    rng = np.random.default_rng(3)
+    labels = ["pleural effusion", "normal", "cardiomegaly", "unchanged"]
+    rows = [{"findings": [{"label": labels[i % 4]}]} for i in range(200)]
+    asked = np.array([i % 4 == 0 for i in range(200)])
+    generated = np.c_[np.where(asked, rng.normal(1, 1, 200), rng.normal(0, 1, 200))]
+    real = np.c_[np.where(asked, rng.normal(3, 1, 200), rng.normal(0, 1, 200))]
+    a = adherence(rows, generated, ("Effusion",), real_rows=rows, real_probabilities=real, rounds=200)
+    effusion = a["per_finding"]["Effusion"]
+    assert (effusion["positives"], effusion["negatives"]) == (50, 100)  # "unchanged" states nothing
+    assert effusion["low"] < effusion["auroc"] < effusion["high"] < effusion["real"]["low"]
+    assert a["real_mean_auroc"]["value"] == pytest.approx(effusion["real"]["auroc"]) and a["real_mean_over"] == [
+        "Effusion"
+    ]
+    assert a["mean_auroc"]["low"] < effusion["auroc"] < a["mean_auroc"]["high"]
+    assert a["mean_auroc"]["value"] == pytest.approx(effusion["auroc"])
+    html = METRICS["adherence"]().report_html({"classifier": "x", **a}, MetricsDocument(config={}, sets={}), Path("."))
+    assert "on real images (ceiling)" in html and "images excluding it" in html and "DeLong" in html
 
 
 def test_report_sections_survive_what_a_report_rerun_meets(tmp_path):
@@ -230,10 +255,8 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
         "--weights",
         "torchvision:resnet18=random",
         "xrv=random",
-        "--fidelity.bootstrap",
+        "--fidelity.groups",
         "5",
-        "--fidelity.kid-subset-size",
-        "8",
         "--diversity.pairs",
         "10",
         "--cache-dir",
@@ -246,15 +269,15 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
     m = MetricsDocument.read(tmp_path / "eval")
     assert list(m.sections) == ["fidelity", "diversity", "memorization", "adherence"]  # in registration order
     fid = m.sections["fidelity"]
-    assert set(fid) == {"torchvision:resnet18", "xrv"} and "unstable" in fid["xrv"]["warning"]
-    assert fid["xrv"]["note"].startswith("random weights") and fid["xrv"]["fid"]["rounds"] == 5
+    assert set(fid) == {"torchvision:resnet18", "xrv"} and "biased upward" in fid["xrv"]["warning"]
+    assert fid["xrv"]["note"].startswith("random weights") and "5 + 5 groups" in fid["xrv"]["fid"]["method"]
     assert m.sets["real"]["images"] == 16 and m.sets["train"]["images"] == 20
     memorization = m.sections["memorization"]
     assert memorization["flagged_images"] == [str((tmp_path / "gen" / "train" / "001.png").resolve())]
     assert m.sections["diversity"]["generated_within_prompt"]["groups"] == 4
     assert m.sections["diversity"]["real_across_set"]["pairs"] == 10
     assert "Effusion" in m.sections["adherence"]["per_finding"]
-    assert m.config["fidelity"]["kid_subset_size"] == 8 and m.config["memorization"]["margin"] == 0.5
+    assert m.config["fidelity"]["groups"] == 5 and m.config["memorization"]["margin"] == 0.5
     page = (tmp_path / "eval" / "report.html").read_text()
     for section in (
         "Fidelity",
@@ -318,7 +341,7 @@ def test_forgetting_and_training_curves(tiny_dataset, smoke_run, tmp_path, capsy
                 "torchvision:resnet18",
                 "--weights",
                 "torchvision:resnet18=random",
-                "--fidelity.bootstrap",
+                "--fidelity.groups",
                 "0",
                 "--run",
                 str(run),
@@ -484,10 +507,8 @@ def test_thinning_the_training_set_warns(tmp_path, caplog):
         "torchvision:resnet18",
         "--weights",
         "torchvision:resnet18=random",
-        "--fidelity.bootstrap",
+        "--fidelity.groups",
         "0",
-        "--fidelity.kid-subset-size",
-        "2",
         "--diversity.pairs",
         "3",
         "--no-report",
@@ -517,10 +538,8 @@ def small_evaluation(
         extractor,
         "--weights",
         f"{extractor}=random",
-        "--fidelity.bootstrap",
+        "--fidelity.groups",
         "0",
-        "--fidelity.kid-subset-size",
-        "2",
         "--diversity.pairs",
         "3",
     ]
@@ -574,7 +593,7 @@ def test_a_registered_metric_is_computed_printed_and_reported(tmp_path, capsys, 
     config_class = command.config_class()  # the settings now have the double's group: --image_count.scale
     settings = {"real": str(tmp_path / "real"), "generated": str(tmp_path / "gen"), "out": str(tmp_path / "o")}
     settings |= {"extractors": ["torchvision:resnet18"], "weights": ["torchvision:resnet18=random"]}
-    settings |= {"fidelity": {"bootstrap": 0, "kid_subset_size": 2}, "diversity": {"pairs": 3}}
+    settings |= {"fidelity": {"groups": 0}, "diversity": {"pairs": 3}}
     settings |= {"image_count": {"scale": 10}}
     result = command.run(build(config_class, settings))
     assert command.summarize(result) == 0

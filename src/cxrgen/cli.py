@@ -82,7 +82,7 @@ COMMANDS = (
         "evaluate",
         "cxrgen.evaluate.command",
         "measure generated images: fidelity, diversity, memorization, prompt adherence, forgetting",
-        "FID and KID (Inception, chest-X-ray or any backbone features) with bootstrap intervals, precision/recall/\n"
+        "FID and KID (Inception, chest-X-ray or any backbone features) with 95% intervals, precision/recall/\n"
         "density/coverage, MS-SSIM diversity, nearest training images and likely copies, classifier AUROC of the\n"
         "requested findings, and the bird test. Writes metrics.json and a self-contained report.html.",
         "examples:\n"

@@ -173,9 +173,8 @@ RENAMED = {
     "patients_csv": "mimic.patients_csv",
     "report_section": "mimic.report_section",
     "uncertain": "mimic.uncertain (or chexpert.uncertain)",
-    "bootstrap": "fidelity.bootstrap",
-    "kid_subsets": "fidelity.kid_subsets",
-    "kid_subset_size": "fidelity.kid_subset_size",
+    "bootstrap": "fidelity.groups",
+    "fidelity.bootstrap": "fidelity.groups",  # issue 15: a jackknife's groups, not bootstrap rounds
     "prdc_k": "fidelity.prdc_k",
     "per_prompt": "diversity.per_prompt",
     "diversity_pairs": "diversity.pairs",
@@ -183,6 +182,11 @@ RENAMED = {
     "forgetting_images": "forgetting.images",
     "forgetting_steps": "forgetting.steps",
     "forgetting": "forgetting.enabled",  # was a switch, now a group
+}
+# settings that are gone, with why
+RETIRED = {
+    name: "KID is now computed over all pairs of images, without subsets"
+    for name in ("kid_subsets", "kid_subset_size", "fidelity.kid_subsets", "fidelity.kid_subset_size")
 }
 
 
@@ -197,6 +201,8 @@ def build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
             if where + name in RENAMED:
                 new = RENAMED[where + name]
                 raise ConfigError(f"setting '{where}{key}' is now '{new}' (--{new.split(' ')[0].replace('_', '-')})")
+            if where + name in RETIRED:
+                raise ConfigError(f"setting '{where}{key}' is gone: {RETIRED[where + name]}")
             close = difflib.get_close_matches(name, list(fields), n=3)
             hint = f"; did you mean {', '.join(where + c for c in close)}?" if close else ""
             raise ConfigError(f"unknown setting '{where}{key}'{hint}")

@@ -121,7 +121,7 @@ def run(config: DemoConfig) -> Path:
         run=str(run_dir),
         extractors=extractors,
         weights=[] if inception else ["torchvision:resnet18=random"],
-        fidelity={"bootstrap": 10},
+        fidelity={"groups": 10},
         forgetting={"enabled": True, "images": 2, "steps": 10},
         cache_dir=str(out / "cache"),
         seed=config.seed,

@@ -50,7 +50,7 @@ class EvaluateSettings:
     batch_size: int = option(32, "images per feature-extraction batch")
     device: str = option("auto", "cpu, cuda, or auto")
     cache_dir: str | None = option(None, "feature cache folder (default: $CXRGEN_CACHE or ~/.cache/cxrgen)")
-    seed: int = option(0, "seed for bootstraps, subsets and pairs")
+    seed: int = option(0, "seed for jackknife groups, bootstraps and pairs")
     report: bool = option(True, "also write report.html")
 
     def __post_init__(self) -> None:
@@ -91,13 +91,13 @@ def run(config: EvaluateSettings) -> EvaluateResult:
     weights = weights_map(config.weights)
     extractors = [build_extractor(spec, weights, config.allow_pickle) for spec in config.extractors]
     features: dict[str, dict[str, np.ndarray]] = {}
-    scores: dict[str, np.ndarray | None] = {}
+    scores: dict[str, dict[str, np.ndarray | None]] = {}
     for ex in extractors:
-        features[ex.name] = {}
+        features[ex.name], scores[ex.name] = {}, {}
         for name, images in sets.items():
-            features[ex.name][name], probabilities = extract(images, ex, config.cache_dir, config.batch_size, device)
-            if name == "generated":
-                scores[ex.name] = probabilities
+            features[ex.name][name], scores[ex.name][name] = extract(
+                images, ex, config.cache_dir, config.batch_size, device
+            )
     ctx = EvaluationContext(config, sets, extractors, features, scores, _primary(extractors), out, device)
     sections = {}
     for name, metric in METRICS.items():

@@ -1,5 +1,6 @@
 """Diversity as MS-SSIM (higher means more alike): among the images of one prompt (RoentGen compared 4 per
-prompt) and between random pairs across the set. Identical images score 1."""
+prompt) and between random pairs across the set. Identical images score 1. Each mean carries a 95% bootstrap
+interval: over prompts for the within-prompt mean (a prompt's pairs share images), over pairs across the set."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import torch
 
 from ..config import option
 from ..contracts import MetricsDocument
-from .html import table
+from .html import note, table, with_interval
 from .imagesets import ImageSet
+from .intervals import bootstrap_mean
 from .metric import METRICS, EvaluationContext, Metric
 
 BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
@@ -51,12 +53,14 @@ def within_prompt(
     rng = np.random.default_rng(seed)
     if len(usable) > max_groups:
         usable = [usable[i] for i in sorted(rng.choice(len(usable), max_groups, replace=False))]
-    scores = []
-    for group in usable:
+    scores, prompt_of_pair = [], []
+    for k, group in enumerate(usable):
         pixels = [images.load(i, size) for i in group]
-        scores += [ms_ssim(pixels[i], pixels[j]) for i, j in combinations(range(len(pixels)), 2)]
+        pairs = [ms_ssim(pixels[i], pixels[j]) for i, j in combinations(range(len(pixels)), 2)]
+        scores += pairs
+        prompt_of_pair += [k] * len(pairs)
     return {
-        "mean": float(np.mean(scores)),
+        **_as_mean(bootstrap_mean(scores, seed=seed, clusters=prompt_of_pair)),
         "std": float(np.std(scores)),
         "groups": len(usable),
         "pairs": len(scores),
@@ -76,7 +80,7 @@ def across_set(images: ImageSet, pairs: int = 200, size: int = 256, seed: int = 
             if k not in cache:
                 cache[k] = images.load(int(k), size)
         scores.append(ms_ssim(cache[i], cache[j]))
-    return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "pairs": pairs}
+    return {**_as_mean(bootstrap_mean(scores, seed=seed)), "std": float(np.std(scores)), "pairs": pairs}
 
 
 @dataclass
@@ -106,16 +110,18 @@ class DiversityMetric(Metric):
         lines = []
         if section["generated_within_prompt"]:
             lines.append(
-                f"MS-SSIM within prompt {section['generated_within_prompt']['mean']:.3f} (lower = more diverse)"
+                f"MS-SSIM within prompt {with_interval(_mean(section['generated_within_prompt']))} "
+                "(lower = more diverse)"
             )
         across = {k: section[f"{k}_across_set"] for k in ("generated", "real")}
         if any(across.values()):  # None for a set of one image
-            lines.append("MS-SSIM across set: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in across.items() if v))
+            figures = [f"{k} {with_interval(_mean(v))}" for k, v in across.items() if v]
+            lines.append("MS-SSIM across set: " + ", ".join(figures))
         return lines
 
     def report_html(self, section: dict[str, Any], doc: MetricsDocument, folder: Path) -> str:
         rows = [
-            [label, f"{v['mean']:.3f} ± {v['std']:.3f}", v.get("pairs", "")]
+            [label, with_interval(_mean(v)), f"{v['std']:.3f}", v.get("pairs", "")]
             for label, v in (
                 ("generated, within a prompt", section["generated_within_prompt"]),
                 ("generated, across the set", section["generated_across_set"]),
@@ -123,4 +129,16 @@ class DiversityMetric(Metric):
             )
             if v
         ]
-        return table(["MS-SSIM (1 = identical; lower = more diverse)", "mean ± sd", "pairs"], rows)
+        header = ["MS-SSIM (1 = identical; lower = more diverse)", "mean [95% interval]", "sd", "pairs"]
+        method = "intervals: percentile bootstrap, 1,000 rounds, over prompts (within) and over pairs (across)"
+        return table(header, rows) + note(method)
+
+
+def _as_mean(interval: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json keeps MS-SSIM's "mean" key (its readers predate the intervals)."""
+    return {"mean": interval["value"], **{k: v for k, v in interval.items() if k != "value"}}
+
+
+def _mean(v: dict[str, Any]) -> dict[str, Any]:
+    """The mean as {"value", "low", "high"}; files written before issue 15 hold "mean" alone."""
+    return {"value": v["mean"], **{k: v[k] for k in ("low", "high") if k in v}}

@@ -1,8 +1,8 @@
-"""Distances between feature sets: FID, KID (unbiased), precision/recall/density/coverage, bootstrap intervals.
+"""Distances between feature sets: FID, KID (unbiased), precision/recall/density/coverage, with 95% intervals.
 
 Formulas: FID (Heusel et al. 2017) = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2); KID (Binkowski et al.
-2018) = unbiased MMD^2 with the cubic polynomial kernel, averaged over subsets; PRDC (Naeem et al. 2020) with k
-nearest neighbours in the real set.
+2018) = unbiased MMD^2 with the cubic polynomial kernel; PRDC (Naeem et al. 2020) with k nearest neighbours.
+Intervals and FID's bias correction: the delete-a-group jackknife (intervals.py; METHOD below says it in words).
 
 The `fidelity` metric reports them for the real and generated sets in each extractor's features.
 """
@@ -20,6 +20,7 @@ import numpy as np
 from ..config import option
 from ..contracts import MetricsDocument
 from .html import escape, figure, table, with_interval
+from .intervals import groups_of, jackknife, jackknife_summary
 from .metric import METRICS, EvaluationContext, Metric
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,15 @@ def fid(a: np.ndarray, b: np.ndarray) -> float:
     return frechet(mu_a, cov_a, mu_b, cov_b)
 
 
+def _psd_root(cov: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(cov)  # numpy's driver is ~4x faster than scipy's default here
+    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+
+
 def frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
     """Tr((S_a S_b)^1/2) as the sum of square roots of the eigenvalues of S_a^1/2 S_b S_a^1/2 (symmetric, so
     stable where sqrtm of the product is not)."""
-    vals, vecs = np.linalg.eigh(np.atleast_2d(cov_a))  # numpy's driver is ~4x faster than scipy's default here
-    root_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    root_a = _psd_root(np.atleast_2d(cov_a))
     middle = np.linalg.eigvalsh(root_a @ np.atleast_2d(cov_b) @ root_a)
     trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
     value = float(
@@ -45,27 +50,142 @@ def frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.nda
     return max(value, 0.0)
 
 
-def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
-    """Mean unbiased MMD^2 over random subsets (the estimate for each subset is unbiased)."""
-    rng = np.random.default_rng(seed)
-    m = min(subset_size, len(a), len(b))
-    values = []
-    for _ in range(subsets):
-        x = a[rng.choice(len(a), m, replace=False)]
-        y = b[rng.choice(len(b), m, replace=False)]
-        values.append(_mmd2_unbiased(x, y))
-    return float(np.mean(values))
+class _Moments:
+    """One feature set's mean and scatter, and what leaving a group of its rows out does to them (a downdate,
+    not a recomputation), as seen through the other set's covariance root."""
+
+    def __init__(self, x: np.ndarray, other_root: np.ndarray) -> None:
+        self.mean = x.mean(0)
+        self.z = x - self.mean  # centred once: the downdates subtract small sums, never large ones
+        self.zr = self.z @ other_root
+        self.scatter_trace = float((self.z * self.z).sum())
+        self.scatter_seen = self.zr.T @ self.zr  # root_other Z'Z root_other
+
+    def without(self, rows: np.ndarray | None) -> tuple[np.ndarray, float, np.ndarray]:
+        """Mean, covariance trace, and root_other @ covariance @ root_other, with `rows` left out."""
+        n = len(self.z)
+        if rows is None or len(rows) == 0:
+            return self.mean, self.scatter_trace / (n - 1), self.scatter_seen / (n - 1)
+        kept = n - len(rows)
+        shift = -self.z[rows].sum(0) / kept  # the kept rows' mean, in centred coordinates
+        shift_seen = -self.zr[rows].sum(0) / kept
+        zr = self.zr[rows]
+        trace = (self.scatter_trace - float((self.z[rows] ** 2).sum()) - kept * float(shift @ shift)) / (kept - 1)
+        seen = (self.scatter_seen - zr.T @ zr - kept * np.outer(shift_seen, shift_seen)) / (kept - 1)
+        return self.mean + shift, trace, seen
 
 
-def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+class _FrechetByGroups:
+    """FID of two sets with groups of rows left out, at the cost of one symmetric eigenvalue problem each:
+    Tr((S_a S_b)^1/2) is the sum of the square roots of the eigenvalues of R_b S_a R_b (R_b = S_b^1/2), and of
+    R_a S_b R_a; a group left out of a changes only S_a, so the other side's root is reused."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        root_a, root_b = _psd_root(np.cov(a, rowvar=False)), _psd_root(np.cov(b, rowvar=False))
+        self.a, self.b = _Moments(a, root_b), _Moments(b, root_a)
+
+    def __call__(self, left_out_a: np.ndarray | None = None, left_out_b: np.ndarray | None = None) -> float:
+        mean_a, trace_a, seen_a = self.a.without(left_out_a)
+        mean_b, trace_b, seen_b = self.b.without(left_out_b)
+        seen = seen_b if left_out_a is None else seen_a  # at most one side loses rows
+        trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(seen), 0, None)).sum()
+        return max(float(((mean_a - mean_b) ** 2).sum() + trace_a + trace_b - 2 * trace_root), 0.0)
+
+
+def fid_with_intervals(a: np.ndarray, b: np.ndarray, groups: int, seed: int) -> tuple[dict, dict]:
+    """FID at these set sizes with a jackknife interval (how much it moves between draws of this size), and the
+    bias-corrected FID with its interval (where it heads as the sets grow: FID's finite-sample bias shrinks as
+    1/n, and the jackknife removes that term, as FID-infinity's extrapolation does)."""
+    frechet_ = _FrechetByGroups(a, b)
+    value = frechet_()
+    if groups < 2 or min(len(a), len(b)) < 4:
+        return {"value": value}, {"value": value}
+    left_a = np.array([frechet_(left_out_a=g) for g in groups_of(len(a), groups, seed)])
+    left_b = np.array([frechet_(left_out_b=g) for g in groups_of(len(b), groups, seed + 1)])
+    plain = jackknife_summary(value, left_a, left_b)
+    corrected = jackknife_summary(value, left_a, left_b, bias_correct=True)
+    plain["low"] = max(plain["low"], 0.0)
+    corrected["low"] = max(corrected["low"], 0.0)
+    return plain, corrected
+
+
+def _kernel_group_sums(x: np.ndarray, y: np.ndarray, gx: np.ndarray, gy: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Sums of the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3 over each pair of groups (gx, gy: group of
+    each row), computed a block of rows at a time so that no n x n matrix is held."""
     d = x.shape[1]
-    kxx = (x @ x.T / d + 1) ** 3
-    kyy = (y @ y.T / d + 1) ** 3
-    kxy = (x @ y.T / d + 1) ** 3
-    m = len(x)
-    return float(
-        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
-    )
+    onehot_y = np.zeros((len(y), gy.max() + 1))
+    onehot_y[np.arange(len(y)), gy] = 1
+    sums = np.zeros((gx.max() + 1, gy.max() + 1))
+    for s in range(0, len(x), chunk):
+        k = x[s : s + chunk] @ y.T
+        k /= d
+        k += 1
+        cube = k * k
+        cube *= k  # in place, and not ** 3: numpy's power is several times slower
+        np.add.at(sums, gx[s : s + chunk], cube @ onehot_y)
+    return sums
+
+
+def kid_with_interval(a: np.ndarray, b: np.ndarray, groups: int, seed: int) -> dict[str, Any]:
+    """KID as the unbiased MMD^2 over all pairs of images (Binkowski et al. average it over random subsets only
+    to save time; both estimate the same quantity, this one without their Monte Carlo noise), with a jackknife
+    interval. Computed from kernel sums per pair of groups, so each leave-out costs nothing."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    ga_parts = groups_of(len(a), max(groups, 1), seed)
+    gb_parts = groups_of(len(b), max(groups, 1), seed + 1)
+    ga, gb = np.empty(len(a), int), np.empty(len(b), int)
+    for k, rows in enumerate(ga_parts):
+        ga[rows] = k
+    for k, rows in enumerate(gb_parts):
+        gb[rows] = k
+    d = a.shape[1]
+    diag_a = np.bincount(ga, ((a * a).sum(1) / d + 1) ** 3)  # k(x, x), excluded from the unbiased sums
+    diag_b = np.bincount(gb, ((b * b).sum(1) / d + 1) ** 3)
+    saa, sbb, sab = _kernel_group_sums(a, a, ga, ga), _kernel_group_sums(b, b, gb, gb), _kernel_group_sums(a, b, ga, gb)
+    size_a, size_b = np.bincount(ga).astype(float), np.bincount(gb).astype(float)
+
+    def mmd2(keep_a: np.ndarray, keep_b: np.ndarray) -> float:
+        m, n = size_a[keep_a].sum(), size_b[keep_b].sum()
+        xx = saa[np.ix_(keep_a, keep_a)].sum() - diag_a[keep_a].sum()
+        yy = sbb[np.ix_(keep_b, keep_b)].sum() - diag_b[keep_b].sum()
+        return float(xx / (m * (m - 1)) + yy / (n * (n - 1)) - 2 * sab[np.ix_(keep_a, keep_b)].sum() / (m * n))
+
+    every_a, every_b = np.ones(len(size_a), bool), np.ones(len(size_b), bool)
+    value = mmd2(every_a, every_b)
+    if groups < 2 or min(len(a), len(b)) < 4:
+        return {"value": value}
+    left_a = np.array([mmd2(every_a & (np.arange(len(size_a)) != k), every_b) for k in range(len(size_a))])
+    left_b = np.array([mmd2(every_a, every_b & (np.arange(len(size_b)) != k)) for k in range(len(size_b))])
+    return jackknife_summary(value, left_a, left_b)
+
+
+def kid(a: np.ndarray, b: np.ndarray) -> float:
+    """KID: the unbiased MMD^2 over all pairs."""
+    return kid_with_interval(a, b, 0, 0)["value"]
+
+
+def gaussian_kid(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
+    """KID's population value (MMD^2 with k(x, y) = (x.y / d + 1)^3) between two Gaussians, in closed form from
+    their first three moments: the known answer KID's estimates and intervals are checked against."""
+    d = len(mu_a)
+
+    def third(mu: np.ndarray, cov: np.ndarray) -> np.ndarray:  # E[x_i x_j x_k]
+        return (
+            np.einsum("i,j,k->ijk", mu, mu, mu)
+            + np.einsum("i,jk->ijk", mu, cov)
+            + np.einsum("j,ik->ijk", mu, cov)
+            + np.einsum("k,ij->ijk", mu, cov)
+        )
+
+    def expected_kernel(m1: np.ndarray, c1: np.ndarray, m2: np.ndarray, c2: np.ndarray) -> float:
+        u1 = m1 @ m2 / d
+        u2 = np.trace((c1 + np.outer(m1, m1)) @ (c2 + np.outer(m2, m2))) / d**2
+        u3 = (third(m1, c1) * third(m2, c2)).sum() / d**3
+        return float(1 + 3 * u1 + 3 * u2 + u3)
+
+    aa, bb = expected_kernel(mu_a, cov_a, mu_a, cov_a), expected_kernel(mu_b, cov_b, mu_b, cov_b)
+    return aa + bb - 2 * expected_kernel(mu_a, cov_a, mu_b, cov_b)
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -73,89 +193,83 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
-    """Precision, recall, density and coverage (Naeem et al. 2020). With fewer than k + 1 images in a set, k
-    shrinks to fit (and is reported)."""
+    """Precision, recall, density and coverage (Naeem et al. 2020) with k nearest neighbours in each set. With
+    fewer than k + 1 images in a set, k shrinks to fit (and is reported)."""
     k = min(k, len(real) - 1, len(fake) - 1)
     if k < 1:
+        return {**dict.fromkeys(PRDC, float("nan")), "k": k}
+    return {**_prdc_by_rows(real, fake, k)(np.arange(len(real)), np.arange(len(fake))), "k": k}
+
+
+def _prdc_by_rows(real: np.ndarray, fake: np.ndarray, k: int) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
+    """PRDC over chosen rows of each set, from distance matrices computed once (for the jackknife)."""
+    real, fake = real.astype(np.float64), fake.astype(np.float64)
+    real_real, fake_fake, real_fake = _sq_dists(real, real), _sq_dists(fake, fake), _sq_dists(real, fake)
+
+    def statistic(rows_real: np.ndarray, rows_fake: np.ndarray) -> dict[str, float]:
+        rr = real_real[np.ix_(rows_real, rows_real)]
+        ff = fake_fake[np.ix_(rows_fake, rows_fake)]
+        rf = real_fake[np.ix_(rows_real, rows_fake)]
+        real_radius = np.partition(rr, k, axis=1)[:, k]  # k-th neighbour (index 0 is the point itself)
+        fake_radius = np.partition(ff, k, axis=1)[:, k]
+        inside_real = rf < real_radius[:, None]  # fake j inside the ball of real i
         return {
-            "precision": float("nan"),
-            "recall": float("nan"),
-            "density": float("nan"),
-            "coverage": float("nan"),
-            "k": k,
+            "precision": float(inside_real.any(axis=0).mean()),
+            "recall": float((rf < fake_radius[None, :]).any(axis=1).mean()),
+            "density": float(inside_real.sum(axis=0).mean() / k),
+            "coverage": float((rf.min(axis=1) < real_radius).mean()),
         }
-    real = real.astype(np.float64)
-    fake = fake.astype(np.float64)
-    real_real = _sq_dists(real, real)
-    fake_fake = _sq_dists(fake, fake)
-    real_fake = _sq_dists(real, fake)
-    real_radius = np.partition(real_real, k, axis=1)[:, k]  # k-th neighbour (index 0 is the point itself)
-    fake_radius = np.partition(fake_fake, k, axis=1)[:, k]
-    inside_real = real_fake < real_radius[:, None]  # fake j inside the ball of real i
-    return {
-        "precision": float(inside_real.any(axis=0).mean()),
-        "recall": float((real_fake < fake_radius[None, :]).any(axis=1).mean()),
-        "density": float(inside_real.sum(axis=0).mean() / k),
-        "coverage": float((real_fake.min(axis=1) < real_radius).mean()),
-        "k": k,
-    }
 
-
-def bootstrap(
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    a: np.ndarray,
-    b: np.ndarray,
-    rounds: int,
-    seed: int = 0,
-    level: float = 0.95,
-    floor: float | None = None,
-    value: float | None = None,
-) -> dict[str, float]:
-    """The metric on the full sets, with an interval from resampling both sets with replacement. Resamples repeat
-    images, which inflates FID-like metrics (fewer distinct images), so the percentile interval is shifted by
-    that bias, the draws' median minus the value, and centred where the value is. `value`: the figure to report
-    and centre on when it is computed more precisely than each draw (KID with more subsets)."""
-    value = metric(a, b) if value is None else value
-    if rounds <= 0:
-        return {"value": value}
-    rng = np.random.default_rng(seed)
-    draws = [metric(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]) for _ in range(rounds)]
-    bias = float(np.median(draws)) - value
-    lo, hi = np.percentile(draws, [50 * (1 - level), 50 * (1 + level)]) - bias
-    if floor is not None:  # e.g. FID, never negative
-        lo, hi = max(lo, floor), max(hi, floor)
-    return {"value": value, "low": float(lo), "high": float(hi), "rounds": rounds, "resampling_bias": bias}
+    return statistic
 
 
 @dataclass
 class FidelityOptions:
-    bootstrap: int = option(20, "bootstrap rounds for confidence intervals (0: none)")
-    kid_subsets: int = option(50, "KID subsets")
-    kid_subset_size: int = option(1000, "KID subset size")
+    groups: int = option(
+        20, "groups per set for the delete-a-group jackknife behind the 95% intervals of FID, KID and PRDC (0: none)"
+    )
     prdc_k: int = option(5, "neighbours for precision/recall/density/coverage")
 
 
 def distances(real: np.ndarray, generated: np.ndarray, o: FidelityOptions, seed: int) -> dict[str, Any]:
-    """FID and KID with intervals, and PRDC, between two feature sets; a warning when FID is unstable."""
-
-    def kid_draw(a: np.ndarray, b: np.ndarray) -> float:
-        # resamples use a fifth of the subsets: the interval needs spread, not precision
-        return kid(a, b, max(5, o.kid_subsets // 5), o.kid_subset_size, seed)
-
-    kid_value = kid(real, generated, o.kid_subsets, o.kid_subset_size, seed)
-    result: dict[str, Any] = {
-        "fid": bootstrap(fid, real, generated, o.bootstrap, seed, floor=0.0),
-        "kid": bootstrap(kid_draw, real, generated, o.bootstrap, seed, value=kid_value),
-        "prdc": prdc(real, generated, o.prdc_k),
-    }
+    """FID (at these sizes and bias-corrected), KID and PRDC between two feature sets, each with a 95% interval;
+    the headline is KID below STABLE_FID_IMAGES images a set, where FID still moves with the sample."""
     n = min(len(real), len(generated))
+    fid_plain, fid_corrected = fid_with_intervals(real, generated, o.groups, seed)
+    result: dict[str, Any] = {
+        "images": n,
+        "fid": fid_plain,
+        "fid_corrected": fid_corrected,
+        "kid": kid_with_interval(real, generated, o.groups, seed),
+        "headline": "kid" if n < STABLE_FID_IMAGES else "fid",
+    }
+    k = min(o.prdc_k, len(real) - 1, len(generated) - 1)  # as prdc() shrinks it for small sets
+    if k < 1:
+        result["prdc"] = {**{key: {"value": float("nan")} for key in PRDC}, "k": k}
+    else:
+        # each leave-out must keep k + 1 images in each set for the neighbour radii
+        groups = o.groups if n - -(-n // max(o.groups, 1)) > k else 0
+        result["prdc"] = {**jackknife(_prdc_by_rows(real, generated, k), len(real), len(generated), groups, seed)}
+        result["prdc"]["k"] = k
     if n < STABLE_FID_IMAGES:
-        f = result["fid"]
-        interval = f" (95% interval {f['low']:.2f}-{f['high']:.2f})" if "low" in f else ""
-        message = f"FID from {n} images per set is unstable{interval}; {STABLE_FID_IMAGES}+ per set is usual"
+        message = (
+            f"FID from {n} images a set is biased upward and moves with the sample ({STABLE_FID_IMAGES}+ a set is "
+            "usual): read KID, which is unbiased at any size, or the bias-corrected FID"
+        )
         log.warning(message)
         result["warning"] = message
     return result
+
+
+METHOD = (
+    "95% intervals by the delete-a-group jackknife: each set is cut into {groups} random groups and every figure "
+    "recomputed with one group left out (no image is ever repeated, which would inflate FID and bias KID). "
+    "FID at n: the FID of these sets; its interval is how much it moves between draws of this size. FID "
+    "bias-corrected: FID's finite-sample bias, which shrinks as 1/n (the basis of Chong & Forsyth's "
+    "FID-infinity), removed by the jackknife; its interval is for the FID of unlimited images. KID: the unbiased "
+    "MMD^2 with the cubic polynomial kernel over all pairs of images. Intervals are t intervals on the jackknife "
+    "standard error."
+)
 
 
 @METRICS.register
@@ -179,37 +293,56 @@ class FidelityMetric(Metric):
     def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
         lines = []
         for name, f in section.items():
-            fid_, kid_, p = f["fid"], f["kid"], f["prdc"]
-            interval = f" [{fid_['low']:.2f}, {fid_['high']:.2f}]" if "low" in fid_ else ""
-            lines.append(
-                f"{name:12s} FID {fid_['value']:.3f}{interval}  KID {kid_['value']:.5f}  precision "
-                f"{p['precision']:.3f} recall {p['recall']:.3f} density {p['density']:.3f} coverage {p['coverage']:.3f}"
-            )
+            figures = {
+                "KID": with_interval(f["kid"], 5),
+                "FID": with_interval(f["fid"], 2),
+                "FID bias-corrected": with_interval(f["fid_corrected"], 2) if "fid_corrected" in f else None,
+            }
+            if f.get("headline") == "kid":
+                figures["KID"] += " (the headline: FID is unstable at this size)"
+            else:
+                figures = {"FID": figures.pop("FID"), **figures}
+            images = f" ({f['images']} images a set)" if "images" in f else ""
+            lines.append(f"{name}{images}: " + "  ".join(f"{k} {v}" for k, v in figures.items() if v))
+            prdc_ = "  ".join(f"{key} {with_interval(_figure(f['prdc'][key]))}" for key in PRDC)
+            lines.append(f"{' ' * len(name)}  {prdc_}")
         return lines
 
     def report_html(self, section: dict[str, Any], doc: MetricsDocument, folder: Path) -> str:
-        rows, notes = [], []
+        rows, prdc_rows, notes = [], [], []
         for name, f in section.items():
-            p = f["prdc"]
-            rows.append(
-                [
-                    name,
-                    with_interval(f["fid"], 2),
-                    with_interval(f["kid"], 5),
-                    *(f"{p[key]:.3f}" for key in ("precision", "recall", "density", "coverage")),
-                ]
-            )
+            corrected = with_interval(f["fid_corrected"], 2) if "fid_corrected" in f else "-"
+            kid_ = with_interval(f["kid"], 5) + (" (headline)" if f.get("headline") == "kid" else "")
+            rows.append([name, f.get("images", ""), kid_, with_interval(f["fid"], 2), corrected])
+            prdc_rows.append([name, *(with_interval(_figure(f["prdc"][key])) for key in PRDC)])
             notes += [f"{name}: {f[k]}" for k in ("note", "warning") if k in f]
-        out = table(["extractor", "FID [95% interval]", "KID", "precision", "recall", "density", "coverage"], rows)
+        header = ["extractor", "images a set", "KID [95% interval]", "FID at this size", "FID bias-corrected"]
+        out = table(header, rows) + table(["extractor", *(f"{k} [95% interval]" for k in PRDC)], prdc_rows)
         out += "".join(f'<p class="note">{escape(n)}</p>' for n in notes)
+        groups = doc.config.get("fidelity", {}).get("groups")
+        if groups:
+            out += f'<p class="note">{escape(METHOD.format(groups=groups))}</p>'
 
         def bars(ax: Any) -> None:
             names = list(section)
-            for i, key in enumerate(("precision", "recall", "density", "coverage")):
-                ax.bar(np.arange(len(names)) + i * 0.2, [section[n]["prdc"][key] for n in names], 0.2, label=key)
+            for i, key in enumerate(PRDC):
+                figures = [_figure(section[n]["prdc"][key]) for n in names]
+                values = np.array([d["value"] for d in figures])
+                spread = np.array(
+                    [[d["value"] - d.get("low", d["value"]), d.get("high", d["value"]) - d["value"]] for d in figures]
+                ).T
+                ax.bar(np.arange(len(names)) + i * 0.2, values, 0.2, yerr=spread, capsize=3, label=key)
             ax.set_xticks(np.arange(len(names)) + 0.3, names)
-            ax.set_ylim(0, max(1.2, max(section[n]["prdc"]["density"] for n in names) * 1.1))
+            ax.set_ylim(0, max(1.2, max(_figure(section[n]["prdc"]["density"]).get("high", 0) for n in names) * 1.1))
             ax.legend(ncol=4, fontsize=8)
-            ax.set_title("precision, recall, density, coverage (k-NN, Naeem et al. 2020)")
+            ax.set_title("precision, recall, density, coverage (k-NN, Naeem et al. 2020), 95% intervals")
 
         return out + figure(bars)
+
+
+PRDC = ("precision", "recall", "density", "coverage")
+
+
+def _figure(value: Any) -> dict[str, Any]:
+    """A PRDC entry as {"value", "low", "high"}; metrics.json files written before issue 15 hold bare numbers."""
+    return value if isinstance(value, dict) else {"value": value}

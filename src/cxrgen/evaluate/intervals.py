@@ -37,16 +37,27 @@ def wilson(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
-def bootstrap_mean(values: Sequence[float], rounds: int = 1000, seed: int = 0, level: float = LEVEL) -> dict[str, Any]:
-    """The mean of independent values with a percentile bootstrap interval."""
+def bootstrap_mean(
+    values: Sequence[float],
+    rounds: int = 1000,
+    seed: int = 0,
+    level: float = LEVEL,
+    clusters: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """The mean of values with a percentile bootstrap interval: over the values when they are independent, or
+    over `clusters` (a cluster id per value; values in one cluster share something, e.g. pairs of one prompt's
+    images) when they are not, each draw then being the pooled mean of the drawn clusters."""
     x = np.asarray(values, dtype=np.float64)
-    out: dict[str, Any] = {"value": float(x.mean()), "n": len(x)}
-    if len(x) < 2 or rounds <= 0:
+    ids = np.arange(len(x)) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
+    sums, counts = np.bincount(ids, x), np.bincount(ids).astype(np.float64)
+    out: dict[str, Any] = {"value": float(x.mean()) if len(x) else float("nan"), "n": len(sums)}
+    if len(sums) < 2 or rounds <= 0:
         return out
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), (rounds, len(x)))].mean(axis=1)
+    drawn = np.random.default_rng(seed).integers(0, len(sums), (rounds, len(sums)))
+    means = sums[drawn].sum(1) / counts[drawn].sum(1)
     lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return {**out, "low": float(lo), "high": float(hi), "method": f"bootstrap over {len(x)} units, {rounds} rounds"}
+    unit = "values" if clusters is None else "clusters"
+    return {**out, "low": float(lo), "high": float(hi), "method": f"bootstrap over {len(sums)} {unit}, {rounds} rounds"}
 
 
 def clustered_rate(
@@ -94,35 +105,31 @@ def delong(labels: np.ndarray, scores: np.ndarray, level: float = LEVEL) -> dict
     }
 
 
-def jackknife(
-    statistic: Callable[[np.ndarray, np.ndarray], float],
-    n_a: int,
-    n_b: int,
-    groups: int = 20,
-    seed: int = 0,
+def groups_of(n: int, groups: int, seed: int) -> list[np.ndarray]:
+    """Row indices 0..n-1 shuffled into `groups` groups of near-equal size (one group per row at most)."""
+    return np.array_split(np.random.default_rng(seed).permutation(n), min(groups, n))
+
+
+def jackknife_summary(
+    value: float,
+    left_a: np.ndarray,
+    left_b: np.ndarray,
     level: float = LEVEL,
     bias_correct: bool = False,
 ) -> dict[str, Any]:
-    """Delete-a-group jackknife of a statistic of two sets, given as `statistic(index_a, index_b)` over the
-    sets' row indices. Each set is shuffled into `groups` groups; each group is left out once. The interval is
-    value ± t * SE with the degrees of freedom of the smaller number of groups; with `bias_correct`, the value is
-    the bias-corrected one and the interval is around it (the uncorrected value is kept as "plain")."""
-    rng = np.random.default_rng(seed)
-    idx_a, idx_b = np.arange(n_a), np.arange(n_b)
-    value = float(statistic(idx_a, idx_b))
-    g_a, g_b = min(groups, n_a), min(groups, n_b)
+    """Combine a two-sample statistic's value on the full sets with its values with one group of set a
+    (`left_a`, one per group) or of set b (`left_b`) left out: the delete-a-group jackknife's standard error,
+    first-order bias (what the leave-outs' drift from the value says a smaller sample adds), and a t interval
+    (degrees of freedom: the smaller number of groups, less one). With `bias_correct`, the value and interval
+    are the bias-corrected ones and the plain value is kept as "plain"."""
+    g_a, g_b = len(left_a), len(left_b)
     if min(g_a, g_b) < 2:
-        return {"value": value}
-    parts_a = np.array_split(rng.permutation(n_a), g_a)
-    parts_b = np.array_split(rng.permutation(n_b), g_b)
-    left_a = np.array([statistic(np.setdiff1d(idx_a, p, assume_unique=True), idx_b) for p in parts_a])
-    left_b = np.array([statistic(idx_a, np.setdiff1d(idx_b, p, assume_unique=True)) for p in parts_b])
-    var = (g_a - 1) / g_a * ((left_a - left_a.mean()) ** 2).sum() + (g_b - 1) / g_b * (
-        (left_b - left_b.mean()) ** 2
-    ).sum()
+        return {"value": float(value)}
+    var = (g_a - 1) / g_a * float(((left_a - left_a.mean()) ** 2).sum())
+    var += (g_b - 1) / g_b * float(((left_b - left_b.mean()) ** 2).sum())
     bias = (g_a - 1) * (left_a.mean() - value) + (g_b - 1) * (left_b.mean() - value)
     centre = value - bias if bias_correct else value
-    half = float(student_t.ppf(0.5 + level / 2, min(g_a, g_b) - 1)) * float(np.sqrt(var))
+    half = float(student_t.ppf(0.5 + level / 2, min(g_a, g_b) - 1)) * np.sqrt(var)
     out = {
         "value": float(centre),
         "low": float(centre - half),
@@ -131,6 +138,27 @@ def jackknife(
         "bias": float(bias),
         "method": f"delete-a-group jackknife, {g_a} + {g_b} groups",
     }
-    if bias_correct:
-        out["plain"] = value
-    return out
+    return {**out, "plain": float(value)} if bias_correct else out
+
+
+def jackknife(
+    statistic: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    n_a: int,
+    n_b: int,
+    groups: int = 20,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, dict[str, Any]]:
+    """Delete-a-group jackknife of statistics of two sets, given as `statistic(rows_a, rows_b)` -> {name: value}
+    over the sets' row indices; each set is cut into `groups` groups (`groups_of`), each left out once. No
+    bias correction: for statistics whose small-sample bias is small or not of order 1/n (PRDC)."""
+    full_a, full_b = np.arange(n_a), np.arange(n_b)
+    values = statistic(full_a, full_b)
+    if groups < 2:
+        return {k: {"value": float(v)} for k, v in values.items()}
+    left_a = [statistic(np.setdiff1d(full_a, g, assume_unique=True), full_b) for g in groups_of(n_a, groups, seed)]
+    left_b = [statistic(full_a, np.setdiff1d(full_b, g, assume_unique=True)) for g in groups_of(n_b, groups, seed + 1)]
+    return {
+        k: jackknife_summary(v, np.array([d[k] for d in left_a]), np.array([d[k] for d in left_b]), level)
+        for k, v in values.items()
+    }

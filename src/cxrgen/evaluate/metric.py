@@ -30,7 +30,7 @@ class EvaluationContext:
     sets: dict[str, ImageSet]  # "real", "generated", and "train" when given
     extractors: list[Extractor]
     features: dict[str, dict[str, np.ndarray]]  # extractor name -> set name -> (images, dim)
-    scores: dict[str, np.ndarray | None]  # extractor name -> classifier probabilities of the generated set
+    scores: dict[str, dict[str, np.ndarray | None]]  # extractor name -> set name -> classifier outputs (or None)
     primary: Extractor  # the one extractor of metrics that use one (chest-X-ray features when given)
     out: Path  # the evaluation folder: a metric that makes files writes them under it
     device: str

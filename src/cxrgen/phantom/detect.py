@@ -48,6 +48,29 @@ def heart_size(image: np.ndarray) -> float:
     return float((side - lungs) / (centre - lungs + 1e-3))
 
 
+def darkened(image: np.ndarray, mean: float, how: str) -> np.ndarray:
+    """The image darkened to a mean brightness: scaled, gamma-curved, or re-windowed (shifted down and clipped, as
+    a percentile window that lands on a bright device does)."""
+    x = image.astype(np.float64)
+
+    def curve(k: float) -> np.ndarray:
+        if how == "scale":
+            return x * k
+        if how == "gamma":
+            return 255 * (x / 255) ** k
+        return np.clip((x - k) * 255 / (255 - k), 0, 255)
+
+    lo, hi = {"scale": (0.0, 1.0), "gamma": (1.0, 20.0), "window": (0.0, 254.0)}[how]
+    for _ in range(50):  # bisect the curve's parameter to the target mean
+        k = (lo + hi) / 2
+        darker = curve(k).mean() < mean
+        if how == "scale":
+            lo, hi = (k, hi) if darker else (lo, k)
+        else:
+            lo, hi = (lo, k) if darker else (k, hi)
+    return np.clip(curve(k), 0, 255).astype(np.uint8)
+
+
 def _has(row: dict, label: str, where: str | None = None) -> bool:
     return any(f["label"] == label and (where is None or where in f["locations"]) for f in row["findings"])
 
