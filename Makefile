@@ -43,6 +43,7 @@ benchmarks: $(STAMP)
 	$(if $(DREAMBOOTH_SCRIPT),$(BIN)/python benchmarks/train_speed.py --script $(DREAMBOOTH_SCRIPT),@echo "train_speed.py skipped: set DREAMBOOTH_SCRIPT")
 	$(BIN)/python benchmarks/generate_speed.py
 	$(BIN)/python benchmarks/evaluate_speed.py
+	$(BIN)/python benchmarks/interval_coverage.py
 	$(BIN)/python benchmarks/learns_conditions.py
 
 clean:

@@ -1,7 +1,7 @@
 """How long `cxrgen evaluate` takes for 2,000 real against 2,000 generated images at 256 px, on this machine.
 
 Two phantom releases with different seeds are prepared at 256 px: one plays the real (and training) set, the other
-the generated set. Evaluation runs with the FID Inception network (FID, KID, PRDC with bootstrap intervals),
+the generated set. Evaluation runs with the FID Inception network (FID, KID, PRDC with jackknife intervals),
 MS-SSIM diversity and memorization against the 2,000 training images; then once more, reading cached features.
 Acceptance (issue 5): it runs here, and the time is reported.
 Run: .venv/bin/python benchmarks/evaluate_speed.py [--images 2000]

@@ -216,6 +216,25 @@ def test_report_sections_survive_what_a_report_rerun_meets(tmp_path):
     assert "images not at hand" in section_html(METRICS["memorization"](), pairs, moved, tmp_path)
 
 
+def test_a_report_reads_metrics_written_before_the_intervals(tmp_path):
+    """metrics.json from before the jackknife: bootstrap fields, bare PRDC numbers, MS-SSIM means alone, a bare
+    mean AUROC. `cxrgen report` still renders and summarises it."""
+    fid = {"fid": {"value": 12.0, "low": 10.0, "high": 14.0, "rounds": 20, "resampling_bias": 1.0}}
+    fid |= {"kid": {"value": 0.01}, "prdc": {"precision": 0.5, "recall": 0.4, "density": 0.9, "coverage": 0.6, "k": 5}}
+    diversity = {"generated_within_prompt": {"mean": 0.3, "std": 0.1, "groups": 2, "pairs": 4}}
+    diversity |= {"generated_across_set": None, "real_across_set": {"mean": 0.2, "std": 0.1, "pairs": 10}}
+    effusion = {"auroc": 0.7, "positives": 3, "negatives": 5}
+    adherence_ = {"classifier": "x", "per_finding": {"Effusion": effusion}, "mean_auroc": 0.7}
+    doc = MetricsDocument(config={"fidelity": {"bootstrap": 20}}, sets={})
+    for name, section, shown in (
+        ("fidelity", {"inception": fid}, "12.00 [10.00, 14.00]"),
+        ("diversity", diversity, "0.300"),
+        ("adherence", adherence_, "0.700"),
+    ):
+        metric = METRICS[name]()
+        assert shown in section_html(metric, section, doc, tmp_path) and metric.summary_lines(section, doc)
+
+
 # -- the command ---------------------------------------------------------------------------------------------------
 
 

@@ -123,6 +123,8 @@ def summarize(result: EvaluateResult) -> int:
         if name in doc.sections:
             for line in summary(metric(), doc.sections[name], doc):
                 print(line)
+        else:  # as the report says it: what measuring it would take
+            print(f"{name} not measured: {metric.not_measured}")
     print(f"  metrics: {MetricsDocument.path(result.out)} ({doc.seconds:.0f} s)")
     if result.report is not None:
         print(f"  report:  {result.report}")
