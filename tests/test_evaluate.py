@@ -243,7 +243,7 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
     rows = [
         {
             "text": f"p{i % 4}",
-            "findings": [{"label": "pleural effusion", "locations": ["left"]}] if i % 2 else [],
+            "findings": [{"label": "pleural effusion", "locations": ["left"]} if i % 2 else {"label": "normal"}],
             "seed": i,
             "patient_key": f"k{i}",
         }
