@@ -10,7 +10,9 @@ target in about 95% of repetitions (200 repetitions: 92-98% is within two standa
 "before": the code before issue 15 (both sets resampled with replacement, 20 rounds, the percentile interval
 shifted by the median bias; KID from subsets). "after": cxrgen.evaluate.fidelity as it is now (delete-a-group
 jackknife: FID at n, FID bias-corrected, KID over all pairs).
-Run: .venv/bin/python benchmarks/interval_coverage.py [--repetitions 200]
+`--speed N`: instead, the time of the statistics alone (before and after) on two sets of N Inception-sized
+(2,048-d) features, which is all of `cxrgen evaluate` that this change touches.
+Run: .venv/bin/python benchmarks/interval_coverage.py [--repetitions 200] [--speed 2000]
 """
 
 from __future__ import annotations
@@ -94,17 +96,45 @@ def experiment(n: int, d: int, repetitions: int, groups: int) -> dict[str, float
     }
 
 
+def speed(n: int) -> None:
+    """Seconds for the fidelity statistics of two n x 2048 feature sets, before and after (one run each)."""
+    from cxrgen.evaluate.fidelity import FidelityOptions, distances, prdc
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(n, 2048)).astype(np.float32), rng.normal(0.05, 1.1, size=(n, 2048)).astype(np.float32)
+    t = time.perf_counter()
+    before_bootstrap(fid, a, b, floor=0.0)
+    kid_value = before_kid(a, b, 50, 1000, 0)
+    before_bootstrap(lambda x, y: before_kid(x, y, 10, 1000, 0), a, b, value=kid_value)
+    prdc(a, b)
+    before = time.perf_counter() - t
+    t = time.perf_counter()
+    distances(a, b, FidelityOptions(), seed=0)
+    after = time.perf_counter() - t
+    print(
+        f"{n} x 2048 features a set: before (bootstrap, 20 rounds; KID subsets) {before:.1f} s, "
+        f"after (jackknife, 20 + 20 groups; KID over all pairs; PRDC intervals) {after:.1f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=200)
     parser.add_argument("--groups", type=int, default=20, help="jackknife groups per set (cxrgen's default)")
     parser.add_argument("--sizes", nargs="+", default=["100x8", "200x32", "500x128"], help="n x d settings")
+    parser.add_argument("--speed", type=int, help="time the statistics on N x 2048 features instead")
     args = parser.parse_args()
+    if args.speed:
+        speed(args.speed)
+        return
     for size in args.sizes:
         n, d = map(int, size.split("x"))
         t = time.perf_counter()
         result = experiment(n, d, args.repetitions, args.groups)
-        print(f"\n{n} points a set, {d} dimensions, {args.repetitions} repetitions ({time.perf_counter() - t:.0f} s)")
+        print(
+            f"\n{n} points a set, {d} dimensions, {args.repetitions} repetitions ({time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
         for key, value in result.items():
             print(f"  {key:52s} {value:.1%}" if key.startswith(("before", "after")) else f"  {key:52s} {value:.5g}")
 
