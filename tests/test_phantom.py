@@ -135,7 +135,7 @@ def test_detectors_read_the_findings_of_prepared_phantoms(tmp_path):
         threshold, _ = calibrate_contrast(contrast, rows, images)
         for how in ("gamma", "window"):
             called = np.mean([detector(darkened(x, 37, how)) > threshold for x in normals])
-            assert (called > 0.3) is fooled and (called < 0.05 or fooled), (detector.__name__, how, called)
+            assert bool(called > 0.3) == fooled and (called < 0.05 or fooled), (detector.__name__, how, called)
 
 
 def _intensity_pacemaker(image: np.ndarray) -> float:
