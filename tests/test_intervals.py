@@ -178,3 +178,5 @@ def test_clustered_intervals_widen_with_cluster_to_cluster_variation():
     steady = clustered_rate([[True] * 95 + [False] * 5] * 3, rounds=500)
     split = clustered_rate([[True] * 100, [True] * 100, [True] * 70 + [False] * 30], rounds=500)
     assert steady["low"] > 0.9 and split["low"] < 0.8 and split["value"] == pytest.approx(0.9)
+    perfect = clustered_rate([[True] * 320] * 3, rounds=200)
+    assert perfect["low"] == pytest.approx(wilson(960, 960)[0]) and perfect["low"] < 1.0  # not [1, 1]

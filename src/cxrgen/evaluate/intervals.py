@@ -78,7 +78,9 @@ def clustered_rate(
             count += len(g)
         draws[r] = total / count
     lo, hi = np.percentile(draws, [50 * (1 - level), 50 * (1 + level)])
-    return {"value": float(pooled.mean()), "low": float(lo), "high": float(hi), "n": len(pooled)}
+    # never narrower than the pooled count's own binomial interval (all successes would give [1, 1])
+    w_lo, w_hi = wilson(int(pooled.sum()), len(pooled), level)
+    return {"value": float(pooled.mean()), "low": float(min(lo, w_lo)), "high": float(max(hi, w_hi)), "n": len(pooled)}
 
 
 def delong(labels: np.ndarray, scores: np.ndarray, level: float = LEVEL) -> dict[str, Any] | None:
