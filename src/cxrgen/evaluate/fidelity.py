@@ -266,9 +266,9 @@ METHOD = (
     "recomputed with one group left out (no image is ever repeated, which would inflate FID and bias KID). "
     "FID at n: the FID of these sets; its interval is how much it moves between draws of this size. FID "
     "bias-corrected: FID's finite-sample bias, which shrinks as 1/n (the basis of Chong & Forsyth's "
-    "FID-infinity), removed by the jackknife; its interval is for the FID of unlimited images. KID: the unbiased "
-    "MMD^2 with the cubic polynomial kernel over all pairs of images. Intervals are t intervals on the jackknife "
-    "standard error."
+    "FID-infinity), removed by the jackknife to first order; its interval is for the FID of unlimited images. "
+    "KID: the unbiased MMD^2 with the cubic polynomial kernel over all pairs of images. Intervals are t "
+    "intervals on the jackknife standard error."
 )
 
 
