@@ -637,7 +637,7 @@ def test_report_reads_version_1_files_and_refuses_newer_ones(tmp_path, capsys):
     assert main(["report", str(tmp_path / "o")]) == 0
     assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'o' / 'report.html'}"
     page = (tmp_path / "o" / "report.html").read_text()
-    assert "FID [95% interval]" in page and "MS-SSIM" in page and "not measured: give --train" in page
+    assert "FID at this size" in page and "MS-SSIM" in page and "not measured: give --train" in page
     newer = {**written, "schema": {"kind": "metrics", "version": 99}}
     (tmp_path / "o" / "metrics.json").write_text(json.dumps(newer))
     assert main(["report", str(tmp_path / "o")]) == 1
