@@ -225,7 +225,7 @@ class AdherenceMetric(Metric):
     def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
         if section["mean_auroc"] is None:
             return ["prompt adherence: no AUROC: no classifier output had images asking for its finding and others not"]
-        line = f"prompt adherence: mean AUROC {with_interval(_figure(section['mean_auroc']))}"
+        line = f"prompt adherence: mean AUROC {with_interval(section['mean_auroc'])}"
         line += f" over {len(section['per_finding'])} findings"
         if section.get("real_mean_auroc"):
             over = len(section.get("real_mean_over", []))
@@ -245,7 +245,7 @@ class AdherenceMetric(Metric):
         header = ["finding (classifier output)", "AUROC [95% interval]", "images asking for it", "images excluding it"]
         out = table([*header, "on real images (ceiling)"], rows)
         if section.get("mean_auroc") is not None:
-            mean = f"mean AUROC {with_interval(_figure(section['mean_auroc']))}"
+            mean = f"mean AUROC {with_interval(section['mean_auroc'])}"
             if section.get("real_mean_auroc"):
                 mean += f"; on real images {with_interval(section['real_mean_auroc'])}"
             out += f"<p>{escape(mean)}</p>"
@@ -264,8 +264,3 @@ class AdherenceMetric(Metric):
             "over images (1,000 rounds) for the mean. The real-image column is the same classifier on the real "
             "set's labels: as well as generated images can score with this classifier."
         )
-
-
-def _figure(value: Any) -> dict[str, Any]:
-    """A mean AUROC as {"value", ...}; metrics.json files written before issue 15 hold a bare number."""
-    return value if isinstance(value, dict) else {"value": value}

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import option
 from ..contracts import MetricsDocument
-from .html import escape, figure, table, with_interval
+from .html import as_figure, escape, figure, table, with_interval
 from .intervals import groups_of, jackknife, jackknife_summary
 from .metric import METRICS, EvaluationContext, Metric
 
@@ -127,18 +127,20 @@ def _kernel_group_sums(x: np.ndarray, y: np.ndarray, gx: np.ndarray, gy: np.ndar
     return sums
 
 
+def _group_ids(n: int, groups: int, seed: int) -> np.ndarray:
+    """Each row's group, as `groups_of` draws them (the same groups the FID jackknife leaves out)."""
+    ids = np.empty(n, int)
+    for k, rows in enumerate(groups_of(n, max(groups, 1), seed)):
+        ids[rows] = k
+    return ids
+
+
 def kid_with_interval(a: np.ndarray, b: np.ndarray, groups: int, seed: int) -> dict[str, Any]:
     """KID as the unbiased MMD^2 over all pairs of images (Binkowski et al. average it over random subsets only
     to save time; both estimate the same quantity, this one without their Monte Carlo noise), with a jackknife
     interval. Computed from kernel sums per pair of groups, so each leave-out costs nothing."""
     a, b = a.astype(np.float64), b.astype(np.float64)
-    ga_parts = groups_of(len(a), max(groups, 1), seed)
-    gb_parts = groups_of(len(b), max(groups, 1), seed + 1)
-    ga, gb = np.empty(len(a), int), np.empty(len(b), int)
-    for k, rows in enumerate(ga_parts):
-        ga[rows] = k
-    for k, rows in enumerate(gb_parts):
-        gb[rows] = k
+    ga, gb = _group_ids(len(a), groups, seed), _group_ids(len(b), groups, seed + 1)
     d = a.shape[1]
     diag_a = np.bincount(ga, ((a * a).sum(1) / d + 1) ** 3)  # k(x, x), excluded from the unbiased sums
     diag_b = np.bincount(gb, ((b * b).sum(1) / d + 1) ** 3)
@@ -304,7 +306,7 @@ class FidelityMetric(Metric):
                 figures = {"FID": figures.pop("FID"), **figures}
             images = f" ({f['images']} images a set)" if "images" in f else ""
             lines.append(f"{name}{images}: " + "  ".join(f"{k} {v}" for k, v in figures.items() if v))
-            prdc_ = "  ".join(f"{key} {with_interval(_figure(f['prdc'][key]))}" for key in PRDC)
+            prdc_ = "  ".join(f"{key} {with_interval(f['prdc'][key])}" for key in PRDC)
             lines.append(f"{' ' * len(name)}  {prdc_}")
         return lines
 
@@ -314,7 +316,7 @@ class FidelityMetric(Metric):
             corrected = with_interval(f["fid_corrected"], 2) if "fid_corrected" in f else "-"
             kid_ = with_interval(f["kid"], 5) + (" (headline)" if f.get("headline") == "kid" else "")
             rows.append([name, f.get("images", ""), kid_, with_interval(f["fid"], 2), corrected])
-            prdc_rows.append([name, *(with_interval(_figure(f["prdc"][key])) for key in PRDC)])
+            prdc_rows.append([name, *(with_interval(f["prdc"][key]) for key in PRDC)])
             notes += [f"{name}: {f[k]}" for k in ("note", "warning") if k in f]
         header = ["extractor", "images a set", "KID [95% interval]", "FID at this size", "FID bias-corrected"]
         out = table(header, rows) + table(["extractor", *(f"{k} [95% interval]" for k in PRDC)], prdc_rows)
@@ -326,14 +328,14 @@ class FidelityMetric(Metric):
         def bars(ax: Any) -> None:
             names = list(section)
             for i, key in enumerate(PRDC):
-                figures = [_figure(section[n]["prdc"][key]) for n in names]
+                figures = [as_figure(section[n]["prdc"][key]) for n in names]
                 values = np.array([d["value"] for d in figures])
                 spread = np.array(
                     [[d["value"] - d.get("low", d["value"]), d.get("high", d["value"]) - d["value"]] for d in figures]
                 ).T
                 ax.bar(np.arange(len(names)) + i * 0.2, values, 0.2, yerr=spread, capsize=3, label=key)
             ax.set_xticks(np.arange(len(names)) + 0.3, names)
-            ax.set_ylim(0, max(1.2, max(_figure(section[n]["prdc"]["density"]).get("high", 0) for n in names) * 1.1))
+            ax.set_ylim(0, max(1.2, max(as_figure(section[n]["prdc"]["density"]).get("high", 0) for n in names) * 1.1))
             ax.legend(ncol=4, fontsize=8)
             ax.set_title("precision, recall, density, coverage (k-NN, Naeem et al. 2020), 95% intervals")
 
@@ -341,8 +343,3 @@ class FidelityMetric(Metric):
 
 
 PRDC = ("precision", "recall", "density", "coverage")
-
-
-def _figure(value: Any) -> dict[str, Any]:
-    """A PRDC entry as {"value", "low", "high"}; metrics.json files written before issue 15 hold bare numbers."""
-    return value if isinstance(value, dict) else {"value": value}

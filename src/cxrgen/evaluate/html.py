@@ -9,7 +9,7 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
-__all__ = ["CSS", "data_url", "escape", "figure", "img", "note", "table", "with_interval"]
+__all__ = ["CSS", "as_figure", "data_url", "escape", "figure", "img", "note", "table", "with_interval"]
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -47,8 +47,14 @@ def figure(draw: Callable[[Any], None]) -> str:
     return '<img src="data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode() + '">'
 
 
-def with_interval(d: dict[str, Any], digits: int = 3) -> str:
-    """A bootstrapped figure ({"value", "low", "high"}) as "value [low, high]", or the value alone."""
+def as_figure(value: dict[str, Any] | float) -> dict[str, Any]:
+    """A figure as {"value", ...}: metrics.json files written before the intervals hold some as bare numbers."""
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def with_interval(d: dict[str, Any] | float, digits: int = 3) -> str:
+    """A figure with its interval ({"value", "low", "high"}) as "value [low, high]", or the value alone."""
+    d = as_figure(d)
     if "low" in d:
         return f"{d['value']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
     return f"{d['value']:.{digits}f}"
