@@ -32,7 +32,7 @@ from cxrgen.cli import main as cli
 from cxrgen.evaluate.imagesets import open_set
 from cxrgen.evaluate.intervals import clustered_rate, wilson
 from cxrgen.grid import prompt_grid
-from cxrgen.phantom.detect import CONTRASTS, Contrast, calibrate_contrast, darkened, pacemaker
+from cxrgen.phantom.detect import CONTRASTS, Contrast, calibrate_contrast, darkened, labelled_scores, pacemaker
 
 OUT = Path(__file__).parent / "out" / "learns_conditions"
 TARGET = 0.90  # issue 6's target, judged on the interval's lower bound (see the docstring)
@@ -161,12 +161,6 @@ def judged(contrast: Contrast, threshold: float, rows: list[dict], images: list[
     )
 
 
-def labelled_accuracy(contrast: Contrast, threshold: float, rows: list[dict], images: list[np.ndarray]) -> np.ndarray:
-    """Whether the detector's call agrees with the real image's labels (rows outside the contrast skipped)."""
-    pairs = [(contrast.label(r), image) for r, image in zip(rows, images, strict=True)]
-    return np.array([(contrast.detector(image) > threshold) == bool(y) for y, image in pairs if y is not None])
-
-
 def judge(args: argparse.Namespace) -> dict:
     data = OUT / "prepared"
     real = {split: open_set(data, split, "real") for split in ("train", "test")}
@@ -177,7 +171,8 @@ def judge(args: argparse.Namespace) -> dict:
     results = []
     for contrast in CONTRASTS:
         threshold, train_accuracy = calibrate_contrast(contrast, real["train"].rows, real_images["train"])
-        held_out = labelled_accuracy(contrast, threshold, real["test"].rows, real_images["test"])
+        scores, labels = labelled_scores(contrast, real["test"].rows, real_images["test"])
+        held_out = (scores > threshold) == labels
         per_seed = {m: judged(contrast, threshold, sets[m].rows, images[m]) for m in names}
         row = {
             "finding": contrast.name,

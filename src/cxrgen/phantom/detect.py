@@ -130,11 +130,17 @@ def calibrate(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return float(candidates[best]), float(accuracy[best])
 
 
-def calibrate_contrast(contrast: Contrast, rows: list[dict], images: list[np.ndarray]) -> tuple[float, float]:
-    """Threshold and accuracy of a contrast's detector on labelled real images (rows outside the contrast skipped)."""
+def labelled_scores(contrast: Contrast, rows: list[dict], images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's scores and the labels (1/0) of the real images a contrast covers (other rows skipped)."""
     labelled = [(contrast.label(r), image) for r, image in zip(rows, images, strict=True)]
     labelled = [(y, image) for y, image in labelled if y is not None]
-    if not labelled or len({y for y, _ in labelled}) < 2:
-        raise ValueError(f"'{contrast.name}' needs real images of both answers to calibrate on")
     scores = np.array([contrast.detector(image) for _, image in labelled])
-    return calibrate(scores, np.array([y for y, _ in labelled]))
+    return scores, np.array([y for y, _ in labelled], dtype=int)
+
+
+def calibrate_contrast(contrast: Contrast, rows: list[dict], images: list[np.ndarray]) -> tuple[float, float]:
+    """Threshold and accuracy of a contrast's detector on labelled real images (rows outside the contrast skipped)."""
+    scores, labels = labelled_scores(contrast, rows, images)
+    if len(set(labels.tolist())) < 2:
+        raise ValueError(f"'{contrast.name}' needs real images of both answers to calibrate on")
+    return calibrate(scores, labels)
