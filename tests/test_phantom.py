@@ -188,3 +188,33 @@ def test_prepared_phantom_labels_are_the_drawn_findings(tmp_path):
             locations,
         ) in drawn:  # the flat layout loses sentence bounds: a neighbour's location may join
             assert set(locations) <= set(got[label]), (label, got[label])
+
+
+def test_a_phantom_patient_keeps_one_body_across_studies():
+    """Two studies of one patient look more alike than two strangers (same positioning, exposure drawn afresh);
+    the patient's sex stays and the age moves with the study year; without patients every image is a stranger."""
+    from cxrgen.phantom.release import draw_studies
+    from cxrgen.phantom.render import render
+
+    def corr(a, b):
+        a, b = a.astype(float).ravel() - a.mean(), b.astype(float).ravel() - b.mean()
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    same = [
+        corr(render(64, 64, seed=i, bits=8, patient=i), render(64, 64, seed=i + 99, bits=8, patient=i))
+        for i in range(20)
+    ]
+    strangers = [
+        corr(render(64, 64, seed=i, bits=8, patient=i), render(64, 64, seed=i + 99, bits=8, patient=i + 50))
+        for i in range(20)
+    ]
+    assert np.mean(same) > np.mean(strangers) + 0.1
+    assert (render(48, 40, seed=3) == render(48, 40, seed=3, patient=None)).all()
+
+    studies = draw_studies(300, 2)
+    repeats = [(a, b) for a, b in zip(studies, studies[1:], strict=False) if a.patient == b.patient]
+    assert len(repeats) > 30
+    assert all(b.sex == a.sex and b.age - a.age == b.year - a.year >= 0 for a, b in repeats)
+    strangers_ids = draw_studies(300, 2, patients=False)
+    assert [s.patient for s in strangers_ids] == [s.patient for s in studies]
+    assert any(b.sex != a.sex for a, b in zip(strangers_ids, strangers_ids[1:], strict=False) if a.patient == b.patient)

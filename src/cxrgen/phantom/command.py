@@ -19,6 +19,9 @@ class PhantomConfig:
     max_findings: int = option(2, "most drawn findings per image (cardiomegaly, pleural effusion, pacemaker, nodule)")
     background: float = option(0.3, "chance of an extra label the renderer does not draw (COPD signs, ...)")
     square: bool = option(False, "square images (else widths vary from 0.8 to 1.0 of the height)")
+    patients: bool = option(
+        True, "a patient's studies show the same body, a little varied (--no-patients: every image a stranger)"
+    )
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.size < 32:
@@ -39,6 +42,7 @@ def run(config: PhantomConfig) -> Path:
         max_findings=config.max_findings,
         background=config.background,
         aspect=(1.0, 1.0) if config.square else (0.8, 1.0),
+        patients=config.patients,
     )
     return out
 

@@ -122,6 +122,7 @@ class PhantomStudy:
     sex: str
     projection: str
     findings: list[tuple[str, tuple[str, ...]]]
+    year: int = 2015  # of the study: a patient's later study is later
 
 
 def _label_cells(findings: list[tuple[str, tuple[str, ...]]], rng: np.random.Generator) -> dict[str, str]:
@@ -162,13 +163,23 @@ def _label_cells(findings: list[tuple[str, tuple[str, ...]]], rng: np.random.Gen
 
 
 def draw_studies(
-    n: int, seed: int, findings_rate: float = 0.6, max_findings: int = 2, background: float = 0.3
+    n: int,
+    seed: int,
+    findings_rate: float = 0.6,
+    max_findings: int = 2,
+    background: float = 0.3,
+    patients: bool = True,
 ) -> list[PhantomStudy]:
+    """The studies of a release. About one image in five is another study of the previous patient; with
+    `patients` that study keeps the patient's sex and an age a few years on (its image, the patient's body),
+    else it draws them afresh as if a stranger had the patient's id."""
     rng = np.random.default_rng(seed)
-    studies = []
+    later = np.random.default_rng([seed, 0x5EED])  # years between studies: apart, so the draws above stay as they were
+    studies: list[PhantomStudy] = []
     patient = 0
     for i in range(n):
-        if i == 0 or rng.random() > 0.2:  # about one image in five is another study of the last patient
+        first = i == 0 or rng.random() > 0.2
+        if first:
             patient += 1
         findings: list[tuple[str, tuple[str, ...]]] = []
         if rng.random() < findings_rate:
@@ -179,17 +190,25 @@ def draw_studies(
             if rng.random() < background:  # a label the renderer does not draw, as reports have
                 findings.append((str(rng.choice(_BACKGROUND)), ()))
         projection = str(rng.choice(["PA", "PA", "PA", "L", "AP_horizontal", "AP"]))
-        studies.append(
-            PhantomStudy(
-                image_id=f"{seed:04d}{i:08d}_{rng.integers(16**6):06x}.png",
-                image_dir=i % 55,
-                patient=patient,
-                age=int(rng.integers(18, 95)),
-                sex=str(rng.choice(["M", "F"])),
-                projection=projection,
-                findings=findings,
+        image_id = f"{seed:04d}{i:08d}_{rng.integers(16**6):06x}.png"
+        age, sex = int(rng.integers(18, 95)), str(rng.choice(["M", "F"]))
+        if patients and not first:
+            years = int(later.integers(0, 3))
+            previous = studies[-1]
+            studies.append(
+                PhantomStudy(
+                    image_id,
+                    i % 55,
+                    patient,
+                    previous.age + years,
+                    previous.sex,
+                    projection,
+                    findings,
+                    previous.year + years,
+                )
             )
-        )
+            continue
+        studies.append(PhantomStudy(image_id, i % 55, patient, age, sex, projection, findings))
     return studies
 
 
@@ -203,16 +222,19 @@ def write_release(
     max_findings: int = 2,
     background: float = 0.3,
     aspect: tuple[float, float] = (0.8, 1.0),
+    patients: bool = True,
 ) -> Path:
-    """A phantom PadChest release under `out`: the CSV and `<ImageDir>/<ImageID>` 16-bit PNGs."""
+    """A phantom PadChest release under `out`: the CSV and `<ImageDir>/<ImageID>` 16-bit PNGs. With `patients`
+    a patient's studies show one body (so re-identification can be tested); without, every image is a stranger."""
     out = Path(out)
     rng = np.random.default_rng(seed + 1)
     rows = []
-    studies = draw_studies(n, seed, findings_rate, max_findings, background)
+    studies = draw_studies(n, seed, findings_rate, max_findings, background, patients)
     for i, s in enumerate(tqdm(studies, desc="phantom", unit="img")):
         height = size
         width = int(size * rng.uniform(*aspect))  # width / height, as films vary
-        pixels = render(height, width, s.findings, seed=seed * 1_000_003 + i)
+        body = seed * 1_000_003 + s.patient if patients else None
+        pixels = render(height, width, s.findings, seed=seed * 1_000_003 + i, patient=body)
         target = out / str(s.image_dir) / s.image_id
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(target)
@@ -223,8 +245,8 @@ def write_release(
                 ImageDir=s.image_dir,
                 StudyID=f"st{i}",
                 PatientID=f"pt{s.patient}",
-                StudyDate_DICOM=20150602,
-                PatientBirth=f"{2015 - s.age}.0",
+                StudyDate_DICOM=f"{s.year}0602",
+                PatientBirth=f"{s.year - s.age}.0",
                 PatientSex_DICOM=s.sex,
                 ViewPosition_DICOM=view if rng.random() > 0.4 else "",
                 Projection=s.projection,

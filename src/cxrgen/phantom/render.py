@@ -4,7 +4,11 @@ Anatomy in normalised coordinates (x to the viewer's right, y down), PA display 
 is on the image's left, the heart bulges to the image's right. Values are attenuation-like (air dark, bone
 bright). Every image varies by its seed: positioning (shift, scale, rotation), body and lung shape, heart size,
 diaphragm domes, rib spacing and phase, clavicles, a patient-specific soft-tissue and vessel texture, exposure,
-noise and black borders. Findings change the anatomy: cardiomegaly widens the heart, an effusion fills a lung
+noise and black borders. Given a patient seed, what belongs to the patient (body habitus, lung and heart shape,
+diaphragm, rib spacing, clavicles, tissue and vessel texture, how they stand) is drawn from it and varies only
+slightly between that patient's studies (breathing, positioning), while exposure, noise and findings belong to
+the study.
+Findings change the anatomy: cardiomegaly widens the heart, an effusion fills a lung
 base with a meniscus on its side, a pacemaker adds a bright device and lead, a nodule a round opacity at its lobe.
 """
 
@@ -80,6 +84,36 @@ def draw_anatomy(rng: np.random.Generator, findings: list[tuple[str, tuple[str, 
     )
 
 
+def _patient_anatomy(study: Anatomy, patient: Anatomy, rng: np.random.Generator, large_heart: bool) -> Anatomy:
+    """The study's exposure and noise on the patient's body and stance, varied a little (breathing, positioning);
+    an enlarged heart keeps the patient's heart shape, widened."""
+    j = rng.normal
+
+    def lung(p: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        return (p[0] + j(0, 0.003), p[1] + j(0, 0.004), p[2] * (1 + j(0, 0.015)), p[3] * (1 + j(0, 0.015)))
+
+    cx, cy, hw, hh = patient.heart
+    widen = (sum(LARGE_HEART) / sum(NORMAL_HEART)) if large_heart else 1.0
+    frequency, phase, curve = patient.ribs
+    return Anatomy(
+        shift=(patient.shift[0] + j(0, 0.01), patient.shift[1] + j(0, 0.01)),
+        scale=patient.scale * (1 + j(0, 0.015)),
+        rotation=patient.rotation + float(np.deg2rad(j(0, 0.7))),
+        body=(patient.body[0] * (1 + j(0, 0.01)), patient.body[1] * (1 + j(0, 0.01))),
+        lungs=(lung(patient.lungs[0]), lung(patient.lungs[1])),
+        heart=(cx + j(0, 0.003), cy + j(0, 0.004), hw * widen * (1 + j(0, 0.02)), hh * (1 + j(0, 0.02))),
+        domes=(patient.domes[0] + j(0, 0.006), patient.domes[1] + j(0, 0.006)),
+        ribs=(frequency * (1 + j(0, 0.01)), phase + j(0, 0.15), curve),
+        clavicle=patient.clavicle + j(0, 0.01),
+        lung_darkness=patient.lung_darkness * (1 + j(0, 0.03)),
+        texture=patient.texture,
+        exposure=study.exposure,
+        gamma=study.gamma,
+        noise=study.noise,
+        border=study.border,
+    )
+
+
 def _field(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
     """Smooth random texture: cells x cells Gaussian noise upsampled with bicubic interpolation, unit spread."""
     coarse = rng.normal(0, 1, (cells, cells)).astype(np.float32)
@@ -93,11 +127,18 @@ def render(
     findings: list[tuple[str, tuple[str, ...]]] = (),  # type: ignore[assignment]
     seed: int = 0,
     bits: int = 16,
+    patient: int | None = None,
 ) -> np.ndarray:
     """A (height, width) radiograph-like image; uint16 holding 12-bit data scaled to 16 bits (as PadChest
-    stores it) when bits=16, else uint8."""
+    stores it) when bits=16, else uint8. `patient` (a seed) gives the image that patient's body; without it
+    every image is a new person."""
     rng = np.random.default_rng(seed)
     a = draw_anatomy(rng, list(findings))
+    tissue = rng  # the texture fields: the patient's own when there is one
+    if patient is not None:
+        tissue = np.random.default_rng([patient, 0x9A7])
+        own = draw_anatomy(tissue, [])
+        a = _patient_anatomy(a, own, rng, any(label == "cardiomegaly" for label, _ in findings))
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     px, py = (xx + 0.5) / width - 0.5 - a.shift[0], (yy + 0.5) / height - 0.5 - a.shift[1]
     cos, sin = np.cos(a.rotation), np.sin(a.rotation)
@@ -113,9 +154,9 @@ def render(
 
     img = np.full((height, width), 0.05, np.float32)  # air around the patient
     body = soft(ellipse(0.5, 0.62, *a.body), 0.15)
-    img += 0.45 * body * (1 + a.texture * _field(rng, height, width, 6))
+    img += 0.45 * body * (1 + a.texture * _field(tissue, height, width, 6))
     lungs = np.maximum(soft(ellipse(*a.lungs[0])), soft(ellipse(*a.lungs[1])))
-    vessels = _field(rng, height, width, max(16, min(height, width) // 5))  # fine vessel-like texture
+    vessels = _field(tissue, height, width, max(16, min(height, width) // 5))  # fine vessel-like texture
     img -= a.lung_darkness * lungs * body * (1 - 0.12 * np.clip(vessels, -2, 2) * a.texture / 0.05)
     img += 0.12 * soft(np.abs(x - 0.5) / 0.045, 0.5) * (y > 0.12)  # spine and mediastinum
     hx, hy, hw, hh = a.heart
