@@ -91,7 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
             kwargs.pop("dest")
             group.add_argument(prefix + f.name, nargs="?", **kwargs)
             continue
-        group.add_argument(_flag(prefix, f.name), **kwargs)
+        flags = [_flag(prefix, f.name)]
+        if prefix and f.name == "enabled" and tp is bool:  # a group that is off by default: --utility for short
+            flags.append(_flag("", prefix.rstrip(".")))
+        group.add_argument(*flags, **kwargs)
 
 
 def _none_or(convert: Any) -> Any:

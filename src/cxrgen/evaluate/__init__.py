@@ -8,5 +8,5 @@ put in alphabetical order).
 
 from importlib import import_module
 
-for _module in ("fidelity", "diversity", "memorization", "adherence", "forgetting"):
+for _module in ("fidelity", "diversity", "memorization", "adherence", "utility", "reid", "forgetting"):
     import_module(f"{__name__}.{_module}")

@@ -1,0 +1,120 @@
+"""Known-answer tests of the utility classifiers and the re-identification network, on prepared phantoms (whose
+patients keep one body across studies) at 32 px with the small CNN."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cxrgen.cli import main as cli
+from cxrgen.config import ConfigError
+from cxrgen.evaluate.imagesets import ImageSet, open_set
+from cxrgen.evaluate.reid import ReidOptions, reidentify
+from cxrgen.evaluate.utility import UtilityOptions, finding_labels, patient_fractions, utility
+from cxrgen.phantom.render import render
+from tests.helpers import save_png
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    release, data = root / "release", root / "prepared"
+    args = ["phantom", "--out", str(release), "--n", "700", "--size", "64", "--seed", "21", "--square"]
+    assert cli([*args, "--findings-rate", "0.7", "--max-findings", "1", "--background", "0"]) == 0
+    prepare = ["prepare", "--source", "padchest", "--csv", str(release / "phantom_padchest.csv.gz")]
+    prepare += ["--images", str(release), "--out", str(data), "--image.resolution", "64", "--no-image.crop-border"]
+    prepare += ["--qc.min-side", "64", "--qc.contact-sheet", "0"]
+    prepare += ["--splits.train", "0.6", "--splits.val", "0.15", "--splits.test", "0.25"]
+    assert cli(prepare) == 0
+    return data
+
+
+def _context(cache: Path, seed: int = 0) -> SimpleNamespace:
+    config = SimpleNamespace(cache_dir=str(cache), seed=seed, allow_pickle=False)
+    return SimpleNamespace(config=config, device="cpu")
+
+
+def _copy(images: ImageSet, folder: Path, relabel: np.random.Generator | None = None) -> ImageSet:
+    """The set as another folder, in reverse order (so no training step sees the images in the original order);
+    with `relabel`, each image gets another image's labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [dict(r) for r in reversed(images.rows)]
+    files = list(reversed(images.files))
+    if relabel is not None:
+        findings = [r["findings"] for r in rows]
+        for r, k in zip(rows, relabel.permutation(len(rows)), strict=True):
+            r["findings"] = findings[k]
+    for r, f in zip(rows, files, strict=True):
+        (folder / r["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, folder / r["file_name"])
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return open_set(folder, None, "generated")
+
+
+SMALL = {"arch": "cnn", "size": 32, "steps": 120, "fractions": [1.0], "rounds": 300, "learning_rate": 3e-3}
+
+
+def test_finding_labels_and_patient_fractions():
+    rows = [
+        {"findings": [{"label": "pleural effusion", "locations": ["left"]}], "patient_key": "a"},
+        {"findings": [{"label": "normal", "locations": []}], "patient_key": "a"},
+        {"findings": [{"label": "unchanged", "locations": []}], "patient_key": "b"},
+        {"findings": [{"label": "Cardiomegaly", "locations": []}], "patient_key": "c"},
+    ]
+    assert finding_labels(rows, ["pleural effusion", "cardiomegaly"]).tolist() == [[1, 0], [0, 0], [-1, -1], [0, 1]]
+    subsets = patient_fractions(rows, [0.25, 0.5, 1.0], seed=0)
+    assert set(subsets[0.5]) <= set(subsets[1.0]) and len(subsets[1.0]) == 4
+    assert {0, 1} <= set(subsets[0.5]) or not ({0, 1} & set(subsets[0.5]))  # a patient is in or out whole
+
+
+def test_utility_known_answers(phantoms, tmp_path):
+    """A copy of the real training set adds nothing beyond the noise of another seed; a copy with shuffled labels
+    makes real + synthetic worse and synthetic alone near chance."""
+    train, test = open_set(phantoms, "train", "train"), open_set(phantoms, "test", "real")
+    o = UtilityOptions(enabled=True, **SMALL)
+    same = utility(train, _copy(train, tmp_path / "copy"), test, o, _context(tmp_path / "cache"))
+    assert same["findings"] == ["cardiomegaly", "nodule", "pacemaker", "pleural effusion"]
+    other_seed = utility(train, _copy(train, tmp_path / "copy"), test, o, _context(tmp_path / "cache", seed=1))
+    real = same["real"]["macro_auroc"]["value"]
+    assert real > 0.75  # the classifier learns the phantoms' findings
+    noise = abs(other_seed["real"]["macro_auroc"]["value"] - real)
+    assert abs(same["difference"]["macro_auroc"]["value"]) <= 3 * noise + 0.03
+    shuffled = _copy(train, tmp_path / "shuffled", relabel=np.random.default_rng(0))
+    wrong = utility(train, shuffled, test, o, _context(tmp_path / "cache"))
+    assert wrong["real"] == same["real"]  # the same run, from the cache
+    assert all(run["cached"] for key, run in wrong["runs"].items() if key.startswith("real@"))
+    assert wrong["difference"]["macro_auroc"]["high"] < 0
+    assert wrong["synthetic"]["macro_auroc"]["value"] < 0.65
+
+
+def test_reid_links_copies_of_training_images(phantoms, tmp_path):
+    """Verification on held-out phantom patients >= 0.9; copies of training images all above the threshold,
+    images of new patients mostly below."""
+    train, test = open_set(phantoms, "train", "train"), open_set(phantoms, "test", "real")
+    strangers = open_set(phantoms, "val", "val")
+    planted = [train.files[k] for k in range(0, 100, 10)]
+    generated = ImageSet("generated", tmp_path, [*planted, *strangers.files])
+    o = ReidOptions(enabled=True, arch="cnn", size=32, dim=64, steps=400)
+    found = reidentify(train, generated, test, o, _context(tmp_path / "cache"))
+    assert found["verification_auroc"]["value"] >= 0.9
+    best = np.asarray(found["generated_best"])
+    assert (best[:10] > found["threshold"]).all()
+    assert (best[10:] > found["threshold"]).mean() <= 0.2
+    assert found["closest_pairs"][0]["above"]
+
+
+def test_utility_and_reid_need_the_training_set(tmp_path):
+    args = ["evaluate", "--real", str(tmp_path), "--generated", str(tmp_path), "--out", str(tmp_path / "o")]
+    for flag in ("--utility", "--reid"):
+        with pytest.raises(ConfigError, match="needs --train"):
+            from cxrgen.config import load
+            from cxrgen.evaluate.command import Config
+
+            load(Config, overrides={"real": "r", "generated": "g", "out": "o", f"{flag[2:]}.enabled": True})
+    save_png(tmp_path / "a.png", render(32, 32, seed=1, bits=8))
+    assert cli([*args, "--utility.fractions", "0"]) == 2
