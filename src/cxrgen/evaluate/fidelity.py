@@ -93,11 +93,81 @@ class _FrechetByGroups:
         return max(float(((mean_a - mean_b) ** 2).sum() + trace_a + trace_b - 2 * trace_root), 0.0)
 
 
+class _FrechetByGram:
+    """The same as _FrechetByGroups for sets smaller than their feature dimension (a finding's images in
+    2,048-dimensional features), in the smaller set's size rather than the features': with C = Z_a Z_b' (Z: the
+    centred rows), the nonzero eigenvalues of S_a S_b are those of C'C / ((m - 1)(n - 1)), so Tr((S_a S_b)^1/2)
+    is from one eigenvalue problem the size of the smaller set. Leaving rows out deletes them from C and shifts
+    the rest by the left-out rows' sum; the Gram matrix G of C's columns (the smaller set's side) is updated for
+    that in place of being recomputed."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        self.mean_a, self.mean_b = a.mean(0), b.mean(0)
+        self.za, self.zb = a - self.mean_a, b - self.mean_b
+        self.norms_a, self.norms_b = (self.za**2).sum(1), (self.zb**2).sum(1)
+        self.swapped = len(a) < len(b)  # C's columns are the smaller set: b, or a when swapped
+        self.cross = self.zb @ self.za.T if self.swapped else self.za @ self.zb.T
+        self.gram = self.cross.T @ self.cross
+
+    @staticmethod
+    def _kept(n: int, rows: np.ndarray | None) -> np.ndarray:
+        return np.arange(n) if rows is None else np.setdiff1d(np.arange(n), rows, assume_unique=True)
+
+    @staticmethod
+    def _moments(z: np.ndarray, norms: np.ndarray, kept: np.ndarray, rows: np.ndarray | None) -> tuple:
+        """The kept rows' shift of the mean (centred coordinates) and covariance trace."""
+        n = len(kept)
+        shift = -z[rows].sum(0) / n if rows is not None and len(rows) else np.zeros(z.shape[1])
+        return shift, (float(norms[kept].sum()) - n * float(shift @ shift)) / (n - 1)
+
+    def _gram_without(self, rows: np.ndarray | None, cols: np.ndarray | None) -> np.ndarray:
+        """C'C with rows and columns of C left out (C's rows and columns each sum to 0: the sets are centred)."""
+        c, g = self.cross, self.gram
+        if rows is not None and len(rows) and cols is not None and len(cols):  # both at once: not from G
+            kept_rows, kept_cols = self._kept(len(c), rows), self._kept(len(g), cols)
+            shifted = c[np.ix_(kept_rows, kept_cols)] + c[np.ix_(rows, kept_cols)].sum(0) / len(kept_rows)
+            shifted += c[np.ix_(kept_rows, cols)].sum(1, keepdims=True) / len(kept_cols)
+            shifted += c[np.ix_(rows, cols)].sum() / (len(kept_rows) * len(kept_cols))
+            return shifted.T @ shifted
+        if rows is not None and len(rows):  # C[kept] + 1 r', r = C[rows] summed / kept
+            out = c[rows]
+            kept = len(c) - len(rows)
+            r = out.sum(0) / kept
+            return g - out.T @ out - kept * np.outer(r, r)
+        if cols is not None and len(cols):  # C[:, kept] + s 1', s = C[:, cols] summed / kept
+            kept_cols = self._kept(len(g), cols)
+            v = g[np.ix_(kept_cols, cols)].sum(1) / len(kept_cols)  # C[:, kept]' s
+            return (
+                g[np.ix_(kept_cols, kept_cols)]
+                + v[:, None]
+                + v[None, :]
+                + g[np.ix_(cols, cols)].sum() / len(kept_cols) ** 2
+            )
+        return g
+
+    def __call__(self, left_out_a: np.ndarray | None = None, left_out_b: np.ndarray | None = None) -> float:
+        kept_a, kept_b = self._kept(len(self.za), left_out_a), self._kept(len(self.zb), left_out_b)
+        shift_a, trace_a = self._moments(self.za, self.norms_a, kept_a, left_out_a)
+        shift_b, trace_b = self._moments(self.zb, self.norms_b, kept_b, left_out_b)
+        gram = self._gram_without(*((left_out_b, left_out_a) if self.swapped else (left_out_a, left_out_b)))
+        trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
+        trace_root /= np.sqrt((len(kept_a) - 1) * (len(kept_b) - 1))
+        means = self.mean_a + shift_a - self.mean_b - shift_b
+        return max(float(means @ means + trace_a + trace_b - 2 * trace_root), 0.0)
+
+
+def _frechet_by_groups(a: np.ndarray, b: np.ndarray) -> _FrechetByGroups | _FrechetByGram:
+    """Eigenvalue problems the size of the smaller set when it is smaller than the feature dimension (a finding's
+    images, or any small set, in 2,048-dimensional features), else the size of the features."""
+    return _FrechetByGram(a, b) if min(len(a), len(b)) < a.shape[1] else _FrechetByGroups(a, b)
+
+
 def fid_with_intervals(a: np.ndarray, b: np.ndarray, groups: int, seed: int) -> tuple[dict, dict]:
     """FID at these set sizes with a jackknife interval (how much it moves between draws of this size), and the
     bias-corrected FID with its interval (where it heads as the sets grow: FID's finite-sample bias shrinks as
     1/n, and the jackknife removes that term, as FID-infinity's extrapolation does)."""
-    frechet_ = _FrechetByGroups(a, b)
+    frechet_ = _frechet_by_groups(a, b)
     value = frechet_()
     if groups < 2 or min(len(a), len(b)) < 4:
         return {"value": value}, {"value": value}
@@ -105,8 +175,8 @@ def fid_with_intervals(a: np.ndarray, b: np.ndarray, groups: int, seed: int) -> 
     left_b = np.array([frechet_(left_out_b=g) for g in groups_of(len(b), groups, seed + 1)])
     plain = jackknife_summary(value, left_a, left_b)
     corrected = jackknife_summary(value, left_a, left_b, bias_correct=True)
-    plain["low"] = max(plain["low"], 0.0)
-    corrected["low"] = max(corrected["low"], 0.0)
+    for figure_ in (plain, corrected):  # FID is not negative: nor are its interval's ends (the estimate may be)
+        figure_["low"], figure_["high"] = max(figure_["low"], 0.0), max(figure_["high"], 0.0)
     return plain, corrected
 
 
