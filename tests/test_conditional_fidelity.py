@@ -4,6 +4,28 @@ import numpy as np
 import pytest
 
 from cxrgen.evaluate import fidelity
+from cxrgen.evaluate.labels import finding_names, images_by_finding
+
+# -- labels -------------------------------------------------------------------------------------------------------
+
+
+def test_findings_are_named_as_the_vocabulary_compares_them():
+    rows = [
+        {"findings": [{"label": "Pleural_Effusion", "locations": ["left"]}, {"label": "unchanged"}]},
+        {"findings": [{"label": "effusion"}, {"label": "Cardiomegaly"}]},
+        {"findings": [{"label": "No Finding"}]},
+        {"findings": []},
+        {"text": "a raw prompt"},
+        {"findings": [{"label": "exclude"}, {"label": "suboptimal study"}]},
+    ]
+    assert finding_names(rows[0]) == {"pleural effusion"}
+    groups = images_by_finding(rows)
+    assert {k: v.tolist() for k, v in groups.items()} == {
+        "pleural effusion": [0, 1],
+        "cardiomegaly": [1],
+        "normal": [2],
+    }
+
 
 # -- the distances ------------------------------------------------------------------------------------------------
 
