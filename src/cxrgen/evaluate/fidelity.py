@@ -4,7 +4,8 @@ Formulas: FID (Heusel et al. 2017) = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b
 2018) = unbiased MMD^2 with the cubic polynomial kernel; PRDC (Naeem et al. 2020) with k nearest neighbours.
 Intervals and FID's bias correction: the delete-a-group jackknife (intervals.py; METHOD below says it in words).
 
-The `fidelity` metric reports them for the real and generated sets in each extractor's features.
+The `fidelity` metric reports them for the real and generated sets in each extractor's features, and, where both
+sets are labelled, finding by finding (conditional_fidelity.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import option
+from ..config import ConfigError, option
 from ..contracts import MetricsDocument
+from . import conditional_fidelity
 from .html import as_figure, escape, figure, table, with_interval
 from .intervals import groups_of, jackknife, jackknife_summary
 from .metric import METRICS, EvaluationContext, Metric
@@ -301,11 +303,27 @@ class FidelityOptions:
         20, "groups per set for the delete-a-group jackknife behind the 95% intervals of FID, KID and PRDC (0: none)"
     )
     prdc_k: int = option(5, "neighbours for precision/recall/density/coverage")
+    min_per_finding: int = option(
+        50,
+        "fewest images with a finding, in the real set and in the generated set alike, for that finding's own "
+        "FID/KID/PRDC (by_finding; both sets need metadata.jsonl with findings). Below about 50 a finding's KID "
+        "interval is as wide as the gaps between findings and FID is mostly its small-sample bias; such findings "
+        "are listed with their counts instead",
+    )
+
+    def __post_init__(self) -> None:
+        if self.min_per_finding < 2:
+            raise ConfigError(
+                f"--fidelity.min-per-finding must be 2 or more (a covariance needs 2 images): {self.min_per_finding}"
+            )
 
 
-def distances(real: np.ndarray, generated: np.ndarray, o: FidelityOptions, seed: int) -> dict[str, Any]:
+def distances(
+    real: np.ndarray, generated: np.ndarray, o: FidelityOptions, seed: int, warn: bool = True
+) -> dict[str, Any]:
     """FID (at these sizes and bias-corrected), KID and PRDC between two feature sets, each with a 95% interval;
-    the headline is KID below STABLE_FID_IMAGES images a set, where FID still moves with the sample."""
+    the headline is KID below STABLE_FID_IMAGES images a set, where FID still moves with the sample (`warn`: log
+    that, as well as storing it)."""
     n = min(len(real), len(generated))
     fid_plain, fid_corrected = fid_with_intervals(real, generated, o.groups, seed)
     result: dict[str, Any] = {
@@ -328,7 +346,8 @@ def distances(real: np.ndarray, generated: np.ndarray, o: FidelityOptions, seed:
             f"FID from {n} images a set is biased upward and moves with the sample ({STABLE_FID_IMAGES}+ a set is "
             "usual): read KID, which is unbiased at any size, or the bias-corrected FID"
         )
-        log.warning(message)
+        if warn:
+            log.warning(message)
         result["warning"] = message
     return result
 
@@ -355,11 +374,25 @@ class FidelityMetric(Metric):
 
     def compute(self, ctx: EvaluationContext) -> dict[str, Any]:
         section = {}
+        options, seed = ctx.options(self), ctx.config.seed
+        why_not = conditional_fidelity.unavailable(ctx.real.rows, ctx.generated.rows)
         for ex in ctx.extractors:
             features = ctx.features[ex.name]
-            section[ex.name] = distances(features["real"], features["generated"], ctx.options(self), ctx.config.seed)
+            section[ex.name] = distances(features["real"], features["generated"], options, seed)
             if ex.random:
                 section[ex.name]["note"] = "random weights: a smoke test, not a measurement"
+            if why_not is not None:
+                section[ex.name]["by_finding_skipped"] = why_not
+                continue
+            section[ex.name]["by_finding"] = conditional_fidelity.by_finding(
+                features["real"],
+                features["generated"],
+                ctx.real.rows,
+                ctx.generated.rows,
+                options.min_per_finding,
+                lambda real, generated: distances(real, generated, options, seed, warn=False),
+                label=ex.name,
+            )
         return section
 
     def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
@@ -378,7 +411,10 @@ class FidelityMetric(Metric):
             lines.append(f"{name}{images}: " + "  ".join(f"{k} {v}" for k, v in figures.items() if v))
             prdc_ = "  ".join(f"{key} {with_interval(f['prdc'][key])}" for key in PRDC)
             lines.append(f"{' ' * len(name)}  {prdc_}")
-        return lines
+            if "by_finding" in f:
+                lines += conditional_fidelity.summary_lines(name, f["by_finding"])
+        skipped = {f["by_finding_skipped"] for f in section.values() if "by_finding_skipped" in f}
+        return lines + [f"by finding: not measured: {reason}" for reason in sorted(skipped)]
 
     def report_html(self, section: dict[str, Any], doc: MetricsDocument, folder: Path) -> str:
         rows, prdc_rows, notes = [], [], []
@@ -409,7 +445,15 @@ class FidelityMetric(Metric):
             ax.legend(ncol=4, fontsize=8)
             ax.set_title("precision, recall, density, coverage (k-NN, Naeem et al. 2020), 95% intervals")
 
-        return out + figure(bars)
+        out += figure(bars)
+        for name, f in section.items():
+            if "by_finding" in f:
+                out += conditional_fidelity.report_html(name, f["by_finding"], f["kid"], PRDC)
+        skipped = {f["by_finding_skipped"] for f in section.values() if "by_finding_skipped" in f}
+        out += "".join(f'<p class="note">by finding: not measured: {escape(reason)}</p>' for reason in sorted(skipped))
+        if any("by_finding" in f for f in section.values()):
+            out += f'<p class="note">{escape(conditional_fidelity.METHOD)}</p>'
+        return out
 
 
 PRDC = ("precision", "recall", "density", "coverage")
