@@ -2,9 +2,11 @@
 
 Two phantom releases with different seeds are prepared at 256 px: one plays the real (and training) set, the other
 the generated set. Evaluation runs with the FID Inception network (FID, KID, PRDC with jackknife intervals),
-MS-SSIM diversity and memorization against the 2,000 training images; then once more, reading cached features.
+MS-SSIM diversity and memorization against the 2,000 training images; then once more, reading cached features;
+then, with --utility-reid, once more with the utility classifiers and the re-identification network at CPU-sized
+settings (UTILITY_REID below), whose extra minutes are what they add; and again, reading the trained networks.
 Acceptance (issue 5): it runs here, and the time is reported.
-Run: .venv/bin/python benchmarks/evaluate_speed.py [--images 2000]
+Run: .venv/bin/python benchmarks/evaluate_speed.py [--images 2000] [--utility-reid]
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from cxrgen.cli import main as cli
 from cxrgen.contracts import MetricsDocument
 
 OUT = Path(__file__).parent / "out" / "evaluate_speed"
+# ResNet-18 at 64 px: a CPU-sized classifier and embedding network (a GPU affords the defaults, 224 / 128 px).
+# Only their time counts here: the real set is also the training set, so their figures mean nothing.
+UTILITY_REID = ["--utility", "--utility.size", "64", "--utility.steps", "200", "--utility.fractions", "0.25", "1"]
+UTILITY_REID += ["--reid", "--reid.size", "64", "--reid.steps", "300"]
 
 
 def run(cmd: list[str]) -> None:
@@ -60,11 +66,16 @@ def dataset(name: str, n: int, seed: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000, help="images per set")
+    parser.add_argument("--utility-reid", action="store_true", help="also time --utility and --reid")
     args = parser.parse_args()
     real, generated = dataset("real", args.images, 1), dataset("generated", args.images, 2)
     cache = OUT / "cache"
     times = []
-    for attempt in ("first (features computed)", "second (features cached)"):
+    attempts = {"first (features computed)": [], "second (features cached)": []}
+    if args.utility_reid:
+        attempts["third (cached features, + utility and re-ID)"] = UTILITY_REID
+        attempts["fourth (+ utility and re-ID, networks cached)"] = UTILITY_REID
+    for attempt, extra in attempts.items():
         start = time.perf_counter()
         run(
             [
@@ -85,6 +96,7 @@ def main() -> None:
                 str(args.images),
                 "--cache-dir",
                 str(cache),
+                *extra,
             ]
         )
         times.append((attempt, time.perf_counter() - start))
@@ -93,6 +105,9 @@ def main() -> None:
     print(f"\nsets (images, sizes): {sizes}")
     for attempt, seconds in times:
         print(f"evaluate, {attempt}: {seconds:.0f} s ({seconds / 60:.1f} min)")
+    if args.utility_reid:
+        added = (times[2][1] - times[1][1]) / 60
+        print(f"utility and re-identification add {added:.1f} min ({' '.join(UTILITY_REID)})")
 
 
 if __name__ == "__main__":

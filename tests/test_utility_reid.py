@@ -118,3 +118,27 @@ def test_utility_and_reid_need_the_training_set(tmp_path):
             load(Config, overrides={"real": "r", "generated": "g", "out": "o", f"{flag[2:]}.enabled": True})
     save_png(tmp_path / "a.png", render(32, 32, seed=1, bits=8))
     assert cli([*args, "--utility.fractions", "0"]) == 2
+
+
+def test_evaluate_answers_faithful_useful_safe(phantoms, tmp_path):
+    """`cxrgen evaluate --utility --reid` end to end: both sections in metrics.json, their summary lines, and the
+    report opening with the three questions, each answered or saying how to measure it."""
+    from cxrgen.contracts import MetricsDocument
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--real", str(phantoms), "--real-split", "test", "--generated", str(phantoms)]
+    args += ["--train", str(phantoms), "--out", str(out), "--max-images", "60", "--max-train-images", "150"]
+    args += ["--extractors", "torchvision:resnet18", "--weights", "torchvision:resnet18=random"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--utility", "--utility.arch", "cnn", "--utility.size", "32"]
+    args += ["--utility.steps", "20", "--utility.fractions", "0.5", "1", "--utility.min-positives", "2"]
+    args += ["--reid", "--reid.arch", "cnn", "--reid.size", "32", "--reid.steps", "20", "--reid.dim", "16"]
+    assert cli(args) == 0
+    doc = MetricsDocument.read(out)
+    assert {"utility", "reid"} <= set(doc.sections)
+    assert [p["fraction"] for p in doc.sections["utility"]["scarcity"]] == [0.5, 1.0]
+    assert "value" in doc.sections["reid"]["verification_auroc"]
+    page = (out / "report.html").read_text()
+    assert page.index("Faithful, useful, safe?") < page.index("Image sets")
+    for title in ("Utility: a classifier", "Re-identification: can"):
+        assert title in page
+    assert "not measured" in page  # adherence: no classifier of findings was given

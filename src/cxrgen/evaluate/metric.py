@@ -57,6 +57,7 @@ class Metric:
     title: ClassVar[str]  # its section's title in report.html
     Options: ClassVar[type | None] = None  # its own settings, a dataclass of `config.option` fields
     not_measured: ClassVar[str]  # what it would take to measure it, for a report without its section
+    question: ClassVar[str | None] = None  # which of QUESTIONS its verdict answers, if any
 
     def check_config(self, config: Any) -> None:
         """Raise ConfigError when the settings cannot work together (called as the config is built)."""
@@ -81,8 +82,34 @@ class Metric:
         """Its section of report.html, for a measured section (`folder` holds metrics.json)."""
         raise NotImplementedError
 
+    def verdict(self, section: dict[str, Any], doc: MetricsDocument) -> tuple[str, str]:
+        """(one line answering its question, the caveats a reader needs: set sizes, what the figure rests on)."""
+        raise NotImplementedError
+
 
 METRICS: Registry[type[Metric]] = Registry("evaluation metric")
+QUESTIONS = {
+    "faithful": "Is the synthetic set faithful? (fidelity, adherence)",
+    "useful": "Is it useful? (a classifier trained with it, on real patients)",
+    "safe": "Is it safe? (copies of training images, links to training patients)",
+}
+
+
+def answers(doc: MetricsDocument) -> dict[str, list[tuple[str, str, str]]]:
+    """For each question: (metric title, verdict, caveats) of every measured metric that answers it; a question
+    no measured metric answers gets what measuring it would take."""
+    out: dict[str, list[tuple[str, str, str]]] = {q: [] for q in QUESTIONS}
+    for name, cls in METRICS.items():
+        metric = cls()
+        if metric.question is None:
+            continue
+        section = doc.sections.get(name)
+        if section is None or skipped(section) is not None:
+            why = metric.not_measured if section is None else skipped(section)
+            out[metric.question].append((metric.title, "not measured", why or ""))
+        else:
+            out[metric.question].append((metric.title, *metric.verdict(section, doc)))
+    return out
 
 
 def measure(metric: Metric, ctx: EvaluationContext) -> dict[str, Any] | None:

@@ -234,6 +234,7 @@ class ReidMetric(Metric):
     title = "Re-identification: can a synthetic image be linked to a training patient?"
     Options = ReidOptions
     not_measured = "give --reid and --train (training images with patient keys); it trains a verification network"
+    question = "safe"
 
     def check_config(self, config: Any) -> None:
         o: ReidOptions = config.reid
@@ -256,6 +257,15 @@ class ReidMetric(Metric):
     def compute(self, ctx: EvaluationContext) -> dict[str, Any]:
         assert ctx.train is not None
         return reidentify(ctx.train, ctx.generated, ctx.real, ctx.options(self), ctx)
+
+    def verdict(self, section: dict[str, Any], doc: MetricsDocument) -> tuple[str, str]:
+        net = section["network"]
+        return verdict(section), (
+            f"{len(section['generated_best'])} synthetic images against {doc.sets['train']['images']} training "
+            f"images; {net['arch']} at {net['size']} px, trained on {net['training_patients']} patients with two "
+            f"or more images; the threshold lets {section['alpha']:.0%} of {len(section['held_out_best'])} held-out "
+            "real images through"
+        )
 
     def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
         auroc = section["verification_auroc"]

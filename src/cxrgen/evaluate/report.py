@@ -19,7 +19,7 @@ from ..grid import image_grid
 from ..records import findings_from_value
 from .html import CSS, escape, figure, img, note, table
 from .imagesets import open_set
-from .metric import METRICS, from_images, section_html
+from .metric import METRICS, QUESTIONS, answers, from_images, section_html
 
 
 @dataclass
@@ -43,7 +43,8 @@ def write_report(folder: str | Path) -> Path:
     """report.html beside the folder's metrics.json (of any schema version this cxrgen reads)."""
     folder = Path(folder)
     doc = MetricsDocument.read(folder)
-    sections = [("Image sets", _sets(doc)), ("Samples by condition", from_images(_samples, doc))]
+    sections = [("Faithful, useful, safe?", _answers(doc)), ("Image sets", _sets(doc))]
+    sections.append(("Samples by condition", from_images(_samples, doc)))
     sections += [
         (metric.title, section_html(metric(), doc.sections.get(name), doc, folder)) for name, metric in METRICS.items()
     ]
@@ -71,6 +72,21 @@ def write_report(folder: str | Path) -> Path:
     path = folder / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _answers(doc: MetricsDocument) -> str:
+    """The three questions side by side, each with its metrics' one-line verdicts and caveats."""
+    cells = []
+    for question, found in answers(doc).items():
+        lines = "".join(
+            f"<li><b>{escape(title)}</b>: {escape(verdict)}<br><span class='note'>{escape(caveat)}</span></li>"
+            for title, verdict, caveat in found
+        )
+        cells.append(
+            f"<td style='vertical-align:top;text-align:left'><h3>{escape(QUESTIONS[question])}</h3>"
+            f"<ul>{lines}</ul></td>"
+        )
+    return f"<table class='questions'><tr>{''.join(cells)}</tr></table>"
 
 
 def _sets(doc: MetricsDocument) -> str:

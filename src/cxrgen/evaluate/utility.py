@@ -22,11 +22,10 @@ import torch
 
 from ..config import ConfigError, option
 from ..contracts import MetricsDocument
-from ..records import findings_from_value, name_key
-from ..vocabulary import standard_key
-from .adherence import NOT_STATEMENTS, auroc
+from .adherence import auroc
 from .html import escape, figure, note, table, with_interval
 from .imagesets import ImageSet
+from .labels import finding_names
 from .metric import METRICS, EvaluationContext, Metric
 from .networks import backbone, digest, fit, outputs, pixels
 
@@ -37,21 +36,15 @@ def finding_labels(rows: list[dict[str, Any]], names: list[str]) -> np.ndarray:
     """(images, findings) int8: 1 has it, 0 states findings without it, -1 states none."""
     labels = np.full((len(rows), len(names)), -1, dtype=np.int8)
     for i, row in enumerate(rows):
-        stated = [f.label for f in findings_from_value(row.get("findings"))]
-        if any(name_key(label) not in NOT_STATEMENTS for label in stated):
-            have = {standard_key(label) for label in stated}
-            labels[i] = [name in have for name in names]
+        stated = finding_names(row)
+        if stated:
+            labels[i] = [name in stated for name in names]
     return labels
 
 
 def carried(rows: list[dict[str, Any]]) -> set[str]:
-    """The findings a set's labels name (standard names), normal and non-statements left out."""
-    return {
-        standard_key(f.label)
-        for row in rows
-        for f in findings_from_value(row.get("findings"))
-        if name_key(f.label) not in NOT_STATEMENTS | {"normal"}
-    }
+    """The findings a set's labels name (standard names), normal left out."""
+    return set().union(*(finding_names(row) for row in rows)) - {"normal"}
 
 
 def patient_fractions(rows: list[dict[str, Any]], fractions: list[float], seed: int) -> dict[float, np.ndarray]:
@@ -289,6 +282,7 @@ class UtilityMetric(Metric):
     title = "Utility: a classifier trained with synthetic images, tested on real ones"
     Options = UtilityOptions
     not_measured = "give --utility and --train (labelled real training images); it trains classifiers"
+    question = "useful"
 
     def check_config(self, config: Any) -> None:
         o: UtilityOptions = config.utility
@@ -311,6 +305,14 @@ class UtilityMetric(Metric):
     def compute(self, ctx: EvaluationContext) -> dict[str, Any]:
         assert ctx.train is not None  # check_config requires it
         return utility(ctx.train, ctx.generated, ctx.real, ctx.options(self), ctx)
+
+    def verdict(self, section: dict[str, Any], doc: MetricsDocument) -> tuple[str, str]:
+        n, d = section["images"], section["difference"]["macro_auroc"]
+        width = f"; the difference's interval is {d['high'] - d['low']:.3f} wide" if "low" in d else ""
+        return verdict(section), (
+            f"{n['real_train']} real training, {n['synthetic']} synthetic and {n['test']} real test images, "
+            f"{len(section['findings'])} findings; {section['method']}{width}"
+        )
 
     def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
         lines = [
