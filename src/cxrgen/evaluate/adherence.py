@@ -23,6 +23,7 @@ from ..vocabulary import standard_key
 from .extractors import Extractor
 from .html import escape, note, table, with_interval
 from .intervals import delong
+from .labels import NOT_STATEMENTS
 from .metric import METRICS, EvaluationContext, Metric
 
 # PadChest / CheXpert label -> torchxrayvision output; other names reach these by their standard names
@@ -74,9 +75,6 @@ def _name(label: str) -> str:
 
 def _labels(row: dict[str, Any]) -> list[str]:
     return [f.label for f in findings_from_value(row.get("findings"))]
-
-
-NOT_STATEMENTS = {"unchanged", "exclude", "suboptimal study"}  # PadChest labels that say nothing about findings
 
 
 def _answers(rows: list[dict[str, Any]], outputs: tuple[str, ...], mapping: dict[str, str]) -> np.ndarray:
@@ -191,6 +189,7 @@ class AdherenceMetric(Metric):
 
     name = "adherence"
     title = "Prompt adherence"
+    question = "faithful"
     not_measured = (
         "needs a classifier of findings, e.g. --extractors inception xrv "
         "--weights xrv=densenet121-res224-all.pt --allow-pickle"
@@ -221,6 +220,22 @@ class AdherenceMetric(Metric):
         if not ctx.real.rows:
             measured["real_note"] = f"no real-image ceiling: {ctx.real.root} has no labels (metadata.jsonl)"
         return {"classifier": classifier.identity, **measured}
+
+    def verdict(self, section: dict[str, Any], doc: MetricsDocument) -> tuple[str, str]:
+        mean = section.get("mean_auroc")
+        if mean is None:
+            return "not measurable: no finding had images asking for it and others not", ""
+        found = "low" in mean and mean["low"] > 0.5
+        line = (
+            f"the classifier {'finds' if found else 'does not clearly find'} the requested findings "
+            f"(mean AUROC {with_interval(mean)}"
+        )
+        if section.get("real_mean_auroc"):
+            line += f"; on real images {with_interval(section['real_mean_auroc'])}"
+        return line + ")", (
+            f"{len(section['per_finding'])} findings, {doc.sets['generated']['images']} generated images; "
+            f"classifier {section['classifier']}"
+        )
 
     def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
         if section["mean_auroc"] is None:

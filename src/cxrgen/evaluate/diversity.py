@@ -94,6 +94,7 @@ class DiversityMetric(Metric):
     """How alike the generated images are, within a prompt and across the set (the real set for scale)."""
 
     name = "diversity"
+    question = "faithful"
     title = "Diversity"
     Options = DiversityOptions
     not_measured = "run cxrgen evaluate on --real and --generated images"
@@ -105,6 +106,20 @@ class DiversityMetric(Metric):
             "generated_across_set": across_set(ctx.generated, o.pairs, seed=seed),
             "real_across_set": across_set(ctx.real, o.pairs, seed=seed),
         }
+
+    def verdict(self, section: dict[str, Any], doc: MetricsDocument) -> tuple[str, str]:
+        """Whether generated images resemble each other more than real ones do (MS-SSIM across the set)."""
+        gen, real = _mean(section["generated_across_set"]), _mean(section["real_across_set"])
+        if "low" in gen and "low" in real and gen["low"] > real["high"]:
+            word = "less diverse than"
+        elif "low" in gen and "low" in real and gen["high"] < real["low"]:
+            word = "more varied than"
+        else:
+            word = "as diverse as"
+        return (
+            f"{word} the real set (MS-SSIM across the set {with_interval(gen)}, real {with_interval(real)})",
+            f"{section['generated_across_set']['pairs']} random pairs a set; overlapping intervals: no difference seen",
+        )
 
     def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
         lines = []

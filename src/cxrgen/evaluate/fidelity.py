@@ -371,6 +371,26 @@ class FidelityMetric(Metric):
     title = "Fidelity"
     Options = FidelityOptions
     not_measured = "run cxrgen evaluate on --real and --generated images"
+    question = "faithful"
+
+    def verdict(self, section: dict[str, Any], doc: MetricsDocument) -> tuple[str, str]:
+        """Per extractor: whether KID's interval (unbiased at any size) excludes 0, with precision and recall."""
+        lines, caveats = [], []
+        for name, f in section.items():
+            kid = as_figure(f["kid"])
+            told = "low" in kid and kid["low"] > 0
+            p, r = (as_figure(f["prdc"][k])["value"] for k in ("precision", "recall"))
+            lines.append(
+                f"{name}: {'distinguishable from' if told else 'not distinguishable from'} the real set "
+                f"(KID {with_interval(kid, 5)}; precision {p:.2f}, recall {r:.2f})"
+            )
+            if f.get("note"):
+                caveats.append(f"{name}: {f['note']}")
+        sizes = f"{doc.sets['real']['images']} real and {doc.sets['generated']['images']} generated images"
+        return "; ".join(lines), "; ".join([sizes, *caveats]) + (
+            "; KID's interval is a delete-a-group jackknife; an interval that holds 0 means no difference was "
+            "detected at this size, not that there is none"
+        )
 
     def compute(self, ctx: EvaluationContext) -> dict[str, Any]:
         section = {}

@@ -144,6 +144,7 @@ class ForgettingOptions:
 class ForgettingMetric(Metric):
     name = "forgetting"
     title = "Forgetting: generic prompts, fine-tuned vs base"
+    question = "faithful"
     Options = ForgettingOptions
     not_measured = "give --run RUN --forgetting.enabled"
 
@@ -159,6 +160,15 @@ class ForgettingMetric(Metric):
         o, c = ctx.options(self), ctx.config
         return forgetting(
             c.run, ctx.out / "forgetting", ctx.primary, o.images, o.steps, c.seed, c.cache_dir, c.batch_size, ctx.device
+        )
+
+    def verdict(self, section: dict[str, Any], doc: MetricsDocument) -> tuple[str, str]:
+        generic, control = section["generic_feature_cosine"], section["control_feature_cosine"]
+        return (
+            f"generic prompts {generic:.3f} feature cosine to the base model's images, the chest x-ray control "
+            f"{control:.3f}: "
+            + ("prior concepts kept more than the control" if generic > control else "the prior moved as the control"),
+            f"{len(section['per_prompt'])} prompts, the same seeds in both models; a point figure, no interval",
         )
 
     def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
