@@ -137,8 +137,18 @@ def test_evaluate_answers_faithful_useful_safe(phantoms, tmp_path):
     assert {"utility", "reid"} <= set(doc.sections)
     assert [p["fraction"] for p in doc.sections["utility"]["scarcity"]] == [0.5, 1.0]
     assert "value" in doc.sections["reid"]["verification_auroc"]
+    assert "warning" not in doc.sections["reid"] and "warning" not in doc.sections["utility"]
     page = (out / "report.html").read_text()
     assert page.index("Faithful, useful, safe?") < page.index("Image sets")
     for title in ("Utility: a classifier", "Re-identification: can"):
         assert title in page
     assert "not measured" in page  # adherence: no classifier of findings was given
+
+
+def test_a_held_out_set_that_shares_patients_with_training_is_called_out(phantoms):
+    from cxrgen.evaluate.networks import overlap_warning
+
+    train, test = open_set(phantoms, "train", "train"), open_set(phantoms, "test", "real")
+    assert overlap_warning(test, train) is None
+    warning = overlap_warning(train, train)
+    assert warning is not None and f"shares {len(train)} images" in warning

@@ -208,3 +208,17 @@ def digest(*arrays: np.ndarray | torch.Tensor) -> str:
     for a in arrays:
         h.update(np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else a).tobytes())
     return h.hexdigest()[:16]
+
+
+def overlap_warning(test: ImageSet, train: ImageSet) -> str | None:
+    """A warning when the real images meant to be unseen include training images (the same files, or the same
+    patients): the figures that rest on them would flatter the networks."""
+    shared = {f.resolve() for f in test.files} & {f.resolve() for f in train.files}
+    keys = {r.get("patient_key") for r in test.rows if r.get("patient_key")}
+    patients = keys & {r.get("patient_key") for r in train.rows if r.get("patient_key")}
+    if shared or patients:
+        return (
+            f"the real set shares {len(shared)} images and {len(patients)} patients with the training set: use "
+            "images of other patients (a prepared dataset's test split) for figures that mean something"
+        )
+    return None

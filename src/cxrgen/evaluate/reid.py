@@ -27,7 +27,7 @@ from .html import escape, figure, img, note, table, with_interval
 from .imagesets import ImageSet, load_gray
 from .intervals import delong, wilson
 from .metric import METRICS, EvaluationContext, Metric
-from .networks import backbone, digest, fit, outputs, pixels
+from .networks import backbone, digest, fit, outputs, overlap_warning, pixels
 
 
 class Siamese(torch.nn.Module):
@@ -185,7 +185,9 @@ def reidentify(
     above = int((gen_best > threshold).sum())
     lo, hi = wilson(above, len(gen_best))
     order = np.argsort(-gen_best)[: o.pairs_shown]
+    warning = overlap_warning(held_out, train)
     return {
+        **({"warning": warning} if warning else {}),
         "network": {"arch": o.arch, "size": o.size, "dim": o.dim, "training_patients": int(len(np.unique(owners)))}
         | {"training_images": int(len(repeat))}
         | record,
@@ -260,7 +262,7 @@ class ReidMetric(Metric):
 
     def verdict(self, section: dict[str, Any], doc: MetricsDocument) -> tuple[str, str]:
         net = section["network"]
-        return verdict(section), (
+        return verdict(section), (section.get("warning", "") + "; " if section.get("warning") else "") + (
             f"{len(section['generated_best'])} synthetic images against {doc.sets['train']['images']} training "
             f"images; {net['arch']} at {net['size']} px, trained on {net['training_patients']} patients with two "
             f"or more images; the threshold lets {section['alpha']:.0%} of {len(section['held_out_best'])} held-out "
@@ -277,10 +279,10 @@ class ReidMetric(Metric):
             f"  {section['above_threshold']} of {len(section['generated_best'])} synthetic images "
             f"({with_interval(section['share_above'])}) above the threshold {section['threshold']:.3f} "
             f"that {section['alpha']:.0%} of held-out real images pass",
-        ]
+        ] + ([f"  warning: {section['warning']}"] if section.get("warning") else [])
 
     def report_html(self, section: dict[str, Any], doc: MetricsDocument, folder: Path) -> str:
-        out = [f"<p>{escape(verdict(section))}</p>"]
+        out = [f"<p>{escape(verdict(section))}</p>", note(section["warning"]) if section.get("warning") else ""]
         net = section["network"]
         rows = [
             [

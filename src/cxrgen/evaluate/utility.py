@@ -27,7 +27,7 @@ from .html import escape, figure, note, table, with_interval
 from .imagesets import ImageSet
 from .labels import finding_names
 from .metric import METRICS, EvaluationContext, Metric
-from .networks import backbone, digest, fit, outputs, pixels
+from .networks import backbone, digest, fit, outputs, overlap_warning, pixels
 
 LEVEL = 95
 
@@ -226,7 +226,9 @@ def utility(
         }
 
     full = max(o.fractions)
+    warning = overlap_warning(test, train)
     return {
+        **({"warning": warning} if warning else {}),
         "classifier": {k: getattr(o, k) for k in ("arch", "weights", "size", "steps", "batch_size", "learning_rate")},
         "findings": names,
         "counts": {
@@ -309,7 +311,7 @@ class UtilityMetric(Metric):
     def verdict(self, section: dict[str, Any], doc: MetricsDocument) -> tuple[str, str]:
         n, d = section["images"], section["difference"]["macro_auroc"]
         width = f"; the difference's interval is {d['high'] - d['low']:.3f} wide" if "low" in d else ""
-        return verdict(section), (
+        return verdict(section), (section.get("warning", "") + "; " if section.get("warning") else "") + (
             f"{n['real_train']} real training, {n['synthetic']} synthetic and {n['test']} real test images, "
             f"{len(section['findings'])} findings; {section['method']}{width}"
         )
@@ -321,7 +323,7 @@ class UtilityMetric(Metric):
             f"{with_interval(section['real_synthetic']['macro_auroc'])}, synthetic only "
             f"{with_interval(section['synthetic']['macro_auroc'])}",
             f"  {verdict(section)}",
-        ]
+        ] + ([f"  warning: {section['warning']}"] if section.get("warning") else [])
         for point in section["scarcity"]:
             if point["fraction"] < 1:
                 lines.append(
@@ -351,7 +353,8 @@ class UtilityMetric(Metric):
             + [with_interval(section[k]["macro_auroc"]) for k in ("real", "real_synthetic", "synthetic", "difference")]
         )
         header = ["finding", "real train +", "synthetic +", "test + / -", "(a) real", "(b) real + synthetic"]
-        out = f"<p>{escape(verdict(section))}</p>" + table([*header, "(c) synthetic", "(b) - (a)"], rows)
+        out = f"<p>{escape(verdict(section))}</p>" + (note(section["warning"]) if section.get("warning") else "")
+        out += table([*header, "(c) synthetic", "(b) - (a)"], rows)
 
         def scarcity(ax: Any) -> None:
             points = section["scarcity"]
