@@ -120,12 +120,10 @@ class _Trainer:
         def make() -> torch.nn.Module:
             return backbone(o.arch, len(self.names), o.weights, self.allow_pickle)
 
-        fitted = fit("classifier", inputs, make, loss, o.steps, o.learning_rate, self.ctx.config.seed, *self._where())
+        config = self.ctx.config
+        fitted = fit("classifier", inputs, make, loss, o.steps, o.learning_rate, config.seed, config.cache_dir, device)
         probabilities = torch.sigmoid(outputs(fitted.net, test, device)).numpy()
         return probabilities, {k: fitted.log[k] for k in ("seconds", "cached")} | {"loss": fitted.log["loss"][-1][1]}
-
-    def _where(self) -> tuple[str | None, str]:
-        return self.ctx.config.cache_dir, self.ctx.device
 
 
 def _shifted(batch: torch.Tensor, generator: torch.Generator, share: float = 0.04) -> torch.Tensor:
@@ -156,8 +154,8 @@ def _figure(value: float, draws: np.ndarray) -> dict[str, Any]:
 
 
 def score_runs(labels: np.ndarray, probabilities: dict[str, np.ndarray], rounds: int, seed: int) -> dict[str, Any]:
-    """Per run: AUROC per finding and macro AUROC with intervals, every run on the same bootstrap draws of test
-    images (so that differences between runs are paired)."""
+    """Per run: (AUROC per finding, the same on each bootstrap draw of test images: (rounds, findings)); every run
+    is scored on the same draws, so that differences between runs are paired."""
     n = len(labels)
     everyone = np.arange(n)
     draws = np.random.default_rng(seed).integers(0, n, (rounds, n))
