@@ -301,7 +301,7 @@ class CopyIndex:
         query_groups: np.ndarray | None = None,
         groups: np.ndarray | None = None,
         candidates: int = CANDIDATES,
-        block: int = 32,
+        block: int = 64,
         chunk: int = 4096,
         desc: str = "matching",
     ) -> Match:
