@@ -218,3 +218,12 @@ def test_a_phantom_patient_keeps_one_body_across_studies():
     strangers_ids = draw_studies(300, 2, patients=False)
     assert [s.patient for s in strangers_ids] == [s.patient for s in studies]
     assert any(b.sex != a.sex for a, b in zip(strangers_ids, strangers_ids[1:], strict=False) if a.patient == b.patient)
+
+
+def test_the_share_of_repeat_studies_is_set_by_repeats():
+    from cxrgen.phantom.release import draw_studies
+
+    for repeats in (0.2, 0.6):
+        studies = draw_studies(2000, 5, repeats=repeats)
+        share = 1 - len({s.patient for s in studies}) / len(studies)
+        assert abs(share - repeats) < 0.04

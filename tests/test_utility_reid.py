@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from cxrgen.cli import main as cli
-from cxrgen.config import ConfigError
 from cxrgen.evaluate.imagesets import ImageSet, open_set
 from cxrgen.evaluate.reid import ReidOptions, reidentify
 from cxrgen.evaluate.utility import UtilityOptions, finding_labels, patient_fractions, utility
@@ -24,7 +23,20 @@ from tests.helpers import save_png
 def phantoms(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantoms")
     release, data = root / "release", root / "prepared"
-    args = ["phantom", "--out", str(release), "--n", "700", "--size", "64", "--seed", "21", "--square"]
+    args = [
+        "phantom",
+        "--out",
+        str(release),
+        "--n",
+        "700",
+        "--size",
+        "64",
+        "--seed",
+        "21",
+        "--square",
+        "--repeats",
+        "0.5",
+    ]
     assert cli([*args, "--findings-rate", "0.7", "--max-findings", "1", "--background", "0"]) == 0
     prepare = ["prepare", "--source", "padchest", "--csv", str(release / "phantom_padchest.csv.gz")]
     prepare += ["--images", str(release), "--out", str(data), "--image.resolution", "64", "--no-image.crop-border"]
@@ -99,7 +111,7 @@ def test_reid_links_copies_of_training_images(phantoms, tmp_path):
     strangers = open_set(phantoms, "val", "val")
     planted = [train.files[k] for k in range(0, 100, 10)]
     generated = ImageSet("generated", tmp_path, [*planted, *strangers.files])
-    o = ReidOptions(enabled=True, arch="cnn", size=32, dim=64, steps=400)
+    o = ReidOptions(enabled=True, arch="cnn", size=32, dim=64, steps=600)
     found = reidentify(train, generated, test, o, _context(tmp_path / "cache"))
     assert found["verification_auroc"]["value"] >= 0.9
     best = np.asarray(found["generated_best"])
@@ -108,16 +120,15 @@ def test_reid_links_copies_of_training_images(phantoms, tmp_path):
     assert found["closest_pairs"][0]["above"]
 
 
-def test_utility_and_reid_need_the_training_set(tmp_path):
+def test_utility_and_reid_need_the_training_set(tmp_path, capsys):
+    save_png(tmp_path / "a.png", render(32, 32, seed=1, bits=8))
     args = ["evaluate", "--real", str(tmp_path), "--generated", str(tmp_path), "--out", str(tmp_path / "o")]
     for flag in ("--utility", "--reid"):
-        with pytest.raises(ConfigError, match="needs --train"):
-            from cxrgen.config import load
-            from cxrgen.evaluate.command import Config
-
-            load(Config, overrides={"real": "r", "generated": "g", "out": "o", f"{flag[2:]}.enabled": True})
-    save_png(tmp_path / "a.png", render(32, 32, seed=1, bits=8))
+        assert cli([*args, flag]) == 2
+        assert f"{flag} needs --train" in capsys.readouterr().err
     assert cli([*args, "--utility.fractions", "0"]) == 2
+    assert "--utility.fractions must be shares in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_evaluate_answers_faithful_useful_safe(phantoms, tmp_path):

@@ -136,6 +136,22 @@ def _load_except_head(net: torch.nn.Module, path: str, allow_pickle: bool) -> No
         )
 
 
+def shifted(batch: torch.Tensor, generator: torch.Generator, share: float = 0.04) -> torch.Tensor:
+    """The batch moved by up to `share` of its side (zeros come in): positioning varies between films."""
+    side = batch.shape[-1]
+    most = max(1, int(side * share))
+    dy, dx = (int(v) for v in torch.randint(-most, most + 1, (2,), generator=generator))
+    padded = torch.nn.functional.pad(batch, (most, most, most, most))
+    return padded[..., most + dy : most + dy + side, most + dx : most + dx + side]
+
+
+def exposed(batch: torch.Tensor, generator: torch.Generator, spread: float = 0.2) -> torch.Tensor:
+    """uint8 images as [0, 1] floats under another exposure: a gain and a gamma within 1 +- spread, per image
+    (two studies of one patient are rarely exposed alike)."""
+    gain, gamma = (1 + spread * (2 * torch.rand(2, len(batch), 1, 1, 1, generator=generator) - 1)).unbind(0)
+    return ((batch.float() / 255.0) ** gamma * gain).clamp(0, 1)
+
+
 @dataclass
 class Fitted:
     net: torch.nn.Module

@@ -27,7 +27,7 @@ from .html import escape, figure, img, note, table, with_interval
 from .imagesets import ImageSet, load_gray
 from .intervals import delong, wilson
 from .metric import METRICS, EvaluationContext, Metric
-from .networks import backbone, digest, fit, outputs, overlap_warning, pixels
+from .networks import backbone, digest, exposed, fit, outputs, overlap_warning, pixels, shifted
 
 
 class Siamese(torch.nn.Module):
@@ -145,7 +145,8 @@ def reidentify(
 
     def loss(net: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
         a, b, same = sample_pairs(patients, o.batch_size, generator)
-        logits = net(train_px[a].to(ctx.device), train_px[b].to(ctx.device))
+        varied = [exposed(shifted(train_px[i], generator), generator).to(ctx.device) for i in (a, b)]
+        logits = net(*varied)  # each image moved and exposed anew: what two studies of one patient differ by
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, same.to(ctx.device))
 
     if o.weights:

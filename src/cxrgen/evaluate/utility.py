@@ -27,7 +27,7 @@ from .html import escape, figure, note, table, with_interval
 from .imagesets import ImageSet
 from .labels import finding_names
 from .metric import METRICS, EvaluationContext, Metric
-from .networks import backbone, digest, fit, outputs, overlap_warning, pixels
+from .networks import backbone, digest, fit, outputs, overlap_warning, pixels, shifted
 
 LEVEL = 95
 
@@ -101,7 +101,7 @@ class _Trainer:
 
         def loss(net: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
             rows = torch.randint(0, len(images), (o.batch_size,), generator=generator)
-            batch = _shifted(images[rows], generator).to(device)
+            batch = shifted(images[rows], generator).to(device)
             target = labels[rows].to(device)
             known = target >= 0
             logits = net(batch)
@@ -124,15 +124,6 @@ class _Trainer:
         fitted = fit("classifier", inputs, make, loss, o.steps, o.learning_rate, config.seed, config.cache_dir, device)
         probabilities = torch.sigmoid(outputs(fitted.net, test, device)).numpy()
         return probabilities, {k: fitted.log[k] for k in ("seconds", "cached")} | {"loss": fitted.log["loss"][-1][1]}
-
-
-def _shifted(batch: torch.Tensor, generator: torch.Generator, share: float = 0.04) -> torch.Tensor:
-    """The batch moved by up to `share` of its side (zeros come in): positioning varies between films."""
-    side = batch.shape[-1]
-    most = max(1, int(side * share))
-    dy, dx = (int(v) for v in torch.randint(-most, most + 1, (2,), generator=generator))
-    padded = torch.nn.functional.pad(batch, (most, most, most, most))
-    return padded[..., most + dy : most + dy + side, most + dx : most + dx + side]
 
 
 def _aurocs(labels: np.ndarray, probabilities: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ class PhantomConfig:
     max_findings: int = option(2, "most drawn findings per image (cardiomegaly, pleural effusion, pacemaker, nodule)")
     background: float = option(0.3, "chance of an extra label the renderer does not draw (COPD signs, ...)")
     square: bool = option(False, "square images (else widths vary from 0.8 to 1.0 of the height)")
+    repeats: float = option(0.2, "share of images that are a later study of the previous patient (PadChest: ~0.58)")
     patients: bool = option(
         True, "a patient's studies show the same body, a little varied (--no-patients: every image a stranger)"
     )
@@ -26,6 +27,8 @@ class PhantomConfig:
     def __post_init__(self) -> None:
         if self.n < 1 or self.size < 32:
             raise ConfigError("phantom needs --n >= 1 and --size >= 32")
+        if not 0 <= self.repeats < 1:
+            raise ConfigError(f"--repeats must be a share in [0, 1), not {self.repeats}")
 
 
 Config = PhantomConfig
@@ -43,6 +46,7 @@ def run(config: PhantomConfig) -> Path:
         background=config.background,
         aspect=(1.0, 1.0) if config.square else (0.8, 1.0),
         patients=config.patients,
+        repeats=config.repeats,
     )
     return out
 

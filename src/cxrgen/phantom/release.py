@@ -169,8 +169,9 @@ def draw_studies(
     max_findings: int = 2,
     background: float = 0.3,
     patients: bool = True,
+    repeats: float = 0.2,
 ) -> list[PhantomStudy]:
-    """The studies of a release. About one image in five is another study of the previous patient; with
+    """The studies of a release. A share `repeats` of the images are another study of the previous patient; with
     `patients` that study keeps the patient's sex and an age a few years on (its image, the patient's body),
     else it draws them afresh as if a stranger had the patient's id."""
     rng = np.random.default_rng(seed)
@@ -178,7 +179,7 @@ def draw_studies(
     studies: list[PhantomStudy] = []
     patient = 0
     for i in range(n):
-        first = i == 0 or rng.random() > 0.2
+        first = i == 0 or rng.random() > repeats
         if first:
             patient += 1
         findings: list[tuple[str, tuple[str, ...]]] = []
@@ -223,13 +224,14 @@ def write_release(
     background: float = 0.3,
     aspect: tuple[float, float] = (0.8, 1.0),
     patients: bool = True,
+    repeats: float = 0.2,
 ) -> Path:
     """A phantom PadChest release under `out`: the CSV and `<ImageDir>/<ImageID>` 16-bit PNGs. With `patients`
     a patient's studies show one body (so re-identification can be tested); without, every image is a stranger."""
     out = Path(out)
     rng = np.random.default_rng(seed + 1)
     rows = []
-    studies = draw_studies(n, seed, findings_rate, max_findings, background, patients)
+    studies = draw_studies(n, seed, findings_rate, max_findings, background, patients, repeats)
     for i, s in enumerate(tqdm(studies, desc="phantom", unit="img")):
         height = size
         width = int(size * rng.uniform(*aspect))  # width / height, as films vary
