@@ -118,8 +118,8 @@ class DiversityMetric(Metric):
             word = "as diverse as"
         return (
             f"{word} the real set (MS-SSIM across the set {with_interval(gen)}, real {with_interval(real)})",
-            f"{section['generated_across_set']['pairs']} random pairs a set; a difference is called only when the intervals do "
-            "not overlap",
+            f"{section['generated_across_set']['pairs']} random pairs a set; a difference is called only when the "
+            "intervals do not overlap",
         )
 
     def summary_lines(self, section: dict[str, Any], doc: MetricsDocument) -> list[str]:
