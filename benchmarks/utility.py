@@ -109,7 +109,7 @@ def main() -> None:
     data, trained = learned_model(args.learned)
     OUT.mkdir(parents=True, exist_ok=True)
     subset = real_subset(data, args.real, args.seed, OUT / "real-train")
-    generated = OUT / "synthetic"
+    generated = OUT / f"synthetic-{args.synthetic}-seed{args.seed}"
     if not (generated / "train" / "metadata.jsonl").is_file():
         t = time.perf_counter()
         shutil.rmtree(generated, ignore_errors=True)

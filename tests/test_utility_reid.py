@@ -163,3 +163,37 @@ def test_a_held_out_set_that_shares_patients_with_training_is_called_out(phantom
     assert overlap_warning(test, train) is None
     warning = overlap_warning(train, train)
     assert warning is not None and f"shares {len(train)} images" in warning
+
+
+def test_runs_are_scored_on_the_same_draws():
+    """Paired: a run against itself differs by exactly 0 in every draw; a slightly perturbed copy's difference
+    interval is far narrower than either run's own."""
+    from cxrgen.evaluate.utility import score_runs
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((300, 2)) < 0.4).astype(np.int8)
+    p = np.clip(labels * 0.3 + rng.random((300, 2)) * 0.7, 0, 1)
+    scored = score_runs(labels, {"a": p, "b": p.copy(), "c": p + rng.normal(0, 0.01, p.shape)}, 200, 0)
+    assert np.array_equal(scored["a"][1], scored["b"][1])
+    own = np.ptp(scored["a"][1][:, 0])
+    assert np.ptp(scored["c"][1][:, 0] - scored["a"][1][:, 0]) < own / 5
+
+
+def test_pairs_and_nearest_training_images():
+    import torch
+
+    from cxrgen.evaluate.reid import Siamese, by_patient, highest, sample_pairs, verification_pairs
+
+    patients = np.array([0, 0, 1, 2, 2, 2, 3, 4, 4])
+    groups = by_patient(patients)
+    assert [sorted(g.tolist()) for g in groups] == [[0, 1], [3, 4, 5], [7, 8]]
+    a, b, same = sample_pairs(patients, groups, 64, torch.Generator().manual_seed(0))
+    assert ((patients[a] == patients[b]) == same.bool().numpy()).all() and (a != b).all()
+    pairs, positive = verification_pairs(patients, 3, 0)
+    assert ((patients[pairs[:, 0]] == patients[pairs[:, 1]]) == positive).all() and positive.sum() == 5
+    model = Siamese(torch.nn.Identity(), 4)
+    queries, gallery = torch.randn(7, 4), torch.randn(11, 4)
+    best, where = highest(model, queries, gallery, chunk=3)
+    brute = torch.stack([model.logit(q.expand_as(gallery), gallery) for q in queries])
+    assert np.allclose(best, brute.max(1).values.detach().numpy(), atol=1e-5)
+    assert (where == brute.argmax(1).numpy()).all()

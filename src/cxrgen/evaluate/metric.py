@@ -108,7 +108,10 @@ def answers(doc: MetricsDocument) -> dict[str, list[tuple[str, str, str]]]:
             why = metric.not_measured if section is None else skipped(section)
             out[metric.question].append((metric.title, "not measured", why or ""))
         else:
-            out[metric.question].append((metric.title, *metric.verdict(section, doc)))
+            try:
+                out[metric.question].append((metric.title, *metric.verdict(section, doc)))
+            except (KeyError, TypeError) as exc:  # a section written by another version: the report still opens
+                out[metric.question].append((metric.title, "verdict unavailable", f"its section lacks {exc}"))
     return out
 
 

@@ -29,6 +29,7 @@ from .imagesets import ImageSet
 
 log = logging.getLogger(__name__)
 PIXELS_VERSION = 1  # raise when how images become tensors changes: old caches then miss
+TRAINING_VERSION = 2  # raise when how a network is trained changes (loss, augmentation, optimizer, architecture)
 
 
 class NetworkError(UserError):
@@ -173,7 +174,8 @@ def fit(
     """Train `make()` for `steps` AdamW steps of `loss(net, generator)` (which draws its own batch), or load the
     network trained before from the same `inputs` (a JSON-able description of everything that decides it: data
     digests, labels, settings). The log keeps the loss every `log_every` steps and the seconds it took."""
-    key = hashlib.sha256(json.dumps([what, inputs, steps, learning_rate, seed], sort_keys=True).encode()).hexdigest()
+    decided_by = [TRAINING_VERSION, what, inputs, steps, learning_rate, seed]
+    key = hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()
     folder = cache_root(cache_dir) / "networks"
     weights, record = folder / f"{what}-{key[:16]}.safetensors", folder / f"{what}-{key[:16]}.json"
     torch.manual_seed(seed)
@@ -216,6 +218,15 @@ def outputs(net: torch.nn.Module, images: torch.Tensor, device: str, batch: int 
     """The network's outputs for every image, in evaluation mode, on the CPU."""
     net.eval()
     return torch.cat([net(images[i : i + batch].to(device)).float().cpu() for i in range(0, len(images), batch)])
+
+
+def file_identity(path: str | None) -> str | None:
+    """A weights file for cache keys: its path, size and modification time (a replaced file is another input)."""
+    if not path:
+        return None
+    from ..fileio import stat_digest
+
+    return stat_digest([Path(path)])
 
 
 def digest(*arrays: np.ndarray | torch.Tensor) -> str:

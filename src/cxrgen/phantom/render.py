@@ -156,7 +156,9 @@ def render(
     body = soft(ellipse(0.5, 0.62, *a.body), 0.15)
     img += 0.45 * body * (1 + a.texture * _field(tissue, height, width, 6))
     lungs = np.maximum(soft(ellipse(*a.lungs[0])), soft(ellipse(*a.lungs[1])))
-    vessels = _field(tissue, height, width, max(16, min(height, width) // 5))  # fine vessel-like texture
+    # fine vessel-like texture; a patient's has as many cells in every study, whatever the film's width
+    cells = max(16, (height if patient is not None else min(height, width)) // 5)
+    vessels = _field(tissue, height, width, cells)
     img -= a.lung_darkness * lungs * body * (1 - 0.12 * np.clip(vessels, -2, 2) * a.texture / 0.05)
     img += 0.12 * soft(np.abs(x - 0.5) / 0.045, 0.5) * (y > 0.12)  # spine and mediastinum
     hx, hy, hw, hh = a.heart
