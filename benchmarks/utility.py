@@ -23,12 +23,10 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from cxrgen.cli import main as cli
 from cxrgen.contracts import MetricsDocument
 from cxrgen.evaluate.html import with_interval
-from cxrgen.evaluate.utility import patient_fractions
+from cxrgen.evaluate.utility import draw_scarcity, patient_fractions
 
 HERE = Path(__file__).parent
 OUT = HERE / "out" / "utility"
@@ -73,19 +71,7 @@ def scarcity_png(section: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
-    points = section["scarcity"]
-    x = [p["real_images"] for p in points]
-    for key, label, colour in (("real", "(a) real", "#555"), ("real_synthetic", "(b) real + synthetic", "#2a7")):
-        y = np.array([p[key]["value"] for p in points])
-        lo = y - np.array([p[key].get("low", p[key]["value"]) for p in points])
-        hi = np.array([p[key].get("high", p[key]["value"]) for p in points]) - y
-        ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label, color=colour)
-    ax.axhline(section["synthetic"]["macro_auroc"]["value"], ls="--", color="#b60", label="(c) synthetic only")
-    ax.set_xscale("log")
-    ax.set_xticks(x, [str(v) for v in x])
-    ax.set_xlabel("real training images")
-    ax.set_ylabel("macro AUROC, real test set")
-    ax.legend(fontsize=8)
+    draw_scarcity(ax, section)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

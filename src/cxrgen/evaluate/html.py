@@ -9,7 +9,7 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
-__all__ = ["CSS", "as_figure", "data_url", "escape", "figure", "img", "note", "table", "with_interval"]
+__all__ = ["CSS", "as_figure", "data_url", "escape", "figure", "img", "note", "pair_html", "table", "with_interval"]
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -58,6 +58,18 @@ def with_interval(d: dict[str, Any] | float, digits: int = 3) -> str:
     if "low" in d:
         return f"{d['value']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
     return f"{d['value']:.{digits}f}"
+
+
+def pair_html(generated: str, train: str, caption: Callable[[], str], size: int = 128) -> str:
+    """A generated image beside a training image, captioned by `caption()` (HTML: escape what it quotes), called
+    once the images are read, so that a report whose images moved says so before anything else."""
+    from pathlib import Path
+
+    from ..grid import image_grid
+    from .imagesets import load_gray
+
+    tiles = [(load_gray(Path(generated), size), "generated"), (load_gray(Path(train), size), "training")]
+    return f'<div class="pair">{img(image_grid(tiles, 2, size), "pair")}<br>{caption()}</div>'
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:

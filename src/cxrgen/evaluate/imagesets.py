@@ -43,6 +43,10 @@ class ImageSet:
         """Identity for feature caches: paths, sizes and modification times."""
         return stat_digest(self.files)
 
+    def patient_keys(self) -> list[str]:
+        """Each image's patient (`patient_key`); an image without one is its own patient."""
+        return patient_keys(self.rows) if self.rows else [f"image-{i}" for i in range(len(self.files))]
+
     def prompts(self) -> list[str | None]:
         return [r.get("text") for r in self.rows] if self.rows else [None] * len(self.files)
 
@@ -58,6 +62,11 @@ class ImageSet:
         picks = sorted({round(k) for k in np.linspace(0, len(self.files) - 1, min(32, len(self.files)))})
         tops = [_integer_top(self.files[i]) for i in picks]
         return max((t for t in tops if t is not None), default=None)
+
+
+def patient_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """Each metadata row's patient (`patient_key`); a row without one is its own patient."""
+    return [r.get("patient_key") or f"image-{i}" for i, r in enumerate(rows)]
 
 
 def _integer_top(path: Path) -> float | None:

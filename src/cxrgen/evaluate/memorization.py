@@ -33,10 +33,9 @@ from scipy.ndimage import gaussian_filter
 
 from ..config import ConfigError, option
 from ..contracts import MetricsDocument
-from ..grid import image_grid
 from .copy_match import CopyIndex, Described, Match, describe
-from .html import escape, figure, img, note
-from .imagesets import ImageSet, load_gray
+from .html import escape, figure, note, pair_html
+from .imagesets import ImageSet
 from .intervals import wilson
 from .metric import METRICS, EvaluationContext, Metric
 from .networks import overlap_warning
@@ -203,15 +202,6 @@ def _unit(features: np.ndarray) -> np.ndarray:
     return features / np.where(norms > 0, norms, 1)
 
 
-def _patients(images: ImageSet) -> np.ndarray:
-    keys = (
-        [r.get("patient_key") or f"image-{i}" for i, r in enumerate(images.rows)]
-        if images.rows
-        else [f"image-{i}" for i in range(len(images))]
-    )
-    return np.asarray(keys)
-
-
 def _nearest_feature(
     queries: np.ndarray,
     train: np.ndarray,
@@ -281,7 +271,7 @@ def check(
     rng = np.random.default_rng(seed)
     n = len(train)
     cal = np.arange(n) if n <= calibration else np.sort(rng.choice(n, calibration, replace=False))
-    patients = _patients(train)
+    patients = np.asarray(train.patient_keys())
     train_maps = _described(train, range(n), workers, "training images")
     index = CopyIndex(train_maps)
     null = index.match(train_maps.subset(cal), patients[cal], patients, chunk=block, desc="memorization: calibrating")
@@ -448,16 +438,14 @@ class MemorizationMetric(Metric):
                     )
                 )
             )
-        for pair in section["closest_pairs"]:
-            tiles = [
-                (load_gray(Path(pair["generated"]), 128), "generated"),
-                (load_gray(Path(pair["train"]), 128), "training"),
-            ]
+
+        def caption(pair: dict[str, Any]) -> str:
             flag = '<span class="flag">FLAGGED</span> ' if pair["flagged"] else ""
-            caption = f"{flag}r={pair['pixel_correlation']:.3f} ({escape(pair['variant'])})"
-            if pair["feature_cosine"] is not None:
-                caption += f", cos={pair['feature_cosine']:.3f}"
-            out.append(f'<div class="pair">{img(image_grid(tiles, 2, 128), "pair")}<br>{caption}</div>')
+            text = f"{flag}r={pair['pixel_correlation']:.3f} ({escape(pair['variant'])})"
+            return text + (f", cos={pair['feature_cosine']:.3f}" if pair["feature_cosine"] is not None else "")
+
+        for pair in section["closest_pairs"]:
+            out.append(pair_html(pair["generated"], pair["train"], lambda pair=pair: caption(pair)))
 
         def histogram(ax: Any) -> None:
             bins = np.linspace(min([*section["pixel_nn"], 0.0]), 1.0, 41)

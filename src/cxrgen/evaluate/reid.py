@@ -22,9 +22,8 @@ import torch
 
 from ..config import ConfigError, option
 from ..contracts import MetricsDocument
-from ..grid import image_grid
-from .html import as_figure, escape, figure, img, note, table, with_interval
-from .imagesets import ImageSet, load_gray
+from .html import as_figure, escape, figure, note, pair_html, table, with_interval
+from .imagesets import ImageSet
 from .intervals import delong, wilson
 from .metric import METRICS, EvaluationContext, Metric
 from .networks import backbone, digest, exposed, fit, outputs, overlap_warning, pixels, shifted
@@ -48,8 +47,8 @@ class Siamese(torch.nn.Module):
 
 
 def patient_ids(images: ImageSet) -> np.ndarray:
-    keys = [r.get("patient_key") or f"image-{i}" for i, r in enumerate(images.rows)] if images.rows else []
-    return np.unique(np.asarray(keys or [f"image-{i}" for i in range(len(images))]), return_inverse=True)[1]
+    """Each image's patient as an integer id."""
+    return np.unique(np.asarray(images.patient_keys()), return_inverse=True)[1]
 
 
 def by_patient(patients: np.ndarray) -> list[np.ndarray]:
@@ -306,13 +305,9 @@ class ReidMetric(Metric):
         ]
         out.append(table(["", ""], rows))
         for pair in section["closest_pairs"]:
-            tiles = [
-                (load_gray(Path(pair["generated"]), 128), "synthetic"),
-                (load_gray(Path(pair["train"]), 128), "training"),
-            ]
             flag = '<span class="flag">ABOVE</span> ' if pair["above"] else ""
             caption = f"{flag}p(same patient)={pair['probability']:.3f}"
-            out.append(f'<div class="pair">{img(image_grid(tiles, 2, 128), "pair")}<br>{caption}</div>')
+            out.append(pair_html(pair["generated"], pair["train"], lambda caption=caption: caption))
 
         def histogram(ax: Any) -> None:
             bins = np.linspace(0, 1, 41)

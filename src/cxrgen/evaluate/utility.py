@@ -24,7 +24,7 @@ from ..config import ConfigError, option
 from ..contracts import MetricsDocument
 from .adherence import auroc
 from .html import escape, figure, note, table, with_interval
-from .imagesets import ImageSet
+from .imagesets import ImageSet, patient_keys
 from .labels import finding_names
 from .metric import METRICS, EvaluationContext, Metric
 from .networks import backbone, digest, file_identity, fit, outputs, overlap_warning, pixels, shifted
@@ -50,7 +50,7 @@ def carried(rows: list[dict[str, Any]]) -> set[str]:
 def patient_fractions(rows: list[dict[str, Any]], fractions: list[float], seed: int) -> dict[float, np.ndarray]:
     """Nested subsets of images by patient: the first patients of one seeded order until each fraction of the
     images is reached (a smaller fraction's patients are all in the larger's)."""
-    keys = [r.get("patient_key") or f"image-{i}" for i, r in enumerate(rows)]
+    keys = patient_keys(rows)
     patients = list(dict.fromkeys(keys))
     order = np.random.default_rng(seed).permutation(len(patients))
     rank = np.empty(len(patients), dtype=np.int64)
@@ -286,6 +286,23 @@ def utility(
     }
 
 
+def draw_scarcity(ax: Any, section: dict[str, Any]) -> None:
+    """The scarcity curve on matplotlib axes: (a) and (b) against real training images, (c) as a line."""
+    points = section["scarcity"]
+    x = [p["real_images"] for p in points]
+    for key, label, colour in (("real", "(a) real", "#555"), ("real_synthetic", "(b) real + synthetic", "#2a7")):
+        y = np.array([p[key]["value"] for p in points])
+        lo = y - np.array([p[key].get("low", p[key]["value"]) for p in points])
+        hi = np.array([p[key].get("high", p[key]["value"]) for p in points]) - y
+        ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label, color=colour)
+    ax.axhline(section["synthetic"]["macro_auroc"]["value"], ls="--", color="#b60", label="(c) synthetic only")
+    ax.set_xscale("log")
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.set_xlabel("real training images")
+    ax.set_ylabel("macro AUROC, real test images")
+    ax.legend(fontsize=8)
+
+
 def verdict(section: dict[str, Any]) -> str:
     """One line: whether adding the synthetic images helped, by the interval of the paired difference."""
     d, real = section["difference"]["macro_auroc"], section["real"]["macro_auroc"]
@@ -384,27 +401,13 @@ class UtilityMetric(Metric):
         out = f"<p>{escape(verdict(section))}</p>" + (note(section["warning"]) if section.get("warning") else "")
         out += table([*header, "(c) synthetic", "(b) - (a)"], rows)
 
-        def scarcity(ax: Any) -> None:
-            points = section["scarcity"]
-            x = [p["real_images"] for p in points]
-            for key, label, colour in (("real", "real", "#555"), ("real_synthetic", "real + synthetic", "#2a7")):
-                y = [p[key]["value"] for p in points]
-                lo = [p[key]["value"] - p[key].get("low", p[key]["value"]) for p in points]
-                hi = [p[key].get("high", p[key]["value"]) - p[key]["value"] for p in points]
-                ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label, color=colour)
-            ax.axhline(section["synthetic"]["macro_auroc"]["value"], ls="--", color="#b60", label="synthetic only")
-            ax.set_xscale("log")
-            ax.set_xlabel("real training images")
-            ax.set_ylabel("macro AUROC on real test images")
-            ax.legend()
-
         runs = [
             [k, v["images"], f"{v['loss']:.4f}", f"{v['seconds']:.0f} s", "cached" if v["cached"] else "trained"]
             for k, v in section["runs"].items()
         ]
         return (
             out
-            + figure(scarcity)
+            + figure(lambda ax: draw_scarcity(ax, section))
             + table(["run", "training images", "final loss", "time", ""], runs)
             + note(
                 f"{section['method']}. Counts: images with the finding. The synthetic set is labelled by the "
