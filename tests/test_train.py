@@ -164,7 +164,8 @@ def test_stacked_lora_is_frozen_and_active(lora_run, tiny_dataset, tiny_model, t
 
     def fit_and_inspect(self):
         unet = self.accelerator.unwrap_model(self.unet)
-        seen["active"] = list(unet.active_adapters())
+        seen["active"] = list(unet.active_adapters())  # peft's: the stacked ones
+        seen["trained"] = [n for n, p in unet.named_parameters() if p.requires_grad]
         seen["stack_trainable"] = [n for n, p in unet.named_parameters() if ".stack0." in n and p.requires_grad]
         seen["stack_before"] = {n: p.detach().clone() for n, p in unet.named_parameters() if ".stack0." in n}
         real_fit(self)
@@ -186,7 +187,8 @@ def test_stacked_lora_is_frozen_and_active(lora_run, tiny_dataset, tiny_model, t
         )
     finally:
         trainer_module.Trainer.fit = real_fit
-    assert set(seen["active"]) == {"stack0", "cxrgen"} and seen["stack_trainable"] == []
+    assert seen["active"] == ["stack0"] and seen["stack_trainable"] == []
+    assert seen["trained"] and all(".cxrgen." in n for n in seen["trained"])
     assert seen["stack_before"] and same(seen["stack_before"], seen["stack_after"])
     assert (lora_run / LORA).read_bytes() == before and same(weights(lora_run / LORA), earlier)
     new = weights(tmp_path / LORA)
@@ -457,31 +459,38 @@ def test_compiled_unet_trains_like_eager_and_saves_plain_names(
 
 @pytest.mark.parametrize("file", ["pytorch_lora_weights.safetensors", "lora_kohya.safetensors"])
 def test_saved_lora_keeps_its_alpha(tiny_model, tmp_path, file):
-    """A LoRA trained with alpha != rank acts the same once saved and loaded by diffusers, from either file."""
-    from peft import LoraConfig
-
+    """A LoRA trained with alpha != rank acts the same once saved and loaded by diffusers, from either file, on
+    attention projections beside 1x1 convolutions and the feed-forward (kohya's targets), and the text encoder."""
     from cxrgen.model.loading import ModelConfig, load_components
-    from cxrgen.train.methods.lora import TRAIN, save_lora
+    from cxrgen.train.methods.lora import TRAIN, LoraOptions, save_lora
+    from cxrgen.train.methods.lora_layers import add_lora
 
+    kohya_targets = ["proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
     trained = load_components(ModelConfig(base=str(tiny_model)))
-    trained.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"]), adapter_name=TRAIN)
+    add_lora(trained.unet, kohya_targets, TRAIN, rank=4, alpha=8, dropout=0.0)
+    # all four projections: diffusers reads a kohya file's text-encoder part by its out_proj keys
+    add_lora(trained.text_encoder, LoraOptions().text_encoder_targets, TRAIN, rank=4, alpha=8, dropout=0.0)
     torch.manual_seed(0)
-    for name, param in trained.unet.named_parameters():
-        if "lora_B" in name:
-            param.data.normal_(0, 0.1)  # trained B is not zero
-    save_lora(tmp_path, trained.unet, trained.text_encoder, False, {})
+    for model in (trained.unet, trained.text_encoder):
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.data.normal_(0, 0.1)  # trained B is not zero
+    save_lora(tmp_path, trained.unet, trained.text_encoder, True, {})
     loaded = load_components(ModelConfig(base=str(tiny_model)))
     loaded.pipeline().load_lora_weights(tmp_path, weight_name=file)
+    plain = load_components(ModelConfig(base=str(tiny_model)))
     config = trained.unet.config
     inputs = (
         torch.randn(1, config.in_channels, config.sample_size, config.sample_size),
         torch.tensor([500]),
         torch.randn(1, 77, config.cross_attention_dim),
     )
-    plain = load_components(ModelConfig(base=str(tiny_model))).unet
+    ids = trained.tokenizer(["chest x-ray"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
-        want, got, base = (unet(*inputs).sample for unet in (trained.unet, loaded.unet, plain))
+        want, got, base = (m.unet(*inputs).sample for m in (trained, loaded, plain))
+        text = [m.text_encoder(ids)[0] for m in (trained, loaded, plain)]
     assert (want - base).abs().max() > 1e-3 and torch.allclose(got, want, atol=1e-5)
+    assert (text[0] - text[2]).abs().max() > 1e-3 and torch.allclose(text[1], text[0], atol=1e-5)
 
 
 def test_model_and_lora_identities_follow_content(tmp_path, monkeypatch):

@@ -78,20 +78,18 @@ def kohya_base_version(cross_attention_dim: int, prediction_type: str) -> str:
 def save_lora_files(
     folder: Path, unet_sd: dict[str, Any], te_sd: dict[str, Any] | None, metadata: dict[str, str]
 ) -> dict[str, Path]:
-    """Write LoRA weights in diffusers' key format as the diffusers file (loads with `load_lora_weights`) and a
+    """Write LoRA weights given in peft's key format as the diffusers file (loads with `load_lora_weights`) and a
     kohya/A1111-style file."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
     from safetensors.torch import load_file, save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(
         folder, unet_lora_layers=unet_sd, text_encoder_lora_layers=te_sd, safe_serialization=True
     )
-    kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(folder / DIFFUSERS_FILE)))
-    save_file(
-        {k: v.contiguous() for k, v in kohya.items()},
-        folder / KOHYA_FILE,
-        metadata={"ss_network_module": "networks.lora", **metadata},
-    )
+    kohya = convert_state_dict_to_kohya(load_file(folder / DIFFUSERS_FILE))
+    # one text encoder is kohya's "lora_te_" (SD 1.x/2.x); "lora_te1_" names SDXL's first of two
+    kohya = {k.replace("lora_te1_", "lora_te_", 1): v.contiguous() for k, v in kohya.items()}
+    save_file(kohya, folder / KOHYA_FILE, metadata={"ss_network_module": "networks.lora", **metadata})
     return {"diffusers": folder / DIFFUSERS_FILE, "kohya": folder / KOHYA_FILE}

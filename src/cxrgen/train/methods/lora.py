@@ -13,9 +13,10 @@ from typing import Any, Literal
 from ...config import ConfigError, option
 from ...model.lora import kohya_base_version, load_loras, lora_digest, save_lora_files
 from .base import METHODS, Exported, TrainingMethod
+from .lora_layers import adapter_state_dict, add_lora, lora_layers
 
 log = logging.getLogger(__name__)
-TRAIN = "cxrgen"  # the trained adapter's name; not "train": peft stores adapters as submodules, and Module.train exists
+TRAIN = "cxrgen"  # the trained adapter's name: not "train", as adapters are submodules and Module.train exists
 
 
 @dataclass
@@ -114,49 +115,38 @@ def stack_loras(components: Any, config: LoraOptions) -> dict[str, float]:
 
 
 def add_trainable_lora(components: Any, config: LoraOptions, frozen: dict[str, float]) -> None:
-    """Add the "cxrgen" adapter to the UNet (and the text encoder if asked), active beside any frozen ones,
+    """Add the "cxrgen" adapter to the UNet (and the text encoder if asked), beside any frozen stacked ones,
     and make its parameters, and only them, trainable."""
-    from peft import LoraConfig as PeftLoraConfig
-
-    unet_cfg = PeftLoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha or config.rank,
-        lora_dropout=config.dropout,
-        init_lora_weights="gaussian",
-        target_modules=config.targets,
-    )
-    components.unet.add_adapter(unet_cfg, adapter_name=TRAIN)
+    models = [("unet", components.unet, config.targets, config.rank, config.alpha or config.rank)]
     if config.text_encoder:
         rank = config.text_encoder_rank or config.rank
-        te_cfg = PeftLoraConfig(
-            r=rank,
-            lora_alpha=rank if config.alpha is None else config.alpha,
-            lora_dropout=config.dropout,
-            init_lora_weights="gaussian",
-            target_modules=config.text_encoder_targets,
-        )
-        components.text_encoder.add_adapter(te_cfg, adapter_name=TRAIN)
-    components.pipeline().set_adapters([*frozen, TRAIN], adapter_weights=[*frozen.values(), 1.0])
-    for model in (components.unet, components.text_encoder):  # activating adapters marks them all trainable
-        for name, param in model.named_parameters():
-            param.requires_grad_(f".{TRAIN}." in name and "lora_" in name)
+        alpha = rank if config.alpha is None else config.alpha
+        models.append(("text encoder", components.text_encoder, config.text_encoder_targets, rank, alpha))
+    for label, model, targets, rank, alpha in models:
+        try:
+            added = add_lora(model, targets, TRAIN, rank, alpha, config.dropout)
+        except TypeError as exc:
+            raise ConfigError(f"LoRA targets {targets} of the {label}: {exc}") from exc
+        if not added:
+            raise ConfigError(f"no module of the {label} is named by {targets}; check the LoRA targets")
+    for model in (components.unet, components.text_encoder):
+        model.requires_grad_(False)  # loading stacked adapters marked theirs trainable
+        for _, layer in lora_layers(model):
+            layer.down.requires_grad_(True)
+            layer.up.requires_grad_(True)
 
 
 def lora_state_dicts(unet: Any, text_encoder: Any, with_text_encoder: bool) -> tuple[dict, dict | None]:
-    """The trained adapter in diffusers' key format, with alpha / rank folded into the up (B) matrices: loaders
-    of both file formats assume alpha = rank when the file does not say, and the kohya export says alpha = rank."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    def state(model: Any) -> dict:
-        # one rank and alpha for every module, as add_trainable_lora sets them
-        config = model.peft_config[TRAIN]
-        scale = config.lora_alpha / config.r
-        weights = get_peft_model_state_dict(model, adapter_name=TRAIN, save_embedding_layers=False)
-        weights = {k: v * scale if ".lora_B." in k and scale != 1 else v for k, v in weights.items()}
-        return convert_state_dict_to_diffusers(weights)
-
-    return state(unet), state(text_encoder) if with_text_encoder else None
+    """The trained adapter in peft's key format (`<module>.lora_A.weight`), with alpha / rank folded into the up
+    (B) matrices: loaders of both file formats assume alpha = rank when the file does not say, and the kohya export
+    says alpha = rank. Not converted to diffusers' older names: those exist for attention projections only, and a
+    file that mixes both (e.g. with proj_in or the feed-forward adapted) loads without its attention adapters."""
+    if not with_text_encoder:
+        return adapter_state_dict(unet), None
+    text = adapter_state_dict(text_encoder)
+    if not hasattr(text_encoder, "text_model"):  # transformers 5 flattened CLIPTextModel; files keep the old names
+        text = {f"text_model.{k}": v for k, v in text.items()}
+    return adapter_state_dict(unet), text
 
 
 def save_lora(
