@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..allocator import reuse_freed_memory
 from ..config import ConfigError, to_dict
 from ..contracts import metadata_path
 from ..distributed import cpu_processes
@@ -64,6 +65,8 @@ class Trainer:
             mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.grad_accum, cpu=cpu_processes()
         )
         self.device = self.accelerator.device
+        if self.device.type == "cpu":
+            reuse_freed_memory()  # a CPU step frees and reallocates the same activations: keep them mapped
         self.is_main = self.accelerator.is_main_process
         self.cache_writer = cache_key(self.out.resolve())[:12]  # this run's name for the cache files it fills
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -265,8 +268,8 @@ class Trainer:
         else:
             optimizer_cls = torch.optim.AdamW
         extra = {}
-        if optimizer_cls is torch.optim.AdamW and self.device.type == "cuda":
-            extra["fused"] = True  # one kernel for all parameters instead of several per tensor group
+        if optimizer_cls is torch.optim.AdamW and self.device.type in ("cuda", "cpu"):
+            extra["fused"] = True  # one kernel for all parameters instead of a loop over them (a LoRA has hundreds)
         optimizer = optimizer_cls(groups, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, eps=o.eps, **extra)
         self.lr_scheduler = get_scheduler(
             o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=c.max_steps
