@@ -1,14 +1,30 @@
-"""Seconds per training step: cxrgen against the official diffusers `train_dreambooth_lora.py` recipe.
+"""Seconds per LoRA training step: cxrgen against kohya's sd-scripts and diffusers' train_dreambooth_lora.py.
 
-Equal settings: the SD 1.5 architecture with random weights, the same images and prompt, 256 px, batch 1, LoRA
-rank 4, AdamW at 1e-4, float32, no prior preservation. Each trainer runs twice (S1 and S2 steps) in a fresh
-process and cache; the time per step is (T2 - T1) / (S2 - S1), so start-up, caching and saving cancel out. The
-pair is repeated and the fastest estimate kept, since one slow spell of a shared machine moves a run by ~5%.
-Targets (issue 3): at least 1.4x faster per step with cached latents and text, no slower without.
+Equal settings: the SD 1.5 architecture with random weights, the same 8 images captioned "chest x-ray", 256 px,
+batch 1, LoRA rank 4 (alpha = rank), AdamW at 1e-4, constant schedule, float32, gradient clipping at 1.0, no prior
+preservation, no data-loading workers. The trainers:
+- kohya `train_network.py` (`--cache_latents --network_train_unet_only --sdpa`), run by kohya_ref.sh, which sets
+  sd-scripts up offline in its own virtual environment (CPU torch 2.13.0). kohya adapts every Linear and 1x1
+  Conv2d of the transformer blocks: proj_in, proj_out, attention and feed-forward.
+- cxrgen with cached latents and text, once with kohya's modules (`--lora.targets`) and once with its default
+  (the attention projections to_q, to_k, to_v, to_out.0).
+- diffusers' official example (no caching; attention projections), and cxrgen without caching.
 
-The official script is not part of cxrgen: give its path, e.g. from a diffusers checkout
-  examples/dreambooth/train_dreambooth_lora.py
-Run: .venv/bin/python benchmarks/train_speed.py --script PATH [--steps 3 8] [--resolution 256]
+A step's time is read from each trainer's own TensorBoard log, which all three write once a step: the wall-clock
+gap between consecutive steps, after WARMUP steps. Start-up, latent caching and saving are left out, and a slow
+spell of the shared machine shows as a few long steps rather than moving a whole run. Each round runs every
+trainer once, in turn; the estimate is the median step, and each ratio's 95% interval comes from a bootstrap over
+rounds, then steps within them, with the rounds drawn alike for both trainers (pairing runs of the same period).
+Verdict per target: PASS when the interval's lower bound reaches it, FAIL when its upper bound is below it,
+otherwise not shown either way.
+
+Targets (issues 3 and 17): kohya's step / cxrgen's >= 1.1 at kohya's modules and >= 1.0 at cxrgen's default; the
+diffusers example's step / cxrgen's >= 1.4 with caching and >= 1.0 without.
+
+Neither reference is part of cxrgen. Give diffusers' examples/dreambooth/train_dreambooth_lora.py with --script,
+a copy of kohya-ss/sd-scripts (work tree or bare git directory) with --sd-scripts, and kohya_ref.sh with
+--kohya-ref (default: ../shared/tools/kohya_ref.sh beside the repository).
+Run: .venv/bin/python benchmarks/train_speed.py --script PATH --sd-scripts PATH [--rounds 3] [--steps 12]
 """
 
 from __future__ import annotations
@@ -19,6 +35,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,28 +45,24 @@ from PIL import Image
 from cxrgen.fileio import write_jsonl
 from cxrgen.phantom import render
 
+ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).parent / "out" / "train_speed"
 PROMPT = "chest x-ray"
+WARMUP = 2  # steps whose gaps are left out: the first steps allocate and warm caches
+KOHYA_TARGETS = ["proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+TARGETS = {  # (numerator, denominator, target)
+    "kohya / cxrgen at kohya's modules": ("kohya", "cxrgen, kohya's modules", 1.1),
+    "kohya / cxrgen at cxrgen's default": ("kohya", "cxrgen", 1.0),
+    "diffusers / cxrgen cached": ("diffusers", "cxrgen", 1.4),
+    "diffusers / cxrgen uncached": ("diffusers", "cxrgen, no caching", 1.0),
+}
 
 
 def model_folder() -> Path:
     folder = Path(__file__).parent / "out" / "sd15-random"
     if not (folder / "model_index.json").is_file():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cxrgen",
-                "make-tiny-model",
-                "--arch",
-                "sd15",
-                "--image-size",
-                "512",
-                "--out",
-                str(folder),
-            ],
-            check=True,
-        )
+        cmd = [sys.executable, "-m", "cxrgen", "make-tiny-model", "--arch", "sd15", "--image-size", "512"]
+        subprocess.run([*cmd, "--out", str(folder)], check=True)
     return folder
 
 
@@ -70,140 +84,180 @@ def data(resolution: int, n: int = 8) -> tuple[Path, Path]:
 
 
 def official(script: str, model: Path, instance: Path, out: Path, steps: int, resolution: int) -> list[str]:
+    flags = {
+        "--pretrained_model_name_or_path": model,
+        "--instance_data_dir": instance,
+        "--instance_prompt": PROMPT,
+        "--output_dir": out,
+        "--resolution": resolution,
+        "--train_batch_size": 1,
+        "--max_train_steps": steps,
+        "--rank": 4,
+        "--learning_rate": 1e-4,
+        "--lr_scheduler": "constant",
+        "--lr_warmup_steps": 0,
+        "--seed": 0,
+        "--mixed_precision": "no",
+        "--checkpointing_steps": 1000000,
+        "--dataloader_num_workers": 0,
+        "--report_to": "tensorboard",
+    }
+    return [sys.executable, script, *(str(x) for kv in flags.items() for x in kv)]
+
+
+def kohya(ref: Path, model: Path, instance: Path, out: Path, steps: int, resolution: int) -> list[str]:
     return [
-        sys.executable,
-        script,
-        "--pretrained_model_name_or_path",
+        "bash",
+        str(ref),
         str(model),
-        "--instance_data_dir",
         str(instance),
-        "--instance_prompt",
-        PROMPT,
-        "--output_dir",
-        str(out),
-        "--resolution",
         str(resolution),
-        "--train_batch_size",
-        "1",
-        "--max_train_steps",
         str(steps),
-        "--rank",
-        "4",
-        "--learning_rate",
-        "1e-4",
-        "--lr_scheduler",
-        "constant",
-        "--lr_warmup_steps",
-        "0",
-        "--seed",
-        "0",
-        "--mixed_precision",
-        "no",
-        "--checkpointing_steps",
-        "1000000",
-        "--dataloader_num_workers",
-        "0",
+        str(out),
+        "--logging_dir",
+        str(out / "logs"),
     ]
 
 
-def ours(model: Path, prepared: Path, out: Path, steps: int, resolution: int, cached: bool) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "cxrgen",
-        "train",
-        "--data",
-        str(prepared),
-        "--model.base",
-        str(model),
-        "--out",
-        str(out),
-        "--max-steps",
-        str(steps),
-        "--resolution",
-        str(resolution),
-        "--batch-size",
-        "1",
-        "--lora.rank",
-        "4",
-        "--optim.learning-rate",
-        "1e-4",
-        "--optim.lr-scheduler",
-        "constant",
-        "--seed",
-        "0",
-        "--mixed-precision",
-        "no",
-        "--checkpoint-every",
-        "1000000",
-        "--sample-every",
-        "-1",
-        "--val-split",
-        "none",
-        "--workers",
-        "1",
-        "--cache-dir",
-        str(out / "cache"),
-    ]
+def ours(
+    model: Path, prepared: Path, out: Path, steps: int, resolution: int, cached: bool, targets: list[str]
+) -> list[str]:
+    flags = {
+        "--data": prepared,
+        "--model.base": model,
+        "--out": out,
+        "--max-steps": steps,
+        "--resolution": resolution,
+        "--batch-size": 1,
+        "--lora.rank": 4,
+        "--optim.learning-rate": 1e-4,
+        "--optim.lr-scheduler": "constant",
+        "--seed": 0,
+        "--mixed-precision": "no",
+        "--checkpoint-every": 1000000,
+        "--sample-every": -1,
+        "--val-split": "none",
+        "--workers": 1,
+        "--log-every": 1,
+        "--cache-dir": out / "cache",
+    }
+    cmd = [sys.executable, "-m", "cxrgen", "train", *(str(x) for kv in flags.items() for x in kv)]
+    cmd += ["--lora.targets", *targets]
     return cmd if cached else [*cmd, "--no-cache-latents", "--no-cache-text"]
 
 
-def timed(cmd: list[str], out: Path) -> float:
+def step_gaps(logs: Path) -> np.ndarray:
+    """Seconds between consecutive steps after the warm-up, from the TensorBoard tag logged at the most steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    best: dict[int, float] = {}
+    for events in sorted(logs.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            times = {e.step: e.wall_time for e in acc.Scalars(tag)}
+            if len(times) > len(best):
+                best = times
+    steps = sorted(s for s in best if s > WARMUP - 1)
+    return np.diff([best[s] for s in steps])
+
+
+@dataclass
+class Run:
+    gaps: np.ndarray
+    seconds: float  # the whole process
+    peak_rss_gb: float
+
+
+def timed(cmd: list[str], out: Path, env: dict[str, str]) -> Run:
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     start = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    with open(out.parent / f"{out.name}.log", "w") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{result.stderr[-4000:]}")
-    return seconds
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{(out.parent / f'{out.name}.log').read_text()[-4000:]}")
+    gaps = step_gaps(out)
+    if len(gaps) < 3:
+        sys.exit(f"{out}: fewer than 3 logged steps after the warm-up; raise --steps")
+    return Run(gaps, seconds, usage.ru_maxrss / 2**20)
+
+
+def ratio_interval(num: list[np.ndarray], den: list[np.ndarray], draws: int = 2000) -> tuple[float, float, float]:
+    """Median step of `num` over median step of `den`, and a 95% bootstrap interval: rounds drawn with
+    replacement (the same rounds for both), then steps within each drawn round."""
+    rng = np.random.default_rng(0)
+    point = float(np.median(np.concatenate(num)) / np.median(np.concatenate(den)))
+    rounds = len(num)
+    values = []
+    for _ in range(draws):
+        chosen = rng.integers(0, rounds, rounds)
+        a = np.concatenate([rng.choice(num[r], len(num[r])) for r in chosen])
+        b = np.concatenate([rng.choice(den[r], len(den[r])) for r in chosen])
+        values.append(np.median(a) / np.median(b))
+    low, high = np.percentile(values, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def verdict(low: float, high: float, target: float) -> str:
+    return "PASS" if low >= target else "FAIL" if high < target else "not shown either way"
 
 
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--script", required=True, help="path to diffusers' examples/dreambooth/train_dreambooth_lora.py"
-    )
-    parser.add_argument("--steps", type=int, nargs=2, default=[3, 8])
+    parser.add_argument("--script", help="diffusers' examples/dreambooth/train_dreambooth_lora.py")
+    parser.add_argument("--sd-scripts", help="a copy of kohya-ss/sd-scripts (work tree or bare git directory)")
+    parser.add_argument("--kohya-ref", default=str(ROOT.parent / "shared" / "tools" / "kohya_ref.sh"))
+    parser.add_argument("--steps", type=int, default=12, help=f"steps per run; the first {WARMUP} are warm-up")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per trainer, interleaved")
     parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2, help="runs per trainer; the fastest estimate counts")
     args = parser.parse_args()
     model = model_folder()
     instance, prepared = data(args.resolution)
-    s1, s2 = args.steps
-    trainers = {
-        "diffusers train_dreambooth_lora.py": lambda out, n: official(
-            args.script, model, instance, out, n, args.resolution
+    r = args.resolution
+    trainers: dict[str, tuple[Callable[[Path, int], list[str]], dict[str, str]]] = {
+        "cxrgen": (lambda out, n: ours(model, prepared, out, n, r, True, ["to_q", "to_k", "to_v", "to_out.0"]), {}),
+        "cxrgen, kohya's modules": (lambda out, n: ours(model, prepared, out, n, r, True, KOHYA_TARGETS), {}),
+        "cxrgen, no caching": (
+            lambda out, n: ours(model, prepared, out, n, r, False, ["to_q", "to_k", "to_v", "to_out.0"]),
+            {},
         ),
-        "cxrgen, no caching": lambda out, n: ours(model, prepared, out, n, args.resolution, cached=False),
-        "cxrgen, cached latents + text": lambda out, n: ours(model, prepared, out, n, args.resolution, cached=True),
     }
-    per_step: dict[str, float] = {}
-    for rep in range(args.repeats):  # trainers alternate, so slow spells of the machine hit all of them
-        for name, make in trainers.items():
-            out = OUT / "runs" / name.split()[0].replace(",", "")
-            t1 = timed(make(out, s1), out)
-            t2 = timed(make(out, s2), out)
-            estimate = (t2 - t1) / (s2 - s1)
-            per_step[name] = min(per_step.get(name, estimate), estimate)
+    if args.sd_scripts:
+        env = {"SD_SCRIPTS": str(Path(args.sd_scripts).resolve())}
+        trainers["kohya"] = (lambda out, n: kohya(Path(args.kohya_ref), model, instance, out, n, r), env)
+    if args.script:
+        trainers["diffusers"] = (lambda out, n: official(args.script, model, instance, out, n, r), {})
+    runs: dict[str, list[Run]] = {name: [] for name in trainers}
+    for round_ in range(args.rounds):
+        order = list(trainers) if round_ % 2 == 0 else list(reversed(trainers))  # neither always goes first
+        for name in order:
+            make, env = trainers[name]
+            out = OUT / "runs" / name.replace(",", "").replace("'", "").replace(" ", "-")
+            result = timed(make(out, args.steps), out, env)
+            runs[name].append(result)
             print(
-                f"[{rep + 1}/{args.repeats}] {name:32s} {s1} steps {t1:6.1f} s, "
-                f"{s2} steps {t2:6.1f} s -> {estimate:.2f} s/step",
+                f"[round {round_ + 1}/{args.rounds}] {name:26s} median step {np.median(result.gaps):6.2f} s "
+                f"({len(result.gaps)} steps, {result.gaps.min():.2f}-{result.gaps.max():.2f}), "
+                f"process {result.seconds:5.0f} s, peak RSS {result.peak_rss_gb:.1f} GB",
                 flush=True,
             )
-    base = per_step["diffusers train_dreambooth_lora.py"]
     print(
-        f"\nSD 1.5 architecture (random weights), {args.resolution} px, batch 1, LoRA rank 4, fp32, "
-        f"{os.cpu_count()} CPU cores"
+        f"\nSD 1.5 architecture (random weights), {r} px, batch 1, LoRA rank 4, fp32, {os.cpu_count()} CPU cores, "
+        f"{args.rounds} rounds x {args.steps} steps"
     )
-    print(f"{'trainer':32s} {'s/step':>8s} {'speed-up':>9s}")
-    for name, value in per_step.items():
-        print(f"{name:32s} {value:8.2f} {base / value:8.2f}x")
-    cached = base / per_step["cxrgen, cached latents + text"]
-    uncached = base / per_step["cxrgen, no caching"]
-    print(
-        f"target cached >= 1.4x: {'PASS' if cached >= 1.4 else 'FAIL'}; "
-        f"uncached >= 1.0x: {'PASS' if uncached >= 0.97 else 'FAIL'} (3% timing noise allowed)"
-    )
+    print(f"{'trainer':26s} {'median s/step':>13s}  per round")
+    for name, results in runs.items():
+        rounds = " ".join(f"{np.median(x.gaps):.2f}" for x in results)
+        print(f"{name:26s} {np.median(np.concatenate([x.gaps for x in results])):13.2f}  {rounds}")
+    print(f"\n{'ratio (step time)':36s} {'value':>6s}  {'95% interval':>14s}  target  verdict")
+    for label, (num, den, target) in TARGETS.items():
+        if num not in runs or den not in runs:
+            continue
+        point, low, high = ratio_interval([x.gaps for x in runs[num]], [x.gaps for x in runs[den]])
+        print(f"{label:36s} {point:5.2f}x  [{low:.2f}, {high:.2f}]  {target:5.1f}x  {verdict(low, high, target)}")
 
 
 if __name__ == "__main__":

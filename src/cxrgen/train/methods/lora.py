@@ -24,7 +24,11 @@ class LoraOptions:
     rank: int = option(16, "LoRA rank of the UNet adapter")
     alpha: float | None = option(None, "LoRA alpha (default: the rank, i.e. scale 1)")
     dropout: float = option(0.0, "dropout on the LoRA path")
-    targets: list[str] = option(["to_q", "to_k", "to_v", "to_out.0"], "UNet modules that get adapters")
+    targets: list[str] = option(
+        ["to_q", "to_k", "to_v", "to_out.0"],
+        "UNet modules that get adapters, by name or last dotted parts (kohya's sd-scripts adapts proj_in proj_out "
+        "to_q to_k to_v to_out.0 ff.net.0.proj ff.net.2)",
+    )
     text_encoder: bool = option(False, "also train a LoRA on the text encoder")
     text_encoder_rank: int | None = option(None, "rank of the text-encoder adapter (default: rank)")
     text_encoder_targets: list[str] = option(
