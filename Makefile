@@ -36,11 +36,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 # CPU benchmarks, one after another (each prints its figures and targets). train_speed.py also needs diffusers'
-# examples/dreambooth/train_dreambooth_lora.py: make benchmarks DREAMBOOTH_SCRIPT=PATH. gpu_*.py need a GPU.
+# examples/dreambooth/train_dreambooth_lora.py: make benchmarks DREAMBOOTH_SCRIPT=PATH, and for kohya's sd-scripts
+# SD_SCRIPTS=PATH (a copy of kohya-ss/sd-scripts; ../shared/tools/kohya_ref.sh sets it up). gpu_*.py need a GPU.
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/prepare_metadata.py
 	$(BIN)/python benchmarks/prepare_throughput.py
-	$(if $(DREAMBOOTH_SCRIPT),$(BIN)/python benchmarks/train_speed.py --script $(DREAMBOOTH_SCRIPT),@echo "train_speed.py skipped: set DREAMBOOTH_SCRIPT")
+	$(if $(DREAMBOOTH_SCRIPT),$(BIN)/python benchmarks/train_speed.py --script $(DREAMBOOTH_SCRIPT) $(if $(SD_SCRIPTS),--sd-scripts $(SD_SCRIPTS)),@echo "train_speed.py skipped: set DREAMBOOTH_SCRIPT (and SD_SCRIPTS for kohya)")
 	$(BIN)/python benchmarks/generate_speed.py
 	$(BIN)/python benchmarks/evaluate_speed.py
 	$(BIN)/python benchmarks/interval_coverage.py
