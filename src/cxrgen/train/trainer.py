@@ -66,7 +66,7 @@ class Trainer:
         )
         self.device = self.accelerator.device
         if self.device.type == "cpu":
-            reuse_freed_memory()  # a CPU step frees and reallocates the same activations: keep them mapped
+            reuse_freed_memory()  # a CPU step frees and reallocates the same activations: keep their pages
         self.is_main = self.accelerator.is_main_process
         self.cache_writer = cache_key(self.out.resolve())[:12]  # this run's name for the cache files it fills
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes

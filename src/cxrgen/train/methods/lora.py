@@ -60,7 +60,6 @@ class LoraMethod(TrainingMethod):
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self.frozen: dict[str, float] = {}  # stacked adapters kept beside the trained one, with their weights
         o = self.options
         weights = o.stack_weights or [1.0] * len(o.stack)
         # each stacked file hashed once: cache keys and run.json both name it by this digest
@@ -80,12 +79,12 @@ class LoraMethod(TrainingMethod):
         return [*(s["identity"] for s in self.stacked()), o.stack_weights, o.stack_mode]
 
     def load_stack(self, components: Any) -> None:
-        self.frozen = stack_loras(components, self.options)
+        stack_loras(components, self.options)
 
     def prepare(self, components: Any) -> None:
         components.unet.requires_grad_(False)
         components.text_encoder.requires_grad_(False)
-        add_trainable_lora(components, self.options, self.frozen)
+        add_trainable_lora(components, self.options)
 
     def resume_settings(self) -> dict[str, Any]:
         return {"--lora.alpha": self.options.alpha or self.options.rank}
@@ -101,11 +100,11 @@ class LoraMethod(TrainingMethod):
         return Exported({k: str(v) for k, v in files.items()}, None, [*stack, ("lora", 1.0)])
 
 
-def stack_loras(components: Any, config: LoraOptions) -> dict[str, float]:
-    """Load the stacked LoRAs. 'merged' folds them into the base weights; 'frozen' keeps them as adapters that
-    stay active and untrained. Returns the frozen adapters with their weights."""
+def stack_loras(components: Any, config: LoraOptions) -> None:
+    """Load the stacked LoRAs. 'merged' folds them into the base weights; 'frozen' keeps them as peft adapters that
+    stay active and untrained."""
     if not config.stack:
-        return {}
+        return
     pipe = components.pipeline()
     weights = config.stack_weights or [1.0] * len(config.stack)
     names = load_loras(pipe, list(zip(config.stack, weights, strict=True)), "stack")
@@ -113,12 +112,11 @@ def stack_loras(components: Any, config: LoraOptions) -> dict[str, float]:
         pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
         pipe.unload_lora_weights()
         log.info("merged %d stacked LoRA(s) into the base weights", len(names))
-        return {}
-    log.info("stacked %d frozen LoRA(s): %s", len(names), ", ".join(config.stack))
-    return dict(zip(names, weights, strict=True))
+    else:
+        log.info("stacked %d frozen LoRA(s): %s", len(names), ", ".join(config.stack))
 
 
-def add_trainable_lora(components: Any, config: LoraOptions, frozen: dict[str, float]) -> None:
+def add_trainable_lora(components: Any, config: LoraOptions) -> None:
     """Add the "cxrgen" adapter to the UNet (and the text encoder if asked), beside any frozen stacked ones,
     and make its parameters, and only them, trainable."""
     models = [("unet", components.unet, config.targets, config.rank, config.alpha or config.rank)]
