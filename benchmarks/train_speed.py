@@ -83,6 +83,10 @@ def data(resolution: int, n: int = 8) -> tuple[Path, Path]:
     return instance, prepared
 
 
+def argv(flags: dict[str, object]) -> list[str]:
+    return [str(x) for pair in flags.items() for x in pair]
+
+
 def official(script: str, model: Path, instance: Path, out: Path, steps: int, resolution: int) -> list[str]:
     flags = {
         "--pretrained_model_name_or_path": model,
@@ -102,7 +106,7 @@ def official(script: str, model: Path, instance: Path, out: Path, steps: int, re
         "--dataloader_num_workers": 0,
         "--report_to": "tensorboard",
     }
-    return [sys.executable, script, *(str(x) for kv in flags.items() for x in kv)]
+    return [sys.executable, script, *argv(flags)]
 
 
 def kohya(ref: Path, model: Path, instance: Path, out: Path, steps: int, resolution: int) -> list[str]:
@@ -141,7 +145,7 @@ def ours(
         "--log-every": 1,
         "--cache-dir": out / "cache",
     }
-    cmd = [sys.executable, "-m", "cxrgen", "train", *(str(x) for kv in flags.items() for x in kv)]
+    cmd = [sys.executable, "-m", "cxrgen", "train", *argv(flags)]
     cmd += ["--lora.targets", *targets]
     return cmd if cached else [*cmd, "--no-cache-latents", "--no-cache-text"]
 

@@ -123,7 +123,7 @@ class LoraLayer(nn.Module):
             down = nn.Conv2d(core.in_channels, rank, *shape, bias=False)
             up = nn.Conv2d(rank, core.out_channels, 1, bias=False)
         else:
-            raise TypeError(f"LoRA supports Linear and Conv2d layers, not {type(core).__name__}")
+            raise TypeError(f"LoRA adapts Linear and ungrouped Conv2d layers, not {type(core).__name__}")
         nn.init.normal_(down.weight, std=1 / rank)  # peft's "gaussian" start: A random, B zero, so y = base(x)
         nn.init.zeros_(up.weight)
         self.lora_A = nn.ModuleDict({adapter: down})
@@ -165,11 +165,12 @@ def add_lora(model: nn.Module, targets: list[str], adapter: str, rank: int, alph
         if matches(name, targets) and not name.endswith(".base_layer") and not isinstance(module, LoraLayer)
     ]
     for name, module in chosen:
-        if not isinstance(module, (nn.Linear, nn.Conv2d)) and not hasattr(module, "base_layer"):
-            raise TypeError(f"{name} is a {type(module).__name__}; LoRA adapts Linear and Conv2d layers")
+        try:
+            layer = LoraLayer(module, adapter, rank, alpha, dropout)
+        except TypeError as exc:
+            raise TypeError(f"{name}: {exc}") from exc
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoraLayer(module, adapter, rank, alpha, dropout))
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
     return len(chosen)
 
 
@@ -179,12 +180,12 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
             yield name, module
 
 
-def adapter_state_dict(model: nn.Module, fold_scale: bool = True) -> dict[str, torch.Tensor]:
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter as `get_peft_model_state_dict` gives it (`<module>.lora_A.weight`, `lora_B`), with the scale
-    folded into B if asked."""
+    folded into B."""
     state = {}
     for name, layer in lora_layers(model):
         state[f"{name}.lora_A.weight"] = layer.down.detach()
         up = layer.up.detach()
-        state[f"{name}.lora_B.weight"] = up * layer.scale if fold_scale and layer.scale != 1 else up
+        state[f"{name}.lora_B.weight"] = up * layer.scale if layer.scale != 1 else up
     return state
