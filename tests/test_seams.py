@@ -111,20 +111,22 @@ def test_a_registered_reader_prepares_with_its_own_options(tiny_reader, tmp_path
 
 
 class BiasOnly(TrainingMethod):
-    """Trains the UNet's bias terms alone (BitFit): a real method in a dozen lines."""
+    """Trains the denoiser's bias terms alone (BitFit): a real method in a dozen lines."""
 
     name = "bias-only"
-    help = "train only the UNet's biases"
+    help = "train only the denoiser's biases"
 
     def prepare(self, components):
-        components.text_encoder.requires_grad_(False)
-        for name, param in components.unet.named_parameters():
+        for encoder in components.text_encoders:
+            encoder.requires_grad_(False)
+        for name, param in components.denoiser.named_parameters():
             param.requires_grad_(name.endswith(".bias"))
 
-    def export(self, out, components, unet, text_encoder, ema, info):
+    def export(self, out, components, trained, ema, info):
         from safetensors.torch import save_file
 
-        biases = {n: p.detach().contiguous() for n, p in unet.named_parameters() if p.requires_grad}
+        denoiser = trained[components.family.denoiser]
+        biases = {n: p.detach().contiguous() for n, p in denoiser.named_parameters() if p.requires_grad}
         save_file(biases, out / "biases.safetensors")
         return Exported({"biases": str(out / "biases.safetensors")})
 

@@ -88,12 +88,19 @@ def test_lora_loads_in_plain_diffusers_and_changes_images(lora_run, tiny_model):
     assert np.abs(tuned - kohya).max() < 1e-4  # the kohya file holds the same adapter
     from safetensors import safe_open
 
-    from cxrgen.model.lora import kohya_base_version
+    from types import SimpleNamespace
+
+    from cxrgen.model.families import FAMILIES
 
     with safe_open(str(lora_run / "lora" / "lora_kohya.safetensors"), "pt") as fh:
         assert fh.metadata()["ss_base_model_version"] == "sd_v1"  # what UIs match the base model by
-    assert kohya_base_version(1024, "v_prediction") == "sd_v2_768_v"
-    assert kohya_base_version(1024, "epsilon") == "sd_v2_512"
+
+    def version(width: int, prediction: str) -> str:
+        denoiser = SimpleNamespace(config=SimpleNamespace(cross_attention_dim=width))
+        return FAMILIES["sd"].kohya_version(SimpleNamespace(denoiser=denoiser, prediction_type=prediction))
+
+    assert version(1024, "v_prediction") == "sd_v2_768_v"
+    assert version(1024, "epsilon") == "sd_v2_512"
 
 
 def test_resume_after_interruption_equals_uninterrupted(
@@ -163,7 +170,7 @@ def test_stacked_lora_is_frozen_and_active(lora_run, tiny_dataset, tiny_model, t
     real_fit = trainer_module.Trainer.fit
 
     def fit_and_inspect(self):
-        unet = self.accelerator.unwrap_model(self.unet)
+        unet = self.accelerator.unwrap_model(self.denoiser)
         seen["active"] = list(unet.active_adapters())  # peft's: the stacked ones
         seen["trained"] = [n for n, p in unet.named_parameters() if p.requires_grad]
         seen["stack_trainable"] = [n for n, p in unet.named_parameters() if ".stack0." in n and p.requires_grad]
@@ -462,24 +469,29 @@ def test_saved_lora_keeps_its_alpha(tiny_model, tmp_path, file):
     """A LoRA trained with alpha != rank acts the same once saved and loaded by diffusers, from either file, on
     attention projections beside 1x1 convolutions and the feed-forward (kohya's targets), and the text encoder."""
     from cxrgen.model.loading import ModelConfig, load_components
-    from cxrgen.train.methods.lora import TRAIN, LoraOptions, save_lora
-    from cxrgen.train.methods.lora_layers import add_lora
+    from cxrgen.model.lora import save_lora_files
+    from cxrgen.train.methods.lora import TRAIN, LoraOptions
+    from cxrgen.train.methods.lora_layers import adapter_state_dict, add_lora
 
     kohya_targets = ["proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
     trained = load_components(ModelConfig(base=str(tiny_model)))
-    add_lora(trained.unet, kohya_targets, TRAIN, rank=4, alpha=8, dropout=0.0)
+    add_lora(trained.denoiser, kohya_targets, TRAIN, rank=4, alpha=8, dropout=0.0)
     # all four projections: diffusers reads a kohya file's text-encoder part by its out_proj keys
-    add_lora(trained.text_encoder, LoraOptions().text_encoder_targets, TRAIN, rank=4, alpha=8, dropout=0.0)
+    add_lora(trained.text_encoders[0], LoraOptions().text_encoder_targets, TRAIN, rank=4, alpha=8, dropout=0.0)
     torch.manual_seed(0)
-    for model in (trained.unet, trained.text_encoder):
+    for model in (trained.denoiser, trained.text_encoders[0]):
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.data.normal_(0, 0.1)  # trained B is not zero
-    save_lora(tmp_path, trained.unet, trained.text_encoder, True, {})
+    layers = {
+        "unet": adapter_state_dict(trained.denoiser),
+        "text_encoder": adapter_state_dict(trained.text_encoders[0]),
+    }
+    save_lora_files(trained.family, tmp_path, layers, {})
     loaded = load_components(ModelConfig(base=str(tiny_model)))
     loaded.pipeline().load_lora_weights(tmp_path, weight_name=file)
     plain = load_components(ModelConfig(base=str(tiny_model)))
-    config = trained.unet.config
+    config = trained.denoiser.config
     inputs = (
         torch.randn(1, config.in_channels, config.sample_size, config.sample_size),
         torch.tensor([500]),
@@ -487,8 +499,8 @@ def test_saved_lora_keeps_its_alpha(tiny_model, tmp_path, file):
     )
     ids = trained.tokenizer(["chest x-ray"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
-        want, got, base = (m.unet(*inputs).sample for m in (trained, loaded, plain))
-        text = [m.text_encoder(ids)[0] for m in (trained, loaded, plain)]
+        want, got, base = (m.denoiser(*inputs).sample for m in (trained, loaded, plain))
+        text = [m.text_encoders[0](ids)[0] for m in (trained, loaded, plain)]
     assert (want - base).abs().max() > 1e-3 and torch.allclose(got, want, atol=1e-5)
     assert (text[0] - text[2]).abs().max() > 1e-3 and torch.allclose(text[1], text[0], atol=1e-5)
 
@@ -533,20 +545,20 @@ def test_text_cache_stores_each_window_once_and_pads_like_the_encoder(tiny_model
     import torch
 
     from cxrgen.model.loading import ModelConfig, load_components
-    from cxrgen.model.text_encoding import encode_prompts
     from cxrgen.train.cache import ArrayCache, TextCache
 
     m = load_components(ModelConfig(base=str(tiny_model)), torch.float32)
     long = "chest x-ray, " + ", ".join(f"diagnosis finding {i}, loc left" for i in range(40))
     prompts = sorted({"chest x-ray", long, long + ", loc right"})
-    text = TextCache(m.tokenizer, prompts, True, ArrayCache(tmp_path, "key", "run"))
-    spans = [text.spans[p][1] for p in prompts]
-    assert len(text.ids) == 1 + sum(spans) and max(spans) >= 3  # no prompt stored padded to the longest
-    text.fill(m.text_encoder, batch=2)
+    text = TextCache(m, prompts, True, ArrayCache(tmp_path, "key", "run"))
+    text.fill(batch=2)
+    windows = [text.spans[p][1] // 77 for p in prompts]
+    rows = np.load(tmp_path / "key.npy", mmap_mode="r").shape[0]
+    assert rows == 77 * (1 + sum(windows)) and max(windows) >= 3  # no prompt stored padded to the longest
     for batch in (["chest x-ray", long], [long + ", loc right", "chest x-ray"], ["chest x-ray"]):
         with torch.no_grad():
-            direct = encode_prompts(m.tokenizer, m.text_encoder, batch, long=True).numpy()
-        cached = text.embeddings(batch)
+            direct = m.encode(batch, long=True).embeds.numpy()
+        cached = text.conditioning(batch).embeds.numpy()
         assert cached.shape == direct.shape and np.abs(cached - direct).max() < 1e-2  # float16 storage
 
 

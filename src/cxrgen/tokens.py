@@ -82,12 +82,14 @@ def clip_vocabulary(bpe_file: Path) -> tuple[dict[str, int], list[str]]:
 
 
 @functools.cache
-def clip_tokenizer() -> Any:
-    """The exact CLIP tokenizer (transformers' CLIPTokenizer) built from the BPE file, cached on disk."""
+def clip_tokenizer(pad_token: str | None = None) -> Any:
+    """The exact CLIP tokenizer (transformers' CLIPTokenizer) built from the BPE file, cached on disk; `pad_token`
+    replaces its padding token (SDXL's and SD 3's second tokenizer pads with "!")."""
     from transformers import CLIPTokenizer
 
     folder = clip_tokenizer_files()
-    return CLIPTokenizer.from_pretrained(folder, model_max_length=CLIP_WINDOW)
+    extra = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=CLIP_WINDOW, **extra)
 
 
 def clip_tokenizer_files() -> Path:

@@ -62,7 +62,7 @@ def sample_set(
     set_offline_if_local(source.base.base)
     dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
     pipe, components, _ = load_sampling_pipeline(source, SAMPLER, dtype, device)
-    side = size or components.unet.config.sample_size * components.vae_scale
+    side = size or components.native_resolution
     rows: list[MetadataRow] = []
     for start in range(0, len(prompts), batch):
         chunk = range(start, min(start + batch, len(prompts)))

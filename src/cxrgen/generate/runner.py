@@ -25,9 +25,8 @@ from ..distributed import cpu_processes
 from ..fileio import read_jsonl_lines, remove_stale_temps, stat_digest
 from ..model.loading import set_offline_if_local
 from ..model.lora import lora_digest
-from ..model.sampling import image_seed, sample_images, to_uint
+from ..model.sampling import image_seed, sample_images, text_windows, to_uint
 from ..model.source import ModelSource, load_sampling_pipeline
-from ..model.text_encoding import chunk_token_ids, count_over_window
 from ..prompts import PromptBuilder, PromptConfig
 from ..vocabulary import Vocabulary, load_vocabulary
 from . import conditions as cond
@@ -142,10 +141,12 @@ class Generator:
         if config.compile:
             if not self.source.adapters or self.loras_merged:
                 self.pipe.fuse_qkv_projections()  # one matrix product for q, k and v (not with LoRA layers in place)
-            self.pipe.unet = torch.compile(self.pipe.unet)
+            denoiser = components.family.denoiser
+            setattr(self.pipe, denoiser, torch.compile(getattr(self.pipe, denoiser)))
             self.pipe.vae.decoder = torch.compile(self.pipe.vae.decoder)
+        self.components = components
         self.tokenizer = components.tokenizer
-        self.resolution = self.source.resolution or components.unet.config.sample_size * components.vae_scale
+        self.resolution = self.source.resolution or components.native_resolution
         self.prompts = self._prompts()
         self.seeds = [
             item.seed if item.seed is not None else image_seed(config.seed, i) for i, item in enumerate(self.items)
@@ -215,7 +216,7 @@ class Generator:
         # ones: batch together only prompts of the same length, so that an image depends on its own prompt alone
         groups: dict[int, list[int]] = {}
         for i, prompt in enumerate(self.prompts):
-            groups.setdefault(len(chunk_token_ids(self.tokenizer, prompt, long=True)), []).append(i)
+            groups.setdefault(text_windows(self.pipe, prompt, long=True), []).append(i)
         return [group[k : k + b] for group in groups.values() for k in range(0, len(group), b)]
 
     def my_batches(self) -> list[list[int]]:
@@ -346,16 +347,17 @@ class Generator:
         return result
 
     def _warn_long(self, prompts: list[str]) -> None:
-        if not self.source.long_prompts:
-            over = count_over_window(self.tokenizer, list(dict.fromkeys(prompts)))
-            if over:
-                log.warning(
-                    "%d prompt(s) exceed %d tokens and will be cut; use --long-prompts (or a model trained with it)",
-                    over,
-                    self.tokenizer.model_max_length,
-                )
-            if count_over_window(self.tokenizer, [self.config.negative_prompt]):
-                log.warning("the negative prompt exceeds %d tokens and will be cut", self.tokenizer.model_max_length)
+        family, tokenizers, long = self.components.family, self.components.tokenizers, self.source.long_prompts
+        over = family.count_cut(tokenizers, list(dict.fromkeys(prompts)), long)
+        if over:
+            log.warning(
+                "%d prompt(s) exceed %s and will be cut%s",
+                over,
+                family.limit(long),
+                "" if long else "; use --long-prompts (or a model trained with it)",
+            )
+        if family.count_cut(tokenizers, [self.config.negative_prompt], long):
+            log.warning("the negative prompt exceeds %s and will be cut", family.limit(long))
 
     def _write(
         self,

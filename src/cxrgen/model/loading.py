@@ -15,14 +15,13 @@ from typing import Any, Literal
 
 import torch
 
-from ..config import option
+from ..config import ConfigError, option
 from ..errors import UserError
 from ..fileio import cache_root, stat_digest, write_text
 from ..tokens import CLIP_WINDOW
-from .pipeline import sd_pipeline
+from .families import FAMILIES, ModelFamily, family_of_pipeline, read_pipeline_class
 
 log = logging.getLogger(__name__)
-COMPONENTS = ("unet", "vae", "text_encoder")
 
 
 class ModelError(UserError):
@@ -34,6 +33,9 @@ class ModelConfig:
     base: str = option(
         help="base model: hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or local diffusers folder"
     )
+    family: str | None = option(
+        None, f"model family: {', '.join(FAMILIES)} (default: read from the model's model_index.json)"
+    )
     revision: str | None = option(None, "hub revision (branch, tag or commit)")
     variant: str | None = option(None, "weight variant to load, e.g. fp16")
     allow_pickle: bool = option(False, "also load .bin/.ckpt weights (pickles: only for files you trust)")
@@ -41,42 +43,95 @@ class ModelConfig:
         None, "override the scheduler's prediction type (default: read from the model's scheduler config)"
     )
 
+    def __post_init__(self) -> None:
+        if self.family is not None and self.family not in FAMILIES:
+            raise ConfigError(f"--model.family {self.family!r}: choose one of {', '.join(FAMILIES)}")
+
     def identity(self) -> str:
         """The base model's identity (see model_identity) with the overrides that change what it computes."""
         overrides = "".join(f"+{v}" for v in (self.variant, self.prediction_type) if v)
         return model_identity(self.base, self.revision) + overrides
 
+    def resolve_family(self) -> ModelFamily:
+        """The family named, else the one the model's model_index.json names."""
+        if self.family:
+            return FAMILIES[self.family]
+        try:
+            class_name = read_pipeline_class(self.base, self.revision)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(
+                f"cannot load base model {self.base}: its model_index.json, which names the family, is not at hand "
+                f"({exc}). For offline use give a local folder (`cxrgen make-tiny-model --out DIR` writes one)."
+            ) from exc
+        family = family_of_pipeline(class_name)
+        if family is None:
+            raise ModelError(f"{self.base} is a {class_name}, not a model family cxrgen trains ({', '.join(FAMILIES)})")
+        return family
+
 
 @dataclass
 class Components:
-    tokenizer: Any
-    text_encoder: Any
-    vae: Any
-    unet: Any
-    scheduler: Any  # the training (DDPM) noise scheduler
+    """A loaded model's parts by their diffusers names, its family, and the training noise scheduler."""
+
+    family: ModelFamily
+    parts: dict[str, Any]
+    scheduler: Any  # the training scheduler (DDPM, or the flow-matching one)
     source: str
 
     @property
+    def denoiser(self) -> Any:
+        """The UNet or transformer."""
+        return self.parts[self.family.denoiser]
+
+    @property
+    def vae(self) -> Any:
+        return self.parts["vae"]
+
+    @property
+    def tokenizers(self) -> list[Any]:
+        return [self.parts[n] for n in self.family.tokenizers]
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        return [self.parts[n] for n in self.family.text_encoders]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The first (CLIP) tokenizer: the one prompt lengths are counted in."""
+        return self.parts[self.family.tokenizers[0]]
+
+    @property
     def prediction_type(self) -> str:
-        return self.scheduler.config.prediction_type
+        return getattr(self.scheduler.config, "prediction_type", None) or "flow"
 
     @property
     def vae_scale(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def pipeline(self, scheduler: Any = None) -> Any:
-        """A pipeline over these very modules (adapters added to it are added to them)."""
-        return sd_pipeline(self.tokenizer, self.text_encoder, self.vae, self.unet, scheduler or self.scheduler)
+    @property
+    def native_resolution(self) -> int:
+        return int(self.denoiser.config.sample_size) * self.vae_scale
+
+    def pipeline(self, scheduler: Any = None, **replaced: Any) -> Any:
+        """A pipeline over these very modules (adapters added to it are added to them); `replaced` swaps parts by
+        name (e.g. the UNet being trained)."""
+        return self.family.pipeline({**self.parts, **replaced}, scheduler or self.scheduler)
+
+    def encode(self, prompts: list[str], long: bool, encoders: list[Any] | None = None) -> Any:
+        """The family's conditioning of `prompts` (`encoders` replaces the text encoders, e.g. ones in training)."""
+        return self.family.encode(self.tokenizers, encoders or self.text_encoders, prompts, long)
 
 
-def _check_local(folder: Path, allow_pickle: bool) -> None:
+def _check_local(folder: Path, config: ModelConfig) -> None:
     if not (folder / "model_index.json").is_file():
         raise ModelError(f"{folder} is not a diffusers model folder (no model_index.json)")
-    for name in COMPONENTS:
+    for name in config.resolve_family().parts:
         sub = folder / name
         if not sub.is_dir():
             raise ModelError(f"{folder} has no {name}/ folder")
-        if not allow_pickle and not any(sub.glob("*.safetensors")):
+        if name.startswith("tokenizer"):
+            continue
+        if not config.allow_pickle and not any(sub.glob("*.safetensors")):
             pickles = [p.name for p in sub.iterdir() if p.suffix in (".bin", ".ckpt", ".pt")]
             what = f" (it has {', '.join(pickles)})" if pickles else ""
             raise ModelError(
@@ -86,23 +141,23 @@ def _check_local(folder: Path, allow_pickle: bool) -> None:
 
 
 def load_components(config: ModelConfig, dtype: torch.dtype = torch.float32) -> Components:
-    """Tokenizer, text encoder, VAE, UNet and DDPM scheduler of a Stable Diffusion 1.x/2.x model."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """The parts of a model of any family (tokenizers, text encoders, VAE, UNet or transformer) and its training
+    scheduler."""
+    import diffusers
 
     local = Path(config.base).expanduser()
     if local.exists():
-        _check_local(local, config.allow_pickle)
+        _check_local(local, config)
+    elif config.base.startswith(("/", ".", "~")) or config.base.count("/") > 1:
+        raise ModelError(f"cannot load base model {config.base}: no such folder (and not a hub id)")
     kwargs: dict[str, Any] = {"revision": config.revision, "use_safetensors": not config.allow_pickle}
     if config.variant:
         kwargs["variant"] = config.variant
     base = str(local) if local.exists() else config.base
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", revision=config.revision)
-        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", torch_dtype=dtype, **kwargs)
-        vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **kwargs)
-        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, **kwargs)
-        scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", revision=config.revision)
+        family = config.resolve_family()
+        cls = getattr(diffusers, family.pipeline_class)
+        pipe = cls.from_pretrained(base, dtype=dtype, **family.pipeline_extras, **kwargs)
     except (OSError, ValueError) as exc:
         hint = (
             ""
@@ -110,9 +165,11 @@ def load_components(config: ModelConfig, dtype: torch.dtype = torch.float32) -> 
             else " For offline use give a local folder (`cxrgen make-tiny-model --out DIR` writes one)."
         )
         raise ModelError(f"cannot load base model {config.base}: {exc}{hint}") from exc
+    scheduler = family.training_scheduler(pipe.scheduler.config)
     if config.prediction_type:
         scheduler.register_to_config(prediction_type=config.prediction_type)
-    return Components(tokenizer, text_encoder, vae, unet, scheduler, base)
+    parts = {name: getattr(pipe, name) for name in family.parts}
+    return Components(family, parts, scheduler, base)
 
 
 def weights_digest(folder: str | Path) -> str:

@@ -67,29 +67,37 @@ def load_loras(pipe: Any, adapters: list[tuple[str, float]], prefix: str) -> lis
     return names
 
 
-def kohya_base_version(cross_attention_dim: int, prediction_type: str) -> str:
-    """kohya's `ss_base_model_version`, which UIs read to match a LoRA to its base: SD 2.x has a 1024-wide text
-    encoder (SD 1.x 768), and its 768 px models predict v."""
-    if cross_attention_dim != 1024:
-        return "sd_v1"
-    return "sd_v2_768_v" if prediction_type == "v_prediction" else "sd_v2_512"
+def save_lora_weights(family: Any, folder: Path, layers: dict[str, dict[str, Any]]) -> Path:
+    """Write adapters given in peft's key format, by part name ("unet", "transformer", "text_encoder", ...), as the
+    family's diffusers LoRA file (it loads with the pipeline's `load_lora_weights`). Text-encoder keys keep the
+    `text_model.` names that kohya, A1111 and older diffusers read (transformers 5 flattened CLIPTextModel)."""
+    import diffusers
+
+    for name in list(layers):
+        if name.startswith("text_encoder"):
+            layers[name] = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in layers[name].items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline = getattr(diffusers, family.pipeline_class)
+    pipeline.save_lora_weights(
+        folder, **{f"{name}_lora_layers": sd for name, sd in layers.items()}, safe_serialization=True
+    )
+    return folder / DIFFUSERS_FILE
 
 
 def save_lora_files(
-    folder: Path, unet_sd: dict[str, Any], te_sd: dict[str, Any] | None, metadata: dict[str, str]
+    family: Any, folder: Path, layers: dict[str, dict[str, Any]], metadata: dict[str, str]
 ) -> dict[str, Path]:
-    """Write LoRA weights given in peft's key format as the diffusers file (loads with `load_lora_weights`) and a
-    kohya/A1111-style file."""
-    from diffusers import StableDiffusionPipeline
+    """The diffusers file, and where the family has one, a kohya/A1111-style file (`lora_unet_*`, `lora_te_*`;
+    SDXL's two text encoders `lora_te1_*`, `lora_te2_*`)."""
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
     from safetensors.torch import load_file, save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=unet_sd, text_encoder_lora_layers=te_sd, safe_serialization=True
-    )
-    kohya = convert_state_dict_to_kohya(load_file(folder / DIFFUSERS_FILE))
-    # one text encoder is kohya's "lora_te_" (SD 1.x/2.x); "lora_te1_" names SDXL's first of two
-    kohya = {k.replace("lora_te1_", "lora_te_", 1): v.contiguous() for k, v in kohya.items()}
-    save_file(kohya, folder / KOHYA_FILE, metadata={"ss_network_module": "networks.lora", **metadata})
-    return {"diffusers": folder / DIFFUSERS_FILE, "kohya": folder / KOHYA_FILE}
+    files = {"diffusers": save_lora_weights(family, folder, layers)}
+    if family.kohya_export:
+        kohya = convert_state_dict_to_kohya(load_file(files["diffusers"]))
+        if len(family.text_encoders) == 1:  # one text encoder is kohya's "lora_te_"; "lora_te1_" is SDXL's first
+            kohya = {k.replace("lora_te1_", "lora_te_", 1): v for k, v in kohya.items()}
+        kohya = {k: v.contiguous() for k, v in kohya.items()}
+        save_file(kohya, folder / KOHYA_FILE, metadata={"ss_network_module": "networks.lora", **metadata})
+        files["kohya"] = folder / KOHYA_FILE
+    return files

@@ -14,8 +14,9 @@ import torch
 
 from ..config import ConfigError, option
 from ..tokens import clip_tokenizer
+from .families import FAMILIES
 from .loading import ModelConfig, load_components
-from .pipeline import sd_pipeline
+from .lora import save_lora_weights
 
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
@@ -144,19 +145,32 @@ def build_pipeline(
     vae = AutoencoderKL(**{**spec["vae"], "sample_size": image_size})
     text_encoder = CLIPTextModel(CLIPTextConfig(**spec["text"]))
     scheduler = PNDMScheduler.from_config({**SCHEDULER_CONFIG, "prediction_type": prediction_type})  # as SD 1.5 ships
-    return sd_pipeline(clip_tokenizer(), text_encoder, vae, unet, scheduler)
+    parts = {"tokenizer": clip_tokenizer(), "text_encoder": text_encoder, "vae": vae, "unet": unet}
+    return FAMILIES["sd"].pipeline(parts, scheduler)
+
+
+ALL_ARCHS = tuple(dict.fromkeys(arch for family in FAMILIES.values() for arch in family.archs))
 
 
 @dataclass
 class TinyModelConfig:
     out: str = option(help="folder to write the diffusers pipeline to")
-    arch: Literal["tiny", "small", "sd15"] = option(
+    family: str = option("sd", f"model family: {', '.join(FAMILIES)}")
+    arch: str = option(
         "tiny",
-        "tiny (seconds on a CPU), small (learns phantom findings on a CPU), or sd15 (the SD 1.5 architecture)",
+        "tiny (seconds on a CPU); sd: small (learns phantom findings on a CPU) or sd15 (the SD 1.5 architecture); "
+        "sdxl and sd3: reduced (the real widths, a few layers: CPU benchmarks), sdxl or sd35m (the real one)",
     )
-    image_size: int = option(64, "training resolution the model is sized for (512 for sd15)")
+    image_size: int | None = option(None, "training resolution the model is sized for (default: the arch's)")
     prediction_type: Literal["epsilon", "v_prediction"] = option("epsilon", "what the UNet predicts")
     seed: int = option(0, "seed of the random weights")
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"--family {self.family!r}: choose one of {', '.join(FAMILIES)}")
+        archs = FAMILIES[self.family].archs
+        if self.arch not in archs:
+            raise ConfigError(f"--arch {self.arch!r} is not a {self.family} architecture; choose {', '.join(archs)}")
 
 
 Config = TinyModelConfig
@@ -165,19 +179,12 @@ Config = TinyModelConfig
 def make_tiny_model(config: TinyModelConfig) -> Path:
     """Write the pipeline folder; returns it."""
     out = Path(config.out)
-    pipe = build_pipeline(config.arch, config.image_size, config.seed, config.prediction_type)
+    family = FAMILIES[config.family]
+    size = config.image_size or family.default_size(config.arch)
+    pipe = family.random_pipeline(config.arch, size, config.seed, config.prediction_type)
     pipe.save_pretrained(out, safe_serialization=True)
-    (out / "cxrgen_model.json").write_text(
-        json.dumps(
-            {
-                "arch": config.arch,
-                "image_size": config.image_size,
-                "seed": config.seed,
-                "random_weights": True,
-            },
-            indent=2,
-        )
-    )
+    info = {"family": config.family, "arch": config.arch, "image_size": size, "seed": config.seed}
+    (out / "cxrgen_model.json").write_text(json.dumps({**info, "random_weights": True}, indent=2))
     return out
 
 
@@ -185,36 +192,41 @@ run = make_tiny_model
 
 
 def summarize(out: Path) -> int:
-    arch = json.loads((out / "cxrgen_model.json").read_text())["arch"]
-    unet = json.loads((out / "unet" / "config.json").read_text())
-    print(f"wrote a random {arch} Stable Diffusion pipeline (UNet widths {unet['block_out_channels']}) to {out}")
+    info = json.loads((out / "cxrgen_model.json").read_text())
+    family = info.get("family", "sd")
+    denoiser = FAMILIES[family].denoiser
+    params = sum(v.numel() for v in _tensors(out / denoiser).values())
+    print(f"wrote a random {family} {info['arch']} pipeline ({denoiser}: {params / 1e6:.1f} M parameters) to {out}")
     return 0
+
+
+def _tensors(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
 def make_random_lora(
     model: str | Path, out: str | Path, rank: int = 4, scale: float = 0.3, text_encoder: bool = False
 ) -> Path:
-    """A LoRA file for `model`'s UNet attention (and text encoder) with random A and B (a trained one starts
-    from B = 0), so that applying it visibly changes the images: for tests and benchmarks."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """A LoRA file for `model`'s denoiser (its family's default targets) and, with `text_encoder`, its CLIP text
+    encoders, with random A and B (a trained one starts from B = 0), so that applying it visibly changes the
+    images: for tests and benchmarks."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     m = load_components(ModelConfig(base=str(model)))
+    family = m.family
     generator = torch.Generator().manual_seed(0)
 
-    def layers(module: Any, targets: list[str]) -> dict[str, torch.Tensor]:
-        module.add_adapter(LoraConfig(r=rank, target_modules=targets))
-        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module, save_embedding_layers=False))
+    def layers(module: Any, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        module.add_adapter(LoraConfig(r=rank, target_modules=list(targets)))
+        state = get_peft_model_state_dict(module, save_embedding_layers=False)
         return {key: torch.randn(value.shape, generator=generator) * scale for key, value in state.items()}
 
-    StableDiffusionPipeline.save_lora_weights(
-        out,
-        unet_lora_layers=layers(m.unet, ["to_q", "to_k", "to_v", "to_out.0"]),
-        text_encoder_lora_layers=layers(m.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"])
-        if text_encoder
-        else None,
-        safe_serialization=True,
-    )
+    adapted = {family.denoiser: layers(m.denoiser, family.lora_targets)}
+    if text_encoder:
+        for name in family.trainable_text_encoders:
+            adapted[name] = layers(m.parts[name], family.text_lora_targets)
+    save_lora_weights(family, Path(out), adapted)
     return Path(out) / "pytorch_lora_weights.safetensors"

@@ -1,4 +1,4 @@
-"""Sampling images from a Stable Diffusion model: the one path used by training's sample grids and `generate`.
+"""Sampling images from a model of any family: the one path used by training's sample grids and `generate`.
 
 Every image has its own seed and its own generator, and batches are formed the same way whatever the sharding,
 so any image can be regenerated exactly from its seed and settings.
@@ -13,8 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .pipeline import sd_pipeline
-from .text_encoding import chunk_token_ids, encode_windows, token_windows
+from .families import ModelFamily, family_of_pipeline
 
 Sampler = Literal["dpmsolver++", "ddim", "euler", "pndm"]
 
@@ -34,15 +33,34 @@ def make_scheduler(name: Sampler, config: Any) -> Any:
     return cls.from_config(config)
 
 
-def make_pipeline(components: Any, sampler: Sampler, unet: Any = None, text_encoder: Any = None) -> Any:
-    """A sampling pipeline over loaded `Components` (or, for training's samples, the UNet and text encoder being
-    trained), with the named sampler and no progress bar of its own."""
-    scheduler = make_scheduler(sampler, components.scheduler.config)
-    unet = components.unet if unet is None else unet
-    text_encoder = components.text_encoder if text_encoder is None else text_encoder
-    pipe = sd_pipeline(components.tokenizer, text_encoder, components.vae, unet, scheduler)
+def make_pipeline(components: Any, sampler: str | None = None, **replaced: Any) -> Any:
+    """A sampling pipeline over loaded `Components` (`replaced`: parts by name, e.g. for training's samples the
+    UNet and text encoders being trained), with the named sampler (default: the family's) and no progress bar of
+    its own."""
+    family = components.family
+    sampler = sampler or family.default_sampler
+    if sampler not in family.samplers:
+        from ..config import ConfigError
+
+        raise ConfigError(
+            f"--sampler {sampler} does not sample {family.name} models; choose {', '.join(family.samplers)}"
+        )
+    pipe = components.pipeline(family.sampling_scheduler(sampler, components.scheduler.config), **replaced)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def pipeline_family(pipe: Any) -> ModelFamily:
+    family = family_of_pipeline(type(pipe).__name__)
+    if family is None:
+        raise TypeError(f"{type(pipe).__name__} is not the pipeline of a model family")
+    return family
+
+
+def text_windows(pipe: Any, prompt: str, long: bool) -> int:
+    """How many encoder windows `prompt` takes in this pipeline's family."""
+    family = pipeline_family(pipe)
+    return family.windows([getattr(pipe, n) for n in family.tokenizers], prompt, long)
 
 
 @torch.no_grad()
@@ -72,10 +90,11 @@ def sample_images(
         autocast_dtype=autocast_dtype,
         grayscale=grayscale,
     )
+    family = pipeline_family(pipe)
     if long_prompts:
         groups: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
-            groups.setdefault(len(chunk_token_ids(pipe.tokenizer, prompt, True)), []).append(i)
+            groups.setdefault(text_windows(pipe, prompt, True), []).append(i)
         if len(groups) > 1:
             images: list[Any] = [None] * len(prompts)
             for group in groups.values():
@@ -83,18 +102,20 @@ def sample_images(
                 for i, image in zip(group, made, strict=True):
                     images[i] = image
             return np.stack(images)
-    device = pipe.unet.device
-    windows = token_windows(pipe.tokenizer, prompts, long_prompts)
-    negative = token_windows(pipe.tokenizer, [negative_prompt] * len(prompts), long_prompts, windows.shape[1])
-    if negative.shape[1] > windows.shape[1]:  # a negative prompt longer than the prompts: pad them to it
-        windows = token_windows(pipe.tokenizer, prompts, long_prompts, negative.shape[1])
-    embeds, negative = (encode_windows(pipe.text_encoder, w) for w in (windows, negative))
+    device = getattr(pipe, family.denoiser).device
+    tokenizers = [getattr(pipe, n) for n in family.tokenizers]
+    encoders = [getattr(pipe, n) for n in family.text_encoders]
+    # a negative prompt longer than the prompts pads them to its windows
+    windows = max(text_windows(pipe, p, long_prompts) for p in [*prompts, negative_prompt])
+    cond = family.encode(tokenizers, encoders, prompts, long_prompts, windows)
+    negative = family.encode(tokenizers, encoders, [negative_prompt] * len(prompts), long_prompts, windows)
+    if not negative_prompt and family.empty_negative_is_zero(pipe):
+        negative = negative.zeros_like()
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with context:
         out = pipe(
-            prompt_embeds=embeds,
-            negative_prompt_embeds=negative,
+            **cond.pipeline_kwargs(negative),
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=generators,

@@ -56,24 +56,31 @@ def token_windows(tokenizer: Any, prompts: list[str], long: bool = False, min_ch
     return torch.tensor(rows, dtype=torch.long)
 
 
-def encode_windows(text_encoder: Any, windows: torch.Tensor) -> torch.Tensor:
-    """(batch, chunks, 77) ids -> (batch, chunks * 77, hidden) embeddings."""
+def encode_windows(
+    text_encoder: Any, windows: torch.Tensor, penultimate: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(batch, chunks, 77) ids -> (batch, chunks * 77, hidden) embeddings (the last layer's, or with `penultimate`
+    the one before, as SDXL and SD 3 read CLIP), and the projected pooled embedding of each prompt's first window
+    where the encoder has a projection (None otherwise)."""
     b, n, length = windows.shape
     device = next(text_encoder.parameters()).device
-    hidden = text_encoder(windows.reshape(b * n, length).to(device))[0]
-    return hidden.reshape(b, n * length, hidden.shape[-1])
+    out = text_encoder(windows.reshape(b * n, length).to(device), output_hidden_states=penultimate)
+    hidden = out.hidden_states[-2] if penultimate else out.last_hidden_state
+    pooled = getattr(out, "text_embeds", None)
+    if pooled is not None:
+        pooled = pooled.reshape(b, n, -1)[:, 0]
+    return hidden.reshape(b, n * length, hidden.shape[-1]), pooled
 
 
 def encode_prompts(
     tokenizer: Any, text_encoder: Any, prompts: list[str], long: bool = False, min_chunks: int = 1
 ) -> torch.Tensor:
-    return encode_windows(text_encoder, token_windows(tokenizer, prompts, long, min_chunks))
+    return encode_windows(text_encoder, token_windows(tokenizer, prompts, long, min_chunks))[0]
 
 
-def count_over_window(tokenizer: Any, prompts: list[str]) -> int:
-    """How many prompts would be truncated by a single 77-token window."""
-    window = int(tokenizer.model_max_length) - 2
+def count_over(tokenizer: Any, prompts: list[str], tokens: int) -> int:
+    """How many prompts are longer than `tokens` (specials excluded), and would be cut."""
     return sum(
-        len(tokenizer(p, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]) > window
+        len(tokenizer(p, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]) > tokens
         for p in prompts
     )

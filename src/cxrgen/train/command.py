@@ -68,8 +68,7 @@ def export(trainer: Trainer) -> Exported:
     return trainer.method.export(
         trainer.out,
         trainer.components,
-        acc.unwrap_model(trainer.unet),
-        acc.unwrap_model(trainer.text_encoder),
+        {name: acc.unwrap_model(model) for name, model in trainer.trained.items()},
         trainer.ema,
         {"identity": trainer.identity, "step": trainer.step},
     )
@@ -93,6 +92,7 @@ def run_manifest(trainer: Trainer, exported: Exported, seconds: float) -> RunMan
         base_model={
             "source": c.model.base,
             "identity": trainer.identity,
+            "family": trainer.family.name,
             "prediction_type": trainer.components.prediction_type,
         },
         stack=trainer.method.stacked(),

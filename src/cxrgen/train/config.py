@@ -68,7 +68,10 @@ class TrainSettings:
     cache_text: bool = option(True, "encode prompts once when the text encoder is frozen")
     cache_dir: str | None = option(None, "cache folder (default: $CXRGEN_CACHE or ~/.cache/cxrgen)")
     long_prompts: bool = option(False, "encode prompts beyond 77 tokens in 77-token windows")
-    snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (5.0 is common; none: off)")
+    snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (5.0 is common; none: off); SD 1/2, SDXL")
+    flow_weighting: Literal["logit_normal", "mode", "cosmap", "sigma_sqrt", "uniform"] = option(
+        "logit_normal", "flow-matching families (SD 3.5): timestep density or loss weighting (SD 3's paper)"
+    )
     noise_offset: float = option(0.0, "noise offset (helps very dark or bright images)")
     sample_every: int = option(250, "write a sample grid every N steps (0: only at the end; -1: never)")
     sample_prompts: list[str] = option([], "prompts for sample grids (default: four from the val split + a bird)")

@@ -22,9 +22,9 @@ from ..config import ConfigError, to_dict
 from ..contracts import metadata_path
 from ..distributed import cpu_processes
 from ..fileio import cache_root
+from ..model.families import Conditioning
 from ..model.loading import load_components, set_offline_if_local
 from ..model.sampling import make_pipeline, sample_images
-from ..model.text_encoding import encode_prompts
 from . import checkpoint as ckpt
 from .cache import ArrayCache, TextCache, cache_key, sample_latents
 from .config import BIRD_PROMPT, TrainConfig
@@ -82,6 +82,9 @@ class Trainer:
         self.val = self._optional_split(c.val_split)
         set_offline_if_local(c.model.base)
         self.components = load_components(c.model)
+        self.family = self.components.family
+        self.family.check_training(c)
+        self.objective = self.family.objective(self.components.scheduler, c)
         self.identity = c.model.identity()
         if self.resolution % (self.components.vae_scale * 4):
             raise ConfigError(
@@ -96,13 +99,15 @@ class Trainer:
         self.latents = (
             {name: self._latent_cache(split) for name, split in self._splits().items()} if c.cache_latents else {}
         )
-        trains_text = self.method.trains_text_encoder  # a frozen text encoder's embeddings can be cached
+        trains_text = self.method.trains_text_encoder  # frozen text encoders' embeddings can be cached
         self.text = self._text_cache() if c.cache_text and not trains_text else None
         optimizer = self._build_optimizer()
-        models = [self.components.unet] + ([self.components.text_encoder] if trains_text else [])
-        prepared = self.accelerator.prepare(*models, optimizer)
-        self.unet = prepared[0]
-        self.text_encoder = prepared[1] if trains_text else self.components.text_encoder
+        trained_text = [n for n in self.family.trainable_text_encoders if trains_text]
+        names = [self.family.denoiser, *trained_text]
+        prepared = self.accelerator.prepare(*(self.components.parts[n] for n in names), optimizer)
+        self.trained = dict(zip(names, prepared[:-1], strict=True))  # by part name, wrapped for several processes
+        self.denoiser = self.trained[self.family.denoiser]
+        self.text_encoders = [self.trained.get(n, self.components.parts[n]) for n in self.family.text_encoders]
         self.optimizer = prepared[-1]
         self.models = prepared[:-1]
         if c.resume:
@@ -113,11 +118,11 @@ class Trainer:
             name: IndexStream(len(split), c.seed + i) for i, (name, split) in enumerate(self._splits().items())
         }
         self.pool = ThreadPoolExecutor(max(1, c.workers)) if not c.cache_latents else None
-        self.unet_forward = self.unet  # the loss calls this; state, checkpoints and sampling use self.unet
+        self.denoiser_forward = self.denoiser  # the loss calls this; state, checkpoints and sampling use self.denoiser
         # FLOPs are counted on the eager model: the counter cannot see inside compiled code
         self.flops_per_image = self._measure_flops()
         if c.compile:
-            self.unet_forward = torch.compile(self.unet)
+            self.denoiser_forward = torch.compile(self.denoiser)
         self.peak = peak_flops(self.device, c.peak_tflops)
         self.log = RunLog(self.out, self.is_main, self.step if c.resume else None)
         if self.is_main:
@@ -148,9 +153,8 @@ class Trainer:
         identity = [self.identity, *self.stack_identity]
         folder = class_image_folder(c.prior, identity, self.resolution, c.seed, c.cache_dir)
         if self.is_main:
-            self.components.unet.to(self.device)
-            self.components.vae.to(self.device)
-            self.components.text_encoder.to(self.device)
+            for model in (self.components.denoiser, self.components.vae, *self.components.text_encoders):
+                model.to(self.device)
             ensure_class_images(c.prior, self.components, folder, self.resolution, c.seed)
         self.accelerator.wait_for_everyone()
         self._require_shared(metadata_path(folder, "train"))
@@ -172,27 +176,31 @@ class Trainer:
         self.method.prepare(m)
         if c.attention == "xformers":
             try:
-                m.unet.enable_xformers_memory_efficient_attention()
+                m.denoiser.enable_xformers_memory_efficient_attention()
             except (ImportError, ModuleNotFoundError, ValueError) as exc:
                 raise ConfigError(
                     f"--attention xformers is unavailable here ({exc}); install xformers or use sdpa"
                 ) from exc
         if c.gradient_checkpointing:
-            m.unet.enable_gradient_checkpointing()
+            m.denoiser.enable_gradient_checkpointing()
             if self.method.trains_text_encoder:
-                m.text_encoder.gradient_checkpointing_enable()
+                for name in self.family.trainable_text_encoders:
+                    m.parts[name].gradient_checkpointing_enable()
 
     def _place_on_device(self) -> None:
         """Frozen weights in the compute dtype; trained ones stay float32 (master weights)."""
         m, dtype = self.components, self.weight_dtype
         wholly = self.method.wholly_trained(m)
-        for model in (m.vae, m.text_encoder, m.unet):
+        # SDXL's VAE overflows in float16 (its config says force_upcast): it encodes in float32
+        vae_fp32 = dtype == torch.float16 and getattr(m.vae.config, "force_upcast", False)
+        for model in (m.vae, *m.text_encoders, m.denoiser):
             model.to(self.device)
-            if dtype != torch.float32 and not any(model is w for w in wholly):
+            keep = any(model is w for w in wholly) or (model is m.vae and vae_fp32)
+            if dtype != torch.float32 and not keep:
                 model.to(dtype=dtype)
-        if self.device.type == "cuda" and self.config.channels_last:
-            m.unet.to(memory_format=torch.channels_last)
-        for model in (m.unet, m.text_encoder):  # adapters in a cast module
+        if self.device.type == "cuda" and self.config.channels_last and self.family.denoiser == "unet":
+            m.denoiser.to(memory_format=torch.channels_last)
+        for model in (m.denoiser, *m.text_encoders):  # adapters in a cast module
             for p in model.parameters():
                 if p.requires_grad and p.dtype != torch.float32:
                     p.data = p.data.float()
@@ -208,9 +216,7 @@ class Trainer:
 
             @torch.no_grad()
             def encode(indices: list[int]) -> torch.Tensor:
-                images = torch.stack([split.image(i, self.resolution) for i in indices]).to(
-                    self.device, self.weight_dtype
-                )
+                images = torch.stack([split.image(i, self.resolution) for i in indices]).to(self.device, m.vae.dtype)
                 return m.vae.encode(images).latent_dist.parameters
 
             if self.is_main:
@@ -229,11 +235,11 @@ class Trainer:
         prompts = sorted({p for split in self._splits().values() for p in split.prompts})
         identity = [self.identity, *self.stack_identity, c.long_prompts]
         store = ArrayCache(
-            cache_root(c.cache_dir) / "text", cache_key("text-windows", prompts, identity), self.cache_writer
+            cache_root(c.cache_dir) / "text", cache_key("text-rows", prompts, identity), self.cache_writer
         )
-        text = TextCache(m.tokenizer, prompts, c.long_prompts, store)
+        text = TextCache(m, prompts, c.long_prompts, store)
         if self.is_main and not store.complete:
-            text.fill(m.text_encoder)
+            text.fill()
         # every process waits here once, whatever it found: a barrier inside the `if` would be skipped by a
         # process that looks after the main one has finished, and the others would wait for it forever
         self.accelerator.wait_for_everyone()
@@ -246,14 +252,10 @@ class Trainer:
         from diffusers.optimization import get_scheduler
 
         c, o = self.config, self.config.optim
-        groups = [{"params": _trainable(self.components.unet), "lr": o.learning_rate}]
+        groups = [{"params": _trainable(self.components.denoiser), "lr": o.learning_rate}]
         if self.method.trains_text_encoder:
-            groups.append(
-                {
-                    "params": _trainable(self.components.text_encoder),
-                    "lr": o.text_encoder_lr or o.learning_rate,
-                }
-            )
+            params = [p for model in self.components.text_encoders for p in _trainable(model)]
+            groups.append({"params": params, "lr": o.text_encoder_lr or o.learning_rate})
         self.params = [p for g in groups for p in g["params"]]
         if not self.params:
             raise ConfigError("nothing to train: no parameter requires a gradient")
@@ -279,21 +281,22 @@ class Trainer:
 
     # -- one micro-step ----------------------------------------------------------------------------------------
     def _latents_for(self, name: str, split: PreparedSplit, indices: list[int], g: torch.Generator) -> torch.Tensor:
-        scale = self.components.vae.config.scaling_factor
+        vae = self.components.vae
+        scale, shift = vae.config.scaling_factor, self.family.latent_shift(vae)
         if name in self.latents:
             order = np.argsort(indices)
             params = np.asarray(self.latents[name][np.asarray(indices)[order]])[np.argsort(order)]
-            return sample_latents(torch.from_numpy(params.astype(np.float32)), g, scale).to(self.device)
+            return sample_latents(torch.from_numpy(params.astype(np.float32)), g, scale, shift).to(self.device)
         images = list(self.pool.map(lambda i: split.image(i, self.resolution), indices))
         with torch.no_grad():
-            dist = self.components.vae.encode(torch.stack(images).to(self.device, self.weight_dtype)).latent_dist
+            dist = vae.encode(torch.stack(images).to(self.device, vae.dtype)).latent_dist
         params = dist.parameters.float().cpu()
-        return sample_latents(params, g, scale).to(self.device)
+        return sample_latents(params, g, scale, shift).to(self.device)
 
-    def _embeddings(self, prompts: list[str]) -> torch.Tensor:
+    def _conditioning(self, prompts: list[str]) -> Conditioning:
         if self.text is None:
-            return encode_prompts(self.components.tokenizer, self.text_encoder, prompts, self.config.long_prompts)
-        return torch.from_numpy(self.text.embeddings(prompts)).to(self.device, self.weight_dtype)
+            return self.components.encode(prompts, self.config.long_prompts, self.text_encoders)
+        return self.text.conditioning(prompts).to(self.device, self.weight_dtype)
 
     def _batch(self, step: int, micro: int) -> tuple[list[tuple[str, PreparedSplit, list[int]]], int]:
         c = self.config
@@ -314,32 +317,21 @@ class Trainer:
         torch.manual_seed(seed)  # dropout in adapters
         latents = torch.cat([self._latents_for(name, split, idx, g) for name, split, idx in parts])
         prompts = [split.prompts[i] for _, split, idx in parts for i in idx]
-        embeds = self._embeddings(prompts)
+        cond = self._conditioning(prompts).to(self.device, self.weight_dtype)
         noise = torch.randn(latents.shape, generator=g).to(self.device)
         if self.config.noise_offset:
             noise += self.config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g).to(self.device)
-        sched = self.components.scheduler
         if timesteps is None:
-            timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=g)
+            timesteps = self.objective.timesteps(latents.shape[0], g)
         timesteps = timesteps.to(self.device)
-        noisy = sched.add_noise(latents, noise, timesteps)
-        target = (
-            noise if self.components.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
-        )
+        noisy, target = self.objective.noised(latents, noise, timesteps)
         noisy = noisy.to(self.weight_dtype)
-        if self.config.channels_last and noisy.is_cuda:
+        if self.config.channels_last and noisy.is_cuda and self.family.denoiser == "unet":
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         with self.accelerator.autocast():
-            pred = self.unet_forward(noisy, timesteps, embeds.to(self.weight_dtype)).sample
+            pred = self.family.predict(self.denoiser_forward, noisy, timesteps, cond, self.resolution)
         per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        weights = torch.ones_like(per_image)
-        if self.config.snr_gamma:
-            from diffusers.training_utils import compute_snr
-
-            snr = compute_snr(sched, timesteps)
-            clipped = torch.clamp(snr, max=self.config.snr_gamma)
-            weights = clipped / (snr + 1 if self.components.prediction_type == "v_prediction" else snr)
-        return per_image, weights
+        return per_image, self.objective.weights(timesteps).to(per_image.device)
 
     def _objective(self, step: int, micro: int, seed_stream: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss and its parts, as device tensors: reading them waits for the GPU, so that happens once a step."""
@@ -388,7 +380,7 @@ class Trainer:
                     raise TrainingDiverged(self._diverged_message(losses[-1]))
             self.lr_scheduler.step()
             if self.ema is not None:
-                self.ema.step(_trainable(self.accelerator.unwrap_model(self.unet)))
+                self.ema.step(_trainable(self.accelerator.unwrap_model(self.denoiser)))
             self.step += 1
             step_loss = float(np.mean(losses))
             self.history.append(step_loss)
@@ -449,13 +441,12 @@ class Trainer:
             model.eval()
         count = min(c.val_images, len(self.val))
         total = torch.zeros(2, device=self.device)
-        steps = self.components.scheduler.config.num_train_timesteps
         for j in range(self.rank, count, self.world):
             for k, fraction in enumerate(VAL_TIMESTEPS):
                 per_image, _ = self._loss(
                     [("val", self.val, [j])],
                     step_seed(c.seed, -1, j, 0, k),
-                    torch.tensor([int(fraction * steps)]),
+                    self.objective.fixed_timestep(fraction),
                 )
                 total += torch.stack([per_image.sum(), torch.tensor(1.0, device=self.device)])
         total = self.accelerator.reduce(total, reduction="sum")
@@ -477,11 +468,10 @@ class Trainer:
         c = self.config
         path = None
         if self.is_main:
-            unet = self.accelerator.unwrap_model(self.unet)
-            text_encoder = self.accelerator.unwrap_model(self.text_encoder)
-            unet.eval()
-            text_encoder.eval()
-            pipe = make_pipeline(self.components, "dpmsolver++", unet=unet, text_encoder=text_encoder)
+            trained = self._unwrapped()
+            for model in trained.values():
+                model.eval()
+            pipe = make_pipeline(self.components, **trained)
             prompts = self.sample_prompts()
             pairs = [(p, s) for p in prompts for s in c.sample_seeds]
             dtype = self.weight_dtype if self.weight_dtype != torch.float32 else None
@@ -506,13 +496,22 @@ class Trainer:
         return path
 
     # -- checkpoints -------------------------------------------------------------------------------------------
+    def _unwrapped(self) -> dict[str, Any]:
+        """The denoiser and text encoders as modules (not wrapped for several processes), by part name."""
+        names = (self.family.denoiser, *self.family.text_encoders)
+        return {n: self.accelerator.unwrap_model(self.trained.get(n, self.components.parts[n])) for n in names}
+
+    def _trainable_params(self) -> dict[str, torch.nn.Parameter]:
+        """Every trainable parameter as `<part>.<name>` (e.g. unet.down_blocks..., text_encoder_2....)."""
+        return {
+            f"{part}.{name}": p
+            for part, model in self._unwrapped().items()
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        }
+
     def _trainable_state(self) -> dict[str, torch.Tensor]:
-        state = {}
-        for prefix, model in (("unet", self.unet), ("text_encoder", self.text_encoder)):
-            for name, p in self.accelerator.unwrap_model(model).named_parameters():
-                if p.requires_grad:
-                    state[f"{prefix}.{name}"] = p.detach().float()
-        return state
+        return {name: p.detach().float() for name, p in self._trainable_params().items()}
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -571,15 +570,7 @@ class Trainer:
             raise ConfigError(
                 f"{path} cannot continue exactly with {', '.join(changed)}; resume with the saved settings"
             )
-        params = {}
-        for prefix, model in (("unet", self.unet), ("text_encoder", self.text_encoder)):
-            params.update(
-                {
-                    f"{prefix}.{n}": p
-                    for n, p in self.accelerator.unwrap_model(model).named_parameters()
-                    if p.requires_grad
-                }
-            )
+        params = self._trainable_params()
         missing = set(params) ^ set(saved["trainable"])
         missing |= {n for n in set(params) - missing if params[n].shape != saved["trainable"][n].shape}
         if missing:
@@ -609,13 +600,13 @@ class Trainer:
         """Model FLOPs per training image, counted once on a real micro-step (without recomputation)."""
         if self.device.type != "cuda" and self.config.peak_tflops is None:
             return None
-        unet = self.accelerator.unwrap_model(self.unet)
+        denoiser = self.accelerator.unwrap_model(self.denoiser)
         checkpointing = self.config.gradient_checkpointing
         if checkpointing:
-            unet.disable_gradient_checkpointing()
+            denoiser.disable_gradient_checkpointing()
         flops = measure_flops(lambda: self._objective(0, 0, seed_stream=99)[0])
         if checkpointing:
-            unet.enable_gradient_checkpointing()
+            denoiser.enable_gradient_checkpointing()
         self.optimizer.zero_grad(set_to_none=True)
         images = self.config.batch_size * (2 if self.classes is not None else 1)
         return flops / images

@@ -72,8 +72,9 @@ class TrainingMethod:
         """Settings, by flag name, that a resumed run must share with the saved one to continue it exactly."""
         return {}
 
-    def export(self, out: Path, components: Components, unet: Any, text_encoder: Any, ema: Any, info: dict) -> Exported:
-        """Write the final weights into the run folder `out`. `info`: the base model's identity and the step."""
+    def export(self, out: Path, components: Components, trained: dict[str, Any], ema: Any, info: dict) -> Exported:
+        """Write the final weights into the run folder `out`. `trained`: the trained models (unwrapped) by part
+        name; `info`: the base model's identity and the step."""
         raise NotImplementedError
 
 

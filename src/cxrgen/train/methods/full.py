@@ -1,5 +1,5 @@
-"""Full fine-tuning: the whole UNet (and the text encoder if asked), optionally with an EMA of its weights;
-exported as a diffusers pipeline folder."""
+"""Full fine-tuning: the whole UNet or transformer (and the CLIP text encoders if asked), optionally with an EMA
+of its weights; exported as a diffusers pipeline folder."""
 
 from __future__ import annotations
 
@@ -10,21 +10,22 @@ from typing import Any
 import torch
 
 from ...config import ConfigError, option
-from ...model.pipeline import sd_pipeline
 from .base import METHODS, Exported, TrainingMethod
 
 
 @dataclass
 class FullOptions:
-    train_text_encoder: bool = option(False, "also fine-tune the text encoder (RoentGen found this best)")
-    ema: bool = option(False, "keep an exponential moving average of the UNet weights (saved as the final model)")
+    train_text_encoder: bool = option(False, "also fine-tune the CLIP text encoder(s) (RoentGen found this best)")
+    ema: bool = option(
+        False, "keep an exponential moving average of the UNet's or transformer's weights (saved as the final model)"
+    )
     ema_decay: float = option(0.9999, "EMA decay")
 
 
 @METHODS.register
 class FullMethod(TrainingMethod):
     name = "full"
-    help = "full fine-tuning of the UNet (RoentGen's method)"
+    help = "full fine-tuning of the UNet or transformer (RoentGen's method)"
     Options = FullOptions
     options: FullOptions
 
@@ -41,31 +42,35 @@ class FullMethod(TrainingMethod):
         return self.options.train_text_encoder
 
     def prepare(self, components: Any) -> None:
-        components.unet.requires_grad_(True)
-        components.text_encoder.requires_grad_(self.options.train_text_encoder)
+        components.denoiser.requires_grad_(True)
+        for name in components.family.text_encoders:
+            trained = self.trains_text_encoder and name in components.family.trainable_text_encoders
+            components.parts[name].requires_grad_(trained)
 
     def wholly_trained(self, components: Any) -> list[Any]:
-        return [components.unet] + ([components.text_encoder] if self.trains_text_encoder else [])
+        models = (components.denoiser, *components.text_encoders)
+        return [m for m in models if any(p.requires_grad for p in m.parameters())]
 
     def ema(self, components: Any, device: Any) -> Any:
         if not self.options.ema:
             return None
         from diffusers.training_utils import EMAModel
 
-        params = [p for p in components.unet.parameters() if p.requires_grad]
+        params = [p for p in components.denoiser.parameters() if p.requires_grad]
         ema = EMAModel(params, decay=self.options.ema_decay, foreach=True)
         ema.to(device)
         return ema
 
-    def export(self, out: Path, components: Any, unet: Any, text_encoder: Any, ema: Any, info: dict) -> Exported:
+    def export(self, out: Path, components: Any, trained: dict[str, Any], ema: Any, info: dict) -> Exported:
+        denoiser = trained[components.family.denoiser]
         if ema is not None:
-            ema.copy_to([p for p in unet.parameters() if p.requires_grad])
-        vae, text_encoder, unet = (_float32(x) for x in (components.vae, text_encoder, unet))
-        pipe = sd_pipeline(components.tokenizer, text_encoder, vae, unet, components.scheduler)
+            ema.copy_to([p for p in denoiser.parameters() if p.requires_grad])
+        # saved in float32 whatever the training precision
+        modules = {n: _float32(m) for n, m in {**components.parts, **trained}.items() if isinstance(m, torch.nn.Module)}
+        pipe = components.pipeline(**modules)
         pipe.save_pretrained(out / "pipeline", safe_serialization=True)
         return Exported({"pipeline": str(out / "pipeline")}, "pipeline", [])
 
 
 def _float32(model: Any) -> Any:
-    """Saved pipelines are float32 whatever the training precision."""
     return model if next(model.parameters()).dtype == torch.float32 else model.to(torch.float32)

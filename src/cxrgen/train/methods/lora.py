@@ -1,6 +1,6 @@
-"""DreamBooth-LoRA: a trainable adapter ("cxrgen") on the UNet's attention (and the text encoder if asked), on
-top of earlier LoRAs that stay frozen adapters or are merged into the base weights; exported as diffusers and kohya
-LoRA files. LoRA files themselves (loading, digests, formats) are the model package's (`model/lora.py`).
+"""DreamBooth-LoRA: a trainable adapter ("cxrgen") on the denoiser's attention (and the CLIP text encoders if
+asked), on top of earlier LoRAs that stay frozen adapters or are merged into the base weights; exported as diffusers
+and kohya LoRA files. LoRA files themselves (loading, digests, formats) are the model package's (`model/lora.py`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ...config import ConfigError, option
-from ...model.lora import kohya_base_version, load_loras, lora_digest, save_lora_files
+from ...model.lora import load_loras, lora_digest, save_lora_files
 from .base import METHODS, Exported, TrainingMethod
 from .lora_layers import adapter_state_dict, add_lora, lora_layers
 
@@ -21,15 +21,16 @@ TRAIN = "cxrgen"  # the trained adapter's name: not "train", as adapters are sub
 
 @dataclass
 class LoraOptions:
-    rank: int = option(16, "LoRA rank of the UNet adapter")
+    rank: int = option(16, "LoRA rank of the denoiser's adapter")
     alpha: float | None = option(None, "LoRA alpha (default: the rank, i.e. scale 1)")
     dropout: float = option(0.0, "dropout on the LoRA path")
     targets: list[str] = option(
-        ["to_q", "to_k", "to_v", "to_out.0"],
-        "UNet modules that get adapters, by name or last dotted parts (kohya's sd-scripts adapts proj_in proj_out "
-        "to_q to_k to_v to_out.0 ff.net.0.proj ff.net.2)",
+        [],
+        "UNet or transformer modules that get adapters, by name or last dotted parts (default: the family's: "
+        "attention projections; kohya's sd-scripts adapts proj_in proj_out to_q to_k to_v to_out.0 ff.net.0.proj "
+        "ff.net.2)",
     )
-    text_encoder: bool = option(False, "also train a LoRA on the text encoder")
+    text_encoder: bool = option(False, "also train LoRAs on the CLIP text encoder(s)")
     text_encoder_rank: int | None = option(None, "rank of the text-encoder adapter (default: rank)")
     text_encoder_targets: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "out_proj"], "text-encoder modules with adapters"
@@ -82,20 +83,21 @@ class LoraMethod(TrainingMethod):
         stack_loras(components, self.options)
 
     def prepare(self, components: Any) -> None:
-        components.unet.requires_grad_(False)
-        components.text_encoder.requires_grad_(False)
+        for model in (components.denoiser, *components.text_encoders):
+            model.requires_grad_(False)
         add_trainable_lora(components, self.options)
 
     def resume_settings(self) -> dict[str, Any]:
         return {"--lora.alpha": self.options.alpha or self.options.rank}
 
-    def export(self, out: Path, components: Any, unet: Any, text_encoder: Any, ema: Any, info: dict) -> Exported:
+    def export(self, out: Path, components: Any, trained: dict[str, Any], ema: Any, info: dict) -> Exported:
         meta = {
             "cxrgen_base_model": info["identity"],
             "cxrgen_steps": str(info["step"]),
-            "ss_base_model_version": kohya_base_version(unet.config.cross_attention_dim, components.prediction_type),
+            "ss_base_model_version": components.family.kohya_version(components),
         }
-        files = save_lora(out / "lora", unet, text_encoder, self.options.text_encoder, meta)
+        layers = {name: adapter_state_dict(model) for name, model in trained.items()}
+        files = save_lora_files(components.family, out / "lora", layers, meta)
         stack = [(s["path"], s["weight"]) for s in self.stacked()]
         return Exported({k: str(v) for k, v in files.items()}, None, [*stack, ("lora", 1.0)])
 
@@ -117,13 +119,16 @@ def stack_loras(components: Any, config: LoraOptions) -> None:
 
 
 def add_trainable_lora(components: Any, config: LoraOptions) -> None:
-    """Add the "cxrgen" adapter to the UNet (and the text encoder if asked), beside any frozen stacked ones,
-    and make its parameters, and only them, trainable."""
-    models = [("unet", components.unet, config.targets, config.rank, config.alpha or config.rank)]
+    """Add the "cxrgen" adapter to the denoiser (and the CLIP text encoders if asked), beside any frozen stacked
+    ones, and make its parameters, and only them, trainable."""
+    family = components.family
+    targets = config.targets or list(family.lora_targets)
+    models = [(family.denoiser, components.denoiser, targets, config.rank, config.alpha or config.rank)]
     if config.text_encoder:
         rank = config.text_encoder_rank or config.rank
         alpha = rank if config.alpha is None else config.alpha
-        models.append(("text encoder", components.text_encoder, config.text_encoder_targets, rank, alpha))
+        for name in family.trainable_text_encoders:
+            models.append((name, components.parts[name], config.text_encoder_targets, rank, alpha))
     for label, model, targets, rank, alpha in models:
         try:
             added = add_lora(model, targets, TRAIN, rank, alpha, config.dropout)
@@ -131,29 +136,8 @@ def add_trainable_lora(components: Any, config: LoraOptions) -> None:
             raise ConfigError(f"LoRA targets {targets} of the {label}: {exc}") from exc
         if not added:
             raise ConfigError(f"no module of the {label} is named by {targets}; check the LoRA targets")
-    for model in (components.unet, components.text_encoder):
+    for model in (components.denoiser, *components.text_encoders):
         model.requires_grad_(False)  # loading stacked adapters marked theirs trainable
         for _, layer in lora_layers(model):
             layer.down.requires_grad_(True)
             layer.up.requires_grad_(True)
-
-
-def lora_state_dicts(unet: Any, text_encoder: Any, with_text_encoder: bool) -> tuple[dict, dict | None]:
-    """The trained adapter in peft's key format (`<module>.lora_A.weight`), with alpha / rank folded into the up
-    (B) matrices: loaders of both file formats assume alpha = rank when the file does not say, and the kohya export
-    says alpha = rank. Not converted to diffusers' older names: those exist for attention projections only, and a
-    file that mixes both (e.g. with proj_in or the feed-forward adapted) loads without its attention adapters."""
-    if not with_text_encoder:
-        return adapter_state_dict(unet), None
-    text = adapter_state_dict(text_encoder)
-    if not hasattr(text_encoder, "text_model"):  # transformers 5 flattened CLIPTextModel; files keep the old names
-        text = {f"text_model.{k}": v for k, v in text.items()}
-    return adapter_state_dict(unet), text
-
-
-def save_lora(
-    folder: Path, unet: Any, text_encoder: Any, with_text_encoder: bool, metadata: dict[str, str]
-) -> dict[str, Path]:
-    """Write the trained adapter as the diffusers and kohya files."""
-    unet_sd, te_sd = lora_state_dicts(unet, text_encoder, with_text_encoder)
-    return save_lora_files(folder, unet_sd, te_sd, metadata)

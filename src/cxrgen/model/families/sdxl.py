@@ -1,0 +1,153 @@
+"""SDXL: two CLIP text encoders (ViT-L and OpenCLIP ViT-bigG, penultimate layers side by side), the second's
+pooled embedding, and size and crop conditioning, on a larger UNet (1024 px)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import FAMILIES, Conditioning
+from .clip import ClipUNetFamily
+
+SDXL_UNET = dict(
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    cross_attention_dim=2048,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,  # 6 size/crop numbers x 256 + CLIP-G's pooled 1280
+)
+CLIP_L = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu"
+)
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu")
+SD_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+)
+ARCHS: dict[str, dict[str, Any]] = {
+    # SDXL base 1.0 (2.6 B UNet parameters)
+    "sdxl": {
+        "unet": SDXL_UNET,
+        "te1": CLIP_L,
+        "te2": {**CLIP_G, "projection_dim": 1280},
+        "vae": {**SD_VAE, "scaling_factor": 0.13025, "force_upcast": True},
+    },
+    # SDXL's widths, blocks and encoders' widths, one transformer layer per block and two per encoder: a step of
+    # the real architecture's shape that runs on a CPU (train_speed.py)
+    "reduced": {
+        "unet": {**SDXL_UNET, "layers_per_block": 1, "transformer_layers_per_block": (1, 1, 1)},
+        "te1": {**CLIP_L, "num_hidden_layers": 2},
+        "te2": {**CLIP_G, "num_hidden_layers": 2, "projection_dim": 1280},
+        "vae": {**SD_VAE, "scaling_factor": 0.13025, "force_upcast": True},
+    },
+    # seconds on a CPU: tests and the demo
+    "tiny": {
+        "unet": {
+            **SDXL_UNET,
+            "layers_per_block": 1,
+            "block_out_channels": (32, 64),
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "transformer_layers_per_block": (1, 1),
+            "attention_head_dim": (2, 4),
+            "cross_attention_dim": 64,
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 6 * 8 + 32,
+            "norm_num_groups": 8,
+        },
+        "te1": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+        "te2": dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32
+        ),
+        "vae": {
+            **SD_VAE,
+            "block_out_channels": (32, 64, 64),
+            "layers_per_block": 1,
+            "down_block_types": ("DownEncoderBlock2D",) * 3,
+            "up_block_types": ("UpDecoderBlock2D",) * 3,
+            "norm_num_groups": 8,
+            "scaling_factor": 0.13025,
+        },
+    },
+}
+SDXL_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+}
+
+
+class StableDiffusionXL(ClipUNetFamily):
+    name = "sdxl"
+    help = "SDXL 1.0 (two CLIP text encoders, size conditioning, 1024 px)"
+    pipeline_class = "StableDiffusionXLPipeline"
+    tokenizers = ("tokenizer", "tokenizer_2")
+    text_encoders = ("text_encoder", "text_encoder_2")
+    trainable_text_encoders = ("text_encoder", "text_encoder_2")
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    penultimate = True
+    pooled = True
+    archs = ("tiny", "reduced", "sdxl")
+    # the invisible watermark would change pixels; cxrgen marks its images in their metadata instead
+    pipeline_extras = {"add_watermarker": False}
+
+    def predict(
+        self, denoiser: Any, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, resolution: int
+    ) -> torch.Tensor:
+        # original size, crop's top-left corner, target size: a whole square image at the training resolution,
+        # as the pipeline asks by default at that size
+        time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=cond.embeds.dtype)
+        added = {"text_embeds": cond.pooled, "time_ids": time_ids.to(noisy.device).repeat(noisy.shape[0], 1)}
+        return denoiser(noisy, timesteps, cond.embeds, added_cond_kwargs=added).sample
+
+    def kohya_version(self, components: Any) -> str:
+        return "sdxl_base_v1-0"
+
+    def default_size(self, arch: str) -> int:
+        return {"tiny": 64, "reduced": 256}.get(arch, 1024)
+
+    def random_pipeline(self, arch: str, image_size: int, seed: int, prediction_type: str) -> Any:
+        from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        from ...tokens import clip_tokenizer
+
+        spec = ARCHS[arch]
+        scale = 2 ** (len(spec["vae"]["block_out_channels"]) - 1)
+        torch.manual_seed(seed)
+        ids = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
+        unet = UNet2DConditionModel(**{**spec["unet"], "sample_size": image_size // scale})
+        vae = AutoencoderKL(**{**spec["vae"], "sample_size": image_size})
+        te1 = CLIPTextModel(CLIPTextConfig(**ids, **spec["te1"], pad_token_id=49407))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**ids, **spec["te2"], pad_token_id=0))
+        scheduler = EulerDiscreteScheduler.from_config({**SDXL_SCHEDULER, "prediction_type": prediction_type})
+        parts = {
+            "tokenizer": clip_tokenizer(),
+            "tokenizer_2": clip_tokenizer(pad_token="!"),  # SDXL's second tokenizer pads with "!"
+            "text_encoder": te1,
+            "text_encoder_2": te2,
+            "vae": vae,
+            "unet": unet,
+        }
+        return self.pipeline(parts, scheduler)
+
+
+FAMILIES.register(StableDiffusionXL())
