@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cxrgen.cli import main as cli
 
 
@@ -40,3 +42,13 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     marker.unlink()
     assert cli(args) == 0
     assert marker.is_file() and list((out / "run" / "samples").glob("*.png"))
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_demo_runs_with_each_family(tmp_path, family):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--family", family, "--n", "48", "--vae-steps", "4", "--steps", "2"]
+    assert cli([*args, "--images", "4", "--workers", "1"]) == 0
+    run = json.loads((out / "run" / "run.json").read_text())
+    assert run["base_model"]["family"] == family
+    assert (out / "evaluation" / "report.html").is_file()

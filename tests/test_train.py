@@ -86,9 +86,9 @@ def test_lora_loads_in_plain_diffusers_and_changes_images(lora_run, tiny_model):
     kohya = generate(tiny_model, lora_run / "lora", "lora_kohya.safetensors")
     assert np.abs(base - tuned).max() > 1e-4
     assert np.abs(tuned - kohya).max() < 1e-4  # the kohya file holds the same adapter
-    from safetensors import safe_open
-
     from types import SimpleNamespace
+
+    from safetensors import safe_open
 
     from cxrgen.model.families import FAMILIES
 

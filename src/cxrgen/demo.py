@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import api
-from .config import option
+from .config import ConfigError, option
 from .contracts import MetricsDocument, metadata_path
 from .evaluate.extractors import fid_inception_file
 from .fileio import write_json
+from .model.families import FAMILIES
 from .model.random_weights import TinyModelConfig, make_tiny_model
 from .phantom import write_release
 from .prepare import command as prepare_command
@@ -32,11 +33,16 @@ class DemoConfig:
     out: str = option("demo-output", "folder for everything the demo writes")
     n: int = option(240, "phantom images")
     resolution: int = option(64, "training image side in pixels (the tiny demo model works at 64 px)")
+    family: str = option("sd", f"model family of the tiny model: {', '.join(FAMILIES)}")
     seed: int = option(0, "seed for the phantom release and every later stage")
     workers: int = option(0, "worker processes (0: all cores)")
     vae_steps: int = option(200, "steps fitting the tiny model's VAE to the phantoms")
     steps: int = option(120, "LoRA training steps")
     images: int = option(48, "synthetic images to generate")
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"--family {self.family!r}: choose one of {', '.join(FAMILIES)}")
 
 
 def _stage(k: int, text: str) -> None:
@@ -70,14 +76,16 @@ def run(config: DemoConfig) -> Path:
     )
     prepare_command.summarize(prepared)
 
-    _stage(3, f"a tiny random Stable Diffusion model, its VAE fitted to the phantoms, in {model}")
+    _stage(3, f"a tiny random model of the {config.family!r} family, its VAE fitted to the phantoms, in {model}")
     # made once per settings; the marker is written last, so a run stopped while fitting the VAE fits it again
     made = model / "demo-model.json"
-    settings = {"resolution": config.resolution, "seed": config.seed, "vae_steps": config.vae_steps}
+    settings = {"family": config.family, "resolution": config.resolution, "seed": config.seed}
+    settings["vae_steps"] = config.vae_steps
     if not made.is_file() or json.loads(made.read_text()) != settings:
         shutil.rmtree(model, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoints belong to the model being replaced
-        make_tiny_model(TinyModelConfig(out=str(model), image_size=config.resolution, seed=config.seed))
+        tiny = TinyModelConfig(out=str(model), family=config.family, image_size=config.resolution, seed=config.seed)
+        make_tiny_model(tiny)
         fit_vae(model, data, steps=config.vae_steps, batch=16, seed=config.seed)
         write_json(made, settings)
 

@@ -53,6 +53,9 @@ def fit_vae(
     vae.eval()
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i : i + 64]).latent_dist.mean for i in range(0, len(images), 64)])
+    if vae.config.shift_factor is not None:  # SD 3's VAE centres its latents too: (z - shift) * scale
+        vae.register_to_config(shift_factor=float(latents.mean()))
+        latents = latents - latents.mean()
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     vae.save_pretrained(Path(model) / "vae", safe_serialization=True)
     log.info("fitted the VAE of %s: L1 %.4f, scaling factor %.4f", model, error, vae.config.scaling_factor)

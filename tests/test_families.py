@@ -1,0 +1,188 @@
+"""SDXL and SD 3.5 on their tiny random models: conditioning as diffusers' pipelines make it, every training option,
+LoRA files that plain diffusers loads, exact resume, reproducible generation. (SD 1.x/2.x: test_train.py.)"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cxrgen.cli import main
+from cxrgen.train import trainer as trainer_module
+
+FAMILIES = ["sdxl", "sd3"]
+LORA = "lora/pytorch_lora_weights.safetensors"
+PROMPTS = ["chest x-ray, age 47 male, view PA, diagnosis pleural effusion, loc right", "a bird sitting on a tree"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_model(request, tmp_path_factory):
+    from cxrgen.model.random_weights import TinyModelConfig, make_tiny_model
+
+    out = tmp_path_factory.mktemp("models") / request.param
+    return request.param, make_tiny_model(TinyModelConfig(out=str(out), family=request.param))
+
+
+def train(data, model, out, *args):
+    argv = ["train", "--preset", "cpu-smoke", "--data", str(data), "--model.base", str(model), "--out", str(out)]
+    return main([*argv, *args])
+
+
+@pytest.fixture(scope="module")
+def family_run(family_model, tiny_dataset, tmp_path_factory):
+    family, model = family_model
+    out = tmp_path_factory.mktemp(f"{family}-run") / "run"
+    assert train(tiny_dataset, model, out, "--max-steps", "4", "--optim.learning-rate", "1e-2") == 0
+    return family, model, out
+
+
+def test_family_is_read_from_the_folder_and_encodes_as_its_pipeline(family_model):
+    from cxrgen.model.loading import ModelConfig, load_components
+    from cxrgen.model.sampling import make_pipeline
+
+    family, model = family_model
+    m = load_components(ModelConfig(base=str(model)))
+    assert m.family.name == family and m.native_resolution == 64
+    cond = m.encode(PROMPTS, long=False)
+    pipe = make_pipeline(m)
+    extra = {"prompt_2": PROMPTS, "prompt_3": PROMPTS, "max_sequence_length": 77} if family == "sd3" else {}
+    with torch.no_grad():
+        ref = pipe.encode_prompt(
+            PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False, **extra
+        )
+    assert torch.allclose(cond.embeds, ref[0], atol=1e-5) and torch.allclose(cond.pooled, ref[2], atol=1e-5)
+
+
+def test_text_cache_reads_as_the_encoder(family_model, tmp_path):
+    from cxrgen.model.loading import ModelConfig, load_components
+    from cxrgen.train.cache import ArrayCache, TextCache
+
+    _, model = family_model
+    m = load_components(ModelConfig(base=str(model)))
+    long = "chest x-ray, " + ", ".join(f"diagnosis finding {i}, loc left" for i in range(40))
+    text = TextCache(m, [*PROMPTS, long], True, ArrayCache(tmp_path, "key", "run"))
+    text.fill(batch=2)
+    for batch in ([PROMPTS[0], long], [long], PROMPTS):
+        with torch.no_grad():
+            direct = m.encode(batch, long=True)
+        cached = text.conditioning(batch)
+        assert cached.embeds.shape == direct.embeds.shape
+        assert (cached.embeds - direct.embeds).abs().max() < 1e-2  # float16 storage
+        assert (cached.pooled - direct.pooled).abs().max() < 1e-2
+
+
+def test_sd3_reads_long_prompts_with_t5(tmp_path):
+    """SD 3.5's T5 reads 77 tokens by default and 256 with --long-prompts; its CLIPs read 77 either way."""
+    from cxrgen.model.families import FAMILIES as REGISTRY
+    from cxrgen.model.families.t5_tokenizer import tiny_t5_tokenizer
+    from cxrgen.tokens import clip_tokenizer
+
+    family = REGISTRY["sd3"]
+    tokenizers = [clip_tokenizer(), clip_tokenizer("!"), tiny_t5_tokenizer()]
+    long = ", ".join(["diagnosis pleural effusion, loc right"] * 10)
+    assert family.count_cut(tokenizers, [long, "chest x-ray"], False) == 1
+    assert family.count_cut(tokenizers, [long, "chest x-ray"], True) == 0
+
+
+OPTIONS = {
+    "lora": [],
+    "lora-uncached": ["--no-cache-latents", "--no-cache-text"],
+    "lora-text-encoders": ["--lora.text-encoder"],
+    "lora-prior": ["--prior.enabled"],
+    "lora-long-prompts": ["--long-prompts"],
+    "full": ["--method", "full"],
+    "full-text-encoders-ema": ["--method", "full", "--full.train-text-encoder", "--full.ema"],
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_every_training_option_trains(family_model, tiny_dataset, tmp_path, option):
+    family, model = family_model
+    args = ["--max-steps", "2", "--sample-every", "-1", "--val-images", "2", *OPTIONS[option]]
+    assert train(tiny_dataset, model, tmp_path, *args) == 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["base_model"]["family"] == family and np.isfinite(run["figures"]["train_loss_last50"])
+    state = load_file(tmp_path / "checkpoints" / "step-0000002" / "trainable.safetensors")
+    parts = {key.split(".")[0] for key in state}
+    denoiser = "unet" if family == "sdxl" else "transformer"
+    trains_text = "text-encoder" in option
+    assert parts == ({denoiser, "text_encoder", "text_encoder_2"} if trains_text else {denoiser})
+    if option.startswith("full"):
+        assert (tmp_path / "pipeline" / "model_index.json").is_file()
+    else:
+        lora = load_file(tmp_path / LORA)
+        assert any(k.startswith("text_encoder_2.") for k in lora) == trains_text
+        if trains_text:  # diffusers puts the adapters into both CLIP encoders
+            pipe = plain_pipeline(family, model)
+            pipe.load_lora_weights(tmp_path / "lora")
+            for name in ("text_encoder", "text_encoder_2"):
+                assert any("lora_A" in n for n, _ in getattr(pipe, name).named_parameters())
+
+
+def test_stacked_lora_trains_on_top(family_run, tiny_dataset, tmp_path):
+    _, model, earlier = family_run
+    args = ["--max-steps", "2", "--sample-every", "-1", "--lora.stack", str(earlier / "lora")]
+    assert train(tiny_dataset, model, tmp_path, *args) == 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert [a[0] for a in run["sample_with"]["adapters"]] == [str(earlier / "lora"), "lora"]
+
+
+def plain_pipeline(family, model):
+    import diffusers
+
+    cls = {"sdxl": diffusers.StableDiffusionXLPipeline, "sd3": diffusers.StableDiffusion3Pipeline}[family]
+    pipe = cls.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipeline_images(family, model, lora=None, weight_name=None):
+    pipe = plain_pipeline(family, model)
+    if lora:
+        pipe.load_lora_weights(lora, weight_name=weight_name)
+    g = torch.Generator().manual_seed(0)
+    return pipe(PROMPTS[0], num_inference_steps=3, height=64, width=64, generator=g, output_type="np").images[0]
+
+
+def test_lora_loads_in_plain_diffusers_and_changes_its_images(family_run):
+    family, model, run = family_run
+    base = pipeline_images(family, model)
+    tuned = pipeline_images(family, model, run / "lora", "pytorch_lora_weights.safetensors")
+    assert np.abs(base - tuned).max() > 1e-3
+    kohya = run / "lora" / "lora_kohya.safetensors"
+    assert kohya.is_file() == (family == "sdxl")  # ComfyUI reads SD 3 LoRAs in diffusers' format
+    if family == "sdxl":
+        assert np.abs(pipeline_images(family, model, run / "lora", kohya.name) - tuned).max() < 1e-4
+
+
+def test_resume_after_interruption_equals_uninterrupted(family_run, tiny_dataset, tmp_path, monkeypatch):
+    _, model, reference = family_run
+    real = trainer_module.Trainer._periodic
+
+    def interrupt_at_3(self):
+        real(self)
+        if self.step == 3:
+            raise KeyboardInterrupt
+
+    args = ["--max-steps", "4", "--optim.learning-rate", "1e-2"]
+    monkeypatch.setattr(trainer_module.Trainer, "_periodic", interrupt_at_3)
+    assert train(tiny_dataset, model, tmp_path, *args) == 130
+    monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
+    assert train(tiny_dataset, model, tmp_path, *args, "--resume", "latest") == 0
+    resumed, uninterrupted = load_file(tmp_path / LORA), load_file(reference / LORA)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_generation_from_a_run_repeats_its_pixels(family_run, tmp_path):
+    from PIL import Image
+
+    _, _, run = family_run
+    args = ["generate", "--run", str(run), "--prompt", PROMPTS[0], "--n", "2", "--steps", "3"]
+    for name in ("a", "b"):
+        assert main([*args, "--out", str(tmp_path / name)]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "a" / "train" / "metadata.jsonl").read_text().splitlines()]
+    for row in rows:
+        a, b = (np.asarray(Image.open(tmp_path / n / "train" / row["file_name"])) for n in ("a", "b"))
+        assert a.shape == (64, 64) and np.array_equal(a, b) and a.std() > 0
