@@ -37,11 +37,15 @@ format: $(STAMP)
 
 # CPU benchmarks, one after another (each prints its figures and targets). train_speed.py also needs diffusers'
 # examples/dreambooth/train_dreambooth_lora.py: make benchmarks DREAMBOOTH_SCRIPT=PATH, and for kohya's sd-scripts
-# SD_SCRIPTS=PATH (a copy of kohya-ss/sd-scripts; ../shared/tools/kohya_ref.sh sets it up). gpu_*.py need a GPU.
+# SD_SCRIPTS=PATH (a copy of kohya-ss/sd-scripts; ../shared/tools/kohya_ref.sh sets it up); for SDXL and SD 3.5,
+# DREAMBOOTH_SDXL_SCRIPT=PATH and DREAMBOOTH_SD3_SCRIPT=PATH (the same folder's _sdxl.py and _sd3.py). gpu_*.py need
+# a GPU.
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/prepare_metadata.py
 	$(BIN)/python benchmarks/prepare_throughput.py
 	$(if $(DREAMBOOTH_SCRIPT),$(BIN)/python benchmarks/train_speed.py --script $(DREAMBOOTH_SCRIPT) $(if $(SD_SCRIPTS),--sd-scripts $(SD_SCRIPTS)),@echo "train_speed.py skipped: set DREAMBOOTH_SCRIPT (and SD_SCRIPTS for kohya)")
+	$(if $(DREAMBOOTH_SDXL_SCRIPT),$(BIN)/python benchmarks/train_speed.py --family sdxl --script $(DREAMBOOTH_SDXL_SCRIPT),@echo "train_speed.py --family sdxl skipped: set DREAMBOOTH_SDXL_SCRIPT")
+	$(if $(DREAMBOOTH_SD3_SCRIPT),$(BIN)/python benchmarks/train_speed.py --family sd3 --script $(DREAMBOOTH_SD3_SCRIPT),@echo "train_speed.py --family sd3 skipped: set DREAMBOOTH_SD3_SCRIPT")
 	$(BIN)/python benchmarks/generate_speed.py
 	$(BIN)/python benchmarks/evaluate_speed.py
 	$(BIN)/python benchmarks/interval_coverage.py

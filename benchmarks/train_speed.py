@@ -1,6 +1,9 @@
-"""Seconds per LoRA training step: cxrgen against kohya's sd-scripts and diffusers' train_dreambooth_lora.py.
+"""Seconds per LoRA training step: cxrgen against kohya's sd-scripts and diffusers' DreamBooth-LoRA examples.
 
-Equal settings: the SD 1.5 architecture with random weights, the same 8 images captioned "chest x-ray", 256 px,
+Equal settings: a random-weight model of the family (`--family`): SD 1.5's architecture, or for SDXL and SD 3.5
+Medium their real widths at reduced depth (`cxrgen make-tiny-model --arch reduced`: SDXL's UNet with one transformer
+layer per block, SD 3.5 Medium's MMDiT with two blocks, two-layer text encoders), the same 8 images captioned
+"chest x-ray", 256 px,
 batch 1, LoRA rank 4 (alpha = rank), AdamW at 1e-4, constant schedule, float32, gradient clipping at 1.0, no prior
 preservation, no data-loading workers. The trainers:
 - kohya `train_network.py` (`--cache_latents --network_train_unet_only --sdpa`), run by kohya_ref.sh, which sets
@@ -9,6 +12,11 @@ preservation, no data-loading workers. The trainers:
 - cxrgen with cached latents and text, once with kohya's modules (`--lora.targets`) and once with its default
   (the attention projections to_q, to_k, to_v, to_out.0).
 - diffusers' official example (no caching; attention projections), and cxrgen without caching.
+- SDXL and SD 3.5 (`--family sdxl|sd3`, `--script` train_dreambooth_lora_sdxl.py / train_dreambooth_lora_sd3.py):
+  the example as it runs by default (VAE every step) and, where it offers `--cache_latents` (SD 3's), with it,
+  against cxrgen cached and without latent caching. Both examples encode their one instance prompt once before training, so cxrgen's
+  uncached run keeps its text cache (the SD 1.5 example encodes the prompt every step, and cxrgen then does too).
+  LoRA on each family's default modules, which are the examples' (SD 3.5: both streams' attention).
 
 A step's time is read from each trainer's own TensorBoard log, which all three write once a step: the wall-clock
 gap between consecutive steps, after WARMUP steps. Start-up, latent caching and saving are left out, and a slow
@@ -18,13 +26,15 @@ rounds, then steps within them, with the rounds drawn alike for both trainers (p
 Verdict per target: PASS when the interval's lower bound reaches it, FAIL when its upper bound is below it,
 otherwise not shown either way.
 
-Targets (issues 3 and 17): kohya's step / cxrgen's >= 1.1 at kohya's modules and >= 1.0 at cxrgen's default; the
-diffusers example's step / cxrgen's >= 1.4 with caching and >= 1.0 without.
+Targets (issues 3, 17 and 18): kohya's step / cxrgen's >= 1.1 at kohya's modules and >= 1.0 at cxrgen's default;
+the diffusers example's step / cxrgen's >= 1.4 with caching and >= 1.0 without; for SD 3.5 also the
+example with cached latents / cxrgen cached >= 1.0 (like for like).
 
 Neither reference is part of cxrgen. Give diffusers' examples/dreambooth/train_dreambooth_lora.py with --script,
 a copy of kohya-ss/sd-scripts (work tree or bare git directory) with --sd-scripts, and kohya_ref.sh with
 --kohya-ref (default: ../shared/tools/kohya_ref.sh beside the repository).
 Run: .venv/bin/python benchmarks/train_speed.py --script PATH --sd-scripts PATH [--rounds 3] [--steps 12]
+     .venv/bin/python benchmarks/train_speed.py --family sdxl --script PATH/train_dreambooth_lora_sdxl.py
 """
 
 from __future__ import annotations
@@ -55,14 +65,26 @@ TARGETS = {  # (numerator, denominator, target)
     "kohya / cxrgen at cxrgen's default": ("kohya", "cxrgen", 1.0),
     "diffusers / cxrgen cached": ("diffusers", "cxrgen", 1.4),
     "diffusers / cxrgen uncached": ("diffusers", "cxrgen, no caching", 1.0),
+    "diffusers cached / cxrgen cached": ("diffusers, cached latents", "cxrgen", 1.0),
+}
+ARCHITECTURES = {  # family: (random architecture, image size it is built for, what the summary calls it)
+    "sd": ("sd15", 512, "SD 1.5 architecture"),
+    "sdxl": ("reduced", 1024, "SDXL widths at reduced depth"),
+    "sd3": ("reduced", 1024, "SD 3.5 Medium widths at reduced depth"),
+}
+UNCACHED = {  # what cxrgen's uncached run leaves out, as the family's diffusers example does
+    "sd": ["--no-cache-latents", "--no-cache-text"],
+    "sdxl": ["--no-cache-latents"],
+    "sd3": ["--no-cache-latents"],
 }
 
 
-def model_folder() -> Path:
-    folder = Path(__file__).parent / "out" / "sd15-random"
+def model_folder(family: str) -> Path:
+    arch, size, _ = ARCHITECTURES[family]
+    folder = Path(__file__).parent / "out" / ("sd15-random" if family == "sd" else f"{family}-{arch}")
     if not (folder / "model_index.json").is_file():
-        cmd = [sys.executable, "-m", "cxrgen", "make-tiny-model", "--arch", "sd15", "--image-size", "512"]
-        subprocess.run([*cmd, "--out", str(folder)], check=True)
+        cmd = [sys.executable, "-m", "cxrgen", "make-tiny-model", "--family", family, "--arch", arch]
+        subprocess.run([*cmd, "--image-size", str(size), "--out", str(folder)], check=True)
     return folder
 
 
@@ -87,7 +109,9 @@ def argv(flags: dict[str, object]) -> list[str]:
     return [str(x) for pair in flags.items() for x in pair]
 
 
-def official(script: str, model: Path, instance: Path, out: Path, steps: int, resolution: int) -> list[str]:
+def official(
+    script: str, model: Path, instance: Path, out: Path, steps: int, resolution: int, cache: bool = False
+) -> list[str]:
     flags = {
         "--pretrained_model_name_or_path": model,
         "--instance_data_dir": instance,
@@ -106,7 +130,7 @@ def official(script: str, model: Path, instance: Path, out: Path, steps: int, re
         "--dataloader_num_workers": 0,
         "--report_to": "tensorboard",
     }
-    return [sys.executable, script, *argv(flags)]
+    return [sys.executable, script, *argv(flags), *(["--cache_latents"] if cache else [])]
 
 
 def kohya(ref: Path, model: Path, instance: Path, out: Path, steps: int, resolution: int) -> list[str]:
@@ -124,7 +148,7 @@ def kohya(ref: Path, model: Path, instance: Path, out: Path, steps: int, resolut
 
 
 def ours(
-    model: Path, prepared: Path, out: Path, steps: int, resolution: int, cached: bool, targets: list[str]
+    model: Path, prepared: Path, out: Path, steps: int, resolution: int, uncached: list[str], targets: list[str]
 ) -> list[str]:
     flags = {
         "--data": prepared,
@@ -145,9 +169,8 @@ def ours(
         "--log-every": 1,
         "--cache-dir": out / "cache",
     }
-    cmd = [sys.executable, "-m", "cxrgen", "train", *argv(flags)]
-    cmd += ["--lora.targets", *targets]
-    return cmd if cached else [*cmd, "--no-cache-latents", "--no-cache-text"]
+    cmd = [sys.executable, "-m", "cxrgen", "train", *argv(flags), *uncached]
+    return [*cmd, "--lora.targets", *targets] if targets else cmd
 
 
 def step_gaps(logs: Path) -> np.ndarray:
@@ -211,35 +234,42 @@ def verdict(low: float, high: float, target: float) -> str:
 
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--script", help="diffusers' examples/dreambooth/train_dreambooth_lora.py")
+    parser.add_argument("--family", choices=list(ARCHITECTURES), default="sd", help="model family")
+    parser.add_argument(
+        "--script", help="diffusers' examples/dreambooth/train_dreambooth_lora.py (_sdxl.py, _sd3.py for the families)"
+    )
     parser.add_argument("--sd-scripts", help="a copy of kohya-ss/sd-scripts (work tree or bare git directory)")
     parser.add_argument("--kohya-ref", default=str(ROOT.parent / "shared" / "tools" / "kohya_ref.sh"))
     parser.add_argument("--steps", type=int, default=12, help=f"steps per run; the first {WARMUP} are warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="runs per trainer, interleaved")
     parser.add_argument("--resolution", type=int, default=256)
     args = parser.parse_args()
-    model = model_folder()
+    family = args.family
+    model = model_folder(family)
     instance, prepared = data(args.resolution)
     r = args.resolution
     trainers: dict[str, tuple[Callable[[Path, int], list[str]], dict[str, str]]] = {
-        "cxrgen": (lambda out, n: ours(model, prepared, out, n, r, True, ["to_q", "to_k", "to_v", "to_out.0"]), {}),
-        "cxrgen, kohya's modules": (lambda out, n: ours(model, prepared, out, n, r, True, KOHYA_TARGETS), {}),
-        "cxrgen, no caching": (
-            lambda out, n: ours(model, prepared, out, n, r, False, ["to_q", "to_k", "to_v", "to_out.0"]),
-            {},
-        ),
+        "cxrgen": (lambda out, n: ours(model, prepared, out, n, r, [], []), {}),
+        "cxrgen, no caching": (lambda out, n: ours(model, prepared, out, n, r, UNCACHED[family], []), {}),
     }
-    if args.sd_scripts:
+    if family == "sd":
+        trainers["cxrgen, kohya's modules"] = (lambda out, n: ours(model, prepared, out, n, r, [], KOHYA_TARGETS), {})
+    if args.sd_scripts and family == "sd":
         env = {"SD_SCRIPTS": str(Path(args.sd_scripts).resolve())}
         trainers["kohya"] = (lambda out, n: kohya(Path(args.kohya_ref), model, instance, out, n, r), env)
     if args.script:
         trainers["diffusers"] = (lambda out, n: official(args.script, model, instance, out, n, r), {})
+        if family != "sd" and "--cache_latents" in Path(args.script).read_text():  # the SD 3 example's option
+            trainers["diffusers, cached latents"] = (
+                lambda out, n: official(args.script, model, instance, out, n, r, cache=True),
+                {},
+            )
     runs: dict[str, list[Run]] = {name: [] for name in trainers}
     for round_ in range(args.rounds):
         order = list(trainers) if round_ % 2 == 0 else list(reversed(trainers))  # neither always goes first
         for name in order:
             make, env = trainers[name]
-            out = OUT / "runs" / name.replace(",", "").replace("'", "").replace(" ", "-")
+            out = OUT / "runs" / family / name.replace(",", "").replace("'", "").replace(" ", "-")
             result = timed(make(out, args.steps), out, env)
             runs[name].append(result)
             print(
@@ -249,8 +279,8 @@ def run() -> None:
                 flush=True,
             )
     print(
-        f"\nSD 1.5 architecture (random weights), {r} px, batch 1, LoRA rank 4, fp32, {os.cpu_count()} CPU cores, "
-        f"{args.rounds} rounds x {args.steps} steps"
+        f"\n{ARCHITECTURES[family][2]} (random weights), {r} px, batch 1, LoRA rank 4, fp32, "
+        f"{os.cpu_count()} CPU cores, {args.rounds} rounds x {args.steps} steps"
     )
     print(f"{'trainer':26s} {'median s/step':>13s}  per round")
     for name, results in runs.items():

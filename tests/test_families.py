@@ -152,8 +152,17 @@ def test_lora_loads_in_plain_diffusers_and_changes_its_images(family_run):
     assert np.abs(base - tuned).max() > 1e-3
     kohya = run / "lora" / "lora_kohya.safetensors"
     assert kohya.is_file() == (family == "sdxl")  # ComfyUI reads SD 3 LoRAs in diffusers' format
-    if family == "sdxl":
+    if family == "sdxl":  # kohya's SDXL names: the UNet's original block layout, two text encoders
+        keys = load_file(kohya).keys()
+        assert any(k.startswith("lora_unet_output_blocks_") for k in keys)
+        assert not any("down_blocks" in k or "up_blocks" in k for k in keys)
         assert np.abs(pipeline_images(family, model, run / "lora", kohya.name) - tuned).max() < 1e-4
+
+
+def test_a_family_preset_refuses_another_family(tiny_model, tiny_dataset, tmp_path, capsys):
+    argv = ["train", "--preset", "sdxl-12gb", "--data", str(tiny_dataset), "--model.base", str(tiny_model)]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert "is a sd model (StableDiffusionPipeline), not sdxl" in capsys.readouterr().err
 
 
 def test_resume_after_interruption_equals_uninterrupted(family_run, tiny_dataset, tmp_path, monkeypatch):
@@ -186,3 +195,17 @@ def test_generation_from_a_run_repeats_its_pixels(family_run, tmp_path):
     for row in rows:
         a, b = (np.asarray(Image.open(tmp_path / n / "train" / row["file_name"])) for n in ("a", "b"))
         assert a.shape == (64, 64) and np.array_equal(a, b) and a.std() > 0
+
+
+def test_two_processes_under_accelerate_launch(family_model, tiny_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    _, model = family_model
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    argv = ["-m", "cxrgen", "train", "--preset", "cpu-smoke", "--data", str(tiny_dataset), "--model.base", str(model)]
+    result = subprocess.run([*launch, *argv, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["processes"] == 2 and (tmp_path / LORA).is_file()

@@ -487,7 +487,7 @@ def test_saved_lora_keeps_its_alpha(tiny_model, tmp_path, file):
         "unet": adapter_state_dict(trained.denoiser),
         "text_encoder": adapter_state_dict(trained.text_encoders[0]),
     }
-    save_lora_files(trained.family, tmp_path, layers, {})
+    save_lora_files(trained.family, tmp_path, layers, {}, trained.denoiser.config)
     loaded = load_components(ModelConfig(base=str(tiny_model)))
     loaded.pipeline().load_lora_weights(tmp_path, weight_name=file)
     plain = load_components(ModelConfig(base=str(tiny_model)))

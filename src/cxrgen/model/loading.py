@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +19,11 @@ import torch
 from ..config import ConfigError, option
 from ..errors import UserError
 from ..fileio import cache_root, stat_digest, write_text
-from ..tokens import CLIP_WINDOW
 from .families import FAMILIES, ModelFamily, family_of_pipeline, read_pipeline_class
 
 log = logging.getLogger(__name__)
+# diffusers 0.40 renamed from_pretrained's torch_dtype to dtype (the old name warns)
+_DTYPE_ARGUMENT = "dtype" if tuple(int(x) for x in version("diffusers").split(".")[:2]) >= (0, 40) else "torch_dtype"
 
 
 class ModelError(UserError):
@@ -53,12 +55,13 @@ class ModelConfig:
         return model_identity(self.base, self.revision) + overrides
 
     def resolve_family(self) -> ModelFamily:
-        """The family named, else the one the model's model_index.json names."""
-        if self.family:
-            return FAMILIES[self.family]
+        """The family the model's model_index.json names, which must be the one --model.family names if given
+        (when a hub model's model_index.json cannot be read, the family named)."""
         try:
             class_name = read_pipeline_class(self.base, self.revision)
         except (OSError, ValueError, KeyError) as exc:
+            if self.family:
+                return FAMILIES[self.family]
             raise ModelError(
                 f"cannot load base model {self.base}: its model_index.json, which names the family, is not at hand "
                 f"({exc}). For offline use give a local folder (`cxrgen make-tiny-model --out DIR` writes one)."
@@ -66,6 +69,11 @@ class ModelConfig:
         family = family_of_pipeline(class_name)
         if family is None:
             raise ModelError(f"{self.base} is a {class_name}, not a model family cxrgen trains ({', '.join(FAMILIES)})")
+        if self.family and family.name != self.family:
+            raise ModelError(
+                f"{self.base} is a {family.name} model ({class_name}), not {self.family} as --model.family (or the "
+                f"preset) says: choose a {self.family} base model, or a preset for {family.name}"
+            )
         return family
 
 
@@ -157,7 +165,7 @@ def load_components(config: ModelConfig, dtype: torch.dtype = torch.float32) -> 
     try:
         family = config.resolve_family()
         cls = getattr(diffusers, family.pipeline_class)
-        pipe = cls.from_pretrained(base, dtype=dtype, **family.pipeline_extras, **kwargs)
+        pipe = cls.from_pretrained(base, **{_DTYPE_ARGUMENT: dtype}, **family.pipeline_extras, **kwargs)
     except (OSError, ValueError) as exc:
         hint = (
             ""
@@ -216,10 +224,6 @@ def model_identity(base: str, revision: str | None = None) -> str:
         return f"{path.name}@{weights_digest(path)}"
     snapshot = hub_snapshot(base, revision)
     return f"{base}@{snapshot.name if snapshot is not None else revision or 'main'}"
-
-
-def tokenizer_window(tokenizer: Any) -> int:
-    return int(getattr(tokenizer, "model_max_length", CLIP_WINDOW) or CLIP_WINDOW)
 
 
 def set_offline_if_local(base: str) -> None:

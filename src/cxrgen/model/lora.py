@@ -85,18 +85,16 @@ def save_lora_weights(family: Any, folder: Path, layers: dict[str, dict[str, Any
 
 
 def save_lora_files(
-    family: Any, folder: Path, layers: dict[str, dict[str, Any]], metadata: dict[str, str]
+    family: Any, folder: Path, layers: dict[str, dict[str, Any]], metadata: dict[str, str], denoiser_config: Any
 ) -> dict[str, Path]:
-    """The diffusers file, and where the family has one, a kohya/A1111-style file (`lora_unet_*`, `lora_te_*`;
-    SDXL's two text encoders `lora_te1_*`, `lora_te2_*`)."""
+    """The diffusers file, and where the family has one, a kohya/A1111-style file in the family's convention
+    (`lora_unet_*`, `lora_te_*`; SDXL's `lora_te1_*`, `lora_te2_*` and its UNet in the original block layout)."""
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
     from safetensors.torch import load_file, save_file
 
     files = {"diffusers": save_lora_weights(family, folder, layers)}
     if family.kohya_export:
-        kohya = convert_state_dict_to_kohya(load_file(files["diffusers"]))
-        if len(family.text_encoders) == 1:  # one text encoder is kohya's "lora_te_"; "lora_te1_" is SDXL's first
-            kohya = {k.replace("lora_te1_", "lora_te_", 1): v for k, v in kohya.items()}
+        kohya = family.kohya_keys(convert_state_dict_to_kohya(load_file(files["diffusers"])), denoiser_config)
         kohya = {k: v.contiguous() for k, v in kohya.items()}
         save_file(kohya, folder / KOHYA_FILE, metadata={"ss_network_module": "networks.lora", **metadata})
         files["kohya"] = folder / KOHYA_FILE

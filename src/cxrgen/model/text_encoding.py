@@ -1,4 +1,5 @@
-"""Prompt -> text-encoder embeddings: the one function training, sampling and generation all use.
+"""CLIP prompt windows: the one home of how a prompt becomes CLIP token windows and their embeddings, which every
+model family's `encode` (training, caching, sampling and generation) goes through.
 
 Stable Diffusion's text encoder sees 77 tokens (start, 75 words' worth, end). With `long=True` a longer prompt is
 cut into 75-token chunks at comma boundaries where possible, each encoded in its own window and the results
@@ -70,12 +71,6 @@ def encode_windows(
     if pooled is not None:
         pooled = pooled.reshape(b, n, -1)[:, 0]
     return hidden.reshape(b, n * length, hidden.shape[-1]), pooled
-
-
-def encode_prompts(
-    tokenizer: Any, text_encoder: Any, prompts: list[str], long: bool = False, min_chunks: int = 1
-) -> torch.Tensor:
-    return encode_windows(text_encoder, token_windows(tokenizer, prompts, long, min_chunks))[0]
 
 
 def count_over(tokenizer: Any, prompts: list[str], tokens: int) -> int:

@@ -10,7 +10,18 @@ from ..config import ConfigError, merge, option, read_yaml, with_groups
 from ..model.loading import ModelConfig
 from .methods import METHODS
 
-PRESETS = ("cpu-smoke", "gpu-8gb", "gpu-16gb", "gpu-24gb", "gpu-80gb")
+PRESETS = (
+    "cpu-smoke",
+    "gpu-8gb",
+    "gpu-16gb",
+    "gpu-24gb",
+    "gpu-80gb",
+    "sdxl-12gb",
+    "sdxl-80gb",
+    "sd35m-16gb",
+    "sd35m-24gb",
+    "sd35m-80gb",
+)
 BIRD_PROMPT = "a bird sitting on a tree"  # the original paper's test for forgetting
 
 

@@ -139,6 +139,11 @@ class ModelFamily:
     def latent_shift(self, vae: Any) -> float:
         return float(getattr(vae.config, "shift_factor", None) or 0.0)
 
+    def kohya_keys(self, state: dict[str, Any], denoiser_config: Any) -> dict[str, Any]:
+        """Rename diffusers' kohya-style keys (`lora_unet_<diffusers module>`, `lora_te1_`) to the family's kohya
+        convention."""
+        return state
+
     def kohya_version(self, components: Any) -> str:
         """kohya's `ss_base_model_version`, which UIs read to match a LoRA to its base."""
         raise NotImplementedError

@@ -28,6 +28,11 @@ class StableDiffusion(ClipUNetFamily):
     ) -> torch.Tensor:
         return denoiser(noisy, timesteps, cond.embeds).sample
 
+    def kohya_keys(self, state: dict[str, Any], denoiser_config: Any) -> dict[str, Any]:
+        # one text encoder is kohya's "lora_te_" ("lora_te1_" names SDXL's first of two); the UNet's module names
+        # are diffusers' in kohya's SD 1.x/2.x files too
+        return {k.replace("lora_te1_", "lora_te_", 1): v for k, v in state.items()}
+
     def kohya_version(self, components: Any) -> str:
         # SD 2.x has a 1024-wide text encoder (SD 1.x 768), and its 768 px models predict v
         if components.denoiser.config.cross_attention_dim != 1024:

@@ -3,6 +3,7 @@ pooled embedding, and size and crop conditioning, on a larger UNet (1024 px)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -117,6 +118,27 @@ class StableDiffusionXL(ClipUNetFamily):
         time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=cond.embeds.dtype)
         added = {"text_embeds": cond.pooled, "time_ids": time_ids.to(noisy.device).repeat(noisy.shape[0], 1)}
         return denoiser(noisy, timesteps, cond.embeds, added_cond_kwargs=added).sample
+
+    def kohya_keys(self, state: dict[str, Any], denoiser_config: Any) -> dict[str, Any]:
+        """kohya's SDXL files name the UNet's transformers by the original (SGM) layout: input_blocks.<n>.1,
+        middle_block.1, output_blocks.<n>.1, where a level holds layers_per_block blocks (plus a downsampler going
+        down, one more block going up)."""
+        per_level = denoiser_config.layers_per_block + 1
+
+        def sgm(key: str) -> str:
+            key = re.sub(
+                r"^lora_unet_down_blocks_(\d+)_attentions_(\d+)_",
+                lambda m: f"lora_unet_input_blocks_{1 + int(m[1]) * per_level + int(m[2])}_1_",
+                key,
+            )
+            key = re.sub(
+                r"^lora_unet_up_blocks_(\d+)_attentions_(\d+)_",
+                lambda m: f"lora_unet_output_blocks_{int(m[1]) * per_level + int(m[2])}_1_",
+                key,
+            )
+            return key.replace("lora_unet_mid_block_attentions_0_", "lora_unet_middle_block_1_", 1)
+
+        return {sgm(k): v for k, v in state.items()}
 
     def kohya_version(self, components: Any) -> str:
         return "sdxl_base_v1-0"

@@ -97,7 +97,7 @@ class LoraMethod(TrainingMethod):
             "ss_base_model_version": components.family.kohya_version(components),
         }
         layers = {name: adapter_state_dict(model) for name, model in trained.items()}
-        files = save_lora_files(components.family, out / "lora", layers, meta)
+        files = save_lora_files(components.family, out / "lora", layers, meta, components.denoiser.config)
         stack = [(s["path"], s["weight"]) for s in self.stacked()]
         return Exported({k: str(v) for k, v in files.items()}, None, [*stack, ("lora", 1.0)])
 
