@@ -14,9 +14,10 @@ preservation, no data-loading workers. The trainers:
 - diffusers' official example (no caching; attention projections), and cxrgen without caching.
 - SDXL and SD 3.5 (`--family sdxl|sd3`, `--script` train_dreambooth_lora_sdxl.py / train_dreambooth_lora_sd3.py):
   the example as it runs by default (VAE every step) and, where it offers `--cache_latents` (SD 3's), with it,
-  against cxrgen cached and without latent caching. Both examples encode their one instance prompt once before training, so cxrgen's
-  uncached run keeps its text cache (the SD 1.5 example encodes the prompt every step, and cxrgen then does too).
-  LoRA on each family's default modules, which are the examples' (SD 3.5: both streams' attention).
+  against cxrgen cached and without latent caching. Both examples encode their one instance prompt once before
+  training, so cxrgen's uncached run keeps its text cache (the SD 1.5 example encodes the prompt every step, and
+  cxrgen then does too). LoRA on each family's default modules, which are the examples' (SD 3.5: the joint
+  attention of both streams).
 
 A step's time is read from each trainer's own TensorBoard log, which all three write once a step: the wall-clock
 gap between consecutive steps, after WARMUP steps. Start-up, latent caching and saving are left out, and a slow

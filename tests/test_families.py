@@ -91,6 +91,15 @@ OPTIONS = {
     "lora-text-encoders": ["--lora.text-encoder"],
     "lora-prior": ["--prior.enabled"],
     "lora-long-prompts": ["--long-prompts"],
+    "lora-dropout-checkpointing-accumulation": [
+        "--lora.dropout",
+        "0.1",
+        "--gradient-checkpointing",
+        "--grad-accum",
+        "2",
+    ],
+    "lora-loss-weighting": [],  # the family's own: min-SNR for SDXL, cosmap for SD 3.5
+    "lora-noise-offset": ["--noise-offset", "0.05"],
     "full": ["--method", "full"],
     "full-text-encoders-ema": ["--method", "full", "--full.train-text-encoder", "--full.ema"],
 }
@@ -100,6 +109,8 @@ OPTIONS = {
 def test_every_training_option_trains(family_model, tiny_dataset, tmp_path, option):
     family, model = family_model
     args = ["--max-steps", "2", "--sample-every", "-1", "--val-images", "2", *OPTIONS[option]]
+    if option == "lora-loss-weighting":
+        args += ["--snr-gamma", "5"] if family == "sdxl" else ["--flow-weighting", "cosmap"]
     assert train(tiny_dataset, model, tmp_path, *args) == 0
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["base_model"]["family"] == family and np.isfinite(run["figures"]["train_loss_last50"])
@@ -161,7 +172,7 @@ def test_lora_loads_in_plain_diffusers_and_changes_its_images(family_run):
 
 def test_a_family_preset_refuses_another_family(tiny_model, tiny_dataset, tmp_path, capsys):
     argv = ["train", "--preset", "sdxl-12gb", "--data", str(tiny_dataset), "--model.base", str(tiny_model)]
-    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert main([*argv, "--out", str(tmp_path)]) == 1
     assert "is a sd model (StableDiffusionPipeline), not sdxl" in capsys.readouterr().err
 
 
@@ -209,3 +220,35 @@ def test_two_processes_under_accelerate_launch(family_model, tiny_dataset, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["processes"] == 2 and (tmp_path / LORA).is_file()
+
+
+def test_rectified_flow_noises_as_the_flow_scheduler():
+    """The training objective's noising equals diffusers' FlowMatchEulerDiscreteScheduler.scale_noise at the same
+    timesteps, draws timesteps from its shifted schedule, and validation's fixed fractions run clean to noisy."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from cxrgen.model.families.objectives import RectifiedFlow
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    objective = RectifiedFlow(scheduler, "logit_normal")
+    g = torch.Generator().manual_seed(0)
+    timesteps = objective.timesteps(64, g)
+    assert set(timesteps.tolist()) <= set(scheduler.timesteps.tolist()) and timesteps.unique().numel() > 32
+    latents, noise = torch.randn(64, 16, 8, 8, generator=g), torch.randn(64, 16, 8, 8, generator=g)
+    noisy, target = objective.noised(latents, noise, timesteps)
+    reference = torch.cat(
+        [scheduler.scale_noise(latents[i : i + 1], timesteps[i : i + 1], noise[i : i + 1]) for i in range(64)]
+    )
+    assert torch.allclose(noisy, reference, atol=1e-6) and torch.equal(target, noise - latents)
+    sigmas = [float(objective._sigmas(objective.fixed_timestep(f), 1)) for f in (0.1, 0.5, 0.9)]
+    assert sigmas == sorted(sigmas) and sigmas[0] < 0.5 < sigmas[2]
+    cosmap = RectifiedFlow(scheduler, "cosmap").weights(timesteps)
+    assert cosmap.shape == (64,) and not torch.allclose(cosmap, torch.ones(64))
+
+
+def test_sd3_refuses_min_snr(family_model, tiny_dataset, tmp_path, capsys):
+    family, model = family_model
+    if family != "sd3":
+        pytest.skip("SD 3.5 only")
+    assert train(tiny_dataset, model, tmp_path, "--snr-gamma", "5") == 2
+    assert "rectified flow: use --flow-weighting" in capsys.readouterr().err

@@ -61,6 +61,9 @@ class Trainer:
         self.rate: float | None = None  # images per second and MFU at the last logged step
         self.mfu: float | None = None
         self.method = METHODS[c.method](c)
+        set_offline_if_local(c.model.base)
+        self.family = c.model.resolve_family()  # before anything heavy: a wrong family or setting fails at once
+        self.family.check_training(c)
         self.accelerator = Accelerator(
             mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.grad_accum, cpu=cpu_processes()
         )
@@ -80,10 +83,7 @@ class Trainer:
         self.data = PreparedSplit.load(c.data, c.split, c.text_column)
         self.resolution = c.resolution or self.data.native_resolution()
         self.val = self._optional_split(c.val_split)
-        set_offline_if_local(c.model.base)
         self.components = load_components(c.model)
-        self.family = self.components.family
-        self.family.check_training(c)
         self.objective = self.family.objective(self.components.scheduler, c)
         self.identity = c.model.identity()
         if self.resolution % (self.components.vae_scale * 4):

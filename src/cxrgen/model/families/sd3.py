@@ -108,8 +108,12 @@ class StableDiffusion3(ModelFamily):
     tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
     text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
     trainable_text_encoders = ("text_encoder", "text_encoder_2")  # the CLIPs; T5-XXL (4.7 B) stays frozen
-    # both streams' attention, as diffusers' SD 3 LoRA script adapts
-    lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+    # the joint attention of both streams, as diffusers' SD 3 LoRA script adapts ("attn.": not SD 3.5's second,
+    # image-only attention "attn2" of its first 13 blocks)
+    lora_targets = tuple(
+        f"attn.{name}"
+        for name in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+    )
     samplers = ("euler", "dpmsolver++")
     default_sampler = "euler"
     archs = ("tiny", "reduced", "sd35m")
