@@ -37,7 +37,7 @@ GENERIC_PROMPTS = (
 )
 CONTROL_PROMPT = "chest x-ray"
 SPLIT = "train"  # the folder layout of a generated set: <model>/train/metadata.jsonl
-SAMPLER = "dpmsolver++"
+SAMPLER = None  # the model family's default, as training's sample grids
 # PNG text chunks: the control prompt's images look like radiographs and must never pass for one
 PNG_TEXT = {"Description": "SYNTHETIC IMAGE made by cxrgen's forgetting test", "cxrgen:synthetic": "true"}
 

@@ -43,7 +43,11 @@ class GenerateConfig:
     prompt: list[str] = option([], "raw prompts (each makes --n images)")
     prompts: PromptConfig | None = option(None, "prompt settings (default: the training run's, else the full level)")
     long_prompts: bool | None = option(None, "encode prompts beyond 77 tokens in windows (default: as the run trained)")
-    sampler: Sampler = option("dpmsolver++", "sampling scheduler (dpmsolver++: DPM-Solver++ 2M)")
+    sampler: Sampler | None = option(
+        None,
+        "sampling scheduler (default: the model family's: dpmsolver++ (DPM-Solver++ 2M) for SD and SDXL, euler "
+        "for SD 3.5, as training's sample grids)",
+    )
     steps: int = option(25, "sampling steps")
     guidance: float = option(7.5, "classifier-free guidance scale")
     negative_prompt: str = option("", "negative prompt")

@@ -139,9 +139,10 @@ class Generator:
             self.source, config.sampler, self.dtype, self.state.device, config.merge_loras
         )
         if config.compile:
-            if not self.source.adapters or self.loras_merged:
-                self.pipe.fuse_qkv_projections()  # one matrix product for q, k and v (not with LoRA layers in place)
             denoiser = components.family.denoiser
+            if not self.source.adapters or self.loras_merged:
+                # one matrix product for q, k and v (not with LoRA layers in place)
+                getattr(self.pipe, denoiser).fuse_qkv_projections()
             setattr(self.pipe, denoiser, torch.compile(getattr(self.pipe, denoiser)))
             self.pipe.vae.decoder = torch.compile(self.pipe.vae.decoder)
         self.components = components
@@ -157,7 +158,7 @@ class Generator:
             "adapters": [{"path": p, "weight": w, "sha256": lora_digest(p)} for p, w in self.source.adapters],
         }
         self.sampler = {
-            "name": config.sampler,
+            "name": config.sampler or components.family.default_sampler,
             "steps": config.steps,
             "guidance": config.guidance,
             "negative_prompt": config.negative_prompt,

@@ -107,8 +107,8 @@ def sample_images(
     encoders = [getattr(pipe, n) for n in family.text_encoders]
     # a negative prompt longer than the prompts pads them to its windows
     windows = max(text_windows(pipe, p, long_prompts) for p in [*prompts, negative_prompt])
-    cond = family.encode(tokenizers, encoders, prompts, long_prompts, windows)
-    negative = family.encode(tokenizers, encoders, [negative_prompt] * len(prompts), long_prompts, windows)
+    cond = family.encode(tokenizers, encoders, prompts, long_prompts, windows).to(device)
+    negative = family.encode(tokenizers, encoders, [negative_prompt] * len(prompts), long_prompts, windows).to(device)
     if not negative_prompt and family.empty_negative_is_zero(pipe):
         negative = negative.zeros_like()
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]

@@ -62,7 +62,7 @@ def _in_run(run_dir: Path, path: str) -> str:
 
 
 def load_sampling_pipeline(
-    source: ModelSource, sampler: Sampler, dtype: torch.dtype, device: Any, merge_loras: bool = True
+    source: ModelSource, sampler: Sampler | None, dtype: torch.dtype, device: Any, merge_loras: bool = True
 ) -> tuple[Any, Components, bool]:
     """The pipeline with the source's LoRAs, on `device` in `dtype`; returns it, its components, and whether the
     LoRAs were merged into the base weights (no adapter layers left to run at each step)."""
@@ -82,4 +82,5 @@ def load_sampling_pipeline(
             pipe.to(dtype=dtype)
     finally:
         diffusers_logging.set_verbosity(quiet)
+    components.family.keep_float32(components.parts, dtype)
     return pipe.to(device), components, merge

@@ -134,6 +134,7 @@ class TextCache:
                 pooled[chunk] = cond.pooled.to("cpu", torch.float32).numpy().astype(np.float16)
         seq.flush()
         info = {"prompts": len(self.prompts), "rows": total, "rows_per_window": rows_per_window}
+        info["pooled"] = pooled is not None
         if pooled is not None:
             pooled.flush()
             self.pooled_store.mark_complete(info)
@@ -141,9 +142,12 @@ class TextCache:
 
     def _open(self) -> None:
         self.array = self.store.open()
+        info = json.loads(self.store.marker.read_text())
         if not self.spans:
-            self._layout(int(json.loads(self.store.marker.read_text())["rows_per_window"]))
-        if self.pooled_store.complete:
+            self._layout(int(info["rows_per_window"]))
+        if info.get("pooled"):
+            if not self.pooled_store.complete:
+                raise RuntimeError(f"{self.pooled_store.path} is missing: delete {self.store.marker} to re-encode")
             self.pooled = self.pooled_store.open()
 
     def conditioning(self, prompts: list[str]) -> Conditioning:

@@ -64,8 +64,16 @@ class Trainer:
         set_offline_if_local(c.model.base)
         self.family = c.model.resolve_family()  # before anything heavy: a wrong family or setting fails at once
         self.family.check_training(c)
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        # a trained text encoder whose last layer the conditioning never reads (SDXL's CLIP-L) leaves parameters
+        # without gradients, which several processes must be told to expect
+        unused = self.method.trains_text_encoder and self.family.unused_text_layers
         self.accelerator = Accelerator(
-            mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.grad_accum, cpu=cpu_processes()
+            mixed_precision=c.mixed_precision,
+            gradient_accumulation_steps=c.grad_accum,
+            cpu=cpu_processes(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
         )
         self.device = self.accelerator.device
         if self.device.type == "cpu":
@@ -101,6 +109,12 @@ class Trainer:
         )
         trains_text = self.method.trains_text_encoder  # frozen text encoders' embeddings can be cached
         self.text = self._text_cache() if c.cache_text and not trains_text else None
+        if self.text is not None and self.device.type == "cuda":
+            # cached, the frozen text encoders (SD 3.5's T5-XXL: 9.5 GB in bf16) wait on the CPU; sample grids
+            # encode their few prompts there
+            for encoder in self.components.text_encoders:
+                encoder.to("cpu")
+            torch.cuda.empty_cache()
         optimizer = self._build_optimizer()
         trained_text = [n for n in self.family.trainable_text_encoders if trains_text]
         names = [self.family.denoiser, *trained_text]
@@ -194,10 +208,11 @@ class Trainer:
         # SDXL's VAE overflows in float16 (its config says force_upcast): it encodes in float32
         vae_fp32 = dtype == torch.float16 and getattr(m.vae.config, "force_upcast", False)
         for model in (m.vae, *m.text_encoders, m.denoiser):
-            model.to(self.device)
             keep = any(model is w for w in wholly) or (model is m.vae and vae_fp32)
             if dtype != torch.float32 and not keep:
-                model.to(dtype=dtype)
+                model.to(dtype=dtype)  # cast before the move: the device never holds the float32 copy
+            model.to(self.device)
+        self.family.keep_float32(m.parts, dtype)
         if self.device.type == "cuda" and self.config.channels_last and self.family.denoiser == "unet":
             m.denoiser.to(memory_format=torch.channels_last)
         for model in (m.denoiser, *m.text_encoders):  # adapters in a cast module

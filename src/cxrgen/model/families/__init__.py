@@ -14,7 +14,7 @@ __all__ = ["FAMILIES", "Conditioning", "ModelFamily", "Objective", "family_of_pi
 def family_of_pipeline(class_name: str) -> ModelFamily | None:
     """The family whose diffusers pipeline is `class_name` (a model folder's model_index.json `_class_name`)."""
     for family in FAMILIES.values():
-        if class_name in (family.pipeline_class, family.pipeline_class.replace("Pipeline", "Img2ImgPipeline")):
+        if class_name == family.pipeline_class:
             return family
     return None
 

@@ -136,6 +136,13 @@ class ModelFamily:
         """The denoiser's output for images of `resolution` pixels a side."""
         raise NotImplementedError
 
+    def keep_float32(self, parts: dict[str, Any], dtype: torch.dtype) -> None:
+        """Return to float32 the parts that must not run in `dtype` (SD 3.5's T5 overflows in float16)."""
+
+    # set where a text encoder that can be trained has layers the conditioning never reads (SDXL's CLIP-L: its last
+    # layer), so that several processes let those parameters go without gradients
+    unused_text_layers: ClassVar[bool] = False
+
     def latent_shift(self, vae: Any) -> float:
         return float(getattr(vae.config, "shift_factor", None) or 0.0)
 

@@ -140,6 +140,10 @@ class StableDiffusion3(ModelFamily):
         clip_embeds = torch.nn.functional.pad(clip_embeds, (0, t5.shape[-1] - clip_embeds.shape[-1]))
         return Conditioning(torch.cat([clip_embeds, t5.to(clip_embeds.dtype)], dim=-2), torch.cat(pooled, dim=-1))
 
+    def keep_float32(self, parts: dict[str, Any], dtype: torch.dtype) -> None:
+        if dtype == torch.float16:  # T5 v1.1 overflows in float16; its outputs are cast to the CLIPs' dtype
+            parts["text_encoder_3"].to(torch.float32)
+
     def count_cut(self, tokenizers: list[Any], prompts: list[str], long: bool) -> int:
         # T5 reads the whole prompt up to its window (CLIP reads the first 75 tokens)
         return count_over(tokenizers[2], prompts, (T5_TOKENS_LONG if long else T5_TOKENS) - 1)

@@ -106,6 +106,7 @@ class StableDiffusionXL(ClipUNetFamily):
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     penultimate = True
     pooled = True
+    unused_text_layers = True  # CLIP-L's last layer: SDXL reads its penultimate one, and not its pooled output
     archs = ("tiny", "reduced", "sdxl")
     # the invisible watermark would change pixels; cxrgen marks its images in their metadata instead
     pipeline_extras = {"add_watermarker": False}
