@@ -1,10 +1,11 @@
 """The model-family seam: what differs between Stable Diffusion 1.x/2.x, SDXL and SD 3.5, and nothing else.
 
-A family is a registered `ModelFamily` (`@FAMILIES.register`) in its own module. It names the diffusers pipeline
-and the parts it is made of, encodes prompts into its conditioning (one or more text encoders, pooled embeddings),
-calls its denoiser, supplies its training objective (noise schedule, target, timestep sampling and loss weights),
-its default LoRA targets and samplers, and builds random versions of itself for tests and benchmarks. Loading,
-caching, training methods, checkpoints, sampling and generation are written once over this interface.
+A family is a `ModelFamily` in its own module, registered by one line (`FAMILIES.register(Family())`). It names
+the diffusers pipeline and the parts it is made of, encodes prompts into its conditioning (one or more text
+encoders, pooled embeddings), calls its denoiser, supplies its training objective (noise schedule, target, timestep
+sampling and loss weights), its default LoRA targets and samplers, and builds random versions of itself for tests
+and benchmarks. Loading, caching, training methods, checkpoints, sampling and generation are written once over this
+interface.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class ModelFamily:
     archs: ClassVar[tuple[str, ...]]  # random architectures `random_pipeline` builds; the first is the tiny one
     kohya_export: ClassVar[bool] = True  # whether a kohya-style LoRA file exists for this family
     pipeline_extras: ClassVar[dict[str, Any]] = {}  # pipeline arguments for parts this tool never loads
+    # set where a trainable text encoder has layers the conditioning never reads (SDXL's CLIP-L: its last layer),
+    # so that several processes let those parameters go without gradients
+    unused_text_layers: ClassVar[bool] = False
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -138,10 +142,6 @@ class ModelFamily:
 
     def keep_float32(self, parts: dict[str, Any], dtype: torch.dtype) -> None:
         """Return to float32 the parts that must not run in `dtype` (SD 3.5's T5 overflows in float16)."""
-
-    # set where a text encoder that can be trained has layers the conditioning never reads (SDXL's CLIP-L: its last
-    # layer), so that several processes let those parameters go without gradients
-    unused_text_layers: ClassVar[bool] = False
 
     def latent_shift(self, vae: Any) -> float:
         return float(getattr(vae.config, "shift_factor", None) or 0.0)
