@@ -406,6 +406,7 @@ def test_bad_inputs(tmp_path, capsys):
     assert "holds no images" in capsys.readouterr().err
     assert main([*base, "--real", str(tmp_path / "nope"), "--generated", str(tmp_path / "ok")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # a failed check leaves no empty --out behind
     folder(tmp_path / "ds" / "train", phantoms(2, 1), [{"text": "x"}, {"text": "y"}])
     with pytest.raises(ImageSetError, match="no 'test' split; it has train"):
         open_set(tmp_path / "ds", "test", "real")

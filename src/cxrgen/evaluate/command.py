@@ -82,7 +82,6 @@ def run(config: EvaluateSettings) -> EvaluateResult:
     """Compare the sets with every registered metric that was asked for; write metrics.json (and report.html)."""
     start = time.perf_counter()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     sets = _open_sets(config)
     described = {k: {"folder": str(v.root), "images": len(v), "sizes": _sizes(v)} for k, v in sets.items()}
@@ -98,6 +97,7 @@ def run(config: EvaluateSettings) -> EvaluateResult:
             features[ex.name][name], scores[ex.name][name] = extract(
                 images, ex, config.cache_dir, config.batch_size, device
             )
+    out.mkdir(parents=True, exist_ok=True)  # once the inputs and extractors are known good: no empty --out on error
     ctx = EvaluationContext(config, sets, extractors, features, scores, _primary(extractors), out, device)
     sections = {}
     for name, metric in METRICS.items():
