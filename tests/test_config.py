@@ -134,3 +134,11 @@ def test_fidelity_settings_retired_by_the_jackknife_say_why():
         build(EvaluateConfig, {**base, "fidelity": {"kid_subsets": 50}})
     with pytest.raises(ConfigError, match="'kid_subset_size' is gone"):
         build(EvaluateConfig, {**base, "kid_subset_size": 1000})
+
+
+def test_an_os_error_on_a_given_path_names_its_flag(tiny_dataset, capsys):
+    from cxrgen.cli import main
+
+    argv = ["prepare", "--source", "folder", "--images", str(tiny_dataset / "train"), "--out", "/proc/cxrgen-x"]
+    assert main(argv) == 1
+    assert "error: --out /proc/cxrgen-x: " in capsys.readouterr().err  # not a bare errno

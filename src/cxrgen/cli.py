@@ -8,10 +8,12 @@ Modules are imported only for the command that runs, so `cxrgen prepare` never p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -201,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec is None:
         parser.print_help()
         return EXIT_USAGE
+    config = None
     try:
         preset = getattr(args, "_preset", None)
         base = importlib.import_module(spec.presets).preset_values(preset) if preset else None
@@ -218,9 +221,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if _is_user_error(exc) and not args._verbose:
-            print(f"cxrgen {spec.name}: error: {exc}", file=sys.stderr)
+            print(f"cxrgen {spec.name}: error: {_naming_the_flag(exc, config)}", file=sys.stderr)
             return 1
         raise
+
+
+def _naming_the_flag(exc: Exception, config: Any) -> str:
+    """An OS error on a path the user gave (e.g. `--out /proc/x`), said with the flag that gave it."""
+    if not isinstance(exc, OSError) or not exc.filename or not dataclasses.is_dataclass(config):
+        return str(exc)
+    failed = Path(str(exc.filename))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, str) and value and (failed == Path(value) or Path(value) in failed.parents):
+            return f"--{field.name.replace('_', '-')} {value}: {exc.strerror or exc} ({failed})"
+    return str(exc)
 
 
 def _is_user_error(exc: Exception) -> bool:
