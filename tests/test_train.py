@@ -128,6 +128,8 @@ def test_resume_after_interruption_equals_uninterrupted(
     assert train_steps() == [1, 2, 3, 4, 5]  # step 5 came after the last checkpoint (step 4)
     assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6", "--resume", "latest") == 0
     assert same(weights(tmp_path / LORA), weights(lora_run / LORA))
+    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):  # byte for byte, metadata included
+        assert (tmp_path / "lora" / name).read_bytes() == (lora_run / "lora" / name).read_bytes()
     assert train_steps() == [1, 2, 3, 4, 5, 6]  # the resumed run's step 5 replaces the interrupted one's
 
 
@@ -160,6 +162,8 @@ def test_kill_9_leaves_a_resumable_run(tiny_dataset, tiny_model, tmp_path):
     assert list((run / "checkpoints").glob("step-*")), "killed before the first checkpoint"
     assert train(tiny_dataset, tiny_model, run, *args, "--resume", "latest") == 0
     assert same(weights(run / LORA), weights(reference / LORA))
+    kohya = "lora/lora_kohya.safetensors"  # the issue's case: equal tensors, metadata in another order
+    assert (run / kohya).read_bytes() == (reference / kohya).read_bytes()
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
 
 
@@ -610,3 +614,21 @@ def test_runs_sharing_a_cache_key_fill_their_own_files(tmp_path):
     b.fill(lambda rows: torch.full((len(rows), 2), 2.0), [0, 1, 2, 3], 2)
     b.mark_complete({})
     assert (a.open() == 2).all() and not list(tmp_path.glob(".key.*"))
+
+
+def test_safetensors_metadata_is_written_in_one_order(tmp_path):
+    """safetensors keeps metadata in a hash map, ordered differently in each process; sorted, the bytes repeat."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from cxrgen.fileio import sort_safetensors_metadata
+
+    metadata = {k: f"value {k}" for k in ("ss_network_module", "cxrgen_steps", "ss_base_model_version", "cxrgen_é")}
+    save_file({"b": torch.ones(3), "a": torch.zeros(2)}, tmp_path / "x.safetensors", metadata=metadata)
+    size = (tmp_path / "x.safetensors").stat().st_size
+    sort_safetensors_metadata(tmp_path / "x.safetensors")
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(metadata) and len(raw) == size
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as fh:
+        assert fh.metadata() == metadata and torch.equal(fh.get_tensor("b"), torch.ones(3))

@@ -100,3 +100,22 @@ def read_jsonl_lines(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except json.JSONDecodeError:
                 continue
+
+
+def sort_safetensors_metadata(path: str | Path) -> None:
+    """Put a safetensors file's `__metadata__` keys in sorted order, in place. The safetensors writer keeps them in
+    a hash map, whose order changes from process to process: the same weights and metadata written by a resumed run
+    and by an uninterrupted one would otherwise differ in their bytes. The header keeps its length (the same keys
+    and values), so the tensor data does not move."""
+    with open(path, "r+b") as fh:
+        length = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(length)
+        header = json.loads(raw)
+        if len(header.get("__metadata__") or {}) < 2:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:  # never: reordering keeps the length; leave the file as the writer made it
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (length - len(text)))  # the format pads its header with spaces

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..fileio import sort_safetensors_metadata
 from ..provenance import file_sha256
 from .loading import ModelError, hub_snapshot
 
@@ -98,4 +99,6 @@ def save_lora_files(
         kohya = {k: v.contiguous() for k, v in kohya.items()}
         save_file(kohya, folder / KOHYA_FILE, metadata={"ss_network_module": "networks.lora", **metadata})
         files["kohya"] = folder / KOHYA_FILE
+    for path in files.values():  # the same bytes from a resumed run as from an uninterrupted one
+        sort_safetensors_metadata(path)
     return files
