@@ -15,6 +15,7 @@ import torch
 from ..config import ConfigError, option
 from ..tokens import clip_tokenizer
 from .families import FAMILIES
+from .families.architectures import CLIP_IDS, CLIP_L, SD_VAE, TINY_VAE_SHAPE
 from .loading import ModelConfig, load_components
 from .lora import save_lora_weights
 
@@ -41,30 +42,8 @@ SD15 = {
         cross_attention_dim=768,
         attention_head_dim=8,
     ),
-    "vae": dict(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=512,
-        scaling_factor=0.18215,
-    ),
-    "text": dict(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    ),
+    "vae": {**SD_VAE, "sample_size": 512, "scaling_factor": 0.18215},
+    "text": {**CLIP_IDS, **CLIP_L, "pad_token_id": 49407},
 }
 
 TINY = {
@@ -79,30 +58,17 @@ TINY = {
         attention_head_dim=4,
         norm_num_groups=8,
     ),
-    "vae": dict(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        norm_num_groups=8,
-        scaling_factor=0.18215,
-    ),
-    "text": dict(
-        vocab_size=49408,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=64,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    ),
+    "vae": {**SD_VAE, **TINY_VAE_SHAPE, "scaling_factor": 0.18215},
+    "text": {
+        **CLIP_IDS,
+        **CLIP_L,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "projection_dim": 64,
+        "pad_token_id": 49407,
+    },
 }
 
 

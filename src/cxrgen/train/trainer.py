@@ -311,7 +311,7 @@ class Trainer:
     def _conditioning(self, prompts: list[str]) -> Conditioning:
         if self.text is None:
             return self.components.encode(prompts, self.config.long_prompts, self.text_encoders)
-        return self.text.conditioning(prompts).to(self.device, self.weight_dtype)
+        return self.text.conditioning(prompts)  # float32 on the CPU; the loss moves it
 
     def _batch(self, step: int, micro: int) -> tuple[list[tuple[str, PreparedSplit, list[int]]], int]:
         c = self.config

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..text_encoding import count_over, encode_windows, token_windows
+from .architectures import CLIP_G, CLIP_IDS, CLIP_L, SD_VAE, TINY_CLIP, TINY_VAE_SHAPE
 from .base import FAMILIES, Conditioning, ModelFamily, Objective
 from .objectives import RectifiedFlow
 
@@ -28,31 +29,10 @@ MEDIUM = dict(  # SD 3.5 Medium's MMDiT-X
     qk_norm="rms_norm",
     dual_attention_layers=tuple(range(13)),
 )
-CLIP_L = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    hidden_act="quick_gelu",
-    projection_dim=768,
-)
-CLIP_G = dict(
-    hidden_size=1280,
-    intermediate_size=5120,
-    num_hidden_layers=32,
-    num_attention_heads=20,
-    hidden_act="gelu",
-    projection_dim=1280,
-)
 T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu")
 SD3_VAE = dict(
-    in_channels=3,
-    out_channels=3,
+    SD_VAE,
     latent_channels=16,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
     use_quant_conv=False,
     use_post_quant_conv=False,
     scaling_factor=1.5305,
@@ -81,21 +61,10 @@ ARCHS: dict[str, dict[str, Any]] = {
             "pos_embed_max_size": 32,
             "dual_attention_layers": (0,),
         },
-        "te1": dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32
-        ),
-        "te2": dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32
-        ),
+        "te1": TINY_CLIP,
+        "te2": TINY_CLIP,
         "t5": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu"),
-        "vae": {
-            **SD3_VAE,
-            "block_out_channels": (32, 64, 64),
-            "layers_per_block": 1,
-            "down_block_types": ("DownEncoderBlock2D",) * 3,
-            "up_block_types": ("UpDecoderBlock2D",) * 3,
-            "norm_num_groups": 8,
-        },
+        "vae": {**SD3_VAE, **TINY_VAE_SHAPE},
     },
 }
 
@@ -213,13 +182,12 @@ class StableDiffusion3(ModelFamily):
         scale = 2 ** (len(spec["vae"]["block_out_channels"]) - 1)
         torch.manual_seed(seed)
         tokenizer_3 = tiny_t5_tokenizer()
-        clip_ids = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
         parts = {
             "tokenizer": clip_tokenizer(),
             "tokenizer_2": clip_tokenizer(pad_token="!"),
             "tokenizer_3": tokenizer_3,
-            "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig(**clip_ids, **spec["te1"], pad_token_id=49407)),
-            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**clip_ids, **spec["te2"], pad_token_id=0)),
+            "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_IDS, **spec["te1"], pad_token_id=49407)),
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_IDS, **spec["te2"], pad_token_id=0)),
             "text_encoder_3": T5EncoderModel(
                 T5Config(**spec["t5"], vocab_size=len(tokenizer_3), pad_token_id=0, eos_token_id=1)
             ),

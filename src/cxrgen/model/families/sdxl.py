@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .architectures import CLIP_G, CLIP_IDS, CLIP_L, SD_VAE, TINY_CLIP, TINY_VAE_SHAPE
 from .base import FAMILIES, Conditioning
 from .clip import ClipUNetFamily
 
@@ -26,25 +27,12 @@ SDXL_UNET = dict(
     addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816,  # 6 size/crop numbers x 256 + CLIP-G's pooled 1280
 )
-CLIP_L = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu"
-)
-CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu")
-SD_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-)
 ARCHS: dict[str, dict[str, Any]] = {
     # SDXL base 1.0 (2.6 B UNet parameters)
     "sdxl": {
         "unet": SDXL_UNET,
         "te1": CLIP_L,
-        "te2": {**CLIP_G, "projection_dim": 1280},
+        "te2": CLIP_G,
         "vae": {**SD_VAE, "scaling_factor": 0.13025, "force_upcast": True},
     },
     # SDXL's widths, blocks and encoders' widths, one transformer layer per block and two per encoder: a step of
@@ -52,7 +40,7 @@ ARCHS: dict[str, dict[str, Any]] = {
     "reduced": {
         "unet": {**SDXL_UNET, "layers_per_block": 1, "transformer_layers_per_block": (1, 1, 1)},
         "te1": {**CLIP_L, "num_hidden_layers": 2},
-        "te2": {**CLIP_G, "num_hidden_layers": 2, "projection_dim": 1280},
+        "te2": {**CLIP_G, "num_hidden_layers": 2},
         "vae": {**SD_VAE, "scaling_factor": 0.13025, "force_upcast": True},
     },
     # seconds on a CPU: tests and the demo
@@ -70,19 +58,9 @@ ARCHS: dict[str, dict[str, Any]] = {
             "projection_class_embeddings_input_dim": 6 * 8 + 32,
             "norm_num_groups": 8,
         },
-        "te1": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
-        "te2": dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32
-        ),
-        "vae": {
-            **SD_VAE,
-            "block_out_channels": (32, 64, 64),
-            "layers_per_block": 1,
-            "down_block_types": ("DownEncoderBlock2D",) * 3,
-            "up_block_types": ("UpDecoderBlock2D",) * 3,
-            "norm_num_groups": 8,
-            "scaling_factor": 0.13025,
-        },
+        "te1": TINY_CLIP,
+        "te2": TINY_CLIP,
+        "vae": {**SD_VAE, **TINY_VAE_SHAPE, "scaling_factor": 0.13025},
     },
 }
 SDXL_SCHEDULER = {
@@ -156,11 +134,10 @@ class StableDiffusionXL(ClipUNetFamily):
         spec = ARCHS[arch]
         scale = 2 ** (len(spec["vae"]["block_out_channels"]) - 1)
         torch.manual_seed(seed)
-        ids = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
         unet = UNet2DConditionModel(**{**spec["unet"], "sample_size": image_size // scale})
         vae = AutoencoderKL(**{**spec["vae"], "sample_size": image_size})
-        te1 = CLIPTextModel(CLIPTextConfig(**ids, **spec["te1"], pad_token_id=49407))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**ids, **spec["te2"], pad_token_id=0))
+        te1 = CLIPTextModel(CLIPTextConfig(**CLIP_IDS, **spec["te1"], pad_token_id=49407))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_IDS, **spec["te2"], pad_token_id=0))
         scheduler = EulerDiscreteScheduler.from_config({**SDXL_SCHEDULER, "prediction_type": prediction_type})
         parts = {
             "tokenizer": clip_tokenizer(),
