@@ -14,6 +14,7 @@ from ..config import to_dict
 from ..contracts import PrepareManifest, RunManifest
 from .config import TrainConfig
 from .methods import Exported
+from .metrics import peak_resident_gb
 from .trainer import Trainer, TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def run_manifest(trainer: Trainer, exported: Exported, seconds: float) -> RunMan
             "mfu": trainer.mfu,
             "flops_per_image": trainer.flops_per_image,
             "peak_memory_gb": _peak_memory(trainer),
+            "peak_rss_gb": round(peak, 3) if (peak := peak_resident_gb()) is not None else None,
             "seconds": round(seconds, 1),
         },
     )

@@ -94,7 +94,12 @@ class TrainSettings:
     checkpoint_every: int = option(500, "checkpoint every N steps (and at the end)")
     keep_checkpoints: int = option(3, "keep the last K checkpoints")
     resume: str | None = option(None, "'latest' or a checkpoint folder to resume from")
-    log_every: int = option(10, "TensorBoard scalars every N steps")
+    log_every: int = option(10, "logged scalars (loss, lr, speed, memory) every N steps")
+    report_to: list[str] = option(
+        ["tensorboard"],
+        "experiment trackers, through accelerate: tensorboard (in <out>/logs), wandb, mlflow, ..., all (every one "
+        "installed) or none; metrics.jsonl is always written",
+    )
     workers: int = option(2, "data-loading worker threads when latents are not cached")
     peak_tflops: float | None = option(None, "accelerator peak for MFU (default: known GPUs, e.g. H100 790)")
 

@@ -1,17 +1,15 @@
-"""Throughput, model-FLOPs utilisation and the run's logs (TensorBoard and metrics.jsonl)."""
+"""Throughput, model-FLOPs utilisation and memory, as the run logs them."""
 
 from __future__ import annotations
 
-import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-
-from ..fileio import read_jsonl_lines, write_jsonl
 
 # Dense bf16/fp16 matrix throughput people actually reach on each card (TFLOP/s); MFU is relative to this.
 PEAK_TFLOPS = {
@@ -54,44 +52,6 @@ def measure_flops(step: Callable[[], torch.Tensor]) -> float:
     return float(counter.get_total_flops())
 
 
-class RunLog:
-    """Scalars to TensorBoard and to metrics.jsonl (which the report reads); images to TensorBoard."""
-
-    def __init__(self, folder: Path, enabled: bool, resumed_step: int | None = None):
-        """`resumed_step`: a resumed run drops what the interrupted one logged after its checkpoint, as the steps
-        are logged again."""
-        self.enabled = enabled
-        self.writer = None
-        self.jsonl = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            folder.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(str(folder / "logs"), purge_step=resumed_step)
-            path = folder / "metrics.jsonl"
-            if resumed_step is not None and path.is_file():
-                write_jsonl(path, [r for r in read_jsonl_lines(path) if r.get("step", 0) <= resumed_step])
-            self.jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def scalars(self, step: int, values: dict[str, float | None]) -> None:
-        if not self.enabled:
-            return
-        clean = {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
-        for key, value in clean.items():
-            self.writer.add_scalar(key, value, step)
-        self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
-        self.jsonl.flush()
-
-    def image(self, step: int, tag: str, pixels: np.ndarray) -> None:
-        if self.enabled:
-            self.writer.add_image(tag, pixels, step, dataformats="HW")
-
-    def close(self) -> None:
-        if self.enabled:
-            self.writer.close()
-            self.jsonl.close()
-
-
 class Throughput:
     """Images per second over a sliding window of steps."""
 
@@ -110,10 +70,34 @@ class Throughput:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else None
 
 
-def memory_gb(device: torch.device) -> float | None:
+def memory_figures(device: torch.device) -> dict[str, float | None]:
+    """Memory in GiB, on every device: the peaks allocated and reserved by PyTorch on a GPU; on a CPU the
+    process's resident set now and at its peak."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return None
+        return {
+            "perf/gpu_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30,
+            "perf/gpu_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30,
+        }
+    return {"perf/rss_gb": resident_gb(), "perf/peak_rss_gb": peak_resident_gb()}
+
+
+def resident_gb() -> float | None:
+    """The resident set size of this process now (Linux; None elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def peak_resident_gb() -> float | None:
+    """The largest resident set size this process has had (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes on macOS, KiB on Linux
 
 
 def describe(value: Any) -> str:

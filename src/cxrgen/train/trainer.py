@@ -30,8 +30,9 @@ from .cache import ArrayCache, TextCache, cache_key, sample_latents
 from .config import BIRD_PROMPT, TrainConfig
 from .data import DataError, IndexStream, PreparedSplit, step_seed
 from .methods import METHODS
-from .metrics import RunLog, Throughput, measure_flops, memory_gb, peak_flops
+from .metrics import Throughput, measure_flops, memory_figures, peak_flops
 from .prior import class_image_folder, ensure_class_images
+from .runlog import RunLog, accelerate_trackers, tracker_names
 
 log = logging.getLogger(__name__)
 VAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # fractions of the schedule where validation loss is measured
@@ -64,6 +65,7 @@ class Trainer:
         set_offline_if_local(c.model.base)
         self.family = c.model.resolve_family()  # before anything heavy: a wrong family or setting fails at once
         self.family.check_training(c)
+        trackers = tracker_names(c.report_to)  # a tracker that is not installed fails here, before any loading
         from accelerate.utils import DistributedDataParallelKwargs
 
         # a trained text encoder whose last layer the conditioning never reads (SDXL's CLIP-L) leaves parameters
@@ -74,6 +76,8 @@ class Trainer:
             gradient_accumulation_steps=c.grad_accum,
             cpu=cpu_processes(),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
+            log_with=accelerate_trackers(trackers, self.out) or None,
+            project_dir=str(self.out),
         )
         self.device = self.accelerator.device
         if self.device.type == "cpu":
@@ -138,12 +142,12 @@ class Trainer:
         if c.compile:
             self.denoiser_forward = torch.compile(self.denoiser)
         self.peak = peak_flops(self.device, c.peak_tflops)
-        self.log = RunLog(self.out, self.is_main, self.step if c.resume else None)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             import yaml
 
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False))
+        self.log = RunLog(self.out, self.accelerator, self.is_main, to_dict(c), self.step if c.resume else None)
 
     def _optional_split(self, split: str | None) -> PreparedSplit | None:
         if not split:
@@ -433,7 +437,10 @@ class Trainer:
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "perf/images_per_s": rate,
                 "perf/mfu": mfu,
-                "perf/memory_gb": memory_gb(self.device),
+                "perf/tflops": rate * self.flops_per_image / self.world / 1e12
+                if rate and self.flops_per_image
+                else None,
+                **memory_figures(self.device),
             },
         )
         self.rate, self.mfu = rate, mfu
@@ -613,13 +620,13 @@ class Trainer:
     # -- FLOPs -------------------------------------------------------------------------------------------------
     def _measure_flops(self) -> float | None:
         """Model FLOPs per training image, counted once on a real micro-step (without recomputation)."""
-        if self.device.type != "cuda" and self.config.peak_tflops is None:
-            return None
         denoiser = self.accelerator.unwrap_model(self.denoiser)
         checkpointing = self.config.gradient_checkpointing
         if checkpointing:
             denoiser.disable_gradient_checkpointing()
-        flops = measure_flops(lambda: self._objective(0, 0, seed_stream=99)[0])
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # dropout draws here must not shift the run's own draws
+            flops = measure_flops(lambda: self._objective(0, 0, seed_stream=99)[0])
         if checkpointing:
             denoiser.enable_gradient_checkpointing()
         self.optimizer.zero_grad(set_to_none=True)
