@@ -143,12 +143,15 @@ def run_one(name: str, method: str, flags: list[str], model: Path, data: Path, w
     config = json.loads((out / "run.json").read_text())["config"]
     images_per_s = figures["images_per_s"]
     anchor = ANCHOR_TFLOP[method] if "sd15" in model.name else None  # the design anchors are SD 1.5's
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    reserved = [r["perf/gpu_reserved_gb"] for r in logged if "perf/gpu_reserved_gb" in r]  # as the trackers got it
     return {
         "name": name,
         "method": method,
         "batch": config["batch_size"],
         "images_per_s": images_per_s,
         "peak_memory_gb": figures["peak_memory_gb"],
+        "reserved_gb_logged": reserved[-1] if reserved else None,
         "mfu_measured_flops": figures["mfu"],
         "tflop_per_image_measured": (figures["flops_per_image"] or 0) / 1e12,
         "mfu_anchor": images_per_s * anchor / PEAK_TFLOPS if images_per_s and anchor else None,

@@ -36,6 +36,10 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "synthetic" / "train" / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(r["findings"] is not None for r in rows)
     assert list((out / "run" / "samples").glob("*.png"))
+    # no output tells where the user keeps things: every recorded path is relative to the output recording it
+    for folder in {str(out), str(out.resolve())}:
+        leaks = [p for p in out.rglob("*") if p.is_file() and folder.encode() in p.read_bytes()]
+        assert not leaks, f"{folder} written into {leaks[:5]}"
     # a run stopped while fitting the VAE leaves no marker: the rerun makes the model (and its run) afresh
     marker = out / "tiny-model" / "demo-model.json"
     assert json.loads(marker.read_text())["vae_steps"] == 4

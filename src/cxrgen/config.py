@@ -26,10 +26,18 @@ class ConfigError(ValueError):
     """A config value is wrong; the message says which and what to do."""
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, positional: bool = False) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: Any = None,
+    positional: bool = False,
+    path: bool = False,
+) -> Any:
     """A config field with a help string. Lists get a fresh copy per instance; `factory` builds nested configs;
-    `positional` makes it a positional command-line argument (`cxrgen report DIR`)."""
-    meta = {"help": help, "positional": positional}
+    `positional` makes it a positional command-line argument (`cxrgen report DIR`); `path` marks a local path (or a
+    hub id), which outputs record relative to themselves (see `to_dict`)."""
+    meta = {"help": help, "positional": positional, "path": path}
     if factory is None and isinstance(default, list | dict):
         factory = lambda value=default: copy.deepcopy(value)  # noqa: E731
     if factory is not None:
@@ -279,9 +287,27 @@ def load(
     return build(cls, merge(values, nest(overrides)))
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    """A plain, YAML/JSON-ready copy of a config."""
-    return dataclasses.asdict(config)
+def to_dict(config: Any, relative_to: str | Path | None = None) -> dict[str, Any]:
+    """A plain, YAML/JSON-ready copy of a config. With `relative_to` (the output folder that records it), the
+    local paths of path fields are written relative to that folder, so shared outputs do not tell the user's
+    directory layout and still lead to their inputs when moved together."""
+    plain = dataclasses.asdict(config)
+    if relative_to is not None:
+        _relative_paths(config, plain, Path(relative_to))
+    return plain
+
+
+def _relative_paths(config: Any, plain: dict[str, Any], root: Path) -> None:
+    from .provenance import portable
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            _relative_paths(value, plain[f.name], root)
+        elif f.metadata.get("path") and isinstance(value, str):
+            plain[f.name] = portable(value, root)
+        elif f.metadata.get("path") and isinstance(value, list):
+            plain[f.name] = [portable(v, root) if isinstance(v, str) else v for v in value]
 
 
 def with_groups(cls: type[T], groups: dict[str, tuple[type, str]]) -> type[T]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import platform
 import subprocess
 import time
@@ -56,3 +57,31 @@ def provenance() -> dict[str, Any]:
         "versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def portable(value: str, root: str | Path) -> str:
+    """A local path as seen from `root`, the output folder that records it ('../prepared'), in POSIX form; the
+    path part of 'name=PATH' and 'PATH:weight' forms likewise. Hub ids and other words stay as they are."""
+    for head, sep, tail in (("", "", value), (*value.partition("=")[:2], value.partition("=")[2])):
+        if tail and (Path(tail).expanduser().is_absolute() or Path(tail).exists()):
+            return head + sep + _relative(tail, root)
+    path, sep, weight = value.rpartition(":")
+    if sep and path and Path(path).exists():
+        return _relative(path, root) + sep + weight
+    return value
+
+
+def _relative(path: str, root: str | Path) -> str:
+    return Path(os.path.relpath(Path(path).expanduser().resolve(), Path(root).resolve())).as_posix()
+
+
+def portable_tree(value: Any, root: str | Path) -> Any:
+    """`value` (JSON-like) with every absolute path in it made relative to `root`, for documents whose paths are
+    not in typed fields (a metric's closest image pairs)."""
+    if isinstance(value, dict):
+        return {k: portable_tree(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_tree(v, root) for v in value]
+    if isinstance(value, str) and Path(value).is_absolute():
+        return _relative(value, root)
+    return value

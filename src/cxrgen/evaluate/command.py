@@ -17,6 +17,7 @@ import torch
 
 from ..config import ConfigError, option, to_dict, with_groups
 from ..contracts import MetricsDocument
+from ..provenance import portable, portable_tree
 from .extractors import Extractor, build_extractor, describe, weights_map
 from .features import extract
 from .imagesets import ImageSet, ImageSetError, open_set
@@ -30,16 +31,16 @@ log = logging.getLogger(__name__)
 class EvaluateSettings:
     """The sets to compare and how to read them; each metric's own settings are added as groups (below)."""
 
-    real: str = option(help="real images: a prepared dataset (its --real-split) or an image folder")
-    generated: str = option(help="generated images: a cxrgen generate output or an image folder")
-    out: str = option(help="folder for metrics.json, report.html and figures")
-    train: str | None = option(None, "the training images, for memorization (a prepared dataset or folder)")
-    run: str | None = option(None, "the training run: loss curves in the report, and the forgetting test")
+    real: str = option(help="real images: a prepared dataset (its --real-split) or an image folder", path=True)
+    generated: str = option(help="generated images: a cxrgen generate output or an image folder", path=True)
+    out: str = option(help="folder for metrics.json, report.html and figures", path=True)
+    train: str | None = option(None, "the training images, for memorization (a prepared dataset or folder)", path=True)
+    run: str | None = option(None, "the training run: loss curves in the report, and the forgetting test", path=True)
     real_split: str = option("test", "split of --real")
     generated_split: str = option("train", "split of --generated")
     train_split: str = option("train", "split of --train")
     extractors: list[str] = option(["inception"], "feature extractors: inception, xrv, torchvision:<arch>, timm:<arch>")
-    weights: list[str] = option([], "weights per extractor, 'name=PATH' (or name=random for smoke tests)")
+    weights: list[str] = option([], "weights per extractor, 'name=PATH' (or name=random for smoke tests)", path=True)
     allow_pickle: bool = option(
         False, "load pickled classifier weights (torchxrayvision .pt files): only files you trust"
     )
@@ -49,7 +50,7 @@ class EvaluateSettings:
     )
     batch_size: int = option(32, "images per feature-extraction batch")
     device: str = option("auto", "cpu, cuda, or auto")
-    cache_dir: str | None = option(None, "feature cache folder (default: $CXRGEN_CACHE or ~/.cache/cxrgen)")
+    cache_dir: str | None = option(None, "feature cache folder (default: $CXRGEN_CACHE or ~/.cache/cxrgen)", path=True)
     seed: int = option(0, "seed for jackknife groups, bootstraps and pairs")
     report: bool = option(True, "also write report.html")
 
@@ -84,7 +85,9 @@ def run(config: EvaluateSettings) -> EvaluateResult:
     out = Path(config.out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     sets = _open_sets(config)
-    described = {k: {"folder": str(v.root), "images": len(v), "sizes": _sizes(v)} for k, v in sets.items()}
+    described = {
+        k: {"folder": portable(str(v.root), config.out), "images": len(v), "sizes": _sizes(v)} for k, v in sets.items()
+    }
     if len({tuple(v["sizes"]) for v in described.values()}) > 1:
         log.info("the sets have different image sizes; every extractor resizes to its own input size")
     weights = weights_map(config.weights)
@@ -105,11 +108,11 @@ def run(config: EvaluateSettings) -> EvaluateResult:
         if section is not None:
             sections[name] = section
     document = MetricsDocument(
-        config=to_dict(config),
+        config=to_dict(config, relative_to=config.out),
         sets=described,
         extractors=[describe(ex) for ex in extractors],
-        sections=sections,
-        run=str(Path(config.run).resolve()) if config.run else None,
+        sections=portable_tree(sections, out),  # image paths relative to this folder, as the report reads them
+        run=portable(config.run, out) if config.run else None,
         seconds=round(time.perf_counter() - start, 1),
     )
     document.write(out)

@@ -127,7 +127,8 @@ def forgetting(
     generic = [result["per_prompt"][p]["feature_cosine"] for p in GENERIC_PROMPTS]
     result["generic_feature_cosine"] = float(np.mean(generic))
     result["control_feature_cosine"] = result["per_prompt"][CONTROL_PROMPT]["feature_cosine"]
-    result["files"] = {"tuned": str((out / "tuned").resolve()), "base": str((out / "base").resolve())}
+    # relative to the evaluation folder, which holds metrics.json (the report joins them to it)
+    result["files"] = {name: f"{out.name}/{name}" for name in ("tuned", "base")}
     return result
 
 
@@ -183,8 +184,8 @@ class ForgettingMetric(Metric):
             for p, v in section["per_prompt"].items()
         ]
         out = table(["prompt (same seeds)", "feature cosine, fine-tuned vs base", "detail correlation"], rows)
-        tuned = open_set(section["files"]["tuned"], SPLIT, "tuned")
-        base = open_set(section["files"]["base"], SPLIT, "base")
+        tuned = open_set(folder / section["files"]["tuned"], SPLIT, "tuned")
+        base = open_set(folder / section["files"]["base"], SPLIT, "base")
         tiles = []
         for i in range(len(tuned)):
             if tuned.rows[i].get("seed") == tuned.rows[0].get("seed") or i % max(1, len(tuned) // 5) == 0:

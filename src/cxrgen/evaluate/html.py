@@ -7,6 +7,7 @@ import base64
 import io
 from collections.abc import Callable
 from html import escape
+from pathlib import Path
 from typing import Any
 
 __all__ = ["CSS", "as_figure", "data_url", "escape", "figure", "img", "note", "pair_html", "table", "with_interval"]
@@ -60,11 +61,9 @@ def with_interval(d: dict[str, Any] | float, digits: int = 3) -> str:
     return f"{d['value']:.{digits}f}"
 
 
-def pair_html(generated: str, train: str, caption: Callable[[], str], size: int = 128) -> str:
+def pair_html(generated: str | Path, train: str | Path, caption: Callable[[], str], size: int = 128) -> str:
     """A generated image beside a training image, captioned by `caption()` (HTML: escape what it quotes), called
     once the images are read, so that a report whose images moved says so before anything else."""
-    from pathlib import Path
-
     from ..grid import image_grid
     from .imagesets import load_gray
 

@@ -445,7 +445,7 @@ class MemorizationMetric(Metric):
             return text + (f", cos={pair['feature_cosine']:.3f}" if pair["feature_cosine"] is not None else "")
 
         for pair in section["closest_pairs"]:
-            out.append(pair_html(pair["generated"], pair["train"], lambda pair=pair: caption(pair)))
+            out.append(pair_html(folder / pair["generated"], folder / pair["train"], lambda pair=pair: caption(pair)))
 
         def histogram(ax: Any) -> None:
             bins = np.linspace(min([*section["pixel_nn"], 0.0]), 1.0, 41)

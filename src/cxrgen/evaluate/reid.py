@@ -116,7 +116,7 @@ class ReidOptions:
     enabled: bool = option(False, "train a same-patient network on the training patients and link synthetic images")
     arch: str = option("resnet18", "embedding network: a torchvision name, timm:<arch>, or cnn")
     weights: str | None = option(
-        None, "a trained verification network (safetensors from an earlier run), instead of training one"
+        None, "a trained verification network (safetensors from an earlier run), instead of training one", path=True
     )
     size: int = option(128, "input size in pixels")
     dim: int = option(128, "embedding size")
@@ -307,7 +307,7 @@ class ReidMetric(Metric):
         for pair in section["closest_pairs"]:
             flag = '<span class="flag">ABOVE</span> ' if pair["above"] else ""
             caption = f"{flag}p(same patient)={pair['probability']:.3f}"
-            out.append(pair_html(pair["generated"], pair["train"], lambda caption=caption: caption))
+            out.append(pair_html(folder / pair["generated"], folder / pair["train"], lambda caption=caption: caption))
 
         def histogram(ax: Any) -> None:
             bins = np.linspace(0, 1, 41)

@@ -44,7 +44,7 @@ def write_report(folder: str | Path) -> Path:
     folder = Path(folder)
     doc = MetricsDocument.read(folder)
     sections = [("Faithful, useful, safe?", _answers(doc)), ("Image sets", _sets(doc))]
-    sections.append(("Samples by condition", from_images(_samples, doc)))
+    sections.append(("Samples by condition", from_images(_samples, doc, folder)))
     sections += [
         (metric.title, section_html(metric(), doc.sections.get(name), doc, folder)) for name, metric in METRICS.items()
     ]
@@ -54,7 +54,7 @@ def write_report(folder: str | Path) -> Path:
         for name, section in doc.sections.items()
         if name not in METRICS
     ]
-    sections.append(("Training", _training_section(doc.run)))
+    sections.append(("Training", _training_section(str(folder / doc.run) if doc.run else None)))
     settings = {
         "config": doc.config,
         "extractors": doc.extractors,
@@ -101,8 +101,9 @@ def _group_key(row: dict[str, Any]) -> str:
     return labels[0].lower() if labels else ("normal" if row.get("findings") else row.get("text", "")[:60])
 
 
-def _samples(doc: MetricsDocument, groups: int = 8, per_group: int = 8, thumb: int = 112) -> str:
-    generated = open_set(doc.sets["generated"]["folder"], None, "generated")
+def _samples(doc: MetricsDocument, folder: Path, groups: int = 8, per_group: int = 8, thumb: int = 112) -> str:
+    # metrics.json records the sets' folders relative to itself (absolute ones stay absolute in the join)
+    generated = open_set(folder / doc.sets["generated"]["folder"], None, "generated")
     out = []
     if generated.rows:
         by: dict[str, list[int]] = defaultdict(list)
@@ -114,7 +115,7 @@ def _samples(doc: MetricsDocument, groups: int = 8, per_group: int = 8, thumb: i
     else:
         tiles = [(generated.load(i), generated.files[i].name) for i in range(min(len(generated), groups * per_group))]
         out.append(img(image_grid(tiles, per_group, thumb), "generated"))
-    real = open_set(doc.sets["real"]["folder"], None, "real")
+    real = open_set(folder / doc.sets["real"]["folder"], None, "real")
     tiles = [(real.load(i), "real") for i in range(min(len(real), per_group))]
     out.append(f"<h3>real images, for comparison</h3>{img(image_grid(tiles, per_group, thumb), 'real')}")
     return "".join(out)

@@ -71,7 +71,7 @@ class UtilityOptions:
         False, "train classifiers on real, real + synthetic and synthetic images and test them on real ones"
     )
     arch: str = option("resnet18", "classifier: a torchvision name (resnet18, densenet121), timm:<arch>, or cnn")
-    weights: str | None = option(None, "initial weights (safetensors or a state dict; the head is left out)")
+    weights: str | None = option(None, "initial weights (safetensors or a state dict; the head is left out)", path=True)
     size: int = option(224, "input size in pixels")
     steps: int = option(500, "training steps of every classifier")
     batch_size: int = option(32, "images per training step")

@@ -13,12 +13,14 @@ from ..prompts import PromptConfig
 
 @dataclass
 class GenerateConfig:
-    out: str = option(help="output folder: <out>/<split>/metadata.jsonl + images, generate.json")
-    run: str | None = option(None, "a training run folder: its base model, adapters and prompt settings are used")
+    out: str = option(help="output folder: <out>/<split>/metadata.jsonl + images, generate.json", path=True)
+    run: str | None = option(
+        None, "a training run folder: its base model, adapters and prompt settings are used", path=True
+    )
     model: ModelConfig = option(
         factory=lambda: ModelConfig(base=""), help="base model (or a full fine-tune's pipeline folder)"
     )
-    loras: list[str] = option([], "LoRAs to apply, each 'path' or 'path:weight' (folder or .safetensors)")
+    loras: list[str] = option([], "LoRAs to apply, each 'path' or 'path:weight' (folder or .safetensors)", path=True)
     n: int = option(1, "images per condition set from flags, per --prompt, or in all for --like")
     age: int | None = option(None, "age in years")
     sex: str | None = option(None, "M, F or O")
@@ -33,10 +35,10 @@ class GenerateConfig:
         "generate findings and locations the training data never uses (else an error naming the closest)",
     )
     conditions: str | None = option(
-        None, "CSV/JSONL with one row per image or group: conditions or prompt, count, seed"
+        None, "CSV/JSONL with one row per image or group: conditions or prompt, count, seed", path=True
     )
     like: str | None = option(
-        None, "a prepared dataset: draw condition sets from its metadata (joint distribution kept)"
+        None, "a prepared dataset: draw condition sets from its metadata (joint distribution kept)", path=True
     )
     like_split: str = option("train", "split of --like to draw from")
     reweight: list[str] = option([], "with --like: 'label=factor' makes rows with that label more likely")

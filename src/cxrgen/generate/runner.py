@@ -28,6 +28,7 @@ from ..model.lora import lora_digest
 from ..model.sampling import image_seed, sample_images, text_windows, to_uint
 from ..model.source import ModelSource, load_sampling_pipeline
 from ..prompts import PromptBuilder, PromptConfig
+from ..provenance import portable
 from ..vocabulary import Vocabulary, load_vocabulary
 from . import conditions as cond
 from .config import GenerateConfig
@@ -155,7 +156,10 @@ class Generator:
         self._warn_long(self.prompts)
         self.identities = {
             "model": self.source.base.identity(),
-            "adapters": [{"path": p, "weight": w, "sha256": lora_digest(p)} for p, w in self.source.adapters],
+            # local paths as seen from the output folder: a shared set does not tell the user's directory layout
+            "adapters": [
+                {"path": portable(p, self.out), "weight": w, "sha256": lora_digest(p)} for p, w in self.source.adapters
+            ],
         }
         self.sampler = {
             "name": config.sampler or components.family.default_sampler,
@@ -406,7 +410,7 @@ class Generator:
         write_metadata(self.out, self.config.split, rows)  # type: ignore[arg-type]
         self._remove_strays(rows)
         manifest = GenerateManifest(
-            config=to_dict(self.config),
+            config=to_dict(self.config, relative_to=self.out),
             model=self.identities["model"],
             adapters=self.identities["adapters"],
             sampler=self.sampler,

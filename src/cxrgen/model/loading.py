@@ -33,7 +33,8 @@ class ModelError(UserError):
 @dataclass
 class ModelConfig:
     base: str = option(
-        help="base model: hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or local diffusers folder"
+        help="base model: hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or local diffusers folder",
+        path=True,
     )
     family: str | None = option(
         None, f"model family: {', '.join(FAMILIES)} (default: read from the model's model_index.json)"

@@ -40,14 +40,15 @@ class ModelSource:
             run = RunManifest.read(run_dir)
         except ContractError as exc:
             raise ConfigError(f"--run {run_dir}: {exc}") from exc
-        model = trained_from = ModelConfig(**{**run.model, **({"base": base} if base else {})})
+        recorded = {**run.model, "base": _in_run(run_dir, run.model["base"])}  # run.json's paths are the run's
+        model = trained_from = ModelConfig(**{**recorded, **({"base": base} if base else {})})
         if run.sample_with["base"] is not None:
             # an exported pipeline has no variant files (fp16 and the like), whatever training loaded
             model = replace(model, base=str(run_dir / run.sample_with["base"]), variant=None)
         adapters = [(_in_run(run_dir, path), float(weight)) for path, weight in run.sample_with["adapters"]]
         # a run prepared before the pseudo-label policy existed stated every label
         prompts = PromptConfig(**{"pseudo_labels": "keep", **run.prompts}) if run.prompts else None
-        data = Path(run.data["folder"]) if run.data.get("folder") else None
+        data = Path(_in_run(run_dir, run.data["folder"])) if run.data.get("folder") else None
         return cls(model, adapters, prompts, run.long_prompts, run.resolution, data, trained_from)
 
     def before_training(self) -> ModelSource:
@@ -57,6 +58,7 @@ class ModelSource:
 
 
 def _in_run(run_dir: Path, path: str) -> str:
+    """A path run.json records, which is relative to the run folder when local (a hub id stays one)."""
     inside = run_dir / path
     return str(inside) if not Path(path).is_absolute() and inside.exists() else path
 

@@ -50,10 +50,12 @@ SOURCE_INDEX = "source_index.csv"
 @dataclass
 class PrepareSettings:
     source: str = option(help=f"release format, a registered reader: {', '.join(READERS)}")
-    out: str = option(help="output folder of the prepared dataset")
-    csv: str | None = option(None, "the release's main table: PadChest CSV(.gz), MIMIC metadata CSV or CheXpert CSV")
+    out: str = option(help="output folder of the prepared dataset", path=True)
+    csv: str | None = option(
+        None, "the release's main table: PadChest CSV(.gz), MIMIC metadata CSV or CheXpert CSV", path=True
+    )
     images: str | None = option(
-        None, "images root (PadChest: the folder holding 0..54/; MIMIC: the folder holding files/)"
+        None, "images root (PadChest: the folder holding 0..54/; MIMIC: the folder holding files/)", path=True
     )
     seed: int = option(0, "seed for splits, subsets and per-patient choices")
     workers: int = option(0, "image worker processes (0: all cores)")
@@ -369,13 +371,13 @@ def _contact_sheets(config, out, rows, qc_rejected, split_of) -> list[str]:
         for split, row in kept_rows[:n]
     ]
     if tiles:
-        made.append(str(contact_sheet(tiles, out / "contact_sheets" / "kept.png")))
+        made.append(contact_sheet(tiles, out / "contact_sheets" / "kept.png").relative_to(out).as_posix())
     qc_rejected = sorted(qc_rejected, key=lambda rf: seeded_rank(config.seed, rf[0].id))[:n]
     tiles = [
         (np.asarray(Image.open(out / REJECTED_DIR / image_file(r.id))), flag.split(" ")[0]) for r, flag in qc_rejected
     ]
     if tiles:
-        made.append(str(contact_sheet(tiles, out / "contact_sheets" / "rejected.png")))
+        made.append(contact_sheet(tiles, out / "contact_sheets" / "rejected.png").relative_to(out).as_posix())
     return made
 
 
@@ -384,7 +386,7 @@ def _summary(config, read, final, rejections, rows, prompts, builder, timing, sh
     by_reason = Counter(re.sub(r"\s*\(.*", "", x.reason) for x in rejections)
     kept_prompts = [prompts[r.id] for r in final]
     dropped = Counter(note.split(":", 1)[0] for p in kept_prompts for note in p.dropped)
-    config_dict = to_dict(config)
+    config_dict = to_dict(config, relative_to=config.out)
     config_dict["patient_key_salt"] = "<redacted>" if config.patient_key_salt else None
     inputs = {}
     options = to_dict(config.source_options) if config.source_options is not None else {}
@@ -491,7 +493,7 @@ def summarize(result: PrepareResult) -> int:
             "frontal filter could not check them (--filters.strict-projection drops them)"
         )
     for sheet in s.contact_sheets:
-        print(f"  contact sheet: {sheet}")
+        print(f"  contact sheet: {result.out / sheet}")
     print(f"  summary: {PrepareManifest.path(result.out)}")
     print(
         f"  local only, do not share: {result.out / SOURCE_INDEX} (each id's source row and path), "

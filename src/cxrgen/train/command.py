@@ -12,6 +12,7 @@ import torch
 
 from ..config import to_dict
 from ..contracts import PrepareManifest, RunManifest
+from ..provenance import portable
 from .config import TrainConfig
 from .methods import Exported
 from .metrics import peak_resident_gb
@@ -84,21 +85,23 @@ def prompt_settings(data: str) -> dict[str, Any] | None:
 
 
 def run_manifest(trainer: Trainer, exported: Exported, seconds: float) -> RunManifest:
+    """run.json. Local paths in it are relative to the run folder (see `portable`)."""
     c = trainer.config
     recent = trainer.history[-50:]
+    out = trainer.out
     return RunManifest(
-        config=to_dict(c),
+        config=to_dict(c, relative_to=out),
         method=c.method,
-        model=to_dict(c.model),
+        model=to_dict(c.model, relative_to=out),
         base_model={
-            "source": c.model.base,
+            "source": portable(c.model.base, out),
             "identity": trainer.identity,
             "family": trainer.family.name,
             "prediction_type": trainer.components.prediction_type,
         },
-        stack=trainer.method.stacked(),
+        stack=[{**s, "path": portable(s["path"], out)} for s in trainer.method.stacked()],
         data={
-            "folder": c.data,
+            "folder": portable(c.data, out),
             "split": c.split,
             "metadata_sha256": trainer.data.digest,
             "images": len(trainer.data),
@@ -107,8 +110,8 @@ def run_manifest(trainer: Trainer, exported: Exported, seconds: float) -> RunMan
         long_prompts=c.long_prompts,
         resolution=trainer.resolution,
         processes=trainer.world,
-        outputs=exported.outputs,
-        sample_with={"base": exported.base, "adapters": [[p, w] for p, w in exported.adapters]},
+        outputs={name: portable(path, out) for name, path in exported.outputs.items()},
+        sample_with={"base": exported.base, "adapters": [[portable(p, out), w] for p, w in exported.adapters]},
         figures={
             "steps": trainer.step,
             "train_loss_last50": round(sum(recent) / len(recent), 6) if recent else None,
@@ -140,7 +143,7 @@ def summarize(result: TrainResult) -> int:
     losses = f"train loss {f['train_loss_last50']}, val loss {f['val_loss']}"
     print(f"trained {f['steps']} steps in {f['seconds']:.0f} s: {losses}")
     for name, path in result.manifest.outputs.items():
-        print(f"  {name:10s} {path}")
+        print(f"  {name:10s} {out / path}")
     print(f"  samples    {out / 'samples'}")
     print(f"  logs       tensorboard --logdir {out / 'logs'}")
     print(f"  run        {RunManifest.path(out)}")

@@ -33,7 +33,9 @@ class PriorConfig:
     loss_weight: float = option(1.0, "weight of the prior-preservation loss")
     steps: int = option(25, "sampling steps for class images")
     guidance: float = option(7.5, "guidance scale for class images")
-    folder: str | None = option(None, "where class images live (default: a cache folder keyed by model and prompt)")
+    folder: str | None = option(
+        None, "where class images live (default: a cache folder keyed by model and prompt)", path=True
+    )
 
 
 @dataclass
@@ -54,8 +56,8 @@ class OptimConfig:
 
 @dataclass
 class TrainSettings:
-    data: str = option(help="prepared dataset folder (<data>/<split>/metadata.jsonl)")
-    out: str = option(help="run folder: checkpoints, samples, logs, final weights")
+    data: str = option(help="prepared dataset folder (<data>/<split>/metadata.jsonl)", path=True)
+    out: str = option(help="run folder: checkpoints, samples, logs, final weights", path=True)
     model: ModelConfig = option(factory=lambda: ModelConfig(base=""), help="base model")
     method: str = option("lora", f"training method, a registered one: {', '.join(METHODS)}")
     prior: PriorConfig = option(factory=PriorConfig, help="prior preservation")
@@ -77,7 +79,7 @@ class TrainSettings:
     channels_last: bool = option(True, "on a GPU, keep UNet activations channels-last (faster convolutions)")
     cache_latents: bool = option(True, "encode images with the VAE once and reuse the latents")
     cache_text: bool = option(True, "encode prompts once when the text encoder is frozen")
-    cache_dir: str | None = option(None, "cache folder (default: $CXRGEN_CACHE or ~/.cache/cxrgen)")
+    cache_dir: str | None = option(None, "cache folder (default: $CXRGEN_CACHE or ~/.cache/cxrgen)", path=True)
     long_prompts: bool = option(False, "encode prompts beyond 77 tokens in 77-token windows")
     snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (5.0 is common; none: off); SD 1/2, SDXL")
     flow_weighting: Literal["logit_normal", "mode", "cosmap", "sigma_sqrt", "uniform"] = option(
@@ -93,7 +95,7 @@ class TrainSettings:
     val_images: int = option(64, "validation images (each at fixed timesteps and noise)")
     checkpoint_every: int = option(500, "checkpoint every N steps (and at the end)")
     keep_checkpoints: int = option(3, "keep the last K checkpoints")
-    resume: str | None = option(None, "'latest' or a checkpoint folder to resume from")
+    resume: str | None = option(None, "'latest' or a checkpoint folder to resume from", path=True)
     log_every: int = option(10, "logged scalars (loss, lr, speed, memory) every N steps")
     report_to: list[str] = option(
         ["tensorboard"],

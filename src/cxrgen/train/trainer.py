@@ -146,8 +146,11 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             import yaml
 
-            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False))
-        self.log = RunLog(self.out, self.accelerator, self.is_main, to_dict(c), self.step if c.resume else None)
+            settings = to_dict(c, relative_to=self.out)  # local paths as seen from the run folder
+            (self.out / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+        self.log = RunLog(
+            self.out, self.accelerator, self.is_main, to_dict(c, relative_to=self.out), self.step if c.resume else None
+        )
 
     def _optional_split(self, split: str | None) -> PreparedSplit | None:
         if not split:

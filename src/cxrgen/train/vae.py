@@ -57,6 +57,7 @@ def fit_vae(
         vae.register_to_config(shift_factor=float(latents.mean()))
         latents = latents - latents.mean()
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    vae.register_to_config(_name_or_path=Path(model).name)  # where it was loaded from: not the user's directories
     vae.save_pretrained(Path(model) / "vae", safe_serialization=True)
     log.info("fitted the VAE of %s: L1 %.4f, scaling factor %.4f", model, error, vae.config.scaling_factor)
     return error

@@ -363,7 +363,7 @@ def _dicom_date(raw: Any) -> date | None:
 @dataclass
 class FolderOptions:
     captions: str | None = option(
-        None, "CSV/JSONL of file_name and captions or fields (default: one found in the folder)"
+        None, "CSV/JSONL of file_name and captions or fields (default: one found in the folder)", path=True
     )
 
 

@@ -120,10 +120,10 @@ def _age(patient: dict[str, str], study_date: str) -> int | None:
 
 @dataclass
 class MimicOptions:
-    labels_csv: str | None = option(None, "mimic-cxr-2.0.0-chexpert.csv or -negbio.csv")
-    split_csv: str | None = option(None, "mimic-cxr-2.0.0-split.csv (the official split)")
-    sections_csv: str | None = option(None, "report sections CSV (study, impression, findings)")
-    patients_csv: str | None = option(None, "MIMIC-IV patients.csv for age and sex")
+    labels_csv: str | None = option(None, "mimic-cxr-2.0.0-chexpert.csv or -negbio.csv", path=True)
+    split_csv: str | None = option(None, "mimic-cxr-2.0.0-split.csv (the official split)", path=True)
+    sections_csv: str | None = option(None, "report sections CSV (study, impression, findings)", path=True)
+    patients_csv: str | None = option(None, "MIMIC-IV patients.csv for age and sex", path=True)
     uncertain: UncertainPolicy = option("ignore", "uncertain (-1) labels: ignore or positive")
     report_section: ReportSection = option("impression", "report section used as caption")
 

@@ -35,7 +35,9 @@ class LoraOptions:
     text_encoder_targets: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "out_proj"], "text-encoder modules with adapters"
     )
-    stack: list[str] = option([], "existing LoRAs (folders or .safetensors in diffusers format) to train on top of")
+    stack: list[str] = option(
+        [], "existing LoRAs (folders or .safetensors in diffusers format) to train on top of", path=True
+    )
     stack_weights: list[float] = option([], "weight of each stacked LoRA (default 1.0 each)")
     stack_mode: Literal["frozen", "merged"] = option(
         "frozen", "stacked LoRAs stay separate frozen adapters, or are merged into the base weights first"
