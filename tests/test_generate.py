@@ -16,6 +16,9 @@ from cxrgen.generate.config import GenerateConfig
 from cxrgen.model.loading import ModelConfig
 from cxrgen.model.random_weights import make_random_lora
 
+# the IPTC term for AI-made images, spelled out here rather than taken from the code under test
+AI_MADE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+
 
 @pytest.fixture
 def run_dir(smoke_run):
@@ -32,6 +35,10 @@ def rows(out, split="train"):
 
 def pixels(out):
     return {r["id"]: np.asarray(Image.open(Path(out) / "train" / r["file_name"])) for r in rows(out)}
+
+
+def digital_source_type(image):
+    return image.getxmp()["xmpmeta"]["RDF"]["Description"]["DigitalSourceType"]
 
 
 def test_names_the_training_data_never_uses_are_refused(run_dir, tmp_path, capsys, caplog):
@@ -94,6 +101,7 @@ def test_flags_mode_with_run(run_dir, tmp_path, caplog):
     assert im.mode == "L" and im.size == (64, 64) and "SYNTHETIC" in im.text["Description"]
     prov = json.loads(im.text["cxrgen:provenance"])
     assert prov["seed"] == r[0]["seed"] and prov["prompt"] == r[0]["text"]
+    assert digital_source_type(im) == AI_MADE
     ds = pydicom.dcmread(tmp_path / "train" / r[0]["dicom_file"])
     assert ds.ConversionType == "SYN" and str(ds.PatientName) == "SYNTHETIC" and ds.PatientIdentityRemoved == "YES"
     assert ds.PatientAge == "060Y" and np.array_equal(ds.pixel_array, np.asarray(im))
