@@ -1,9 +1,10 @@
 """The marks that say an image was made by a generative model, in the forms other tools read.
 
-Every PNG cxrgen samples from a model (generated images, training sample grids, prior-preservation class images)
-carries a one-line note and an XMP packet declaring the IPTC digital source type `trainedAlgorithmicMedia`, the
-vocabulary image tools, C2PA and photo agencies use to label AI images. Nothing here changes from run to run (no
-timestamp), so a rerun or a resumed run writes the same bytes.
+Every PNG cxrgen samples from a model (generated images, training sample grids, prior-preservation class images,
+the forgetting test's images) carries a one-line note and an XMP packet declaring the IPTC digital source type
+`trainedAlgorithmicMedia`, the vocabulary image tools, C2PA and photo agencies use to label AI images. DICOM objects
+name the same URI in their provenance (generate/dicom.py). Nothing here changes from run to run (no timestamp), so a
+rerun or a resumed run writes the same bytes.
 """
 
 from __future__ import annotations
