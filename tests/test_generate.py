@@ -1,5 +1,8 @@
+import datetime
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +14,13 @@ from PIL import Image
 
 from cxrgen.cli import main
 from cxrgen.generate import conditions as cond
-from cxrgen.generate import runner
+from cxrgen.generate import dicom, runner
 from cxrgen.generate.config import GenerateConfig
 from cxrgen.model.loading import ModelConfig
 from cxrgen.model.random_weights import make_random_lora
+
+# the IPTC term for AI-made images, spelled out here rather than taken from the code under test
+AI_MADE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 
 
 @pytest.fixture
@@ -32,6 +38,14 @@ def rows(out, split="train"):
 
 def pixels(out):
     return {r["id"]: np.asarray(Image.open(Path(out) / "train" / r["file_name"])) for r in rows(out)}
+
+
+def dicoms(out):
+    return [pydicom.dcmread(Path(out) / "train" / r["dicom_file"]) for r in rows(out)]
+
+
+def digital_source_type(image):
+    return image.getxmp()["xmpmeta"]["RDF"]["Description"]["DigitalSourceType"]
 
 
 def test_names_the_training_data_never_uses_are_refused(run_dir, tmp_path, capsys, caplog):
@@ -94,14 +108,114 @@ def test_flags_mode_with_run(run_dir, tmp_path, caplog):
     assert im.mode == "L" and im.size == (64, 64) and "SYNTHETIC" in im.text["Description"]
     prov = json.loads(im.text["cxrgen:provenance"])
     assert prov["seed"] == r[0]["seed"] and prov["prompt"] == r[0]["text"]
+    assert digital_source_type(im) == AI_MADE
     ds = pydicom.dcmread(tmp_path / "train" / r[0]["dicom_file"])
-    assert ds.ConversionType == "SYN" and str(ds.PatientName) == "SYNTHETIC" and ds.PatientIdentityRemoved == "YES"
-    assert ds.PatientAge == "060Y" and np.array_equal(ds.pixel_array, np.asarray(im))
-    # Type 2 attributes present, empty where a real image would say who and when
-    assert ds.PatientBirthDate == "" and ds.StudyDate == "" and ds.AccessionNumber == ""
-    assert ds.InstanceNumber == r[0]["index"] + 1
+    assert ds.ConversionType == "SYN" and ds.PatientIdentityRemoved == "YES" and ds.BurnedInAnnotation == "NO"
+    assert ds.PatientAge == "060Y" and ds.PatientSex == "F" and np.array_equal(ds.pixel_array, np.asarray(im))
+    # Type 2 attributes present, empty where a real image would say who
+    assert ds.PatientBirthDate == "" and ds.AccessionNumber == "" and ds.ReferringPhysicianName == ""
+    assert ds.InstanceNumber == r[0]["index"] + 1  # one condition set: one series, numbered in plan order
     gen = json.loads((tmp_path / "generate.json").read_text())
     assert gen["synthetic"] and gen["images"] == 4 and gen["prompt_settings"]["level"] == "full"
+
+
+def test_dicom_set_is_one_study_with_a_series_per_condition_set(run_dir, tmp_path):
+    (tmp_path / "plan.csv").write_text(
+        "age,sex,view,projection,modality,findings,count\n"
+        "60,F,PA,PA,DX,pleural effusion@left,2\n"
+        "30,M,,AP,,,1\n"
+        "60,F,PA,PA,DX,pleural effusion@left,1\n"  # the first condition set again: its series, not a new one
+    )
+    assert generate(tmp_path, "--run", str(run_dir), "--conditions", str(tmp_path / "plan.csv"), "--dicom") == 0
+    ds = dicoms(tmp_path)
+    assert len({d.StudyInstanceUID for d in ds}) == 1 and len({d.SOPInstanceUID for d in ds}) == 4
+    assert len({(d.StudyDate, d.StudyTime, d.StudyID) for d in ds}) == 1 and ds[0].StudyDate and ds[0].StudyID
+    assert [(d.SeriesNumber, d.InstanceNumber) for d in ds] == [(1, 1), (1, 2), (2, 1), (1, 3)]
+    assert len({d.SeriesInstanceUID for d in ds}) == 2 and ds[0].SeriesInstanceUID == ds[3].SeriesInstanceUID
+    assert ds[0].SeriesDescription == "SYNTHETIC 60Y F view PA proj PA DX: pleural effusion (left)"
+    assert ds[2].SeriesDescription == "SYNTHETIC 30Y M proj AP" and ds[2].PatientSex == "M"
+    d = ds[0]
+    assert str(d.PatientName) == "SYNTHETIC^CXRGEN" and d.PatientID == "SYNTHETIC" and d.PatientAge == "060Y"
+    assert "ViewPosition" not in d and "Laterality" not in d and d.BodyPartExamined == "CHEST"
+    (equipment,) = [e for e in d.ContributingEquipmentSequence if e.Manufacturer == "cxrgen"]  # and highdicom
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109100"  # DCM: Synthesizing Equipment
+    assert AI_MADE in equipment.ContributionDescription and AI_MADE in d.DerivationDescription
+    assert json.loads(d.ImageComments.split(" | ", 1)[1])["seed"] == rows(tmp_path)[0]["seed"]
+
+
+def test_dicom_study_record_16_bit_pixels_and_long_descriptions(tmp_path, monkeypatch):
+    hours = iter(range(100))
+    monkeypatch.setattr(dicom, "_now", lambda: datetime.datetime(2030, 1, 1) + datetime.timedelta(hours=next(hours)))
+    study = dicom.open_study(tmp_path / ".journal", "0123456789abcdef")
+    assert dicom.open_study(tmp_path / ".journal", "0123456789abcdef") == study  # read back, not made again
+    assert dicom.open_study(tmp_path / ".journal", "fedcba9876543210").uid != study.uid  # other settings
+    findings = [{"label": f"finding {k}", "locations": ["left upper lobe"]} for k in range(5)]
+    labels = {"age": 47, "sex": "M", "view": None, "projection": None, "modality": None, "findings": findings}
+    (place,) = dicom.plan_series([labels], ["unused: the labels name the series"])
+    assert len(place.description) <= 64 and place.description.startswith("SYNTHETIC 47Y M: finding 0 (left")
+    assert place.description.endswith("...")
+    pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16
+    ds = pydicom.dcmread(dicom.save_dicom(tmp_path / "x.dcm", pixels, {"index": 0}, labels, study, place))
+    assert ds.BitsStored == 16 and np.array_equal(ds.pixel_array, pixels) and ds.StudyDate == "20300101"
+
+
+def test_dicom_passes_dciodvfy(run_dir, tmp_path):
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy is None:
+        pytest.skip("dciodvfy not found: apt-get install dicom3tools")
+    flags = ["--age", "60", "--sex", "F", "--view", "PA", "--projection", "PA", "--finding", "pleural effusion"]
+    assert generate(tmp_path, "--run", str(run_dir), *flags, "--dicom", base=("--steps", "1")) == 0
+    (row,) = rows(tmp_path)
+    check = subprocess.run([dciodvfy, str(tmp_path / "train" / row["dicom_file"])], capture_output=True, text=True)
+    report = [line for line in (check.stdout + check.stderr).splitlines() if line.strip()]
+    assert not [line for line in report if "Error" in line or "Warning" in line], "\n".join(report)
+
+
+def test_dicom_needs_highdicom_before_the_model_loads(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom now raises ImportError
+    loaded = []
+    monkeypatch.setattr(runner, "load_sampling_pipeline", lambda *a, **k: loaded.append(a))
+    assert generate(tmp_path, "--run", str(run_dir), "--age", "60", "--dicom") == 2
+    assert "pip install 'cxrgen[dicom]'" in capsys.readouterr().err and not loaded
+
+
+def test_sharded_and_resumed_dicom_set_stays_one_study(run_dir, tmp_path, monkeypatch, capsys):
+    # each launch's clock an hour later than the last: a study opened per launch would show in its date and UIDs
+    hours = iter(range(100))
+    monkeypatch.setattr(dicom, "_now", lambda: datetime.datetime(2030, 1, 1) + datetime.timedelta(hours=next(hours)))
+    common = ["--run", str(run_dir), "--prompt", "chest x-ray", "a bird sitting on a tree", "--n", "2", "--dicom"]
+    one = ("--steps", "2", "--batch-size", "1")  # batches 0, 1, 2, 3: shard 0 makes 0 and 2, shard 1 makes 1 and 3
+    assert generate(tmp_path, *common, "--shard", "1/2", base=one) == 0
+    real, calls = runner.sample_images, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "sample_images", interrupted)
+    assert generate(tmp_path, *common, "--shard", "0/2", base=one) == 130  # image 0 made, image 2 not
+    monkeypatch.setattr(runner, "sample_images", real)
+    capsys.readouterr()
+    assert generate(tmp_path, *common, "--shard", "0/2", base=one) == 0
+    assert "generated 1 image(s)" in capsys.readouterr().out
+    ds = dicoms(tmp_path)
+    assert {(d.StudyInstanceUID, d.StudyDate, d.StudyTime, d.StudyID) for d in ds} == {
+        (ds[0].StudyInstanceUID, "20300101", "000000", ds[0].StudyID)
+    }
+    assert [(d.SeriesNumber, d.InstanceNumber) for d in ds] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert [d.SeriesDescription for d in ds[1:3]] == [
+        "SYNTHETIC prompt: chest x-ray",
+        "SYNTHETIC prompt: a bird sitting on a tree",
+    ]
+    # an image made again (its PNG was touched) is the same bytes, in both files
+    dcm = tmp_path / "train" / rows(tmp_path)[3]["dicom_file"]
+    before = dcm.read_bytes(), dcm.with_suffix(".png").read_bytes()
+    os.utime(dcm.with_suffix(".png"), ns=(0, 0))
+    assert generate(tmp_path, *common, "--shard", "1/2", base=one) == 0
+    assert "generated 1 image(s)" in capsys.readouterr().out
+    assert (dcm.read_bytes(), dcm.with_suffix(".png").read_bytes()) == before
 
 
 def test_same_seed_same_images_and_other_seed_differs(run_dir, tmp_path):

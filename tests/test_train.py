@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from cxrgen.cli import main
 from cxrgen.train import trainer as trainer_module
 
 LORA = "lora/pytorch_lora_weights.safetensors"
+# the IPTC term for AI-made images, spelled out here rather than taken from the code under test
+AI_MADE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 
 
 def train(data, model, out, *args):
@@ -48,6 +51,12 @@ def lora_run(tiny_dataset, tiny_model, tmp_path_factory):
     return out
 
 
+def digital_source_type(path):
+    from PIL import Image
+
+    return Image.open(path).getxmp()["xmpmeta"]["RDF"]["Description"]["DigitalSourceType"]
+
+
 def generate(model, lora=None, weight_name=None, seed=0):
     from diffusers import StableDiffusionPipeline
 
@@ -76,6 +85,8 @@ def test_lora_run_outputs(lora_run):
         "step-0000006",
     ]
     assert (lora_run / "samples" / "step-0000006.png").is_file() and list((lora_run / "logs").iterdir())
+    # the sample grid is AI-made: an independent reader (Pillow's XMP) finds the IPTC digital source type
+    assert digital_source_type(lora_run / "samples" / "step-0000006.png") == AI_MADE
     lines = [json.loads(x) for x in (lora_run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss/train" in x] == [1, 2, 3, 4, 5, 6]
 
@@ -281,6 +292,8 @@ def test_class_images_are_made_once(tiny_dataset, tiny_model, tmp_path, caplog):
             == 0
         )
     assert caplog.text.count("generating 2 class images of 'a cat'") == 1
+    class_images = sorted(Path(os.environ["CXRGEN_CACHE"]).glob("class-images/*/train/class-*.png"))
+    assert class_images and all(digital_source_type(p) == AI_MADE for p in class_images)
 
 
 def test_fewer_class_images_than_a_run_before(tmp_path):

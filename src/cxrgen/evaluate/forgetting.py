@@ -19,6 +19,7 @@ from ..contracts import MetadataRow, MetricsDocument, write_metadata
 from ..grid import image_grid
 from ..imaging.png import write_png
 from ..model.sampling import image_seed
+from ..synthetic_mark import png_marks
 from .extractors import Extractor
 from .features import extract
 from .html import img, table
@@ -39,7 +40,7 @@ CONTROL_PROMPT = "chest x-ray"
 SPLIT = "train"  # the folder layout of a generated set: <model>/train/metadata.jsonl
 SAMPLER = None  # the model family's default, as training's sample grids
 # PNG text chunks: the control prompt's images look like radiographs and must never pass for one
-PNG_TEXT = {"Description": "SYNTHETIC IMAGE made by cxrgen's forgetting test", "cxrgen:synthetic": "true"}
+PNG_TEXT = {**png_marks("SYNTHETIC IMAGE made by cxrgen's forgetting test"), "cxrgen:synthetic": "true"}
 
 
 def sample_set(

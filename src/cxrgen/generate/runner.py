@@ -32,7 +32,8 @@ from ..provenance import portable
 from ..vocabulary import Vocabulary, load_vocabulary
 from . import conditions as cond
 from .config import GenerateConfig
-from .writer import save_dicom, save_png
+from .dicom import SeriesPlace, Study, open_study, plan_series, require_highdicom, save_dicom
+from .writer import save_png
 
 log = logging.getLogger(__name__)
 JOURNAL = ".journal"
@@ -125,6 +126,8 @@ class Generator:
     def __init__(self, config: GenerateConfig):
         from accelerate import PartialState
 
+        if config.dicom:
+            require_highdicom()
         self.config = config
         self.out = Path(config.out)
         self.state = PartialState(cpu=cpu_processes())
@@ -180,6 +183,10 @@ class Generator:
         self.settings_digest = hashlib.sha256(settings.encode()).hexdigest()[:16]  # a journal row counts only for these
         self.batches = self._batches()
         self.batch_of = {i: batch for batch in self.batches for i in batch}
+        self.series: list[SeriesPlace] = (
+            plan_series([self._labels(i) for i in range(len(self.items))], self.prompts) if config.dicom else []
+        )
+        self.study: Study | None = None  # opened when the run starts: its date is when generation began
 
     # -- planning ----------------------------------------------------------------------------------------------
     def _prompts(self) -> list[str]:
@@ -258,6 +265,8 @@ class Generator:
             "batch": self.batch_of[i],
             **self._labels(i),
         }
+        if self.config.dicom:  # a changed plan may renumber a kept image's series: its DICOM is made again
+            planned["dicom_series"] = self._dicom_series(i)
         if not all(row.get(key) == value for key, value in planned.items()):
             return False
         try:
@@ -269,6 +278,9 @@ class Generator:
         """Size and modification time of image i's files: cheap to check for every image on each rerun."""
         png = self.out / self.config.split / image_file(i)
         return stat_digest([png, png.with_suffix(".dcm")] if self.config.dicom else [png], root=png.parent)
+
+    def _dicom_series(self, i: int) -> list[int]:
+        return [self.series[i].number, self.series[i].instance]
 
     def _labels(self, i: int) -> dict[str, Any]:
         conditions = self.items[i].conditions
@@ -288,6 +300,8 @@ class Generator:
         remove_stale_temps(targets + [t.with_suffix(".dcm") for t in targets])
         journal = self.out / JOURNAL / f"{c.shard_index()[0]}-{self.state.process_index}.jsonl"
         journal.parent.mkdir(parents=True, exist_ok=True)
+        if c.dicom:
+            self.study = open_study(journal.parent, self.settings_digest)
         bar = tqdm(
             total=sum(len(b) for b in todo),
             desc="generate",
@@ -394,8 +408,10 @@ class Generator:
             "batch": batch,
         }
         if self.config.dicom:
-            save_dicom(target.with_suffix(".dcm"), pixels, prov, labels)
+            assert self.study is not None  # opened by run()
+            save_dicom(target.with_suffix(".dcm"), pixels, prov, labels, self.study, self.series[i])
             row["dicom_file"] = image_file(i)[:-4] + ".dcm"
+            row["dicom_series"] = self._dicom_series(i)
         row["files"] = self._files_identity(i)
         return row
 
@@ -405,7 +421,7 @@ class Generator:
         missing = len(self.items) - len(done)
         if missing:
             return None, missing
-        journal_only = ("settings", "files", "batch")
+        journal_only = ("settings", "files", "batch", "dicom_series")
         rows = [{k: v for k, v in done[i].items() if k not in journal_only} for i in range(len(self.items))]
         write_metadata(self.out, self.config.split, rows)  # type: ignore[arg-type]
         self._remove_strays(rows)

@@ -18,10 +18,12 @@ from ..contracts import metadata_path
 from ..fileio import cache_root, read_jsonl_lines, write_jsonl
 from ..imaging.png import write_png
 from ..model.sampling import make_pipeline, sample_images
+from ..synthetic_mark import png_marks
 from .cache import cache_key
 from .config import PriorConfig
 
 log = logging.getLogger(__name__)
+CLASS_NOTE = "SYNTHETIC IMAGE: a prior-preservation class image sampled by cxrgen from the model it trains"
 
 
 def class_image_folder(config: PriorConfig, identity: str, resolution: int, seed: int, cache_dir: str | None) -> Path:
@@ -59,7 +61,8 @@ def ensure_class_images(
             grayscale=False,
         )
         for i, image in zip(ids, images, strict=True):
-            write_png(split / names[i], np.clip(np.round(image * 255), 0, 255).astype(np.uint8))
+            pixels = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+            write_png(split / names[i], pixels, png_marks(CLASS_NOTE))
     write_jsonl(listed, rows)
     (folder / "class_images.json").write_text(
         json.dumps({"prompt": config.class_prompt, "count": len(names)}, indent=2)

@@ -25,6 +25,7 @@ from ..fileio import cache_root
 from ..model.families import Conditioning
 from ..model.loading import load_components, set_offline_if_local
 from ..model.sampling import make_pipeline, sample_images
+from ..synthetic_mark import save_marked_png
 from . import checkpoint as ckpt
 from .cache import ArrayCache, TextCache, cache_key, sample_latents
 from .config import BIRD_PROMPT, TrainConfig
@@ -35,6 +36,7 @@ from .prior import class_image_folder, ensure_class_images
 from .runlog import RunLog, accelerate_trackers, tracker_names
 
 log = logging.getLogger(__name__)
+SAMPLES_NOTE = "SYNTHETIC IMAGES sampled by cxrgen from a model in training; not radiographs of people"
 VAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # fractions of the schedule where validation loss is measured
 
 
@@ -515,7 +517,7 @@ class Trainer:
             grid = prompt_grid(rows, [f"seed {s}" for s in c.sample_seeds], cell=max(128, min(256, self.resolution)))
             path = self.out / "samples" / f"{ckpt.checkpoint_name(self.step)}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            grid.save(path)
+            save_marked_png(grid, path, SAMPLES_NOTE)
             self.log.image(self.step, "samples", np.asarray(grid))
         self.accelerator.wait_for_everyone()
         return path
