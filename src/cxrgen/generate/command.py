@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ..contracts import GenerateManifest, metadata_path
+from ..sharing.cards import README
+from ..sharing.hub import push
 from .config import GenerateConfig
 from .runner import GenerateResult, Generator
 
@@ -10,7 +12,11 @@ Config = GenerateConfig
 
 
 def run(config: GenerateConfig) -> GenerateResult:
-    return Generator(config).run()
+    """Generate; with --push-to-hub, push the set once it is complete (not while shards remain)."""
+    result = Generator(config).run()
+    if config.push_to_hub and result.manifest is not None:
+        result.pushed = push(result.out, config.push_to_hub, "dataset", config.hub_private, "cxrgen generate")
+    return result
 
 
 def summarize(result: GenerateResult) -> int:
@@ -21,6 +27,9 @@ def summarize(result: GenerateResult) -> int:
     if result.manifest is not None:
         print(f"  {result.manifest.images} synthetic images: {metadata_path(result.out, result.split)}")
         print(f"  provenance: {GenerateManifest.path(result.out)}")
+        print(f"  dataset card: {result.out / README}")
+        if result.pushed:
+            print(f"  pushed to {result.pushed}")
     else:
         print(f"  {result.remaining} image(s) remain for other shards; rerun without --shard when all are done")
     return 0

@@ -72,6 +72,10 @@ class GenerateConfig:
         "later ones run faster; for GPUs",
     )
     split: str = option("train", "split folder name of the output")
+    push_to_hub: str | None = option(
+        None, "when the set is complete, upload it with its dataset card to this Hugging Face Hub dataset repo"
+    )
+    hub_private: bool = option(False, "with --push-to-hub: create the repo private")
     shard: str | None = option(
         None, "generate only shard i of n ('i/n'); under accelerate launch processes split each shard"
     )

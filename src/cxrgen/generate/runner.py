@@ -29,6 +29,9 @@ from ..model.sampling import image_seed, sample_images, text_windows, to_uint
 from ..model.source import ModelSource, load_sampling_pipeline
 from ..prompts import PromptBuilder, PromptConfig
 from ..provenance import portable
+from ..sharing.cards import README, dataset_card
+from ..sharing.hub import check_push
+from ..sharing.terms import data_source
 from ..vocabulary import Vocabulary, load_vocabulary
 from . import conditions as cond
 from .config import GenerateConfig
@@ -97,6 +100,7 @@ class GenerateResult:
     is_main: bool = True  # only the main process writes the metadata and manifest
     manifest: GenerateManifest | None = None  # None until every shard's images are done
     remaining: int = 0  # images left for other shards
+    pushed: str | None = None  # the Hub commit's URL, with --push-to-hub
 
 
 def assign_batches(batches: list[list[int]], shard: tuple[int, int], process: int, processes: int) -> list[list[int]]:
@@ -128,6 +132,8 @@ class Generator:
 
         if config.dicom:
             require_highdicom()
+        if config.push_to_hub:
+            check_push(config.push_to_hub)
         self.config = config
         self.out = Path(config.out)
         self.state = PartialState(cpu=cpu_processes())
@@ -434,6 +440,9 @@ class Generator:
             prompt_settings=to_dict(self.source.prompts),
         )
         manifest.write(self.out)
+        source = data_source(self.source.data) if self.source.data is not None else None
+        card = dataset_card(self.out, self.config.split, rows, manifest, source)  # type: ignore[arg-type]
+        (self.out / README).write_text(card)
         return manifest, 0
 
     def _remove_strays(self, rows: list[dict[str, Any]]) -> None:

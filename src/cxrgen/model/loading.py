@@ -227,7 +227,17 @@ def model_identity(base: str, revision: str | None = None) -> str:
     return f"{base}@{snapshot.name if snapshot is not None else revision or 'main'}"
 
 
+_offline_set_here = False
+
+
 def set_offline_if_local(base: str) -> None:
     """Loading a local folder should never touch the network."""
-    if Path(base).expanduser().exists():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    global _offline_set_here
+    if Path(base).expanduser().exists() and "HF_HUB_OFFLINE" not in os.environ:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        _offline_set_here = True
+
+
+def offline_set_here() -> bool:
+    """Whether the Hub's offline mode is cxrgen's doing (for a local model) rather than the user's."""
+    return _offline_set_here

@@ -13,6 +13,8 @@ import torch
 from ..config import to_dict
 from ..contracts import PrepareManifest, RunManifest
 from ..provenance import portable
+from ..sharing.cards import README, model_card
+from ..sharing.hub import HubError, push
 from .config import TrainConfig
 from .methods import Exported
 from .metrics import peak_resident_gb
@@ -20,7 +22,7 @@ from .trainer import Trainer, TrainingDiverged
 
 log = logging.getLogger(__name__)
 Config = TrainConfig
-EXIT_CODES = {"finished": 0, "diverged": 3, "out of memory": 4}
+EXIT_CODES = {"finished": 0, "diverged": 3, "out of memory": 4, "push failed": 5}
 OOM_HINT = (
     "the GPU ran out of memory. Lower it with a smaller preset (--preset gpu-8gb or gpu-16gb), or with "
     "--gradient-checkpointing, --mixed-precision fp16 (or bf16), --batch-size 1 with --grad-accum N, "
@@ -31,7 +33,7 @@ OOM_HINT = (
 @dataclass
 class TrainResult:
     out: Path
-    status: Literal["finished", "diverged", "out of memory"]
+    status: Literal["finished", "diverged", "out of memory", "push failed"]
     manifest: RunManifest | None  # None unless finished (and on processes other than the main one)
     message: str = ""  # why it stopped, and what to do
 
@@ -58,6 +60,13 @@ def run(config: TrainConfig) -> TrainResult:
         return TrainResult(out, "finished", None)
     manifest = run_manifest(trainer, exported, time.perf_counter() - start)
     manifest.write(out)
+    (out / README).write_text(model_card(out, manifest, trainer.sample_prompts(), config.push_to_hub))
+    if config.push_to_hub:
+        try:
+            url = push(out, config.push_to_hub, "model", config.hub_private, f"cxrgen train: {config.method}")
+        except HubError as exc:
+            return TrainResult(out, "push failed", manifest, str(exc))
+        print(f"pushed to {url}")
     return TrainResult(out, "finished", manifest)
 
 
@@ -133,8 +142,8 @@ def _peak_memory(trainer: Trainer) -> float | None:
 
 
 def summarize(result: TrainResult) -> int:
-    """Print what was trained and where it is. Exit codes: 3 diverged, 4 out of memory."""
-    if result.status != "finished":
+    """Print what was trained and where it is. Exit codes: 3 diverged, 4 out of memory, 5 trained, not pushed."""
+    if result.status not in ("finished", "push failed"):
         print(f"cxrgen train: {'stopped: ' if result.status == 'diverged' else ''}{result.message}")
         return EXIT_CODES[result.status]
     if result.manifest is None:  # not the main process
@@ -147,4 +156,7 @@ def summarize(result: TrainResult) -> int:
     print(f"  samples    {out / 'samples'}")
     print(f"  logs       tensorboard --logdir {out / 'logs'}")
     print(f"  run        {RunManifest.path(out)}")
-    return 0
+    print(f"  card       {out / README}")
+    if result.status == "push failed":
+        print(f"cxrgen train: {result.message}")
+    return EXIT_CODES[result.status]

@@ -102,6 +102,10 @@ class TrainSettings:
         "experiment trackers, through accelerate: tensorboard (in <out>/logs), wandb, mlflow, ..., all (every one "
         "installed) or none; metrics.jsonl is always written",
     )
+    push_to_hub: str | None = option(
+        None, "after training, upload the weights, model card and samples to this Hugging Face Hub repo (user/name)"
+    )
+    hub_private: bool = option(False, "with --push-to-hub: create the repo private")
     workers: int = option(2, "data-loading worker threads when latents are not cached")
     peak_tflops: float | None = option(None, "accelerator peak for MFU (default: known GPUs, e.g. H100 790)")
 

@@ -25,6 +25,7 @@ from ..fileio import cache_root
 from ..model.families import Conditioning
 from ..model.loading import load_components, set_offline_if_local
 from ..model.sampling import make_pipeline, sample_images
+from ..sharing.hub import check_push
 from ..synthetic_mark import save_marked_png
 from . import checkpoint as ckpt
 from .cache import ArrayCache, TextCache, cache_key, sample_latents
@@ -68,6 +69,8 @@ class Trainer:
         self.family = c.model.resolve_family()  # before anything heavy: a wrong family or setting fails at once
         self.family.check_training(c)
         trackers = tracker_names(c.report_to)  # a tracker that is not installed fails here, before any loading
+        if c.push_to_hub:
+            check_push(c.push_to_hub)
         from accelerate.utils import DistributedDataParallelKwargs
 
         # a trained text encoder whose last layer the conditioning never reads (SDXL's CLIP-L) leaves parameters
