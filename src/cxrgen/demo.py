@@ -8,9 +8,10 @@ commands; the demo only chooses small settings and prints where each artefact is
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import api
@@ -26,6 +27,20 @@ from .train import command as train_command
 from .train.vae import fit_vae
 
 STAGES = 6
+MEASURED_CORES = 2
+# Each stage's seconds with the default settings, and other processes' load meanwhile (the 1-minute load average
+# less the demo's own 2 threads), measured once on the development machine (2 CPU cores, issue 19:
+# `cxrgen demo --out /tmp/demo-edges`, 692 s in all). Others' tests shared the cores for stages 3 to 6, so the
+# idle figures are these scaled back by `slowdown` (an underestimate of contention's cost: they err long).
+MEASURED = {
+    "phantom release": (12.6, 0.0),
+    "prepare": (4.0, 0.0),
+    "tiny model": (371.4, 1.25),
+    "training": (76.1, 2.8),
+    "synthetic set": (5.8, 2.0),
+    "evaluation": (222.1, 1.8),
+}
+BUSY = 0.5  # other processes' load per core above which the machine is called busy
 
 
 @dataclass
@@ -45,8 +60,75 @@ class DemoConfig:
             raise ConfigError(f"--family {self.family!r}: choose one of {', '.join(FAMILIES)}")
 
 
-def _stage(k: int, text: str) -> None:
-    print(f"\n[{k}/{STAGES}] {text}", flush=True)
+def slowdown(load: float, cores: int) -> float:
+    """How many times longer the demo takes beside `load` other runnable threads than alone: its PyTorch stages use
+    every core, so sharing them leaves it cores / (cores + load) of the machine."""
+    return 1 + max(load, 0.0) / max(cores, 1)
+
+
+IDLE_SECONDS = {name: s / slowdown(load, MEASURED_CORES) for name, (s, load) in MEASURED.items()}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float  # the expected time at least: the measured idle time, scaled by how busy the machine is
+    busy: bool
+    lines: list[str]
+
+
+def estimate(load: float, cores: int) -> Estimate:
+    """How long the demo should take with `load` (the 1-minute load average: other processes' runnable threads,
+    the demo not yet started) on `cores` cores: the idle time scaled by `slowdown`. More than that is lost when
+    threads that wait for each other are descheduled, which no load figure predicts (45 minutes has been seen on a
+    busy machine for about 2.5 idle), so a busy machine's figure is a floor."""
+    idle = sum(IDLE_SECONDS.values())
+    factor = slowdown(load, cores)
+    busy = load / max(cores, 1) > BUSY
+    stages = ", ".join(f"{name} {s:.0f} s" for name, s in IDLE_SECONDS.items())
+    lines = [f"about {_minutes(idle)} on an idle {MEASURED_CORES}-core machine ({stages})"]
+    if cores != MEASURED_CORES:
+        lines.append(f"this machine has {cores} cores: the figures above were measured on {MEASURED_CORES}")
+    if busy:
+        lines.append(
+            f"this machine is busy (load {load:.1f} on {cores} cores), so expect at least {_minutes(idle * factor)}, "
+            "and maybe much longer: other processes hold the cores the demo's PyTorch threads need, and those threads "
+            "wait for each other when any of them is descheduled"
+        )
+    else:
+        lines.append(f"this machine is idle enough (load {load:.1f} on {cores} cores): about {_minutes(idle * factor)}")
+    return Estimate(idle * factor, busy, lines)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _print_estimate(config: DemoConfig) -> None:
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    lines = estimate(load, cores).lines
+    changed = [
+        f"--{f.name.replace('_', '-')} {getattr(config, f.name)}"
+        for f in fields(config)
+        if f.name not in ("out", "workers", "seed") and getattr(config, f.name) != f.default
+    ]
+    if changed:
+        lines.append(f"measured with the default settings; yours differ ({', '.join(changed)}): a rough guide only")
+    print("estimated time: " + "\n  ".join(lines), flush=True)
+
+
+class _Stages:
+    """Prints each stage as it starts, and keeps when, for the time each took (what IDLE_SECONDS holds)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def start(self, k: int, text: str) -> None:
+        self.starts.append(time.perf_counter())
+        print(f"\n[{k}/{STAGES}] {text}", flush=True)
+
+    def times(self) -> str:
+        ends = [*self.starts[1:], time.perf_counter()]
+        return ", ".join(f"{name} {e - s:.0f} s" for name, s, e in zip(IDLE_SECONDS, self.starts, ends, strict=False))
 
 
 Config = DemoConfig
@@ -54,16 +136,17 @@ Config = DemoConfig
 
 def run(config: DemoConfig) -> Path:
     """Every stage through the Python API, with small settings; returns the report's path."""
-    start = time.perf_counter()
+    _print_estimate(config)
+    start, stages = time.perf_counter(), _Stages()
     out = Path(config.out)
     release, data, model, run_dir, synth, evaluation = (
         out / name for name in ("release", "prepared", "tiny-model", "run", "synthetic", "evaluation")
     )
 
-    _stage(1, f"phantom release: {config.n} PadChest-format 16-bit images in {release}")
+    stages.start(1, f"phantom release: {config.n} PadChest-format 16-bit images in {release}")
     write_release(release, n=config.n, seed=config.seed, size=256, aspect=(1.0, 1.0))
 
-    _stage(2, "prepare: label parsing, filters, prompts, image conversion, QC, patient-level splits")
+    stages.start(2, "prepare: label parsing, filters, prompts, image conversion, QC, patient-level splits")
     prepared = api.prepare(
         source="padchest",
         csv=str(release / "phantom_padchest.csv.gz"),
@@ -76,7 +159,7 @@ def run(config: DemoConfig) -> Path:
     )
     prepare_command.summarize(prepared)
 
-    _stage(3, f"a tiny random model of the {config.family!r} family, its VAE fitted to the phantoms, in {model}")
+    stages.start(3, f"a tiny random model of the {config.family!r} family, its VAE fitted to the phantoms, in {model}")
     # made once per settings; the marker is written last, so a run stopped while fitting the VAE fits it again
     made = model / "demo-model.json"
     settings = {"family": config.family, "resolution": config.resolution, "seed": config.seed}
@@ -89,7 +172,7 @@ def run(config: DemoConfig) -> Path:
         fit_vae(model, data, steps=config.vae_steps, batch=16, seed=config.seed)
         write_json(made, settings)
 
-    _stage(4, f"LoRA training, {config.steps} steps, with sample grids and validation loss")
+    stages.start(4, f"LoRA training, {config.steps} steps, with sample grids and validation loss")
     trained = api.train(
         data=str(data),
         out=str(run_dir),
@@ -110,14 +193,14 @@ def run(config: DemoConfig) -> Path:
     if train_command.summarize(trained):
         raise RuntimeError(f"the demo's training stopped: {trained.message}")
 
-    _stage(5, f"a labelled synthetic set: {config.images} images drawn like the prepared training split")
+    stages.start(5, f"a labelled synthetic set: {config.images} images drawn like the prepared training split")
     synthetic = api.generate(
         out=str(synth), run=str(run_dir), like=str(data), n=config.images, steps=15, batch_size=16, seed=config.seed
     )
     images = synthetic.manifest.images if synthetic.manifest else synthetic.made
     print(f"  {images} images with their conditions in {metadata_path(synth, 'train')}")
 
-    _stage(6, "evaluation (fidelity, diversity, memorization, forgetting) and the report")
+    stages.start(6, "evaluation (fidelity, diversity, memorization, forgetting) and the report")
     inception = fid_inception_file() is not None  # the standard FID network when its wheel is installed
     extractors = ["inception"] if inception else ["torchvision:resnet18"]
     evaluated = api.evaluate(
@@ -140,7 +223,7 @@ def run(config: DemoConfig) -> Path:
     print(f"  FID ({extractors[0]}) {fid['value']:.1f}; memorization: {copies} likely copies")
     report = evaluated.report
 
-    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s. Artefacts:")
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s ({stages.times()}). Artefacts:")
     for label, path in (
         ("release", release),
         ("prepared dataset", data),

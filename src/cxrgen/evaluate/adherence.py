@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
+from tqdm import tqdm
 
 from ..contracts import MetricsDocument
 from ..records import findings_from_value, name_key
@@ -101,7 +102,9 @@ def _per_output(answers: np.ndarray, probabilities: np.ndarray, outputs: tuple[s
     return out
 
 
-def _mean_auroc(answers: np.ndarray, probabilities: np.ndarray, columns: list[int], rounds: int, seed: int) -> dict:
+def _mean_auroc(
+    answers: np.ndarray, probabilities: np.ndarray, columns: list[int], rounds: int, seed: int, what: str
+) -> dict:
     """The mean AUROC over the given outputs, with a percentile bootstrap over images (findings kept paired)."""
 
     def mean(rows: np.ndarray) -> float:
@@ -112,7 +115,8 @@ def _mean_auroc(answers: np.ndarray, probabilities: np.ndarray, columns: list[in
     usable = np.flatnonzero((answers[:, columns] >= 0).any(axis=1))
     value = mean(usable)
     rng = np.random.default_rng(seed)
-    draws = np.array([mean(usable[rng.integers(0, len(usable), len(usable))]) for _ in range(rounds)])
+    bar = tqdm(range(rounds), desc=f"adherence: bootstrap of the mean AUROC ({what})", unit="round", dynamic_ncols=True)
+    draws = np.array([mean(usable[rng.integers(0, len(usable), len(usable))]) for _ in bar])
     draws = draws[~np.isnan(draws)]
     if len(draws) < rounds / 2:
         return {"value": value}
@@ -149,10 +153,10 @@ def adherence(
     columns = [outputs.index(name) for name in per_output]
     result: dict[str, Any] = {"per_finding": per_output, "mean_auroc": None, "real_mean_auroc": None}
     if columns:
-        result["mean_auroc"] = _mean_auroc(answers, probabilities, columns, rounds, seed)
+        result["mean_auroc"] = _mean_auroc(answers, probabilities, columns, rounds, seed, "generated")
         shared = [outputs.index(name) for name in per_output if name in real]
         if real_answers is not None and shared:
-            result["real_mean_auroc"] = _mean_auroc(real_answers, real_probabilities, shared, rounds, seed)
+            result["real_mean_auroc"] = _mean_auroc(real_answers, real_probabilities, shared, rounds, seed, "real")
             result["real_mean_over"] = [outputs[k] for k in shared]
     # a label the mapping lacks, or maps to an output this classifier does not have
     unmapped = sorted(

@@ -42,7 +42,9 @@ class EvaluateSettings:
     extractors: list[str] = option(["inception"], "feature extractors: inception, xrv, torchvision:<arch>, timm:<arch>")
     weights: list[str] = option([], "weights per extractor, 'name=PATH' (or name=random for smoke tests)", path=True)
     allow_pickle: bool = option(
-        False, "load pickled classifier weights (torchxrayvision .pt files): only files you trust"
+        False,
+        "load pickled weights (torchxrayvision .pt files, a TorchScript --weights inception=PATH): only files you "
+        "trust",
     )
     max_images: int | None = option(None, "use at most this many real and generated images (seeded choice)")
     max_train_images: int | None = option(

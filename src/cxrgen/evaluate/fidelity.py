@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ..config import ConfigError, option
 from ..contracts import MetricsDocument
@@ -165,16 +166,23 @@ def _frechet_by_groups(a: np.ndarray, b: np.ndarray) -> _FrechetByGroups | _Frec
     return _FrechetByGram(a, b) if min(len(a), len(b)) < a.shape[1] else _FrechetByGroups(a, b)
 
 
-def fid_with_intervals(a: np.ndarray, b: np.ndarray, groups: int, seed: int) -> tuple[dict, dict]:
+def fid_with_intervals(
+    a: np.ndarray, b: np.ndarray, groups: int, seed: int, desc: str | None = None
+) -> tuple[dict, dict]:
     """FID at these set sizes with a jackknife interval (how much it moves between draws of this size), and the
     bias-corrected FID with its interval (where it heads as the sets grow: FID's finite-sample bias shrinks as
-    1/n, and the jackknife removes that term, as FID-infinity's extrapolation does)."""
+    1/n, and the jackknife removes that term, as FID-infinity's extrapolation does). `desc`: a progress bar over
+    the leave-outs (each an eigenvalue problem the size of the features or of the smaller set)."""
     frechet_ = _frechet_by_groups(a, b)
     value = frechet_()
     if groups < 2 or min(len(a), len(b)) < 4:
         return {"value": value}, {"value": value}
-    left_a = np.array([frechet_(left_out_a=g) for g in groups_of(len(a), groups, seed)])
-    left_b = np.array([frechet_(left_out_b=g) for g in groups_of(len(b), groups, seed + 1)])
+    parts_a, parts_b = groups_of(len(a), groups, seed), groups_of(len(b), groups, seed + 1)
+    left: list[list[float]] = [[], []]
+    leave_outs = [(0, {"left_out_a": g}) for g in parts_a] + [(1, {"left_out_b": g}) for g in parts_b]
+    for side, rows in tqdm(leave_outs, desc=desc, unit="group", dynamic_ncols=True, disable=not desc):
+        left[side].append(frechet_(**rows))
+    left_a, left_b = np.array(left[0]), np.array(left[1])
     plain = jackknife_summary(value, left_a, left_b)
     corrected = jackknife_summary(value, left_a, left_b, bias_correct=True)
     for figure_ in (plain, corrected):  # FID is not negative: nor are its interval's ends (the estimate may be)
@@ -319,13 +327,19 @@ class FidelityOptions:
 
 
 def distances(
-    real: np.ndarray, generated: np.ndarray, o: FidelityOptions, seed: int, warn: bool = True
+    real: np.ndarray,
+    generated: np.ndarray,
+    o: FidelityOptions,
+    seed: int,
+    warn: bool = True,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """FID (at these sizes and bias-corrected), KID and PRDC between two feature sets, each with a 95% interval;
     the headline is KID below STABLE_FID_IMAGES images a set, where FID still moves with the sample (`warn`: log
-    that, as well as storing it)."""
+    that, as well as storing it). `label` (the extractor's name): progress bars over the jackknife's leave-outs."""
     n = min(len(real), len(generated))
-    fid_plain, fid_corrected = fid_with_intervals(real, generated, o.groups, seed)
+    desc = {k: f"fidelity ({label}): {k} jackknife" if label else None for k in ("FID", "PRDC")}
+    fid_plain, fid_corrected = fid_with_intervals(real, generated, o.groups, seed, desc["FID"])
     result: dict[str, Any] = {
         "images": n,
         "fid": fid_plain,
@@ -339,7 +353,8 @@ def distances(
     else:
         # each leave-out must keep k + 1 images in each set for the neighbour radii
         groups = o.groups if n - -(-n // max(o.groups, 1)) > k else 0
-        result["prdc"] = {**jackknife(_prdc_by_rows(real, generated, k), len(real), len(generated), groups, seed)}
+        statistic = _prdc_by_rows(real, generated, k)
+        result["prdc"] = {**jackknife(statistic, len(real), len(generated), groups, seed, desc=desc["PRDC"])}
         result["prdc"]["k"] = k
     if n < STABLE_FID_IMAGES:
         message = (
@@ -398,7 +413,7 @@ class FidelityMetric(Metric):
         why_not = conditional_fidelity.unavailable(ctx.real.rows, ctx.generated.rows)
         for ex in ctx.extractors:
             features = ctx.features[ex.name]
-            section[ex.name] = distances(features["real"], features["generated"], options, seed)
+            section[ex.name] = distances(features["real"], features["generated"], options, seed, label=ex.name)
             if ex.random:
                 section[ex.name]["note"] = "random weights: a smoke test, not a measurement"
             if why_not is not None:

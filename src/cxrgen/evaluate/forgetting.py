@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ..config import ConfigError, option
 from ..contracts import MetadataRow, MetricsDocument, write_metadata
@@ -65,20 +66,23 @@ def sample_set(
     pipe, components, _ = load_sampling_pipeline(source, SAMPLER, dtype, device)
     side = size or components.native_resolution
     rows: list[MetadataRow] = []
-    for start in range(0, len(prompts), batch):
-        chunk = range(start, min(start + batch, len(prompts)))
-        images = sample_images(
-            pipe,
-            [prompts[i] for i in chunk],
-            [seeds[i] for i in chunk],
-            steps,
-            long_prompts=source.long_prompts,
-            resolution=side,
-        )
-        for i, pixels in zip(chunk, to_uint(images), strict=True):
-            name = f"{i:05d}.png"
-            write_png(folder / SPLIT / name, pixels, PNG_TEXT)
-            rows.append({"file_name": name, "text": prompts[i], "seed": seeds[i]})
+    bar = tqdm(total=len(prompts), desc=f"forgetting: sampling ({folder.name})", unit="img", dynamic_ncols=True)
+    with bar:
+        for start in range(0, len(prompts), batch):
+            chunk = range(start, min(start + batch, len(prompts)))
+            images = sample_images(
+                pipe,
+                [prompts[i] for i in chunk],
+                [seeds[i] for i in chunk],
+                steps,
+                long_prompts=source.long_prompts,
+                resolution=side,
+            )
+            for i, pixels in zip(chunk, to_uint(images), strict=True):
+                name = f"{i:05d}.png"
+                write_png(folder / SPLIT / name, pixels, PNG_TEXT)
+                rows.append({"file_name": name, "text": prompts[i], "seed": seeds[i]})
+            bar.update(len(chunk))
     write_metadata(folder, SPLIT, rows)
     del pipe, components  # the second model loads next: not beside this one
     gc.collect()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm, rankdata
 from scipy.stats import t as student_t
+from tqdm import tqdm
 
 LEVEL = 0.95
 
@@ -150,16 +151,21 @@ def jackknife(
     groups: int = 20,
     seed: int = 0,
     level: float = LEVEL,
+    desc: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Delete-a-group jackknife of statistics of two sets, given as `statistic(rows_a, rows_b)` -> {name: value}
     over the sets' row indices; each set is cut into `groups` groups (`groups_of`), each left out once. No
-    bias correction: for statistics whose small-sample bias is small or not of order 1/n (PRDC)."""
+    bias correction: for statistics whose small-sample bias is small or not of order 1/n (PRDC). `desc`: a
+    progress bar over the leave-outs."""
     full_a, full_b = np.arange(n_a), np.arange(n_b)
     values = statistic(full_a, full_b)
     if groups < 2:
         return {k: {"value": float(v)} for k, v in values.items()}
-    left_a = [statistic(np.setdiff1d(full_a, g, assume_unique=True), full_b) for g in groups_of(n_a, groups, seed)]
-    left_b = [statistic(full_a, np.setdiff1d(full_b, g, assume_unique=True)) for g in groups_of(n_b, groups, seed + 1)]
+    groups_a, groups_b = groups_of(n_a, groups, seed), groups_of(n_b, groups, seed + 1)
+    kept = [(np.setdiff1d(full_a, g, assume_unique=True), full_b) for g in groups_a]
+    kept += [(full_a, np.setdiff1d(full_b, g, assume_unique=True)) for g in groups_b]
+    left = [statistic(a, b) for a, b in tqdm(kept, desc=desc, unit="group", dynamic_ncols=True, disable=not desc)]
+    left_a, left_b = left[: len(groups_a)], left[len(groups_a) :]
     return {
         k: jackknife_summary(v, np.array([d[k] for d in left_a]), np.array([d[k] for d in left_b]), level)
         for k, v in values.items()

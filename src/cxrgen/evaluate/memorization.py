@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+from tqdm import tqdm
 
 from ..config import ConfigError, option
 from ..contracts import MetricsDocument
@@ -208,11 +209,13 @@ def _nearest_feature(
     block: int,
     own: np.ndarray | None = None,
     patients: np.ndarray | None = None,
+    desc: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each query's highest cosine with a training image (of another patient, given own and patients)."""
     best = np.full(len(queries), -np.inf, dtype=np.float32)
     index = np.zeros(len(queries), dtype=np.int64)
-    for lo in range(0, len(train), block):
+    blocks = range(0, len(train), block)
+    for lo in tqdm(blocks, desc=desc, unit="block", dynamic_ncols=True, disable=desc is None or len(blocks) <= 1):
         sims = queries @ train[lo : lo + block].T
         if own is not None and patients is not None:
             sims = np.where(own[:, None] == patients[None, lo : lo + block], -np.inf, sims)
@@ -243,7 +246,8 @@ def _check_set(
     flagged = set(np.flatnonzero(match.score > pixel.value).tolist())
     feature_nn = feature_index = None
     if features is not None and train_features is not None and feature is not None:
-        feature_nn, feature_index = _nearest_feature(_unit(features), train_features, block)
+        desc = f"memorization: nearest features of {what}"
+        feature_nn, feature_index = _nearest_feature(_unit(features), train_features, block, desc=desc)
         flagged |= set(np.flatnonzero(feature_nn > feature.value).tolist())
     return Checked(match, feature_nn, feature_index, sorted(flagged))
 
@@ -279,7 +283,8 @@ def check(
     feature = cal_feature = train_unit = None
     if gen_features is not None and train_features is not None:
         train_unit = _unit(train_features)
-        cal_feature = _nearest_feature(train_unit[cal], train_unit, block, patients[cal], patients)[0]
+        desc = "memorization: calibrating features"
+        cal_feature = _nearest_feature(train_unit[cal], train_unit, block, patients[cal], patients, desc)[0]
         feature = robust_threshold(cal_feature, quantile, margin)
     gen_maps = _described(generated, range(len(generated)), workers, "generated images")
     found = _check_set(index, gen_maps, gen_features, train_unit, pixel, feature, block, "generated images")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..config import ConfigError, option
 from ..contracts import MetricsDocument
@@ -178,10 +179,15 @@ def score_runs(labels: np.ndarray, probabilities: dict[str, np.ndarray], rounds:
     everyone = np.arange(n)
     draws = np.random.default_rng(seed).integers(0, n, (rounds, n))
     per_run: dict[str, Any] = {}
-    for run, p in probabilities.items():
-        point = _aurocs(labels, p, everyone)
-        boot = np.array([_aurocs(labels, p, d) for d in draws])  # (rounds, findings)
-        per_run[run] = (point, boot)
+    bar = tqdm(total=rounds * len(probabilities), desc="utility: bootstrap of AUROCs", unit="round", dynamic_ncols=True)
+    with bar:
+        for run, p in probabilities.items():
+            point = _aurocs(labels, p, everyone)
+            boot = []
+            for d in draws:
+                boot.append(_aurocs(labels, p, d))
+                bar.update()
+            per_run[run] = (point, np.array(boot))  # (rounds, findings)
     return per_run
 
 

@@ -7,13 +7,24 @@ dataclass, offered as `--<name>.<option>`), and `read`, which turns the release'
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+from tqdm import tqdm
 
 from ...records import PatientKeyer, Record, Rejection
 from ...registry import Registry
 from ...tables import TableError
+
+T = TypeVar("T")
+
+
+def with_progress(rows: Iterable[T], source: str) -> Iterator[T]:
+    """A release table's rows with a progress bar: a full release's table (160,000+ rows) can take tens of seconds to
+    parse. Its length is not known before reading, so the bar counts rows and their rate."""
+    yield from tqdm(rows, desc=f"{source}: reading rows", unit="row", dynamic_ncols=True)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Literal
 from ...config import option
 from ...records import Finding, PatientKeyer, Record, Rejection, normalize_sex, parse_age, study_label
 from ...tables import read_csv
-from .base import READERS, ReadResult, ReleaseReader
+from .base import READERS, ReadResult, ReleaseReader, with_progress
 
 SOURCE = "chexpert"
 CHEXPERT_LABELS = (
@@ -64,7 +64,7 @@ def read_chexpert(csv_path: str | Path, keyer: PatientKeyer, uncertain: Uncertai
     if len(missing_labels) == len(CHEXPERT_LABELS):
         raise ValueError(f"{csv_path} has none of the 14 CheXpert label columns")
     result = ReadResult()
-    for row_no, row in rows:
+    for row_no, row in with_progress(rows, SOURCE):
         result.stats["rows"] += 1
         path = row["Path"].strip()
         match = _PATIENT.search(path)

@@ -56,7 +56,7 @@ from ...records import (
 )
 from ...tables import TableError, is_jsonl, read_csv, read_jsonl
 from ...vocabulary import settle_findings
-from .base import READERS, ReadResult, ReleaseReader, resolve_image
+from .base import READERS, ReadResult, ReleaseReader, resolve_image, with_progress
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _from_table(root: Path, table: Path, keyer: PatientKeyer) -> ReadResult:
     seen_columns: dict[str, None] = dict.fromkeys(header)
     file_columns: dict[str, None] = {}
     example = ""
-    for row_no, row in rows:
+    for row_no, row in with_progress(rows, SOURCE):
         result.stats["rows"] += 1
         seen_columns.update(dict.fromkeys(row))
         fields = _fields(row)

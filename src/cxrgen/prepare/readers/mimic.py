@@ -18,7 +18,7 @@ from ...records import (
     normalize_view,
 )
 from ...tables import read_csv
-from .base import READERS, ReadResult, ReleaseReader
+from .base import READERS, ReadResult, ReleaseReader, with_progress
 from .chexpert import UncertainPolicy, findings_from_label_columns
 
 SOURCE = "mimic"
@@ -51,7 +51,7 @@ def read_mimic(
 
     _, rows = read_csv(metadata_csv, required=("dicom_id", "subject_id", "study_id", "ViewPosition"))
     result = ReadResult()
-    for row_no, row in rows:
+    for row_no, row in with_progress(rows, SOURCE):
         result.stats["rows"] += 1
         dicom, subject, study = row["dicom_id"].strip(), row["subject_id"].strip(), row["study_id"].strip()
         if not (dicom and subject.isdigit() and study.isdigit()):

@@ -27,7 +27,7 @@ from ...records import (
 )
 from ...tables import read_csv
 from ...vocabulary import split_side
-from .base import READERS, ReadResult, ReleaseReader
+from .base import READERS, ReadResult, ReleaseReader, with_progress
 from .listtext import ListTextError, ListValue, parse_list_text
 
 SOURCE = "padchest"
@@ -39,7 +39,7 @@ def read_padchest(csv_path: str | Path, keyer: PatientKeyer) -> ReadResult:
     _, rows = read_csv(csv_path, required=REQUIRED)
     result = ReadResult()
     stats = result.stats
-    for row_no, row in rows:
+    for row_no, row in with_progress(rows, SOURCE):
         stats["rows"] += 1
         image_id = row["ImageID"].strip()
         image_dir = _folder(row["ImageDir"])
