@@ -686,3 +686,54 @@ def test_safetensors_metadata_is_written_in_one_order(tmp_path):
     assert list(header["__metadata__"]) == sorted(metadata) and len(raw) == size
     with safe_open(str(tmp_path / "x.safetensors"), "pt") as fh:
         assert fh.metadata() == metadata and torch.equal(fh.get_tensor("b"), torch.ones(3))
+
+
+def test_every_output_of_a_resumed_run_is_the_same_bytes(tiny_dataset, tiny_model, tmp_path, monkeypatch):
+    """Weights, card and sample grids byte for byte; the records of time (logs, run.json's speeds) aside."""
+    import yaml
+
+    args = ["--max-steps", "4", "--checkpoint-every", "2", "--sample-every", "2"]
+    whole, resumed = tmp_path / "a" / "run", tmp_path / "b" / "run"  # same name and depth: the same card
+    assert train(tiny_dataset, tiny_model, whole, *args) == 0
+    real = trainer_module.Trainer._periodic
+
+    def interrupt_at_3(self):
+        real(self)
+        if self.step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "_periodic", interrupt_at_3)
+    assert train(tiny_dataset, tiny_model, resumed, *args) == 130
+    monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
+    assert train(tiny_dataset, tiny_model, resumed, *args, "--resume", "latest") == 0
+
+    def files(run):  # but TensorBoard's logs, whose files are named and stamped by the clock
+        return {
+            f for p in run.rglob("*") if p.is_file() and not (f := p.relative_to(run).as_posix()).startswith("logs/")
+        }
+
+    timed = {"run.json", "config.yaml", "metrics.jsonl"}
+    assert files(whole) == files(resumed)
+    same_bytes = files(whole) - timed
+    assert {"README.md", "lora/lora_kohya.safetensors", "samples/step-0000004.png"} <= same_bytes
+    assert any(f.startswith("checkpoints/") for f in same_bytes)
+    for name in sorted(same_bytes):
+        assert (whole / name).read_bytes() == (resumed / name).read_bytes(), name
+    assert {**yaml.safe_load((resumed / "config.yaml").read_text()), "resume": None} == yaml.safe_load(
+        (whole / "config.yaml").read_text()
+    )
+
+    def untimed(path):
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "time" and not k.startswith("perf/")}
+            for line in path.read_text().splitlines()
+        ]
+
+    assert untimed(whole / "metrics.jsonl") == untimed(resumed / "metrics.jsonl")
+    a, b = (json.loads((run / "run.json").read_text()) for run in (whole, resumed))
+    speeds = ("images_per_s", "mfu", "seconds", "peak_rss_gb")
+    for doc in (a, b):
+        doc["config"]["resume"] = None
+        doc["figures"] = {k: v for k, v in doc["figures"].items() if k not in speeds}
+        doc.pop("created", None)
+    assert a == b
