@@ -29,16 +29,15 @@ from .train.vae import fit_vae
 STAGES = 6
 MEASURED_CORES = 2
 # Each stage's seconds with the default settings, and other processes' load meanwhile (the 1-minute load average
-# less the demo's own 2 threads), measured once on the development machine (2 CPU cores, issue 19:
-# `cxrgen demo --out /tmp/demo-edges`, 692 s in all). Others' tests shared the cores for stages 3 to 6, so the
-# idle figures are these scaled back by `slowdown` (an underestimate of contention's cost: they err long).
+# less the demo's own 2 threads), measured on the development machine (2 CPU cores, issue 19: `cxrgen demo --out
+# /tmp/demo-idle`, 254 s in all, nothing else running).
 MEASURED = {
-    "phantom release": (12.6, 0.0),
-    "prepare": (4.0, 0.0),
-    "tiny model": (371.4, 1.25),
-    "training": (76.1, 2.8),
-    "synthetic set": (5.8, 2.0),
-    "evaluation": (222.1, 1.8),
+    "phantom release": (12.0, 0.0),
+    "prepare": (1.0, 0.0),
+    "tiny model": (169.0, 0.0),
+    "training": (25.0, 0.0),
+    "synthetic set": (7.0, 0.0),
+    "evaluation": (40.0, 0.0),
 }
 BUSY = 0.5  # other processes' load per core above which the machine is called busy
 
