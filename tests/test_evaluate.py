@@ -271,7 +271,7 @@ def test_report_sections_survive_what_a_report_rerun_meets(tmp_path):
     skipped = section_html(adherence_metric, {"skipped": "no findings"}, moved, tmp_path)
     assert "not measured: no findings" in skipped
     assert "not measured: needs a classifier" in section_html(adherence_metric, None, moved, tmp_path)
-    assert "images not at hand" in report.from_images(report._samples, moved)
+    assert "images not at hand" in report.from_images(report._samples, moved, tmp_path)
     pairs = {"flagged": 1, "pixel_threshold": 0.9, "feature_threshold": None, "pixel_nn": [0.95], "closest_pairs": []}
     pairs["closest_pairs"] = [{"generated": str(tmp_path / "moved.png"), "train": "t.png", "flagged": True}]
     moved.sets["generated"]["images"] = 1
@@ -354,7 +354,8 @@ def test_evaluate_end_to_end_with_report_and_feature_cache(tmp_path, monkeypatch
     assert fid["xrv"]["note"].startswith("random weights") and "5 + 5 groups" in fid["xrv"]["fid"]["method"]
     assert m.sets["real"]["images"] == 16 and m.sets["train"]["images"] == 20
     memorization = m.sections["memorization"]
-    assert memorization["flagged_images"] == [str((tmp_path / "gen" / "train" / "001.png").resolve())]
+    [flagged] = memorization["flagged_images"]  # relative to the evaluation folder, as the report reads it
+    assert flagged == "../gen/train/001.png" and (tmp_path / "eval" / flagged).is_file()
     assert m.sections["diversity"]["generated_within_prompt"]["groups"] == 4
     assert m.sections["diversity"]["real_across_set"]["pairs"] == 10
     assert "Effusion" in m.sections["adherence"]["per_finding"]

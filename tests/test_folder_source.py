@@ -271,7 +271,7 @@ def test_tables_that_name_no_image_are_errors(tmp_path, capsys, table, expected)
     save_png(tmp_path / "in" / "a.png", grey())
     (tmp_path / "in" / "metadata.csv").write_text(table)
     assert prepare(tmp_path / "in", tmp_path / "out") == 1
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.split("\n", 1)[-1]  # after the reading bar's line
     assert err.startswith("cxrgen prepare: error:") and err.count("\n") == 1, err
     for text in expected:
         assert text in err, err

@@ -145,9 +145,7 @@ def test_a_registered_method_trains_exports_and_resumes(bias_method, tiny_datase
     assert main([*args, "--max-steps", "3", "--resume", "latest"]) == 0
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["method"] == "bias-only" and run["figures"]["steps"] == 3
-    assert (tmp_path / "biases.safetensors").is_file() and run["outputs"] == {
-        "biases": str(tmp_path / "biases.safetensors")
-    }
+    assert (tmp_path / "biases.safetensors").is_file() and run["outputs"] == {"biases": "biases.safetensors"}
 
 
 def test_an_unknown_method_or_source_names_the_registered_ones(tmp_path, capsys):

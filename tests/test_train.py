@@ -216,7 +216,8 @@ def test_stacked_lora_is_frozen_and_active(lora_run, tiny_dataset, tiny_model, t
     assert (lora_run / LORA).read_bytes() == before and same(weights(lora_run / LORA), earlier)
     new = weights(tmp_path / LORA)
     assert new.keys() == earlier.keys() and not same(new, earlier)  # a new adapter, saved alone
-    assert json.loads((tmp_path / "run.json").read_text())["stack"][0]["path"] == str(lora_run)
+    stacked = json.loads((tmp_path / "run.json").read_text())["stack"][0]["path"]
+    assert not stacked.startswith("/") and (tmp_path / stacked).resolve() == lora_run.resolve()
 
 
 def test_stack_merged_accepts_kohya_files(lora_run, tiny_dataset, tiny_model, tmp_path):

@@ -148,15 +148,13 @@ class Trainer:
         if c.compile:
             self.denoiser_forward = torch.compile(self.denoiser)
         self.peak = peak_flops(self.device, c.peak_tflops)
+        settings = to_dict(c, relative_to=self.out)  # local paths as seen from the run folder
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             import yaml
 
-            settings = to_dict(c, relative_to=self.out)  # local paths as seen from the run folder
             (self.out / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-        self.log = RunLog(
-            self.out, self.accelerator, self.is_main, to_dict(c, relative_to=self.out), self.step if c.resume else None
-        )
+        self.log = RunLog(self.out, self.accelerator, self.is_main, settings, self.step if c.resume else None)
 
     def _optional_split(self, split: str | None) -> PreparedSplit | None:
         if not split:
