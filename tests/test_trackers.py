@@ -47,10 +47,12 @@ def installed(monkeypatch, name, module):
     monkeypatch.setattr(tracking, "_available_trackers", [*tracking._available_trackers, LoggerType(name)])
 
 
-def test_tensorboard_by_default_with_memory_on_the_cpu(tiny_dataset, tiny_model, tmp_path):
+def test_tensorboard_by_default_with_memory_on_the_cpu(tiny_dataset, tiny_model, tmp_path, capfd):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     assert run_training(tiny_dataset, tiny_model, tmp_path) == 0
+    bars = capfd.readouterr().err
+    assert "validation: 100%" in bars and "sample grid: 100%" in bars  # the slow steps beside training show a bar
     events = EventAccumulator(str(tmp_path / "logs"), size_guidance={"images": 0, "scalars": 0}).Reload()
     scalars = events.Tags()["scalars"]
     for tag in ("loss/train", "lr", "perf/rss_gb", "perf/peak_rss_gb", "perf/tflops"):

@@ -154,7 +154,8 @@ def summarize(result: TrainResult) -> int:
     for name, path in result.manifest.outputs.items():
         print(f"  {name:10s} {out / path}")
     print(f"  samples    {out / 'samples'}")
-    print(f"  logs       tensorboard --logdir {out / 'logs'}")
+    if (out / "logs").is_dir():  # with --report-to tensorboard
+        print(f"  logs       tensorboard --logdir {out / 'logs'}")
     print(f"  run        {RunManifest.path(out)}")
     print(f"  card       {out / README}")
     if result.status == "push failed":

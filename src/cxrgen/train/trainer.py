@@ -470,7 +470,8 @@ class Trainer:
             model.eval()
         count = min(c.val_images, len(self.val))
         total = torch.zeros(2, device=self.device)
-        for j in range(self.rank, count, self.world):
+        mine = range(self.rank, count, self.world)
+        for j in tqdm(mine, desc="validation", unit="img", leave=False, dynamic_ncols=True, disable=not self.is_main):
             for k, fraction in enumerate(VAL_TIMESTEPS):
                 per_image, _ = self._loss(
                     [("val", self.val, [j])],
@@ -501,6 +502,8 @@ class Trainer:
             for model in trained.values():
                 model.eval()
             pipe = make_pipeline(self.components, **trained)
+            # the pipeline's own bar over its denoising steps: a grid of a large model takes a while
+            pipe.set_progress_bar_config(disable=False, desc="sample grid", leave=False, dynamic_ncols=True)
             prompts = self.sample_prompts()
             pairs = [(p, s) for p in prompts for s in c.sample_seeds]
             dtype = self.weight_dtype if self.weight_dtype != torch.float32 else None
