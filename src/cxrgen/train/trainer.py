@@ -125,6 +125,7 @@ class Trainer:
             for encoder in self.components.text_encoders:
                 encoder.to("cpu")
             torch.cuda.empty_cache()
+        self._denoiser_to_device()
         optimizer = self._build_optimizer()
         trained_text = [n for n in self.family.trainable_text_encoders if trains_text]
         names = [self.family.denoiser, *trained_text]
@@ -222,14 +223,22 @@ class Trainer:
             keep = any(model is w for w in wholly) or (model is m.vae and vae_fp32)
             if dtype != torch.float32 and not keep:
                 model.to(dtype=dtype)  # cast before the move: the device never holds the float32 copy
-            model.to(self.device)
+            if model is not m.denoiser:  # the denoiser follows once the caches are filled (_denoiser_to_device)
+                model.to(self.device)
         self.family.keep_float32(m.parts, dtype)
-        if self.device.type == "cuda" and self.config.channels_last and self.family.denoiser == "unet":
-            m.denoiser.to(memory_format=torch.channels_last)
         for model in (m.denoiser, *m.text_encoders):  # adapters in a cast module
             for p in model.parameters():
                 if p.requires_grad and p.dtype != torch.float32:
                     p.data = p.data.float()
+
+    def _denoiser_to_device(self) -> None:
+        """The denoiser joins the device after the caches are filled: while the VAE encodes (SDXL's in float32 at
+        1024 px) and the text encoders run (SD 3.5's T5-XXL), its weights (5 GB in bf16 for SDXL and SD 3.5 Medium)
+        would only add to the peak."""
+        m = self.components
+        m.denoiser.to(self.device)
+        if self.device.type == "cuda" and self.config.channels_last and self.family.denoiser == "unet":
+            m.denoiser.to(memory_format=torch.channels_last)
 
     # -- caches ------------------------------------------------------------------------------------------------
     def _latent_cache(self, split: PreparedSplit) -> np.ndarray:
@@ -249,7 +258,10 @@ class Trainer:
                 cache.create(len(split), (2 * m.vae.config.latent_channels, h, h))
             self.accelerator.wait_for_everyone()
             self._require_shared(cache.filling)
-            cache.fill(encode, mine, 8, desc=f"latents {split.folder.name}")
+            # 8 images a batch at 512 px, 2 at 1024: SDXL's VAE encoding 8 at 1024 px in float32 holds 20 GB of
+            # activations (measured on the CPU), more than the cards the 1024 px presets are for
+            batch = max(1, 8 * 512**2 // self.resolution**2)
+            cache.fill(encode, mine, batch, desc=f"latents {split.folder.name}")
             self.accelerator.wait_for_everyone()
             if self.is_main:
                 cache.mark_complete({"images": len(split), "resolution": self.resolution, "model": self.identity})
