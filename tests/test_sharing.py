@@ -96,7 +96,7 @@ def train_args(data, model, out, *extra):
     return [*base, "--max-steps", "2", "--checkpoint-every", "2", *extra]
 
 
-def test_train_pushes_the_run_without_its_checkpoints(tiny_dataset, tiny_model, tmp_path, monkeypatch, capsys):
+def test_train_pushes_the_run_without_its_checkpoints(tiny_dataset, tiny_model, tmp_path, monkeypatch, capsys, caplog):
     hub = FakeHub(monkeypatch)
     out = tmp_path / "run"
     assert main(train_args(tiny_dataset, tiny_model, out, "--push-to-hub", "me/cxr-lora", "--hub-private")) == 0
@@ -116,9 +116,10 @@ def test_train_pushes_the_run_without_its_checkpoints(tiny_dataset, tiny_model, 
     assert b'load_lora_weights("me/cxr-lora"' in sent["README.md"]
     assert (out / "checkpoints").is_dir()  # kept here, never sent
     assert "pushed to https://huggingface.co/me/cxr-lora/commit/0123abcd" in capsys.readouterr().out
+    assert "public repo" not in caplog.text  # --hub-private: no reminder
 
 
-def test_generate_pushes_the_set_without_its_journal(smoke_run, tmp_path, monkeypatch):
+def test_generate_pushes_the_set_without_its_journal(smoke_run, tmp_path, monkeypatch, caplog):
     hub = FakeHub(monkeypatch)
     out = tmp_path / "set"
     args = ["generate", "--out", str(out), "--run", str(smoke_run), "--n", "2", "--steps", "2", "--age", "50"]
@@ -132,6 +133,7 @@ def test_generate_pushes_the_set_without_its_journal(smoke_run, tmp_path, monkey
         "train/0000/syn0000001.png",
     }
     assert (out / ".journal").is_dir()
+    assert "pushing to a public repo what was made from PadChest" in caplog.text  # the phantoms are PadChest's
 
 
 def test_push_is_checked_before_any_work(tiny_dataset, tiny_model, tmp_path, monkeypatch, capsys):

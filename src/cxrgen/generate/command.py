@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..contracts import GenerateManifest, metadata_path
 from ..sharing.cards import README
 from ..sharing.hub import push
+from ..sharing.terms import data_source
 from .config import GenerateConfig
 from .runner import GenerateResult, Generator
 
@@ -13,9 +14,11 @@ Config = GenerateConfig
 
 def run(config: GenerateConfig) -> GenerateResult:
     """Generate; with --push-to-hub, push the set once it is complete (not while shards remain)."""
-    result = Generator(config).run()
+    generator = Generator(config)
+    result = generator.run()
     if config.push_to_hub and result.manifest is not None:
-        result.pushed = push(result.out, config.push_to_hub, "dataset", config.hub_private, "cxrgen generate")
+        source = data_source(generator.source.data)
+        result.pushed = push(result.out, config.push_to_hub, "dataset", config.hub_private, "cxrgen generate", source)
     return result
 
 

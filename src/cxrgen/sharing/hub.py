@@ -13,6 +13,7 @@ from typing import Literal
 
 from ..config import ConfigError
 from ..errors import UserError
+from .terms import restricted, terms_of
 
 log = logging.getLogger(__name__)
 RepoType = Literal["model", "dataset"]
@@ -50,10 +51,19 @@ def files_to_push(folder: Path) -> list[Path]:
     return files
 
 
-def push(folder: Path, repo_id: str, repo_type: RepoType, private: bool, message: str) -> str:
-    """Create the repo if needed and commit the folder's shareable files; returns the commit's URL."""
+def push(
+    folder: Path, repo_id: str, repo_type: RepoType, private: bool, message: str, source: str | None = None
+) -> str:
+    """Create the repo if needed and commit the folder's shareable files; returns the commit's URL. `source`: the
+    release the data came from, whose terms a public push is reminded of."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    if restricted(source) and not private:
+        log.warning(
+            "pushing to a public repo what was made from %s: its terms limit who may receive it (see the card); "
+            "--hub-private creates the repo private",
+            terms_of(source).split(":", 1)[0],
+        )
     files = files_to_push(folder)
     operations = [CommitOperationAdd(path.relative_to(folder).as_posix(), str(path)) for path in files]
     api = HfApi()

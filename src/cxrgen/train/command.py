@@ -15,6 +15,7 @@ from ..contracts import PrepareManifest, RunManifest
 from ..provenance import portable
 from ..sharing.cards import README, model_card
 from ..sharing.hub import HubError, push
+from ..sharing.terms import data_source
 from .config import TrainConfig
 from .methods import Exported
 from .metrics import peak_resident_gb
@@ -63,7 +64,8 @@ def run(config: TrainConfig) -> TrainResult:
     (out / README).write_text(model_card(out, manifest, trainer.sample_prompts(), config.push_to_hub))
     if config.push_to_hub:
         try:
-            url = push(out, config.push_to_hub, "model", config.hub_private, f"cxrgen train: {config.method}")
+            source = data_source(config.data)
+            url = push(out, config.push_to_hub, "model", config.hub_private, f"cxrgen train: {config.method}", source)
         except HubError as exc:
             return TrainResult(out, "push failed", manifest, str(exc))
         print(f"pushed to {url}")
