@@ -33,29 +33,9 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A prepared dataset of 64 px phantom radiographs with train/val/test splits."""
-    from cxrgen.imaging import ImageConfig
-    from cxrgen.phantom import write_release
-    from cxrgen.prepare.command import PrepareConfig, run
-    from cxrgen.prepare.filters import FilterConfig
-    from cxrgen.prepare.qc import QCConfig
-    from cxrgen.prepare.splits import SplitConfig
+    from helpers import prepare_phantoms
 
-    root = tmp_path_factory.mktemp("phantom")
-    write_release(root / "release", n=40, seed=3, size=256)
-    out = root / "prepared"
-    run(
-        PrepareConfig(
-            source="padchest",
-            csv=str(root / "release" / "phantom_padchest.csv.gz"),
-            images=str(root / "release"),
-            out=str(out),
-            workers=1,
-            filters=FilterConfig(),
-            image=ImageConfig(resolution=64),
-            qc=QCConfig(min_side=64, contact_sheet=0),
-            splits=SplitConfig(train=0.6, val=0.2, test=0.2),
-        )
-    )
+    out = prepare_phantoms(tmp_path_factory.mktemp("phantom"), n=40, seed=3, resolution=64)
     assert (out / "val" / "metadata.jsonl").read_text().strip(), "the fixture needs a val split"
     return out
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -427,3 +429,47 @@ def colour_photo(h: int = 240, w: int = 200) -> np.ndarray:
     """A colour picture: hues across the image, the X-ray's structure in blue."""
     yy, xx = np.mgrid[0:h, 0:w]
     return np.stack([xx * 255 // w, yy * 255 // h, xray(h, w, seed=0, bits=8)], axis=2).astype(np.uint8)
+
+
+def prepare_phantoms(root: Path, n: int, seed: int, resolution: int) -> Path:
+    """A phantom PadChest release under `root`, prepared at `resolution` px with train/val/test splits."""
+    from cxrgen.imaging import ImageConfig
+    from cxrgen.phantom import write_release
+    from cxrgen.prepare.command import PrepareConfig, run
+    from cxrgen.prepare.qc import QCConfig
+    from cxrgen.prepare.splits import SplitConfig
+
+    write_release(root / "release", n=n, seed=seed, size=256)
+    out = root / f"prepared-{resolution}"
+    run(
+        PrepareConfig(
+            source="padchest",
+            csv=str(root / "release" / "phantom_padchest.csv.gz"),
+            images=str(root / "release"),
+            out=str(out),
+            workers=1,
+            image=ImageConfig(resolution=resolution),
+            qc=QCConfig(min_side=64, contact_sheet=0),
+            splits=SplitConfig(train=0.6, val=0.2, test=0.2),
+        )
+    )
+    return out
+
+
+@contextmanager
+def training_stops_after(step: int) -> Iterator[None]:
+    """Training is interrupted (as by Ctrl-C) once `step`'s periodic work (validation, samples, checkpoint) is done."""
+    from cxrgen.train import trainer
+
+    real = trainer.Trainer._periodic
+
+    def periodic(self: trainer.Trainer) -> None:
+        real(self)
+        if self.step == step:
+            raise KeyboardInterrupt
+
+    trainer.Trainer._periodic = periodic
+    try:
+        yield
+    finally:
+        trainer.Trainer._periodic = real

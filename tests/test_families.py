@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import training_stops_after
 from safetensors.torch import load_file
 
 from cxrgen.cli import main
-from cxrgen.train import trainer as trainer_module
 
 FAMILIES = ["sdxl", "sd3"]
 LORA = "lora/pytorch_lora_weights.safetensors"
@@ -177,19 +177,11 @@ def test_a_family_preset_refuses_another_family(tiny_model, tiny_dataset, tmp_pa
     assert "is a sd model (StableDiffusionPipeline), not sdxl" in capsys.readouterr().err
 
 
-def test_resume_after_interruption_equals_uninterrupted(family_run, tiny_dataset, tmp_path, monkeypatch):
+def test_resume_after_interruption_equals_uninterrupted(family_run, tiny_dataset, tmp_path):
     _, model, reference = family_run
-    real = trainer_module.Trainer._periodic
-
-    def interrupt_at_3(self):
-        real(self)
-        if self.step == 3:
-            raise KeyboardInterrupt
-
     args = ["--max-steps", "4", "--optim.learning-rate", "1e-2"]
-    monkeypatch.setattr(trainer_module.Trainer, "_periodic", interrupt_at_3)
-    assert train(tiny_dataset, model, tmp_path, *args) == 130
-    monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
+    with training_stops_after(3):
+        assert train(tiny_dataset, model, tmp_path, *args) == 130
     assert train(tiny_dataset, model, tmp_path, *args, "--resume", "latest") == 0
     resumed, uninterrupted = load_file(tmp_path / LORA), load_file(reference / LORA)
     assert resumed.keys() == uninterrupted.keys()

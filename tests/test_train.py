@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import prepare_phantoms, training_stops_after
 from safetensors.torch import load_file
 
 from cxrgen.cli import main
@@ -115,20 +116,10 @@ def test_lora_loads_in_plain_diffusers_and_changes_images(lora_run, tiny_model):
     assert version(1024, "epsilon") == "sd_v2_512"
 
 
-def test_resume_after_interruption_equals_uninterrupted(
-    lora_run, tiny_dataset, tiny_model, tmp_path, monkeypatch, capsys
-):
-    real = trainer_module.Trainer._periodic
-
-    def interrupt_at_5(self):
-        real(self)
-        if self.step == 5:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_module.Trainer, "_periodic", interrupt_at_5)
-    assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6") == 130
+def test_resume_after_interruption_equals_uninterrupted(lora_run, tiny_dataset, tiny_model, tmp_path, capsys):
+    with training_stops_after(5):
+        assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6") == 130
     assert (tmp_path / "checkpoints" / "step-0000004").is_dir() and not (tmp_path / "lora").exists()
-    monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
     assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6") == 2  # refuses to overwrite a run
     assert train(tiny_dataset, tiny_model, tmp_path, "--max-steps", "6", "--resume", "latest", "--seed", "7") == 2
     assert "cannot continue exactly with --seed 7 (was 0)" in capsys.readouterr().err
@@ -440,26 +431,7 @@ def test_preset_layers_under_flags(tiny_dataset, tiny_model, capsys):
 
 def test_cpu_smoke_trains_at_64_px_on_larger_images(tiny_model, tmp_path, capsys):
     """cpu-smoke checks a setup in seconds: a 128 px dataset trains at the tiny model's 64 px unless told otherwise."""
-    from cxrgen.imaging import ImageConfig
-    from cxrgen.phantom import write_release
-    from cxrgen.prepare.command import PrepareConfig, run
-    from cxrgen.prepare.qc import QCConfig
-    from cxrgen.prepare.splits import SplitConfig
-
-    write_release(tmp_path / "release", n=20, seed=5, size=256)
-    data = tmp_path / "prepared-128"
-    run(
-        PrepareConfig(
-            source="padchest",
-            csv=str(tmp_path / "release" / "phantom_padchest.csv.gz"),
-            images=str(tmp_path / "release"),
-            out=str(data),
-            workers=1,
-            image=ImageConfig(resolution=128),
-            qc=QCConfig(min_side=64, contact_sheet=0),
-            splits=SplitConfig(train=0.6, val=0.2, test=0.2),
-        )
-    )
+    data = prepare_phantoms(tmp_path, n=20, seed=5, resolution=128)
     assert train(data, tiny_model, tmp_path / "run") == 0
     assert json.loads((tmp_path / "run" / "run.json").read_text())["resolution"] == 64
     capsys.readouterr()
@@ -478,7 +450,7 @@ def test_training_far_above_the_models_size_is_warned_of(caplog):
     assert "64x as much" in message and "Pass --resolution 64" in message
 
 
-def test_full_with_ema_resumes_exactly(tiny_dataset, tiny_model, tmp_path, monkeypatch):
+def test_full_with_ema_resumes_exactly(tiny_dataset, tiny_model, tmp_path):
     args = [
         "--method",
         "full",
@@ -495,16 +467,8 @@ def test_full_with_ema_resumes_exactly(tiny_dataset, tiny_model, tmp_path, monke
         "1e-4",
     ]
     assert train(tiny_dataset, tiny_model, tmp_path / "reference", *args) == 0
-    real = trainer_module.Trainer._periodic
-
-    def interrupt_at_3(self):
-        real(self)
-        if self.step == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_module.Trainer, "_periodic", interrupt_at_3)
-    assert train(tiny_dataset, tiny_model, tmp_path / "resumed", *args) == 130
-    monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
+    with training_stops_after(3):
+        assert train(tiny_dataset, tiny_model, tmp_path / "resumed", *args) == 130
     assert train(tiny_dataset, tiny_model, tmp_path / "resumed", *args, "--resume", "latest") == 0
     unet = "pipeline/unet/diffusion_pytorch_model.safetensors"
     assert same(weights(tmp_path / "resumed" / unet), weights(tmp_path / "reference" / unet))  # the EMA weights
@@ -689,23 +653,15 @@ def test_safetensors_metadata_is_written_in_one_order(tmp_path):
         assert fh.metadata() == metadata and torch.equal(fh.get_tensor("b"), torch.ones(3))
 
 
-def test_every_output_of_a_resumed_run_is_the_same_bytes(tiny_dataset, tiny_model, tmp_path, monkeypatch):
+def test_every_output_of_a_resumed_run_is_the_same_bytes(tiny_dataset, tiny_model, tmp_path):
     """Weights, card and sample grids byte for byte; the records of time (logs, run.json's speeds) aside."""
     import yaml
 
     args = ["--max-steps", "4", "--checkpoint-every", "2", "--sample-every", "2"]
     whole, resumed = tmp_path / "a" / "run", tmp_path / "b" / "run"  # same name and depth: the same card
     assert train(tiny_dataset, tiny_model, whole, *args) == 0
-    real = trainer_module.Trainer._periodic
-
-    def interrupt_at_3(self):
-        real(self)
-        if self.step == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_module.Trainer, "_periodic", interrupt_at_3)
-    assert train(tiny_dataset, tiny_model, resumed, *args) == 130
-    monkeypatch.setattr(trainer_module.Trainer, "_periodic", real)
+    with training_stops_after(3):
+        assert train(tiny_dataset, tiny_model, resumed, *args) == 130
     assert train(tiny_dataset, tiny_model, resumed, *args, "--resume", "latest") == 0
 
     def files(run):  # but TensorBoard's logs, whose files are named and stamped by the clock

@@ -28,16 +28,15 @@ from .train.vae import fit_vae
 
 STAGES = 6
 MEASURED_CORES = 2
-# Each stage's seconds with the default settings, and other processes' load meanwhile (the 1-minute load average
-# less the demo's own 2 threads), measured on the development machine (2 CPU cores, issue 19: `cxrgen demo --out
-# /tmp/demo-idle`, 254 s in all, nothing else running).
-MEASURED = {
-    "phantom release": (12.0, 0.0),
-    "prepare": (1.0, 0.0),
-    "tiny model": (169.0, 0.0),
-    "training": (25.0, 0.0),
-    "synthetic set": (7.0, 0.0),
-    "evaluation": (40.0, 0.0),
+# Each stage's seconds with the default settings on an idle machine, measured on the development machine (2 CPU
+# cores, issue 19: `cxrgen demo --out /tmp/demo-idle`, 254 s in all, nothing else running).
+IDLE_SECONDS = {
+    "phantom release": 12.0,
+    "prepare": 1.0,
+    "tiny model": 169.0,
+    "training": 25.0,
+    "synthetic set": 7.0,
+    "evaluation": 40.0,
 }
 BUSY = 0.5  # other processes' load per core above which the machine is called busy
 
@@ -63,9 +62,6 @@ def slowdown(load: float, cores: int) -> float:
     """How many times longer the demo takes beside `load` other runnable threads than alone: its PyTorch stages use
     every core, so sharing them leaves it cores / (cores + load) of the machine."""
     return 1 + max(load, 0.0) / max(cores, 1)
-
-
-IDLE_SECONDS = {name: s / slowdown(load, MEASURED_CORES) for name, (s, load) in MEASURED.items()}
 
 
 @dataclass(frozen=True)

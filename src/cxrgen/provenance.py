@@ -62,13 +62,19 @@ def provenance() -> dict[str, Any]:
 def portable(value: str, root: str | Path) -> str:
     """A local path as seen from `root`, the output folder that records it ('../prepared'), in POSIX form; the
     path part of 'name=PATH' and 'PATH:weight' forms likewise. Hub ids and other words stay as they are."""
-    for head, sep, tail in (("", "", value), (*value.partition("=")[:2], value.partition("=")[2])):
-        if tail and (Path(tail).expanduser().is_absolute() or Path(tail).exists()):
-            return head + sep + _relative(tail, root)
+    if _is_local(value):
+        return _relative(value, root)
+    name, sep, path = value.partition("=")
+    if sep and _is_local(path):
+        return f"{name}={_relative(path, root)}"
     path, sep, weight = value.rpartition(":")
     if sep and path and Path(path).exists():
         return _relative(path, root) + sep + weight
     return value
+
+
+def _is_local(value: str) -> bool:
+    return bool(value) and (Path(value).expanduser().is_absolute() or Path(value).exists())
 
 
 def _relative(path: str, root: str | Path) -> str:
