@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..fileio import read_jsonl_lines, remove_stale_temps, stat_digest
 from ..model.loading import set_offline_if_local
 from ..model.lora import lora_digest
 from ..model.sampling import image_seed, sample_images, text_windows, to_uint
-from ..model.source import ModelSource, load_sampling_pipeline
+from ..model.source import ModelSource, PipelineLoader, load_sampling_pipeline
 from ..prompts import PromptBuilder, PromptConfig
 from ..provenance import portable
 from ..sharing.cards import README, dataset_card
@@ -81,6 +82,43 @@ def plan_items(config: GenerateConfig) -> list[cond.Item]:
     )
 
 
+def plan_prompts(
+    items: list[cond.Item], source: ModelSource, like: str | None, tokenizer: Any, allow_unknown: bool = False
+) -> list[str]:
+    """The prompt of each item, in the words the model was trained with: findings are named as the training data
+    (else --like's) names them, unknown names are refused with the closest ones, and a prompt too long for the
+    tokenizer drops what the prompt settings say to drop. Used by `Generator` and by the app's prompt preview."""
+    # the data the model was trained on (else --like's): known names for the warnings, and the finding counts
+    # that rank findings when a prompt must drop some (keep_findings rarest/commonest), as prepare ranked them
+    data = source.data
+    reference = data if data is not None and data.is_dir() else like
+    vocabulary = load_vocabulary(reference) if reference else Vocabulary()
+    labels = vocabulary.label_counts()
+    prompts = source.prompts
+    assert prompts is not None  # resolve_source always settles them
+    if prompts.keep_findings != "first" and not labels:
+        log.warning(
+            "keep_findings %s ranks findings by their counts in the training data, which is not at "
+            "hand: findings are dropped last first",
+            prompts.keep_findings,
+        )
+    if vocabulary.labels:  # before the prompts: names are spelled as training spelled them
+        cond.check_names(items, vocabulary, allow_unknown)
+    elif any(item.conditions is not None and item.conditions.findings for item in items):
+        log.warning(
+            "finding names are not checked against the training data (%s): give --like DATASET to check them",
+            data or "not recorded",
+        )
+    builder = PromptBuilder(prompts, tokenizer=tokenizer, label_counts=labels)
+    texts = [item.prompt if item.prompt is not None else builder.build(item.conditions).text for item in items]
+    if not all(texts):
+        raise ConfigError(
+            f"the prompt template {builder.config.template_text!r} makes no words from these conditions (a model "
+            "trained on captions?): give --prompt, a conditions file with a prompt column, or --prompts.level"
+        )
+    return texts
+
+
 def image_id(index: int) -> str:
     return f"syn{index:07d}"
 
@@ -127,7 +165,8 @@ class Generator:
     # and the thread would only contend for the GIL. None: decide by the device.
     overlap_writes: bool | None = None
 
-    def __init__(self, config: GenerateConfig):
+    def __init__(self, config: GenerateConfig, load: PipelineLoader = load_sampling_pipeline):
+        """`load` makes the pipeline (the app passes one that keeps a loaded model between requests)."""
         from accelerate import PartialState
 
         if config.dicom:
@@ -145,7 +184,7 @@ class Generator:
             raise ConfigError("nothing to generate")
         set_offline_if_local(self.source.base.base)
         self.dtype = compute_dtype(config.dtype, self.state.device)
-        self.pipe, components, self.loras_merged = load_sampling_pipeline(
+        self.pipe, components, self.loras_merged = load(
             self.source, config.sampler, self.dtype, self.state.device, config.merge_loras
         )
         if config.compile:
@@ -158,7 +197,7 @@ class Generator:
         self.components = components
         self.tokenizer = components.tokenizer
         self.resolution = self.source.resolution or components.native_resolution
-        self.prompts = self._prompts()
+        self.prompts = plan_prompts(self.items, self.source, config.like, self.tokenizer, config.allow_unknown_names)
         self.seeds = [
             item.seed if item.seed is not None else image_seed(config.seed, i) for i, item in enumerate(self.items)
         ]
@@ -195,37 +234,6 @@ class Generator:
         self.study: Study | None = None  # opened when the run starts: its date is when generation began
 
     # -- planning ----------------------------------------------------------------------------------------------
-    def _prompts(self) -> list[str]:
-        # the data the model was trained on (else --like's): known names for the warnings, and the finding counts
-        # that rank findings when a prompt must drop some (keep_findings rarest/commonest), as prepare ranked them
-        data = self.source.data
-        reference = data if data is not None and data.is_dir() else self.config.like
-        vocabulary = load_vocabulary(reference) if reference else Vocabulary()
-        labels = vocabulary.label_counts()
-        prompts = self.source.prompts
-        assert prompts is not None  # resolve_source always settles them
-        if prompts.keep_findings != "first" and not labels:
-            log.warning(
-                "keep_findings %s ranks findings by their counts in the training data, which is not at "
-                "hand: findings are dropped last first",
-                prompts.keep_findings,
-            )
-        if vocabulary.labels:  # before the prompts: names are spelled as training spelled them
-            cond.check_names(self.items, vocabulary, self.config.allow_unknown_names)
-        elif any(item.conditions is not None and item.conditions.findings for item in self.items):
-            log.warning(
-                "finding names are not checked against the training data (%s): give --like DATASET to check them",
-                data or "not recorded",
-            )
-        builder = PromptBuilder(prompts, tokenizer=self.tokenizer, label_counts=labels)
-        texts = [item.prompt if item.prompt is not None else builder.build(item.conditions).text for item in self.items]
-        if not all(texts):
-            raise ConfigError(
-                f"the prompt template {builder.config.template_text!r} makes no words from these conditions (a model "
-                "trained on captions?): give --prompt, a conditions file with a prompt column, or --prompts.level"
-            )
-        return texts
-
     def _batches(self) -> list[list[int]]:
         n, b = len(self.items), self.config.batch_size
         if not self.source.long_prompts:
@@ -293,7 +301,8 @@ class Generator:
         return conditions.structured() if conditions is not None else {}
 
     # -- run ---------------------------------------------------------------------------------------------------
-    def run(self) -> GenerateResult:
+    def run(self, progress: Callable[[int, int], None] | None = None) -> GenerateResult:
+        """Sample and write what is not done yet; `progress(steps done, steps in all)` after each sampling step."""
         c = self.config
         prompts, seeds, ids, sampler = self.prompts, self.seeds, self.identities, self.sampler
         done = self.done()
@@ -316,6 +325,13 @@ class Generator:
             disable=not self.state.is_local_main_process,
         )
         start = time.perf_counter()
+        steps_done, steps_total = 0, len(todo) * c.steps
+
+        def on_step() -> None:
+            nonlocal steps_done
+            steps_done += 1
+            if progress is not None:
+                progress(steps_done, steps_total)
 
         def write_batch(batch: list[int], images: Any) -> None:
             for i, pixels in zip(batch, to_uint(images, c.bits), strict=True):
@@ -341,6 +357,7 @@ class Generator:
                     c.negative_prompt,
                     self.source.long_prompts,
                     self.resolution,
+                    on_step=on_step,
                 )
                 sampled.append(time.perf_counter())
                 if writing is not None:

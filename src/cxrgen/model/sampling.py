@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -75,6 +76,7 @@ def sample_images(
     resolution: int = 512,
     autocast_dtype: torch.dtype | None = None,
     grayscale: bool = True,
+    on_step: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Float32 in [0, 1], one image per (prompt, seed) pair, `resolution` pixels a side: (n, h, w) grayscale, or
     (n, h, w, 3).
@@ -89,6 +91,7 @@ def sample_images(
         resolution=resolution,
         autocast_dtype=autocast_dtype,
         grayscale=grayscale,
+        on_step=on_step,
     )
     family = pipeline_family(pipe)
     if long_prompts:
@@ -122,9 +125,20 @@ def sample_images(
             height=resolution,
             width=resolution,
             output_type="np",
+            **({"callback_on_step_end": _calling(on_step)} if on_step else {}),
         ).images
     out = np.asarray(out, dtype=np.float32)
     return out.mean(axis=-1) if grayscale else out
+
+
+def _calling(on_step: Callable[[], None]) -> Callable[..., dict[str, Any]]:
+    """A diffusers step-end callback that calls `on_step` and changes nothing."""
+
+    def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step()
+        return tensors
+
+    return callback
 
 
 def to_uint(images: np.ndarray, bits: int = 8) -> np.ndarray:

@@ -3,6 +3,7 @@ pipeline built from them. Used by generation and by evaluation's forgetting test
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,11 @@ def _in_run(run_dir: Path, path: str) -> str:
     """A path run.json records, which is relative to the run folder when local (a hub id stays one)."""
     inside = run_dir / path
     return str(inside) if not Path(path).is_absolute() and inside.exists() else path
+
+
+# (source, sampler, dtype, device, merge_loras) -> (pipeline, components, LoRAs merged): the signature of
+# `load_sampling_pipeline`, which a caller keeping a model loaded between runs (the app) replaces
+PipelineLoader = Callable[[ModelSource, Sampler | None, torch.dtype, Any, bool], tuple[Any, Components, bool]]
 
 
 def load_sampling_pipeline(
