@@ -99,6 +99,11 @@ def test_every_bad_input_is_in_rejected_csv(prepared):
         assert reasons[fields["ImageID"]].startswith(reason)
     assert reasons["lateral_j10.png"] == "filter: projection L"
     assert (prepared / "rejected").is_dir() and (prepared / "contact_sheets" / "rejected.png").exists()
+    # quality control's rejections name their kept copy (what the app shows); the others have none
+    qc = [row for row in rejected(prepared) if row["reason"].startswith("qc:")]
+    assert qc and all((prepared / row["file_name"]).is_file() for row in qc)
+    assert all(row["file_name"].startswith("rejected/") for row in qc)
+    assert all(not row["file_name"] for row in rejected(prepared) if not row["reason"].startswith("qc:"))
 
 
 def test_no_patient_in_two_splits(prepared):

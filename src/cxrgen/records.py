@@ -223,6 +223,11 @@ class Record(Conditions):
         return cls(**kwargs)
 
 
+def age_band(age: int | None) -> str | None:
+    """The decade an age falls in ("40-49"), as counts per age are shown."""
+    return None if age is None else f"{age // 10 * 10}-{age // 10 * 10 + 9}"
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A row or image that did not make it into the dataset, and why."""
@@ -230,6 +235,7 @@ class Rejection:
     row: int | None
     path: str
     reason: str
+    file_name: str = ""  # the converted image kept in the dataset folder (rejected/...), for quality control's
 
 
 class PatientKeyer:

@@ -298,7 +298,8 @@ def _finish(
                 continue
             flags = qc_flags(ImageStats(**result.stats), config.qc)
             if flags and config.qc.reject:
-                rejections.append(Rejection(r.row, r.image, "qc: " + "; ".join(flags)))
+                kept_at = f"{REJECTED_DIR}/{image_file(r.id)}"
+                rejections.append(Rejection(r.row, r.image, "qc: " + "; ".join(flags), kept_at))
                 qc_rejected.append((r, flags[0]))
                 _place(out, r.id, REJECTED_DIR)
                 continue
@@ -320,7 +321,11 @@ def _finish(
         if rows[split] or metadata_path(out, split).exists():
             write_metadata(out, split, rows[split])
     rejections.sort(key=lambda x: (x.row if x.row is not None else -1, x.path))
-    write_csv(out / "rejected.csv", ["row", "path", "reason"], ((x.row, x.path, x.reason) for x in rejections))
+    write_csv(
+        out / "rejected.csv",
+        ["row", "path", "reason", "file_name"],
+        ((x.row, x.path, x.reason, x.file_name) for x in rejections),
+    )
     write_csv(
         out / SOURCE_INDEX,
         ["id", "split", "file_name", "source_row", "source_path"],

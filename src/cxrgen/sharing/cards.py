@@ -14,7 +14,7 @@ from ..contracts import RunManifest, read_metadata
 from ..model.families import FAMILIES
 from ..prompts import LEVELS, PromptBuilder, PromptConfig
 from ..provenance import file_sha256
-from ..records import Record
+from ..records import Record, age_band
 from ..synthetic_mark import DIGITAL_SOURCE_TYPE
 from .terms import data_source, terms_of
 
@@ -262,7 +262,7 @@ def _contents(rows: list[dict[str, Any]]) -> str:
         tally = Counter("-" if v is None else v for v in values)
         return f"**{title}**\n\n" + _table([title, "images"], [list(kv) for kv in tally.most_common(top)]) + "\n"
 
-    ages = [None if r.get("age") is None else f"{r['age'] // 10 * 10}-{r['age'] // 10 * 10 + 9}" for r in rows]
+    ages = [age_band(r.get("age")) for r in rows]
     findings = [f["label"] for r in rows for f in r.get("findings") or []]
     text = "## Contents: images per condition\n"
     text += counts("sex", [r.get("sex") for r in rows]) + counts("age", ages)
