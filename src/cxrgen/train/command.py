@@ -19,6 +19,7 @@ from ..sharing.terms import data_source
 from .config import TrainConfig
 from .methods import Exported
 from .metrics import peak_resident_gb
+from .running import running
 from .trainer import Trainer, TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ class TrainResult:
 def run(config: TrainConfig) -> TrainResult:
     """Train as `config` says. A run that diverges or runs out of GPU memory returns its status and what to do;
     the last good checkpoint is kept for `--resume latest`."""
+    with running(config.out):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainResult:
     start = time.perf_counter()
     out = Path(config.out)
     try:
