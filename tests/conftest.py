@@ -49,3 +49,15 @@ def smoke_run(tiny_dataset, tiny_model, tmp_path_factory):
     args = ["train", "--preset", "cpu-smoke", "--data", str(tiny_dataset), "--model.base", str(tiny_model)]
     assert main([*args, "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory):
+    """`cxrgen demo` with small settings: a prepared dataset, a finished LoRA run, a synthetic set and an
+    evaluation, as the app is pointed at (treat as read-only)."""
+    from cxrgen.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo-output"
+    args = ["demo", "--out", str(out), "--n", "48", "--vae-steps", "4", "--steps", "4", "--images", "8"]
+    assert main([*args, "--workers", "1"]) == 0
+    return out

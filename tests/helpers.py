@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -473,3 +474,26 @@ def training_stops_after(step: int) -> Iterator[None]:
         yield
     finally:
         trainer.Trainer._periodic = real
+
+
+@contextmanager
+def serving_app(*args: str) -> Iterator[Any]:
+    """`cxrgen app` with these flags on a free local port, serving on a thread; yields the `App` (`.url`)."""
+    import threading
+
+    from cxrgen.app.command import AppConfig, start
+    from cxrgen.cli import build_parser
+    from cxrgen.config import load, namespace_to_overrides
+
+    parsed = build_parser("app").parse_args(["app", "--port", "0", *args])
+    config = load(AppConfig, None, namespace_to_overrides(parsed))
+    app, server = start(config)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        app.ready.wait(120)  # torch and diffusers imported: what a generation request waits for anyway
+        yield app
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.close()

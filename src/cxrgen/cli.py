@@ -100,6 +100,18 @@ COMMANDS = (
         "intervals, training loss curves and plots, from <folder>/metrics.json.",
     ),
     Command(
+        "app",
+        "cxrgen.app.command",
+        "a local web page: browse datasets, compose and generate, watch training, read reports",
+        "A page in the browser over the same library: prepared datasets (counts, filtered images, what quality\n"
+        "control rejected), generation from structured conditions with the exact prompt and a progress bar,\n"
+        "training runs' curves and sample grids, and evaluation reports. Offline; local unless --host and --auth.",
+        "examples:\n"
+        "  cxrgen app --data demo-output/prepared --runs demo-output/run --evals demo-output/evaluation\n"
+        "  cxrgen app --data data/ --runs runs/ --evals eval/      # folders of datasets, runs and evaluations\n"
+        "  cxrgen app --runs runs/ --host 0.0.0.0 --auth alice:s3cret   # reachable by others, with a password",
+    ),
+    Command(
         "vocab",
         "cxrgen.prepare.vocab",
         "list a dataset's finding labels and locations, with counts per split and other spellings",

@@ -1,0 +1,1 @@
+"""`cxrgen app`: a local web page over the library (datasets, generation, training runs, reports)."""
