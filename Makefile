@@ -48,6 +48,7 @@ benchmarks: $(STAMP)
 	$(if $(DREAMBOOTH_SD3_SCRIPT),$(BIN)/python benchmarks/train_speed.py --family sd3 --script $(DREAMBOOTH_SD3_SCRIPT),@echo "train_speed.py --family sd3 skipped: set DREAMBOOTH_SD3_SCRIPT")
 	$(BIN)/python benchmarks/generate_speed.py
 	$(BIN)/python benchmarks/evaluate_speed.py
+	$(if $(wildcard demo-output/run/run.json),$(BIN)/python benchmarks/app_speed.py --demo demo-output,@echo "app_speed.py skipped: run make demo first")
 	$(BIN)/python benchmarks/interval_coverage.py
 	$(BIN)/python benchmarks/learns_conditions.py
 

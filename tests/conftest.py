@@ -54,8 +54,14 @@ def smoke_run(tiny_dataset, tiny_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_output(tmp_path_factory):
     """`cxrgen demo` with small settings: a prepared dataset, a finished LoRA run, a synthetic set and an
-    evaluation, as the app is pointed at (treat as read-only)."""
+    evaluation, as the app is pointed at (treat as read-only). CXRGEN_DEMO_OUTPUT=DIR uses a demo already made
+    (`make demo`), as for the screenshots in docs/."""
+    from pathlib import Path
+
     from cxrgen.cli import main
+
+    if os.environ.get("CXRGEN_DEMO_OUTPUT"):
+        return Path(os.environ["CXRGEN_DEMO_OUTPUT"]).resolve()
 
     out = tmp_path_factory.mktemp("demo") / "demo-output"
     args = ["demo", "--out", str(out), "--n", "48", "--vae-steps", "4", "--steps", "4", "--images", "8"]

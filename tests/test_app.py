@@ -301,4 +301,4 @@ def test_runs_are_looked_up_on_each_request(tmp_path, demo_output):
         shutil.copytree(demo_output / "run", runs / "b")  # a run started after the app is found
         assert len(get_json(url, "/api/overview")["runs"]) == 2
         shutil.rmtree(runs / "a")
-        assert [r["name"] for r in get_json(url, "/api/overview")["runs"]] == [f"{runs}/b"]
+        assert [r["name"] for r in get_json(url, "/api/overview")["runs"]] == [f"{runs.parent.name}/runs/b"]

@@ -33,6 +33,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     assert "yours differ (--n 48, --vae-steps 4, --steps 4, --images 8)" in printed
     report = out / "evaluation" / "report.html"
     assert str(report) in printed and "--model.base" in printed  # where things are, and how to go real
+    assert f"cxrgen app --data {out / 'prepared'} --runs {out / 'run'} --evals {out / 'evaluation'}" in printed
     html = report.read_text()
     for section in ("Fidelity", "Diversity", "Memorization", "Samples", "Training"):
         assert section.lower() in html.lower(), section

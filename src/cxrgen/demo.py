@@ -230,6 +230,7 @@ def run(config: DemoConfig) -> Path:
         ("report", report),
     ):
         print(f"  {label:17s} {path}")
+    print(f"Look at them in the browser: cxrgen app --data {data} --runs {run_dir} --evals {evaluation}")
     print(
         "\nThe tiny model learns little in a few CPU minutes; "
         "benchmarks/learns_conditions.py measures what training learns."

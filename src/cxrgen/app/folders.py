@@ -52,13 +52,21 @@ def discover(kind: Kind, given: list[str]) -> list[Folder]:
     found: dict[Path, Folder] = {}
     for text in given:
         root = Path(text).expanduser().resolve()
-        candidates = [(root, text)]
+        shown = shown_name(text)
+        candidates = [(root, shown)]
         if not RECOGNISE[kind](root) and root.is_dir():
-            candidates = [(p, f"{text.rstrip('/')}/{p.name}") for p in sorted(root.iterdir()) if p.is_dir()]
+            candidates = [(p, f"{shown}/{p.name}") for p in sorted(root.iterdir()) if p.is_dir()]
         for path, name in candidates:
             if RECOGNISE[kind](path) and path not in found:
                 found[path] = Folder(kind, folder_id(path), path, name)
     return list(found.values())
+
+
+def shown_name(given: str) -> str:
+    """A folder as the page names it: as given when relative, else its last two parts (a page shown to others,
+    or a screenshot, need not tell the whole directory layout)."""
+    path = Path(given.rstrip("/") or "/")
+    return given.rstrip("/") if not path.is_absolute() else "/".join(path.parts[-2:])
 
 
 class FolderIndex:

@@ -142,7 +142,7 @@ def job_view(jobs: JobQueue, job: Job) -> dict[str, Any]:
         view["images"] = [
             {
                 "url": f"/files/out/out/{job.id}/{job.config.split}/{row['file_name']}",
-                "seed": row["seed"],
+                "seed": str(row["seed"]),  # 63 bits: more than a JavaScript number holds exactly
                 "text": row["text"],
                 "id": row["id"],
             }

@@ -77,7 +77,7 @@ function lineChart(series, {width = 460, height = 220} = {}) {
     const d = series[name].map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
     const single = series[name].length === 1;
     svg.append(single
-      ? el("svg:circle", {cx: sx(series[name][0][0]), cy: sy(series[name][0][1]), r: 3, fill: colours[i % 4]})
+      ? el("svg:circle", {cx: sx(series[name][0][0]), cy: sy(series[name][0][1]), r: 3, fill: colours[i % 4], "data-series": name})
       : el("svg:path", {d, fill: "none", stroke: colours[i % 4], "stroke-width": 1.5, "data-series": name}));
     svg.append(el("svg:text", {x: width - pad.r - 4, y: pad.t + 12 + 13 * i, "text-anchor": "end", fill: colours[i % 4]}, name));
   });
@@ -216,6 +216,7 @@ async function modelChanged() {
   try {
     compose.words = await api("/api/vocabulary", {model: modelSpec()});
   } catch (e) { compose.words = {labels: [], locations: []}; }
+  document.dispatchEvent(new Event("words"));  // a field already being typed in shows its suggestions
   refreshPrompt();
 }
 
@@ -243,13 +244,18 @@ function suggest(input, words, list) {
   };
   const render = () => {
     const typed = current().toLowerCase();
-    const matches = words().filter(([name]) => !typed || name.toLowerCase().includes(typed)).slice(0, 12);
+    // names containing what is typed first, then those with its letters in order (a typo still finds "effusion")
+    const inOrder = name => { let i = 0; for (const c of name) if (c === typed[i]) i++; return i === typed.length; };
+    const all = words();
+    const matches = [...all.filter(([n]) => n.toLowerCase().includes(typed)),
+      ...all.filter(([n]) => !n.toLowerCase().includes(typed) && inOrder(n.toLowerCase()))].slice(0, 12);
     box.replaceChildren(...matches.map(([name, n], i) => el("li", {class: i === active ? "on" : "", onmousedown: e => { e.preventDefault(); choose(name); }},
       name, el("span", {class: "count"}, String(n)))));
     box.hidden = !matches.length || document.activeElement !== input;
   };
   input.addEventListener("input", () => { active = -1; render(); });
   input.addEventListener("focus", render);
+  document.addEventListener("words", () => { if (document.activeElement === input) render(); });
   input.addEventListener("blur", () => { box.hidden = true; });
   input.addEventListener("keydown", e => {
     const items = box.querySelectorAll("li");
