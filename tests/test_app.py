@@ -302,3 +302,26 @@ def test_runs_are_looked_up_on_each_request(tmp_path, demo_output):
         assert len(get_json(url, "/api/overview")["runs"]) == 2
         shutil.rmtree(runs / "a")
         assert [r["name"] for r in get_json(url, "/api/overview")["runs"]] == [f"{runs.parent.name}/runs/b"]
+
+
+def test_a_base_model_with_a_lora_run_at_a_weight_matches_the_command(app, demo_output, tmp_path):
+    url, _, _, served = app
+    models = get_json(url, "/api/models")
+    base = next(b for b in models["bases"] if b["name"].endswith("tiny-model"))
+    lora = models["loras"][0]
+    model = {"base": base["id"], "loras": [{"run": lora["id"], "weight": 0.5}]}
+    body = {"model": model, "age": 50, "findings": [{"label": "pleural efusion"}], "n": 1, "steps": 3, "seed": 1}
+    status, refused = post_json(url, "/api/prompt", body)  # names checked against the LoRA run's training data
+    assert status == 400 and "closest known: pleural effusion" in refused["error"]
+    body["findings"] = [{"label": "pleural effusion", "locations": ["left"]}]
+    loads = served.jobs().keeper.loads
+    job = wait(url, post_json(url, "/api/generate", body)[1]["id"])
+    assert job["state"] == "done" and job["provenance"]["adapters"][0]["weight"] == 0.5
+    assert served.jobs().keeper.loads == loads + 1  # another model: loaded once, in place of the kept one
+    assert base["name"] == f"{demo_output.name}/tiny-model"  # not the whole path
+    args = ["generate", "--model.base", str(demo_output / "tiny-model"), "--loras", f"{demo_output / 'run'}:0.5"]
+    args += ["--age", "50", "--finding", "pleural effusion@left", "--n", "1", "--steps", "3", "--seed", "1"]
+    assert main([*args, "--out", str(tmp_path / "cli")]) == 0
+    made = np.asarray(Image.open(io.BytesIO(request(url, job["images"][0]["url"])[2])))
+    expected = np.asarray(Image.open(next((tmp_path / "cli" / "train").glob("*/*.png"))))
+    assert np.array_equal(made, expected)

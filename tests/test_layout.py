@@ -9,6 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).parent.parent / "src" / "cxrgen"
 STAGES = {"prepare", "train", "generate", "evaluate", "phantom"}
 ABOVE = {"cxrgen.cli", "cxrgen.api", "cxrgen.demo", "cxrgen.__main__"}  # may call every stage
+ABOVE_PACKAGES = ("cxrgen.app",)  # the web page is above the stages too, as the command line is
 
 
 def module_name(path: Path) -> str:
@@ -49,7 +50,7 @@ def test_no_stage_imports_a_sibling_and_shared_code_imports_no_stage():
     assert "cxrgen.prepare.command" in graph and "cxrgen.model.loading" in graph
     wrong = []
     for module, targets in graph.items():
-        if module in ABOVE:
+        if module in ABOVE or module.startswith(ABOVE_PACKAGES):
             continue
         for target in targets:
             if stage_of(target) is not None and stage_of(target) != stage_of(module):

@@ -7,6 +7,7 @@ are loaded.
 
 from __future__ import annotations
 
+import os
 import threading
 import typing
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..model.sampling import Sampler
 from ..model.source import ModelSource
 from ..tokens import CLIP_WINDOW, TokenCounter, TokenizerError, clip_tokenizer, load_tokenizer
 from ..vocabulary import Vocabulary, load_vocabulary
-from .folders import FolderIndex, folder_id
+from .folders import FolderIndex, folder_id, shown_name
 
 SAMPLERS = list(typing.get_args(Sampler))
 LIMITS = {"n": 64, "steps": 200}  # per request: a page is not the place for a 5000-image set
@@ -44,17 +45,21 @@ def models(index: FolderIndex, extra_bases: list[str]) -> dict[str, Any]:
         except (ConfigError, ContractError, OSError):
             continue
         runs.append({"id": folder.id, "name": folder.name, "method": manifest.method})
-        base = (source.trained_from or source.base).base
-        bases.setdefault(_base_id(base), {"id": _base_id(base), "name": base})
         if manifest.method == "lora":
             loras.append({"id": folder.id, "name": folder.name})
+        extra_bases = [(source.trained_from or source.base).base, *extra_bases]
     for base in extra_bases:
-        bases.setdefault(_base_id(base), {"id": _base_id(base), "name": base})
-    return {"runs": runs, "bases": list(bases.values()), "loras": loras, "samplers": SAMPLERS}
-
-
-def _base_id(base: str) -> str:
-    return "b" + folder_id(Path(base))
+        local = Path(base).expanduser()
+        path = os.path.normpath(local.resolve()) if local.exists() else base  # else a hub id
+        shown = shown_name(path) if local.exists() else base
+        bases.setdefault(path, {"id": "b" + folder_id(Path(path)), "name": shown, "path": path})
+    return {
+        "runs": runs,
+        "bases": [{"id": b["id"], "name": b["name"]} for b in bases.values()],
+        "loras": loras,
+        "samplers": SAMPLERS,
+        "paths": {b["id"]: b["path"] for b in bases.values()},
+    }
 
 
 def build_config(index: FolderIndex, extra_bases: list[str], body: dict[str, Any], out: Path) -> GenerateConfig:
@@ -69,7 +74,7 @@ def build_config(index: FolderIndex, extra_bases: list[str], body: dict[str, Any
             raise RequestError("choose a finished run")
         run = str(folder.path)
     else:
-        known = {b["id"]: b["name"] for b in models(index, extra_bases)["bases"]}
+        known = models(index, extra_bases)["paths"]
         if str(model.get("base")) not in known:
             raise RequestError("choose a run, or a base model")
         base = known[str(model["base"])]

@@ -130,6 +130,8 @@ class Handler(BaseHTTPRequestHandler):
             if method == "POST":
                 return self._post(parts)
             return self._get(parts, query, set_token=bool(query.get("token")))
+        except ConnectionError:  # the browser left (a page changed while its images loaded)
+            return None
         except Exception as exc:
             from .compose import RequestError
 
@@ -183,7 +185,9 @@ class Handler(BaseHTTPRequestHandler):
         if what == "models" and not args:
             from .compose import models
 
-            return self._send_json(models(app.index, app.bases))
+            listed = models(app.index, app.bases)
+            listed.pop("paths")  # the page names models by id
+            return self._send_json(listed)
         if what == "jobs" and args:
             from .jobs import job_view, zipped
 
