@@ -118,9 +118,16 @@ def test_a_non_local_host_needs_auth_and_says_so(demo_output, capsys, monkeypatc
     assert "--host 0.0.0.0 serves the app to other machines: give --auth USER:PASSWORD or --auth TOKEN" in err
 
 
-def test_a_missing_folder_is_named(demo_output, capsys):
+def test_a_missing_folder_a_folder_of_other_things_and_a_busy_port_are_named(app, demo_output, capsys):
     assert main(["app", "--data", str(demo_output / "nope")]) == 2
     assert f"--data {demo_output / 'nope'}: no such folder" in capsys.readouterr().err
+    assert main(["app", "--data", str(demo_output / "release")]) == 2
+    assert f"--data {demo_output / 'release'}: no prepared dataset" in capsys.readouterr().err
+    assert main(["app", "--evals", str(demo_output / "run")]) == 2
+    assert "no evaluation (a folder with metrics.json" in capsys.readouterr().err
+    port = urlsplit(app[0]).port
+    assert main(["app", "--data", str(demo_output), "--port", str(port)]) == 2
+    assert f"--port {port} is in use: give another --port" in capsys.readouterr().err
 
 
 def test_basic_auth(demo_output):

@@ -3,6 +3,7 @@ watch training runs, read evaluation reports."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, option
-from .folders import FolderIndex
+from .folders import FolderIndex, discover
 from .server import App, Auth, is_local, serve
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,27 @@ class AppResult:
     seconds: float
 
 
+WHAT = {
+    "data": "prepared dataset (a folder with <split>/metadata.jsonl, as cxrgen prepare writes)",
+    "evals": "evaluation (a folder with metrics.json or report.html, as cxrgen evaluate writes)",
+}
+
+
 def start(config: AppConfig) -> tuple[App, object]:
     """The app and its bound server (serving once serve_forever runs), with the generation stack warming up."""
     out = Path(config.out).expanduser()
     index = FolderIndex(config.data, config.runs, config.evals, out)
+    for kind, what in WHAT.items():  # runs may start later in a folder of runs; a dataset is there or not
+        for given in index.given[kind]:  # type: ignore[index]
+            if not discover(kind, [given]):  # type: ignore[arg-type]
+                raise ConfigError(f"--{kind} {given}: no {what} in it or in its subfolders")
     app = App(index, out.resolve(), config.models, Auth(config.auth), config.host, config.port)
-    server = serve(app)
+    try:
+        server = serve(app)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"--port {config.port} is in use: give another --port (0: any free one)") from exc
+        raise
     threading.Thread(target=app.warm_up, name="cxrgen-app-warm-up", daemon=True).start()
     return app, server
 
@@ -75,6 +91,8 @@ def run(config: AppConfig) -> AppResult:
     app, server = start(config)
     url = app.url
     found = {kind: len(app.index.all(kind)) for kind in ("data", "runs", "evals")}
+    if config.runs and not found["runs"]:
+        log.warning("no training run in --runs %s yet: runs started there later will show", " ".join(config.runs))
     print(f"cxrgen app: {url}  ({found['data']} dataset(s), {found['runs']} run(s), {found['evals']} report(s))")
     if config.auth and ":" not in config.auth:
         print(f"  open {url}?token=... with your token once; the browser keeps it for the session")
