@@ -18,6 +18,7 @@ from PIL import Image
 
 from cxrgen.app.folders import inside
 from cxrgen.cli import main
+from cxrgen.errors import UserError
 from cxrgen.train.running import run_state, running
 
 
@@ -223,6 +224,10 @@ def test_run_states_and_the_resume_command_that_works(tiny_dataset, tiny_model, 
     assert state.resume == f"cd {out} && cxrgen train --config config.yaml --resume latest"
     with running(out):
         assert run_state(out).state == "running"  # while a process holds the marker
+        # a second training into the folder is refused, naming the first (flock: per open file, even in-process)
+        with pytest.raises(UserError, match="is being trained by another process"), running(out):
+            pass
+        assert run_state(out).state == "running"
     (out / ".running").write_text('{"pid": 1}')  # left by a process that was killed: nobody holds it
     assert run_state(out).state == "interrupted"
     command = state.resume.split(" && ")[1].split()[1:]

@@ -235,7 +235,7 @@ class Rejection:
     row: int | None
     path: str
     reason: str
-    file_name: str = ""  # the converted image kept in the dataset folder (rejected/...), for quality control's
+    file_name: str = ""  # quality control's rejections: the converted image kept in the dataset (rejected/...)
 
 
 class PatientKeyer:

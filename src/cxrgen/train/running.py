@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..contracts import RunManifest
+from ..errors import UserError
 
 try:
     import fcntl
@@ -36,9 +37,18 @@ def running(out: str | Path) -> Iterator[None]:
         return
     path = Path(out) / MARKER
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
+    with open(path, "a+", encoding="utf-8") as fh:  # not "w": another process's PID stays until the lock is ours
         if fcntl is not None:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                raise UserError(
+                    f"{out} is being trained by another process ({fh.read().strip()}): two runs in one folder would "
+                    "overwrite each other's checkpoints; choose another --out"
+                ) from None
+        fh.seek(0)
+        fh.truncate()
         json.dump({"pid": os.getpid()}, fh)
         fh.flush()
         try:
