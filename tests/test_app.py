@@ -98,14 +98,19 @@ def test_a_link_leading_out_of_a_folder_is_not_followed(tmp_path):
     (root / "train" / "ok.png").symlink_to(root / "train" / "a.png")  # a link that stays inside is fine
     assert inside(root, "train/a.png") == (root / "train" / "a.png").resolve()
     assert inside(root, "train/ok.png") is not None
-    for bad in ("train/leak.txt", "train", "", "/etc/passwd", "train/../../secret.txt", "train/%2e%2e/a.png"):
-        assert inside(root, bad) is None, bad
+    (root / ".patient_key_salt").write_text("salt")
+    (root / "train" / "salt").symlink_to(root / ".patient_key_salt")  # a plain name for a dot file
+    (root / "SOURCE_INDEX.CSV").write_text("id,source_path")  # the local-only index, as another case spells it
+    bad = ["train/leak.txt", "train", "", "/etc/passwd", "train/../../secret.txt", "train/%2e%2e/a.png"]
+    for path in [*bad, "train/salt", ".patient_key_salt", "SOURCE_INDEX.CSV", "train/a.png%00.txt"]:
+        assert inside(root, path) is None, path
 
 
 def test_pages_refuse_other_host_names_and_posts_that_are_not_json(app):
     url, _, _, _ = app
     # a site whose name resolves to 127.0.0.1 (DNS rebinding) reaches the socket, not the app
-    assert request(url, "/api/overview", headers={"Host": "evil.example:80"})[0] == 403
+    for host in ("evil.example:80", "127.attacker.example", "127.0.0.1.nip.io:80", "localhost.evil.example"):
+        assert request(url, "/api/overview", headers={"Host": host})[0] == 403, host
     assert request(url, "/api/overview", headers={"Host": "localhost"})[0] == 200
     # a form of another site can post text/plain without asking; JSON needs a preflight the app never answers
     status, _, _ = request(url, "/api/generate", "POST", b"{}", headers={"Content-Type": "text/plain"})
@@ -154,6 +159,40 @@ def test_token_auth_once_in_the_url_then_as_a_cookie(demo_output, monkeypatch):
         cookie = headers["Set-Cookie"].split(";")[0]
         assert request(url, "/api/overview", headers={"Cookie": cookie})[0] == 200
         assert request(url, "/api/overview", headers={"Authorization": "Bearer t0ken-t0ken"})[0] == 200
+        # only the page takes it in the URL: elsewhere it would end up in logs and the browser's history
+        assert request(url, "/api/overview?token=t0ken-t0ken")[0] == 401
+
+
+def test_malformed_requests_are_refused_not_failed(app):
+    url, overview, _, _ = app
+    model = {"run": overview["runs"][0]["id"]}
+    shapes = [
+        {"model": "x"},
+        {"model": model, "findings": "effusion"},
+        {"model": model, "findings": [1, 2]},
+        {"model": model, "findings": [{"label": "effusion", "locations": 3}]},
+        {"model": model, "sex": {"a": 1}},
+        {"model": model, "sex": "Q"},
+        {"model": model, "age": -3},
+        {"model": model, "age": 7.5},
+        {"model": model, "guidance": "NaN"},
+        {"model": model, "seed": 10**30},
+        {"model": model, "n": 65},
+        {"model": model, "steps": True},
+        {"model": {"base": "nope", "loras": [{"run": model["run"], "weight": "x"}]}},
+    ]
+    for body in shapes:
+        status, answer = post_json(url, "/api/prompt", body)
+        assert status == 400 and answer["error"], body
+    assert request(url, "/api/prompt", "POST", b'{"model": {}, "guidance": 1e999}')[0] == 400  # infinity
+    for length in ("-1", "abc", "1e3"):
+        assert request(url, "/api/prompt", "POST", b"{}", headers={"Content-Length": length})[0] == 411, length
+    data = overview["data"][0]["id"]
+    for query in ("offset=%C2%B2", "offset=" + "9" * 5000, "limit=-1", "age_min=-%C2%B2", "age_max=1e3"):
+        assert request(url, f"/api/data/{data}/images?{query}")[0] == 200, query
+    # locations as text are names separated by commas, not letters
+    body = {"model": model, "findings": [{"label": "pleural effusion", "locations": "left, right"}]}
+    assert post_json(url, "/api/prompt", body)[1]["findings"] == ["pleural effusion@left,right"]
 
 
 def test_dataset_counts_and_filters(app, demo_output):
@@ -265,12 +304,19 @@ def test_generation_is_queued_loads_the_model_once_and_downloads_as_a_set(app, d
     second = [np.asarray(Image.open(io.BytesIO(request(url, im["url"])[2]))) for im in done[1]["images"]]
     assert not np.array_equal(first[0], second[0])  # another seed
     assert served.jobs().keeper.loads == 1  # two requests, one model, loaded once
+    made = out / done[0]["id"]
+    (made / ".notes").write_text("not the set")  # a dot file, and a link leading out of the set: neither is sent
+    (made / "train" / "elsewhere.txt").symlink_to(out.parent / "outside.txt")
+    (out.parent / "outside.txt").write_text("private")
+    (out / "notes.txt").write_text("not a set")  # --out may hold other things: only sets are served
+    assert request(url, "/files/out/out/notes.txt")[0] == 404
     status, headers, body = request(url, done[0]["download"])
     assert status == 200 and headers["Content-Type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(body)).namelist()
     set_name = done[0]["id"]
     assert f"{set_name}/train/metadata.jsonl" in names and f"{set_name}/generate.json" in names
     assert sum(n.endswith(".png") for n in names) == 2 and not any(".journal" in n for n in names)
+    assert not any(n.endswith((".notes", "elsewhere.txt")) for n in names)
     assert (out / set_name / "README.md").is_file()
 
 

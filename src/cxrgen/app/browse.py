@@ -31,7 +31,7 @@ class Filters:
     def from_query(cls, query: dict[str, str]) -> Filters:
         def number(key: str) -> int | None:
             text = query.get(key, "").strip()
-            return int(text) if text.lstrip("-").isdigit() else None
+            return int(text) if text.isascii() and text.isdigit() and len(text) <= 3 else None  # an age
 
         return cls(
             split=query.get("split") or None,
@@ -138,7 +138,8 @@ class Dataset:
                 for r in csv.DictReader(fh):
                     kept = r.get("file_name") or ""
                     url = f"/files/data/{self.folder.id}/{kept}" if kept else None
-                    rows.append({"row": r.get("row"), "path": r.get("path"), "reason": r.get("reason"), "url": url})
+                    # not the source path: it may hold patient ids (rejected.csv stays local)
+                    rows.append({"row": r.get("row"), "reason": r.get("reason"), "url": url})
         rows.sort(key=lambda r: r["url"] is None)  # the ones with an image first
         reasons = Counter((r["reason"] or "").split(" (")[0] for r in rows)
         page = rows[max(offset, 0) : max(offset, 0) + min(max(limit, 1), MAX_PAGE)]

@@ -7,6 +7,7 @@ are loaded.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import typing
@@ -66,6 +67,8 @@ def build_config(index: FolderIndex, extra_bases: list[str], body: dict[str, Any
     """The generate settings of a request: {model: {run: ID} | {base: ID, loras: [{run: ID, weight: W}]},
     age, sex, view, projection, modality, findings: [{label, locations}], n, seed, steps, guidance, sampler}."""
     model = body.get("model") or {}
+    if not isinstance(model, dict):
+        raise RequestError("model: give {run: ID} or {base: ID, loras: [...]}")
     run = loras = None
     base = ""
     if model.get("run"):
@@ -79,23 +82,25 @@ def build_config(index: FolderIndex, extra_bases: list[str], body: dict[str, Any
             raise RequestError("choose a run, or a base model")
         base = known[str(model["base"])]
         loras = []
-        for entry in model.get("loras") or []:
+        for entry in _list(model.get("loras"), "loras"):
             folder = index.get("runs", str(entry.get("run")))
             if folder is None or not RunManifest.path(folder.path).is_file():
                 raise RequestError("a LoRA is not a finished run under --runs")
-            loras.append(f"{folder.path}:{_number(entry.get('weight', 1.0), 'LoRA weight', float)}")
+            weight = _number(entry.get("weight", 1.0), "LoRA weight", float, -4.0, 4.0)
+            loras.append(f"{folder.path}:{weight}")
     findings = []
-    for f in body.get("findings") or []:
+    for f in _list(body.get("findings"), "findings"):
         label = str(f.get("label") or "").strip()
         if not label:
             continue
-        places = [str(x).strip() for x in f.get("locations") or [] if str(x).strip()]
+        places = f.get("locations") or []
+        places = places.split(",") if isinstance(places, str) else places
+        if not isinstance(places, list):
+            raise RequestError("locations: give a list of names")
+        places = [str(x).strip() for x in places if str(x).strip()]
         findings.append(label + ("@" + ",".join(places) if places else ""))
-    n = _number(body.get("n", 1), "number of images", int)
-    steps = _number(body.get("steps", 25), "steps", int)
-    for name, value in (("n", n), ("steps", steps)):
-        if not 1 <= value <= LIMITS[name]:
-            raise RequestError(f"{name} must be from 1 to {LIMITS[name]} here (use cxrgen generate for more)")
+    n = _number(body.get("n", 1), "number of images", int, 1, LIMITS["n"])
+    steps = _number(body.get("steps", 25), "steps", int, 1, LIMITS["steps"])
     sampler = body.get("sampler") or None
     if sampler is not None and sampler not in SAMPLERS:
         raise RequestError(f"sampler: choose one of {', '.join(SAMPLERS)}")
@@ -106,30 +111,53 @@ def build_config(index: FolderIndex, extra_bases: list[str], body: dict[str, Any
             model=ModelConfig(base=base),
             loras=loras or [],
             n=n,
-            age=_number(body["age"], "age", int) if body.get("age") not in (None, "") else None,
-            sex=body.get("sex") or None,
-            view=body.get("view") or None,
-            projection=body.get("projection") or None,
-            modality=body.get("modality") or None,
+            age=_number(body["age"], "age", int, 0, 120) if body.get("age") not in (None, "") else None,
+            sex=_text(body, "sex"),
+            view=_text(body, "view"),
+            projection=_text(body, "projection"),
+            modality=_text(body, "modality"),
             finding=findings,
             sampler=sampler,
             steps=steps,
-            guidance=_number(body.get("guidance", 7.5), "guidance", float),
-            seed=_number(body.get("seed", 0), "seed", int),
-            negative_prompt=str(body.get("negative_prompt") or ""),
+            guidance=_number(body.get("guidance", 7.5), "guidance", float, 0.0, 50.0),
+            seed=_number(body.get("seed", 0), "seed", int, 0, cond.SEED_RANGE - 1),
+            negative_prompt=_text(body, "negative_prompt") or "",
         )
-    except ConfigError as exc:
+    except (ConfigError, cond.ConditionsError) as exc:
         raise RequestError(str(exc)) from exc
 
 
-def _number(value: Any, name: str, kind: type) -> Any:
+def _number(value: Any, name: str, kind: type, low: float, high: float) -> Any:
+    """A number from low to high (whole for int): strings of digits are read, NaN and 1e309 are not numbers."""
     try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{name}: {value!r} is not a number") from None
+        number = kind(value) if not isinstance(value, bool | dict | list) else None
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or (kind is float and not math.isfinite(number)):
+        raise RequestError(f"{name}: {value!r} is not a number")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise RequestError(f"{name}: {value!r} is not a whole number")
+    if not low <= number <= high:
+        more = " (use cxrgen generate for more)" if name in ("number of images", "steps") else ""
+        raise RequestError(f"{name} must be from {low:g} to {high:g} here{more}")
     return number
+
+
+def _text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise RequestError(f"{key}: give text")
+    return str(value)[:1000]
+
+
+def _list(value: Any, name: str) -> list[dict[str, Any]]:
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise RequestError(f"{name}: give a list of objects")
+    return value
 
 
 class Vocabularies:
@@ -174,7 +202,10 @@ def preview(config: GenerateConfig, words: Vocabularies) -> dict[str, Any]:
     """The prompt the model will get for these conditions, its token count and the names read as others; a name
     the training data never uses is refused (RequestError) with the closest known."""
     source = resolve_source(config)
-    items = plan_items(config)[:1]  # every image of a request has the same conditions
+    try:
+        items = plan_items(config)[:1]  # every image of a request has the same conditions
+    except cond.ConditionsError as exc:  # an age out of range, a sex that is not M, F or O
+        raise RequestError(str(exc)) from exc
     vocabulary = words.vocabulary(source, config)
     tokenizer = words.tokenizer(source)
     try:

@@ -8,6 +8,7 @@ anything else (`..`, absolute paths, links leading out, unknown ids) is None, wh
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,7 +18,8 @@ from ..contracts import METADATA_FILE, MetricsDocument, PrepareManifest, RunMani
 
 Kind = Literal["data", "runs", "evals", "out"]
 SPLITS = ("train", "val", "test")
-LOCAL_ONLY = {"source_index.csv"}  # prepare's way back to source paths: never shown (nor are dot files)
+# prepare's way back to source paths and its list of source paths left out: never served (nor are dot files)
+LOCAL_ONLY = {"source_index.csv", "rejected.csv"}
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,10 @@ class FolderIndex:
         return next((f for f in self.all(kind) if f.id == id), None)  # type: ignore[arg-type]
 
     def file(self, kind: str, id: str, relative: str) -> Path | None:
-        """The file `relative` (URL-encoded, '/'-separated) inside folder `id` of `kind`, or None."""
+        """The file `relative` (URL-encoded, '/'-separated) inside folder `id` of `kind`, or None. In --out, only
+        the sets the app made (set-NNNN): --out may be a folder holding other things."""
         folder = self.get(kind, id)
-        if folder is None:
+        if folder is None or (kind == "out" and not re.fullmatch(r"set-\d{4}", unquote(relative).split("/")[0])):
             return None
         return inside(folder.path, relative)
 
@@ -104,6 +107,11 @@ def inside(root: Path, relative: str) -> Path | None:
         target = real_root.joinpath(*parts).resolve(strict=True)
     except (OSError, RuntimeError, ValueError):
         return None
-    if real_root not in target.parents or not target.is_file() or target.name in LOCAL_ONLY:
+    if real_root not in target.parents or not target.is_file():
+        return None
+    # what the path leads to, links followed: a link named "salt" to .patient_key_salt is still a dot file
+    # (compared without case: SOURCE_INDEX.CSV is the same file on macOS and Windows file systems)
+    reached = target.relative_to(real_root).parts
+    if any(p.startswith(".") for p in reached) or reached[-1].lower() in LOCAL_ONLY:
         return None
     return target

@@ -21,9 +21,10 @@ import torch
 from ..config import to_dict
 from ..contracts import GenerateManifest, read_metadata
 from ..generate.config import GenerateConfig
-from ..generate.runner import JOURNAL, Generator
+from ..generate.runner import Generator
 from ..model.lora import lora_digest
 from ..model.source import ModelSource, load_sampling_pipeline
+from .folders import inside
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ class JobQueue:
         """A new set's folder: set-0001, set-0002, ... after those already in --out."""
         with self._lock:
             return self.out / f"set-{next(self._numbers):04d}"
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(1 for j in self.jobs.values() if j.state == "queued")
 
     def submit(self, config: GenerateConfig) -> Job:
         job = Job(Path(config.out).name, config)
@@ -154,11 +159,12 @@ def job_view(jobs: JobQueue, job: Job) -> dict[str, Any]:
 
 
 def zipped(folder: Path) -> bytes:
-    """The set in the prepared layout (metadata, images, generate.json, card), without the journal."""
+    """The set in the prepared layout (metadata, images, generate.json, card): the files the app would serve from
+    it, so no journal or other dot file, and nothing a link leads to outside it."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(folder)
-            if path.is_file() and JOURNAL not in relative.parts:
-                archive.write(path, f"{folder.name}/{relative.as_posix()}")
+            relative = path.relative_to(folder).as_posix()
+            if inside(folder, relative) is not None:
+                archive.write(path, f"{folder.name}/{relative}")
     return buffer.getvalue()

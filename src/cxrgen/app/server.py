@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import json
 import logging
 import mimetypes
+import os
+import shutil
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,14 +24,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .browse import Dataset, Filters
-from .folders import FolderIndex
+from .folders import FolderIndex, shown_name
 from .monitor import run_detail, run_overview
 
 log = logging.getLogger(__name__)
 STATIC = ("index.html", "app.js", "app.css")
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 TOKEN_COOKIE = "cxrgen_app_token"
 MAX_BODY = 1 << 20
+MAX_WAITING = 16  # generation requests in the queue
 PAGE_POLICY = "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-src 'self'; object-src 'none'"
 # files from the given folders (a report is HTML): shown, never run
 FILE_POLICY = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
@@ -36,7 +39,13 @@ TEXT_TYPES = {".md": "text/plain", ".jsonl": "text/plain", ".yaml": "text/plain"
 
 
 def is_local(host: str) -> bool:
-    return host in LOCAL_HOSTS or host.startswith("127.")
+    """A loopback address or `localhost`, exactly (a name such as 127.attacker.example is not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Auth:
@@ -107,6 +116,7 @@ class App:
 class Handler(BaseHTTPRequestHandler):
     app: App  # set on the subclass made per server
     server_version = "cxrgen-app"
+    timeout = 60  # seconds a connection may stay silent (slow or cut-short requests do not hold a thread)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -123,7 +133,9 @@ class Handler(BaseHTTPRequestHandler):
         query = dict(parse_qsl(url.query))
         if not self._host_allowed():
             return self._send_json({"error": "unknown host"}, HTTPStatus.FORBIDDEN)
-        if not self.app.auth.allows(self, query):
+        # ?token= opens the page once (then the cookie carries it); elsewhere it would end up in logs and history
+        page = url.path in ("/", "/index.html")
+        if not self.app.auth.allows(self, query if page else {}):
             return self._unauthorized()
         parts = [p for p in url.path.split("/") if p]
         try:
@@ -137,7 +149,7 @@ class Handler(BaseHTTPRequestHandler):
 
             if isinstance(exc, RequestError):
                 return self._send_json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
-            log.exception("%s %s failed", method, self.path)
+            log.exception("%s %s failed", method, url.path)  # not the query: it may hold the token
             return self._send_json({"error": f"{type(exc).__name__}: {exc}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def _host_allowed(self) -> bool:
@@ -211,7 +223,7 @@ class Handler(BaseHTTPRequestHandler):
             "data": [{"id": f.id, "name": f.name} for f in index.all("data")],
             "runs": [run_overview(f) for f in index.all("runs")],
             "evals": [{"id": f.id, "name": f.name} for f in index.all("evals")],
-            "out": str(self.app.out),
+            "out": shown_name(str(self.app.out)),
             "ready": self.app.ready.is_set(),
         }
 
@@ -219,12 +231,14 @@ class Handler(BaseHTTPRequestHandler):
         # JSON only: a page of another site cannot send it here without a CORS preflight, which is not answered
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             return self._send_json({"error": "send application/json"}, HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
-        length = int(self.headers.get("Content-Length") or 0)
+        length = _whole(self.headers.get("Content-Length") or "0")
+        if length is None:
+            return self._send_json({"error": "give a Content-Length"}, HTTPStatus.LENGTH_REQUIRED)
         if length > MAX_BODY:
             return self._send_json({"error": "request too large"}, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return self._send_json({"error": "the request is not JSON"}, HTTPStatus.BAD_REQUEST)
         if parts[:1] != ["api"] or len(parts) != 2 or not isinstance(body, dict):
             return self._not_found()
@@ -242,6 +256,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_json(preview(build_config(app.index, app.bases, body, app.out / "preview"), words))
         if parts[1] == "generate":
             jobs = app.jobs()
+            if jobs.waiting() >= MAX_WAITING:
+                return self._send_json({"error": "busy: try again when a generation is done"}, 503)
             config = build_config(app.index, app.bases, body, app.out / "pending")
             config.finding = preview(config, words)["findings"]  # refused here, before the queue, if unknown
             config.out = str(jobs.folder())
@@ -250,17 +266,20 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- answers -------------------------------------------------------------------------------------------------
     def _send(self, data: bytes, content_type: str, headers: dict[str, str] | None = None, status: int = 200) -> None:
+        self._send_headers(content_type, len(data), headers, status)
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _send_headers(self, content_type: str, length: int, headers: dict[str, str] | None, status: int = 200) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(length))
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Cache-Control", "no-store")
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
 
     def _send_json(self, data: Any, status: int = HTTPStatus.OK) -> None:
         self._send(json.dumps(data).encode(), "application/json", status=status)
@@ -274,10 +293,14 @@ class Handler(BaseHTTPRequestHandler):
         self._send(data, f"{kind}; charset=utf-8", headers)
 
     def _send_file(self, path: Path) -> None:
+        """Streamed: a run folder holds checkpoints of gigabytes."""
         kind = TEXT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if kind.startswith("text/"):
             kind += "; charset=utf-8"
-        self._send(path.read_bytes(), kind, {"Content-Security-Policy": FILE_POLICY})
+        with open(path, "rb") as fh:
+            self._send_headers(kind, os.fstat(fh.fileno()).st_size, {"Content-Security-Policy": FILE_POLICY})
+            if self.command != "HEAD":
+                shutil.copyfileobj(fh, self.wfile, 1 << 20)
 
     def _not_found(self) -> None:
         self._send_json({"error": "not found"}, HTTPStatus.NOT_FOUND)
@@ -288,9 +311,15 @@ class Handler(BaseHTTPRequestHandler):
         self._send(body, "application/json", headers, HTTPStatus.UNAUTHORIZED)
 
 
+def _whole(text: str, digits: int = 12) -> int | None:
+    """A non-negative whole number written in ASCII digits (not "-1", "²" or 5,000 digits), else None."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= digits else None
+
+
 def _int(query: dict[str, str], key: str, default: int) -> int:
-    text = query.get(key, "")
-    return int(text) if text.isdigit() else default
+    found = _whole(query.get(key, ""), 9)
+    return default if found is None else found
 
 
 def serve(app: App) -> ThreadingHTTPServer:

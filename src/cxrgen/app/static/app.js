@@ -169,7 +169,7 @@ async function loadRejected(id) {
     : el("span", {}, "nothing was left out"));
   $("#rejected").replaceChildren(...r.rows.filter(x => x.url).map(x =>
     el("div", {class: "card"}, el("img", {src: x.url, alt: x.reason, loading: "lazy"}),
-      el("div", {class: "reason"}, x.reason), el("div", {class: "muted"}, x.path))));
+      el("div", {class: "reason"}, x.reason), el("div", {class: "muted"}, x.row ? `row ${x.row} of the release's table` : ""))));
 }
 
 // -- compose and generate --------------------------------------------------------------------------------------
@@ -392,6 +392,9 @@ async function loadReport() {
 
 // -- start -----------------------------------------------------------------------------------------------------
 (async () => {
+  if (new URLSearchParams(location.search).has("token")) {  // kept as a cookie now: out of the address bar and history
+    history.replaceState(null, "", location.pathname + location.hash);
+  }
   overview = await api("/api/overview");
   $("#version").textContent = `v${overview.version}`;
   window.addEventListener("hashchange", showTab);
