@@ -6,8 +6,11 @@ Each round starts a fresh `cxrgen app` process on a demo's outputs and measures:
   the generation stack in the background after start-up and loads the model on the first request);
 - another image: a second request with other conditions on the model the app kept loaded;
 and, for comparison, `cxrgen generate` making the same image in a fresh process (what the command line costs).
+With --dataset DIR (a prepared dataset; `prepare --metadata-only` on a PadChest-size table is enough), also the
+dataset browser's answers on it: the first summary (reading every split's metadata), a summary again, and the
+images filtered by a finding, by sex and age range, and by projection.
 Figures are medians over --rounds, with the range over rounds (min to max) as the interval.
-Run: .venv/bin/python benchmarks/app_speed.py --demo demo-output [--rounds 5]
+Run: .venv/bin/python benchmarks/app_speed.py --demo demo-output [--rounds 5] [--dataset data/padchest-meta]
 """
 
 from __future__ import annotations
@@ -74,6 +77,37 @@ def app_round(demo: Path, out: Path) -> dict[str, float]:
         process.wait(30)
 
 
+def browse_round(dataset: Path, out: Path) -> dict[str, float]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cxrgen", "app", "--data", str(dataset), "--port", "0", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[2].rstrip("/")
+        data = call(url, "/api/overview")["data"][0]["id"]
+        timed: dict[str, float] = {}
+
+        def timing(name: str, path: str) -> dict:
+            began = time.perf_counter()
+            answer = call(url, path)
+            timed[name] = time.perf_counter() - began
+            return answer
+
+        summary = timing("first summary", f"/api/data/{data}")  # asked at once: the app is still reading it
+        timing("summary again", f"/api/data/{data}")
+        label = summary["counts"]["label"][1][0].replace(" ", "%20")
+        timing("filter: a finding", f"/api/data/{data}/images?label={label}")
+        timing("filter: sex and age", f"/api/data/{data}/images?sex=F&age_min=40&age_max=59")
+        timing("filter: projection", f"/api/data/{data}/images?projection=AP")
+        return timed
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def cli_round(demo: Path, out: Path) -> float:
     began = time.perf_counter()
     subprocess.run(
@@ -90,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", default="demo-output", help="a `cxrgen demo` output folder (make demo)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dataset", help="also time the dataset browser on this prepared dataset")
     args = parser.parse_args()
     demo = Path(args.demo)
     if not (demo / "run" / "run.json").is_file():
@@ -100,8 +135,14 @@ def main() -> None:
             for name, seconds in app_round(demo, Path(tmp) / f"app-{k}").items():
                 figures[name].append(seconds)
             figures["cxrgen generate"].append(cli_round(demo, Path(tmp) / f"cli-{k}"))
+            if args.dataset:
+                for name, seconds in browse_round(Path(args.dataset), Path(tmp) / f"browse-{k}").items():
+                    figures.setdefault(name, []).append(seconds)
             print(f"round {k + 1}: " + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in figures.items()), flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
+    if args.dataset:
+        rows = sum(1 for f in Path(args.dataset).glob("*/metadata.jsonl") for _ in open(f, encoding="utf-8"))
+        print(f"\nthe dataset browser on {args.dataset}: {rows:,} images")
     print(f"\n{'':28s}median   range over {args.rounds} rounds")
     for name, values in figures.items():
         print(f"{name:28s}{statistics.median(values):6.2f} s  [{min(values):.2f}, {max(values):.2f}]")

@@ -4,9 +4,10 @@ preparation left out (with the images quality control rejected)."""
 from __future__ import annotations
 
 import csv
+import gc
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ class Filters:
     projection: str | None = None
     qc: str = "any"  # any, flagged (kept with quality-control flags) or clean
 
+    @property
+    def label_key(self) -> str:
+        return name_key(self.label or "")
+
     @classmethod
     def from_query(cls, query: dict[str, str]) -> Filters:
         def number(key: str) -> int | None:
@@ -43,11 +48,12 @@ class Filters:
             qc=query.get("qc") or "any",
         )
 
-    def keep(self, row: dict[str, Any]) -> bool:
+    def keep(self, row: dict[str, Any], labels: frozenset[str]) -> bool:
+        """Whether `row` (with `labels`, its label keys) passes."""
         age = row.get("age")
         flagged = bool(row.get("qc_flags"))
         return (
-            (self.label is None or name_key(self.label) in labels_of(row))
+            (self.label is None or self.label_key in labels)
             and (self.sex is None or row.get("sex") == self.sex)
             and (self.age_min is None or (age is not None and age >= self.age_min))
             and (self.age_max is None or (age is not None and age <= self.age_max))
@@ -60,37 +66,64 @@ def labels_of(row: dict[str, Any]) -> set[str]:
     return {name_key(str(f.get("label", ""))) for f in row.get("findings") or [] if isinstance(f, dict)}
 
 
-class Dataset:
-    """A prepared dataset's rows (every split), read again when a metadata file changes."""
+@dataclass
+class _Loaded:
+    """A dataset as read once per change of its files: rows, each row's label keys, the manifest, summaries."""
 
-    _cache: dict[Path, tuple[tuple[float, ...], dict[str, list[dict[str, Any]]]]] = {}
+    stamp: tuple[float, ...]
+    rows: dict[str, list[dict[str, Any]]]
+    labels: dict[str, list[frozenset[str]]]  # name_key of each row's labels, computed once (filters use them)
+    manifest: dict[str, Any]
+    summaries: dict[str | None, dict[str, Any]] = field(default_factory=dict)
+
+
+class Dataset:
+    """A prepared dataset (every split), read again when a metadata file or prepare.json changes."""
+
+    _cache: dict[Path, _Loaded] = {}
     _lock = threading.Lock()
 
     def __init__(self, folder: Folder):
         self.folder = folder
         self.root = folder.path
-        self.rows = self._rows()
+        self.loaded = self._load()
+        self.rows = self.loaded.rows
 
-    def _rows(self) -> dict[str, list[dict[str, Any]]]:
+    def _load(self) -> _Loaded:
         files = [metadata_path(self.root, s) for s in SPLITS]
-        stamp = tuple(f.stat().st_mtime if f.is_file() else 0.0 for f in files)
-        with self._lock:
+        stamp = tuple(f.stat().st_mtime if f.is_file() else 0.0 for f in [*files, PrepareManifest.path(self.root)])
+        with self._lock:  # one reading of a large dataset, whoever asks first
             cached = self._cache.get(self.root)
-            if cached is None or cached[0] != stamp:
+            if cached is None or cached.stamp != stamp:
                 rows = {s: read_metadata(self.root, s) for s, f in zip(SPLITS, files, strict=True) if f.is_file()}
-                cached = self._cache[self.root] = (stamp, rows)  # type: ignore[assignment]
-        return cached[1]
+                labels = {s: [frozenset(labels_of(r)) for r in split_rows] for s, split_rows in rows.items()}
+                cached = self._cache[self.root] = _Loaded(stamp, rows, labels, self._manifest())
+                # a large dataset is millions of objects that live as long as the app: out of the garbage
+                # collector's full passes, which otherwise stall a request for a second now and then
+                gc.freeze()
+        return cached
 
-    def selected(self, split: str | None) -> list[tuple[str, dict[str, Any]]]:
-        return [(s, row) for s, rows in self.rows.items() if split in (None, s) for row in rows]
+    def selected(self, split: str | None) -> list[tuple[str, dict[str, Any], frozenset[str]]]:
+        return [
+            (s, row, labels)
+            for s, rows in self.rows.items()
+            if split in (None, s)
+            for row, labels in zip(rows, self.loaded.labels[s], strict=True)
+        ]
 
     def summary(self, split: str | None = None) -> dict[str, Any]:
-        rows = [row for _, row in self.selected(split)]
+        with self._lock:
+            if split not in self.loaded.summaries:
+                self.loaded.summaries[split] = self._summary(split)
+            return self.loaded.summaries[split]
+
+    def _summary(self, split: str | None) -> dict[str, Any]:
+        rows = [row for _, row, _ in self.selected(split)]
 
         def tally(values: list[Any]) -> list[list[Any]]:
             return [[k, n] for k, n in Counter("unknown" if v is None else v for v in values).most_common()]
 
-        manifest = self._manifest()
+        manifest = self.loaded.manifest
         return {
             "id": self.folder.id,
             "name": self.folder.name,
@@ -117,7 +150,7 @@ class Dataset:
             return {}
 
     def images(self, filters: Filters, offset: int = 0, limit: int = 48) -> dict[str, Any]:
-        matching = [(s, row) for s, row in self.selected(filters.split) if filters.keep(row)]
+        matching = [(s, row) for s, row, labels in self.selected(filters.split) if filters.keep(row, labels)]
         page = matching[max(offset, 0) : max(offset, 0) + min(max(limit, 1), MAX_PAGE)]
         return {"total": len(matching), "offset": offset, "rows": [self._shown(s, row) for s, row in page]}
 

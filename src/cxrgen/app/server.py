@@ -89,6 +89,13 @@ class App:
         return f"http://{self.host}:{self.port}/"
 
     def warm_up(self) -> None:
+        """After start-up, on a thread: read the datasets (the first page shows one), then import the generation
+        stack (seconds), so that neither waits for the first click."""
+        for folder in self.index.all("data"):
+            try:
+                Dataset(folder).summary()
+            except Exception:  # a dataset that does not read is reported when it is opened
+                log.debug("reading %s ahead failed", folder.path, exc_info=True)
         try:
             self.jobs()
         finally:
