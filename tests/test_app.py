@@ -148,8 +148,9 @@ def test_basic_auth(demo_output):
         assert request(url, "/api/overview", headers={"Authorization": f"Basic {right}"})[0] == 200
 
 
-def test_token_auth_once_in_the_url_then_as_a_cookie(demo_output, monkeypatch):
+def test_token_auth_once_in_the_url_then_as_a_cookie(demo_output, monkeypatch, caplog):
     monkeypatch.setenv("CXRGEN_APP_AUTH", "t0ken-t0ken")  # kept out of the shell history and `ps`
+    caplog.set_level("DEBUG", logger="cxrgen.app")
     with serving_app("--runs", str(demo_output)) as served:
         url = served.url
         assert request(url, "/api/overview")[0] == 401
@@ -161,6 +162,7 @@ def test_token_auth_once_in_the_url_then_as_a_cookie(demo_output, monkeypatch):
         assert request(url, "/api/overview", headers={"Authorization": "Bearer t0ken-t0ken"})[0] == 200
         # only the page takes it in the URL: elsewhere it would end up in logs and the browser's history
         assert request(url, "/api/overview?token=t0ken-t0ken")[0] == 401
+    assert "GET / " in caplog.text and "t0ken" not in caplog.text  # requests are logged, the token never
 
 
 def test_malformed_requests_are_refused_not_failed(app):

@@ -126,7 +126,9 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 60  # seconds a connection may stay silent (slow or cut-short requests do not hold a thread)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        text = format % args
+        path = getattr(self, "path", "")
+        log.debug("%s %s", self.address_string(), text.replace(path, urlsplit(path).path) if path else text)
 
     # -- dispatch ------------------------------------------------------------------------------------------------
     def do_GET(self) -> None:
