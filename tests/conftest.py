@@ -52,18 +52,28 @@ def smoke_run(tiny_dataset, tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo_output(tmp_path_factory):
-    """`cxrgen demo` with small settings: a prepared dataset, a finished LoRA run, a synthetic set and an
-    evaluation, as the app is pointed at (treat as read-only). CXRGEN_DEMO_OUTPUT=DIR uses a demo already made
-    (`make demo`), as for the screenshots in docs/."""
-    from pathlib import Path
+def demo_run(tmp_path_factory):
+    """`cxrgen demo` with small settings, run once for the session: (its output folder, what it printed). Treat the
+    folder as read-only: the app's tests look at it, the demo's test reruns it in a copy."""
+    import contextlib
+    import io
 
     from cxrgen.cli import main
 
-    if os.environ.get("CXRGEN_DEMO_OUTPUT"):
-        return Path(os.environ["CXRGEN_DEMO_OUTPUT"]).resolve()
-
     out = tmp_path_factory.mktemp("demo") / "demo-output"
     args = ["demo", "--out", str(out), "--n", "48", "--vae-steps", "4", "--steps", "4", "--images", "8"]
-    assert main([*args, "--workers", "1"]) == 0
-    return out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([*args, "--workers", "1"]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def demo_output(request):
+    """A prepared dataset, a finished LoRA run, a synthetic set and an evaluation, as the app is pointed at (the
+    demo above). CXRGEN_DEMO_OUTPUT=DIR uses a demo already made (`make demo`), as for the screenshots in docs/."""
+    from pathlib import Path
+
+    if os.environ.get("CXRGEN_DEMO_OUTPUT"):
+        return Path(os.environ["CXRGEN_DEMO_OUTPUT"]).resolve()
+    return request.getfixturevalue("demo_run")[0]

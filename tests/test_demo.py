@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -10,25 +11,8 @@ from cxrgen.cli import main as cli
 from cxrgen.demo import IDLE_SECONDS, MEASURED_CORES, estimate
 
 
-def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
-    out = tmp_path / "demo"
-    args = [
-        "demo",
-        "--out",
-        str(out),
-        "--n",
-        "48",
-        "--vae-steps",
-        "4",
-        "--steps",
-        "4",
-        "--images",
-        "8",
-        "--workers",
-        "1",
-    ]
-    assert cli(args) == 0
-    printed = capsys.readouterr().out
+def test_demo_runs_every_stage_and_writes_the_report(demo_run, tmp_path):
+    out, printed = demo_run  # --n 48 --vae-steps 4 --steps 4 --images 8 --workers 1
     assert printed.index("estimated time: about") < printed.index("[1/6] phantom release")  # before it starts
     assert "yours differ (--n 48, --vae-steps 4, --steps 4, --images 8)" in printed
     report = out / "evaluation" / "report.html"
@@ -44,12 +28,16 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     for folder in {str(out), str(out.resolve())}:
         leaks = [p for p in out.rglob("*") if p.is_file() and folder.encode() in p.read_bytes()]
         assert not leaks, f"{folder} written into {leaks[:5]}"
-    # a run stopped while fitting the VAE leaves no marker: the rerun makes the model (and its run) afresh
-    marker = out / "tiny-model" / "demo-model.json"
+    # a run stopped while fitting the VAE leaves no marker: the rerun makes the model (and its run) afresh; in a
+    # copy, which also shows the outputs still lead to each other when moved together
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved, symlinks=True)
+    marker = moved / "tiny-model" / "demo-model.json"
     assert json.loads(marker.read_text())["vae_steps"] == 4
     marker.unlink()
-    assert cli(args) == 0
-    assert marker.is_file() and list((out / "run" / "samples").glob("*.png"))
+    args = ["demo", "--out", str(moved), "--n", "48", "--vae-steps", "4", "--steps", "4", "--images", "8"]
+    assert cli([*args, "--workers", "1"]) == 0
+    assert marker.is_file() and list((moved / "run" / "samples").glob("*.png"))
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd3"])
