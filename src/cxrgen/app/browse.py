@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from ..contracts import ContractError, PrepareManifest, metadata_path, read_metadata
+from ..generate.conditions import row_labels
 from ..records import age_band, name_key
 from .folders import SPLITS, Folder
 
 MAX_PAGE = 200
+
+
+def whole(text: str, digits: int) -> int | None:
+    """A non-negative whole number of at most `digits` ASCII digits (not "-1", "²" or 5,000 digits), else None."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= digits else None
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,7 @@ class Filters:
     @classmethod
     def from_query(cls, query: dict[str, str]) -> Filters:
         def number(key: str) -> int | None:
-            text = query.get(key, "").strip()
-            return int(text) if text.isascii() and text.isdigit() and len(text) <= 3 else None  # an age
+            return whole(query.get(key, ""), 3)  # an age
 
         return cls(
             split=query.get("split") or None,
@@ -60,10 +66,6 @@ class Filters:
             and (self.projection is None or row.get("projection") == self.projection)
             and (self.qc == "any" or flagged == (self.qc == "flagged"))
         )
-
-
-def labels_of(row: dict[str, Any]) -> set[str]:
-    return {name_key(str(f.get("label", ""))) for f in row.get("findings") or [] if isinstance(f, dict)}
 
 
 @dataclass
@@ -96,7 +98,7 @@ class Dataset:
             cached = self._cache.get(self.root)
             if cached is None or cached.stamp != stamp:
                 rows = {s: read_metadata(self.root, s) for s, f in zip(SPLITS, files, strict=True) if f.is_file()}
-                labels = {s: [frozenset(labels_of(r)) for r in split_rows] for s, split_rows in rows.items()}
+                labels = {s: [frozenset(row_labels(r)) for r in split_rows] for s, split_rows in rows.items()}
                 cached = self._cache[self.root] = _Loaded(stamp, rows, labels, self._manifest())
                 # a large dataset is millions of objects that live as long as the app: out of the garbage
                 # collector's full passes, which otherwise stall a request for a second now and then

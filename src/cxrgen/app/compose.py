@@ -210,7 +210,9 @@ def preview(config: GenerateConfig, words: Vocabularies) -> dict[str, Any]:
     tokenizer = words.tokenizer(source)
     try:
         notes = cond.check_names(items, vocabulary) if vocabulary.labels else []
-        prompt = plan_prompts(items, source, None, tokenizer)[0]
+        # the vocabulary ranks findings too: given only where the generation reads the same one (a run's data)
+        trained_on = vocabulary if source.data is not None and source.data.is_dir() else None
+        prompt = plan_prompts(items, source, None, tokenizer, vocabulary=trained_on)[0]
     except (cond.ConditionsError, ConfigError) as exc:
         raise RequestError(str(exc)) from exc
     conditions = items[0].conditions

@@ -4,17 +4,16 @@ settings. Everything is read from the run folder, so a run still training shows 
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..contracts import ContractError, RunManifest
+from ..fileio import read_jsonl_lines
 from ..train.running import run_state
 from .folders import Folder
 
-CURVES = ("loss/train", "loss/val", "lr")  # and every other loss/... the run logged (instance, prior)
 SAMPLE_GRID = "step-"
 
 
@@ -55,22 +54,16 @@ def run_detail(folder: Folder) -> dict[str, Any]:
 
 def curves(metrics: Path) -> dict[str, list[list[float]]]:
     """[step, value] pairs of each loss and the learning rate; a half-written last line (a run writing it) is
-    skipped. A resumed run logs some steps again: the later value stands."""
+    skipped. A step logged twice keeps its later value."""
     by_name: dict[str, dict[int, float]] = {}
-    if not metrics.is_file():
-        return {}
-    with open(metrics, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            step = row.get("step")
-            if not isinstance(step, int):
-                continue
-            for name, value in row.items():
-                if (name in CURVES or name.startswith("loss/")) and isinstance(value, int | float):
-                    by_name.setdefault(name, {})[step] = float(value)
+    rows = read_jsonl_lines(metrics) if metrics.is_file() else []
+    for row in rows:
+        step = row.get("step")
+        if not isinstance(step, int):
+            continue
+        for name, value in row.items():
+            if (name == "lr" or name.startswith("loss/")) and isinstance(value, int | float):
+                by_name.setdefault(name, {})[step] = float(value)
     series = {name: sorted([s, v] for s, v in values.items()) for name, values in by_name.items()}
     if series.get("loss/instance") == series.get("loss/train"):  # no prior images: the same curve twice
         series.pop("loss/instance", None)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .browse import Dataset, Filters
+from .browse import Dataset, Filters, whole
 from .folders import FolderIndex, shown_name
 from .monitor import run_detail, run_overview
 
@@ -240,7 +240,7 @@ class Handler(BaseHTTPRequestHandler):
         # JSON only: a page of another site cannot send it here without a CORS preflight, which is not answered
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             return self._send_json({"error": "send application/json"}, HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
-        length = _whole(self.headers.get("Content-Length") or "0")
+        length = whole(self.headers.get("Content-Length") or "0", 12)
         if length is None:
             return self._send_json({"error": "give a Content-Length"}, HTTPStatus.LENGTH_REQUIRED)
         if length > MAX_BODY:
@@ -320,14 +320,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(body, "application/json", headers, HTTPStatus.UNAUTHORIZED)
 
 
-def _whole(text: str, digits: int = 12) -> int | None:
-    """A non-negative whole number written in ASCII digits (not "-1", "²" or 5,000 digits), else None."""
-    text = text.strip()
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= digits else None
-
-
 def _int(query: dict[str, str], key: str, default: int) -> int:
-    found = _whole(query.get(key, ""), 9)
+    found = whole(query.get(key, ""), 9)
     return default if found is None else found
 
 

@@ -83,16 +83,23 @@ def plan_items(config: GenerateConfig) -> list[cond.Item]:
 
 
 def plan_prompts(
-    items: list[cond.Item], source: ModelSource, like: str | None, tokenizer: Any, allow_unknown: bool = False
+    items: list[cond.Item],
+    source: ModelSource,
+    like: str | None,
+    tokenizer: Any,
+    allow_unknown: bool = False,
+    vocabulary: Vocabulary | None = None,
 ) -> list[str]:
     """The prompt of each item, in the words the model was trained with: findings are named as the training data
     (else --like's) names them, unknown names are refused with the closest ones, and a prompt too long for the
-    tokenizer drops what the prompt settings say to drop. Used by `Generator` and by the app's prompt preview."""
+    tokenizer drops what the prompt settings say to drop. Used by `Generator` and by the app's prompt preview,
+    which passes that data's `vocabulary` read once (it asks at every keystroke)."""
     # the data the model was trained on (else --like's): known names for the warnings, and the finding counts
     # that rank findings when a prompt must drop some (keep_findings rarest/commonest), as prepare ranked them
     data = source.data
     reference = data if data is not None and data.is_dir() else like
-    vocabulary = load_vocabulary(reference) if reference else Vocabulary()
+    if vocabulary is None:
+        vocabulary = load_vocabulary(reference) if reference else Vocabulary()
     labels = vocabulary.label_counts()
     prompts = source.prompts
     assert prompts is not None  # resolve_source always settles them
